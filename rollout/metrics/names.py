@@ -1,0 +1,35 @@
+"""Names of the Prometheus metrics the model service exports: one source for the service
+(bentos/service.py), the built-in PromQL templates, the alert rules and the dashboards.
+
+Every series carries ``model`` (the BentoML model name, e.g. ``iris``) and ``version`` (the model
+version, e.g. ``v2``); rollouts tell stable from candidate by ``version``.
+"""
+
+from __future__ import annotations
+
+LABEL_MODEL = "model"
+LABEL_VERSION = "version"
+
+# counter {model, version, endpoint, code}: code is the HTTP status as a string ("200", "422")
+REQUESTS_TOTAL = "model_requests_total"
+# histogram {model, version, endpoint}: server-side handling time
+REQUEST_DURATION_SECONDS = "model_request_duration_seconds"
+# counter {model, version, class}: one per predicted row
+PREDICTIONS_TOTAL = "model_predictions_total"
+# histogram {model, version}: max class probability of each predicted row, 0..1
+PREDICTION_CONFIDENCE = "model_prediction_confidence_ratio"
+# histogram {model, version, feature}: each input feature as a z-score against the training data
+FEATURE_ZSCORE = "model_feature_zscore"
+# counters {model, version}: feedback labels received for earlier request ids, and how many matched
+FEEDBACK_TOTAL = "model_feedback_total"
+FEEDBACK_CORRECT_TOTAL = "model_feedback_correct_total"
+# counter {model, version}: shadow comparisons (same request id answered by stable and candidate)
+# and how many agreed; exported by the comparison component of the analysis, not by the service
+SHADOW_COMPARISONS_TOTAL = "model_shadow_comparisons_total"
+SHADOW_AGREEMENTS_TOTAL = "model_shadow_agreements_total"
+# gauge {model, version, framework_version, dataset_sha256}: 1 while the model is loaded
+MODEL_INFO = "model_info"
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+ZSCORE_BUCKETS = (-3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
