@@ -1,0 +1,127 @@
+"""Prediction traffic for the model service, with user ids and delayed feedback labels.
+
+Each simulated user has an id sent as the ``X-User-ID`` header and the ``uid`` cookie (the keys the
+A/B and sticky routes hash). It posts single iris rows to ``/predict`` and, for a share of answers,
+posts the true label to ``/feedback`` after a delay, as a labelling pipeline would; the feedback
+carries the ``X-Model-Version`` that answered so the router sends it back to that version.
+
+Run by the demo and the benchmarks as ``locust -f loadtests/locustfile.py --headless ...``.
+Settings (environment):
+  LOAD_FEEDBACK_SHARE   share of predictions that get a feedback label (default 0.5)
+  LOAD_FEEDBACK_DELAY   seconds between the answer and its label (default 1.0)
+  LOAD_WAIT             seconds each user waits between requests (default 0.1)
+  LOAD_SHAPE            "steady" (default: -u/-r from the command line) or "wave" (ramps up and down)
+  LOAD_SUMMARY          path of a JSON summary written at the end: per-version answers, failures by
+                        kind, and a per-second time series (used for the demo report)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from collections import Counter, defaultdict
+from itertools import count
+from typing import Any
+
+import gevent
+from locust import HttpUser, LoadTestShape, between, events, task
+from sklearn.datasets import load_iris
+
+_IRIS = load_iris()
+ROWS: list[list[float]] = [[float(v) for v in row] for row in _IRIS.data]
+LABELS: list[str] = [str(_IRIS.target_names[t]) for t in _IRIS.target]
+
+FEEDBACK_SHARE = float(os.environ.get("LOAD_FEEDBACK_SHARE", "0.5"))
+FEEDBACK_DELAY = float(os.environ.get("LOAD_FEEDBACK_DELAY", "1.0"))
+WAIT = float(os.environ.get("LOAD_WAIT", "0.1"))
+SUMMARY_PATH = os.environ.get("LOAD_SUMMARY")
+
+_user_ids = count(1)
+_lock = threading.Lock()
+_by_version: Counter[str] = Counter()
+_failures: Counter[str] = Counter()
+_series: dict[int, Counter[str]] = defaultdict(Counter)
+_versions_per_user: dict[str, set[str]] = defaultdict(set)
+_started = time.time()
+
+
+def _record(version: str | None, failure: str | None, user: str) -> None:
+    second = int(time.time() - _started)
+    with _lock:
+        if failure:
+            _failures[failure] += 1
+            _series[second]["failed"] += 1
+        else:
+            v = version or "unknown"
+            _by_version[v] += 1
+            _series[second][v] += 1
+            _versions_per_user[user].add(v)
+
+
+class ModelUser(HttpUser):
+    wait_time = between(WAIT * 0.5, WAIT * 1.5)
+
+    def on_start(self) -> None:
+        self.user_id = f"user-{next(_user_ids)}"
+        self.client.headers["X-User-ID"] = self.user_id
+        self.client.cookies.set("uid", self.user_id)
+
+    @task
+    def predict(self) -> None:
+        i = random.randrange(len(ROWS))
+        with self.client.post("/predict", json={"instances": [ROWS[i]]}, catch_response=True) as resp:
+            if resp.status_code != 200:
+                kind = f"http_{resp.status_code}" if resp.status_code else "connection"
+                resp.failure(f"{kind}: {resp.text[:200]}")
+                _record(None, kind, self.user_id)
+                return
+            version = resp.headers.get("X-Model-Version")
+            request_id = resp.headers.get("X-Request-ID")
+            _record(version, None, self.user_id)
+        if request_id and random.random() < FEEDBACK_SHARE:
+            gevent.spawn_later(FEEDBACK_DELAY, self._feedback, request_id, LABELS[i], version)
+
+    def _feedback(self, request_id: str, label: str, version: str | None) -> None:
+        headers = {"X-Model-Version": version} if version else {}
+        with self.client.post(
+            "/feedback", json={"request_id": request_id, "label": label}, headers=headers, catch_response=True
+        ) as resp:
+            if resp.status_code >= 500 or resp.status_code == 0:
+                resp.failure(f"feedback {resp.status_code}")
+
+
+if os.environ.get("LOAD_SHAPE") == "wave":
+
+    class WaveShape(LoadTestShape):
+        """Ramp up to the peak, hold, dip, hold: traffic like a day compressed into minutes."""
+
+        stages = [(20, 10, 5), (60, 20, 5), (80, 8, 5), (10_000, 20, 5)]  # (until second, users, rate)
+
+        def tick(self) -> tuple[int, float] | None:
+            t = self.get_run_time()
+            for until, users, rate in self.stages:
+                if t < until:
+                    return users, rate
+            return None
+
+
+@events.test_stop.add_listener
+def _write_summary(**_: Any) -> None:
+    if not SUMMARY_PATH:
+        return
+    with _lock:
+        sticky_users = sum(1 for v in _versions_per_user.values() if len(v) == 1)
+        data = {
+            "answers_by_version": dict(_by_version),
+            "failures": dict(_failures),
+            "total_failed": sum(_failures.values()),
+            "total_answered": sum(_by_version.values()),
+            "users": len(_versions_per_user),
+            "users_with_one_version": sticky_users,
+            "series": {str(k): dict(v) for k, v in sorted(_series.items())},
+        }
+    with open(SUMMARY_PATH, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1)
