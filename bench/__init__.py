@@ -1,0 +1,1 @@
+"""Benchmarks run by ``make bench``; each module writes JSON under bench/results/."""
