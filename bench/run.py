@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             importlib.import_module(f"bench.{name}").main()
             status[name] = f"ok in {time.monotonic() - t0:.0f}s"
-        except Exception:  # noqa: BLE001 - one failed benchmark must not hide the others
+        except Exception:  # one failed benchmark must not hide the others
             traceback.print_exc()
             status[name] = "failed"
         print(f"== bench.{name}: {status[name]}", flush=True)
