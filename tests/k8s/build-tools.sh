@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Builds the Go tools of the Kubernetes test tier into .cache/bin, from their Go modules through
+# the Go module proxy, at the versions pinned in tests/k8s/go.mod (kube-apiserver, etcd) and
+# tests/k8s/helm/go.mod (helm). Called by `make tools` (so by `make setup`, `make test`, .ci/run).
+#
+# Cached: each binary is built as .cache/bin/NAME-VERSION with .cache/bin/NAME a symlink to it; a
+# rerun skips a binary whose pinned version is already there. The module and build caches live in
+# .cache/go, so a rebuild after a version bump is incremental.
+#
+# Adding a tool: one `build_tool` line at the bottom (a module dir holding a go.mod that requires
+# it, the package path, the module whose version names the binary, and optional -ldflags).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+HERE="$ROOT/tests/k8s"
+BIN="$ROOT/.cache/bin"
+mkdir -p "$BIN" "$ROOT/.cache/go"
+
+export GOMODCACHE="$ROOT/.cache/go/mod"
+export GOCACHE="$ROOT/.cache/go/build"
+export GOFLAGS="-trimpath -mod=readonly -buildvcs=false"
+export GOTOOLCHAIN=local
+export CGO_ENABLED=0
+
+if ! command -v go >/dev/null 2>&1; then
+  echo "build-tools: 'go' is not on PATH; install Go >= 1.24 to build kube-apiserver, etcd and helm" >&2
+  exit 1
+fi
+
+# One build at a time (two `make` runs in parallel would otherwise race on the same output).
+exec 9>"$BIN/.build-tools.lock"
+flock 9
+
+# pinned_version MODDIR MODULE -> the version MODULE has in MODDIR/go.mod (read from the file, no network)
+pinned_version() {
+  awk -v m="$2" '$1 == m && $2 ~ /^v/ {print $2; exit} $1 == "require" && $2 == m {print $3; exit}' "$1/go.mod"
+}
+
+built=0
+# build_tool NAME MODDIR PACKAGE MODULE [LDFLAGS]
+build_tool() {
+  local name="$1" moddir="$2" pkg="$3" module="$4" ldflags="${5:-}"
+  local version
+  version="$(pinned_version "$moddir" "$module")"
+  if [ -z "$version" ]; then
+    echo "build-tools: $module is not pinned in $moddir/go.mod" >&2
+    exit 1
+  fi
+  local out="$BIN/$name-$version"
+  if [ -x "$out" ]; then
+    ln -sfn "$(basename "$out")" "$BIN/$name"
+    echo "build-tools: $name $version already built ($out)"
+    return 0
+  fi
+  echo "build-tools: building $name $version from $pkg (nice -n 10; first build takes minutes) ..."
+  local start=$SECONDS
+  (cd "$moddir" && nice -n 10 go build -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
+  mv -f "$out.tmp" "$out"
+  ln -sfn "$(basename "$out")" "$BIN/$name"
+  echo "build-tools: built $name $version in $((SECONDS - start)) s"
+  built=$((built + 1))
+}
+
+total_start=$SECONDS
+
+kube_version="$(pinned_version "$HERE" k8s.io/kubernetes)"
+kube_minor="$(echo "$kube_version" | cut -d. -f2)"
+# The version the API server reports on /version (helm reads it for .Capabilities.KubeVersion).
+kube_ldflags="-X k8s.io/component-base/version.gitVersion=$kube_version"
+kube_ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
+kube_ldflags+=" -X k8s.io/component-base/version.gitMinor=$kube_minor"
+kube_ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+build_tool kube-apiserver "$HERE" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes "$kube_ldflags"
+
+# etcd at the version kube-apiserver itself pins (go.etcd.io/etcd/server/v3 in the same go.mod).
+build_tool etcd "$HERE" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3
+
+helm_version="$(pinned_version "$HERE/helm" helm.sh/helm/v3)"
+helm_ldflags="-X helm.sh/helm/v3/internal/version.version=$helm_version"
+helm_ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+# `helm template` / `helm lint` without a cluster assume the Kubernetes version the harness runs.
+for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  helm_ldflags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$kube_minor"
+done
+build_tool helm "$HERE/helm" helm.sh/helm/v3/cmd/helm helm.sh/helm/v3 "$helm_ldflags"
+
+echo "build-tools: done in $((SECONDS - total_start)) s ($built built); binaries in $BIN"
