@@ -60,7 +60,15 @@ class CategoricalSample:
     stable_counts: tuple[float, ...]
 
 
-Sample = ValueSample | ProportionSample | HistogramSample | CategoricalSample
+@dataclass(frozen=True)
+class FeatureSample:
+    """One histogram per input feature (z-score buckets), per version, for input-drift tests."""
+
+    features: tuple[str, ...]
+    histograms: tuple[HistogramSample, ...]
+
+
+Sample = ValueSample | ProportionSample | HistogramSample | CategoricalSample | FeatureSample
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,111 @@
+"""The threshold judge: the simple default, a headline number against ``threshold: {min, max}``.
+
+The headline of a sample depends on its template (``rollout.metrics.templates``): the candidate's
+bad rate for error-rate, its good rate for accuracy and shadow agreement, the template's quantile
+(p99) interpolated from latency buckets, PSI of predicted classes against stable, KS distance of
+confidence, the largest per-feature PSI; a raw query's value as it is. No data is Inconclusive,
+never a pass. Who calls it: ``registry.make_judge`` (the engine) and the simulator.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rollout.analysis import stats
+from rollout.analysis.base import (
+    CategoricalSample,
+    FeatureSample,
+    HistogramSample,
+    Measurement,
+    ProportionSample,
+    Sample,
+    ValueSample,
+    Verdict,
+)
+from rollout.metrics.templates import Headline, Template
+from rollout.spec import MetricSpec
+
+
+def headline(template: Template | None, sample: Sample) -> float | None:
+    """The one number that stands for a sample; None when there is no data to compute it from."""
+    kind = template.headline if template is not None else Headline.VALUE
+    match sample:
+        case ValueSample(value=v):
+            return None if v is None or math.isnan(v) else float(v)
+        case ProportionSample(candidate_bad=bad, candidate_total=total):
+            if total <= 0:
+                return None
+            rate = min(max(bad / total, 0.0), 1.0)
+            return 1.0 - rate if kind == Headline.GOOD_RATE else rate
+        case HistogramSample(bounds=bounds, candidate_counts=cc, stable_counts=sc):
+            if kind == Headline.KS:
+                if sum(cc) <= 0 or sum(sc) <= 0:
+                    return None
+                return stats.ks_distance(np.asarray(cc), np.asarray(sc))
+            q = template.quantile if template is not None and template.quantile is not None else 0.99
+            return stats.histogram_quantile(q, bounds, cc)
+        case CategoricalSample(candidate_counts=cc, stable_counts=sc):
+            if sum(cc) <= 0 or sum(sc) <= 0:
+                return None
+            return stats.psi(np.asarray(cc), np.asarray(sc))
+        case FeatureSample(histograms=hs):
+            values = [
+                stats.psi(np.asarray(h.candidate_counts), np.asarray(h.stable_counts))
+                for h in hs
+                if sum(h.candidate_counts) > 0 and sum(h.stable_counts) > 0
+            ]
+            return max(values) if values else None
+    raise TypeError(f"not a sample: {sample!r}")
+
+
+def sample_size(sample: Sample) -> tuple[float, float]:
+    """(candidate, stable) number of observations behind a sample (1, 0 for a raw value)."""
+    match sample:
+        case ValueSample():
+            return 1.0, 0.0
+        case ProportionSample(candidate_total=c, stable_total=s):
+            return float(c), float(s)
+        case (
+            HistogramSample(candidate_counts=cc, stable_counts=sc)
+            | CategoricalSample(candidate_counts=cc, stable_counts=sc)
+        ):
+            return float(sum(cc)), float(sum(sc))
+        case FeatureSample(histograms=hs):
+            if not hs:
+                return 0.0, 0.0
+            return (
+                min(float(sum(h.candidate_counts)) for h in hs),
+                min(float(sum(h.stable_counts)) for h in hs),
+            )
+    raise TypeError(f"not a sample: {sample!r}")
+
+
+class ThresholdJudge:
+    """Successful when the headline lies inside ``[min, max]``; Failed outside; Inconclusive without data."""
+
+    def __init__(self, spec: MetricSpec, template: Template | None) -> None:
+        if spec.threshold is None:
+            raise ValueError(f"metric {spec.name!r}: the threshold judge needs a threshold")
+        self.min = spec.threshold.min
+        self.max = spec.threshold.max
+        self.template = template
+
+    def judge(self, metric: str, sample: Sample, now: float) -> Measurement:
+        value = headline(self.template, sample)
+        n_c, n_s = sample_size(sample)
+        details = {"candidate_n": n_c, "stable_n": n_s}
+        if value is None:
+            return Measurement(metric, Verdict.INCONCLUSIVE, None, now, "no data in the window yet", details)
+        if self.min is not None and value < self.min:
+            return Measurement(
+                metric, Verdict.FAILED, value, now, f"{value:.4g} is below the minimum {self.min:g}", details
+            )
+        if self.max is not None and value > self.max:
+            return Measurement(
+                metric, Verdict.FAILED, value, now, f"{value:.4g} is above the maximum {self.max:g}", details
+            )
+        return Measurement(
+            metric, Verdict.SUCCESSFUL, value, now, f"{value:.4g} is within the threshold", details
+        )
