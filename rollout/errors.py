@@ -16,10 +16,15 @@ retry delay (like kopf's ``TemporaryError``); the CLI maps errors to exit codes 
     ├── TemporaryError(delay)         worth retrying after ``delay`` seconds
     │   ├── MetricsUnavailableError   metric provider unreachable or query failed
     │   ├── RouterError               data plane could not apply routes
-    │   └── ProcessError              a managed process failed to start or become ready
+    │   │   └── UnsupportedRouteError a route feature the provider cannot express (also Permanent)
+    │   ├── ProcessError              a managed process failed to start or become ready
+    │   ├── ConflictError             Kubernetes 409: resourceVersion changed; re-read and retry
+    │   └── ApiUnavailableError       Kubernetes API server unreachable, 5xx or 429
     └── PermanentError                will not succeed by retrying
         ├── UnknownProviderError      a router / metric provider / judge name that is not registered
-        └── MetricQueryError          a query returned no value, or several where one was expected
+        ├── MetricQueryError          a query returned no value, or several where one was expected
+        ├── InvalidObjectError        Kubernetes 400/422: the server rejected the object (its message)
+        └── ForbiddenError            Kubernetes 401/403: the credentials may not do this
 """
 
 from __future__ import annotations
@@ -106,3 +111,32 @@ class UnknownProviderError(PermanentError):
 
 class MetricQueryError(PermanentError):
     pass
+
+
+# --- Kubernetes boundary (rollout/k8s/client.py translates ApiException into these) --------------
+
+
+class ConflictError(TemporaryError):
+    """The object changed since it was read (HTTP 409): re-read it and apply the change again."""
+
+    def __init__(self, message: str, delay: float = 0.1) -> None:
+        super().__init__(message, delay)
+
+
+class ApiUnavailableError(TemporaryError):
+    """The Kubernetes API server did not answer, answered 5xx, or asked us to slow down (429)."""
+
+
+class InvalidObjectError(PermanentError):
+    """The API server rejected the object (400/422); the message is the server's."""
+
+
+class ForbiddenError(PermanentError):
+    """The credentials in use may not do this (401/403): check the ServiceAccount's Role."""
+
+
+class UnsupportedRouteError(RouterError, PermanentError):
+    """The provider cannot express a route feature (e.g. mirroring with KServe); retrying won't help.
+
+    It is a RouterError (the TrafficRouter contract) and a PermanentError (do not retry).
+    """

@@ -1,0 +1,209 @@
+"""Gateway API router: the routes of one service as an ``HTTPRoute`` (gateway.networking.k8s.io/v1).
+
+The HTTPRoute has at most two rules:
+
+- a *match rule* (only when routes carry matches): one ``matches`` entry per HeaderMatch (entries
+  are ORed): ``Exact`` on the header, or ``RegularExpression`` on the ``Cookie`` header for a
+  cookie (see matching.py); its only backend is the candidate;
+- the *primary rule* (no header match): ``backendRefs`` to stable and candidate with weights
+  (both listed, a weight may be 0), a ``RequestMirror`` filter with ``percent`` for shadow traffic,
+  and ``sessionPersistence`` (Cookie or Header, named by the sticky key) for sticky splits.
+
+``RequestMirror.percent`` and ``sessionPersistence`` belong to Gateway API's experimental channel;
+with standard-channel CRDs the API server refuses them (we write with ``fieldValidation=Strict``)
+and the error says so. Backends are Services on ``port``. ``parentRefs`` name the Gateway when one
+is given. Who calls it: the controller through ``registry.make_router("gateway-api", ...)``.
+"""
+
+from __future__ import annotations
+
+from rollout.errors import InvalidObjectError, NotFoundError, RouterError
+from rollout.k8s.client import HTTP_ROUTE, KubeClient, Obj
+from rollout.routers.base import Backend, Routes, RouteTarget
+from rollout.routers.matching import (
+    COOKIE_HEADER,
+    MANAGED_BY,
+    cookie_regex,
+    match_from_header,
+    normalize_routes,
+    target_annotations,
+    target_from_annotations,
+)
+from rollout.spec import StickyKey
+
+
+def _ref(backend: Backend, port: int, weight: int | None = None) -> Obj:
+    ref: Obj = {"name": backend.name, "port": port}
+    if weight is not None:
+        ref["weight"] = weight
+    return ref
+
+
+def http_route_rules(target: RouteTarget, routes: Routes, port: int = 80) -> list[Obj]:
+    """The HTTPRoute ``spec.rules`` for ``routes``. Pure."""
+    cand = target.candidate
+    if cand is None and (routes.candidate_weight or routes.mirror_percent or routes.match):
+        raise RouterError(f"routes send traffic to a candidate but {target.service} has none")
+    rules: list[Obj] = []
+    if routes.match:
+        assert cand is not None
+        matches = []
+        for m in routes.match:
+            if m.header is not None:
+                cond = {"type": "Exact", "name": m.header.lower(), "value": m.value}
+            else:
+                assert m.cookie is not None
+                cond = {
+                    "type": "RegularExpression",
+                    "name": COOKIE_HEADER,
+                    "value": cookie_regex(m.cookie, m.value),
+                }
+            matches.append({"headers": [cond]})
+        rules.append({"matches": matches, "backendRefs": [_ref(cand, port, 1)]})
+    refs = [_ref(target.stable, port, routes.stable_weight)]
+    if cand is not None:
+        refs.append(_ref(cand, port, routes.candidate_weight))
+    primary: Obj = {"backendRefs": refs}
+    if routes.mirror_percent:
+        assert cand is not None
+        primary["filters"] = [
+            {
+                "type": "RequestMirror",
+                "requestMirror": {"backendRef": _ref(cand, port), "percent": routes.mirror_percent},
+            }
+        ]
+    if routes.sticky is not None:
+        kind, key = (
+            ("Cookie", routes.sticky.cookie) if routes.sticky.cookie else ("Header", routes.sticky.header)
+        )
+        assert key is not None
+        primary["sessionPersistence"] = {
+            "type": kind,
+            "sessionName": key if kind == "Cookie" else key.lower(),
+        }
+    rules.append(primary)
+    return rules
+
+
+def http_route(
+    name: str, target: RouteTarget, routes: Routes, gateway: str | None = None, port: int = 80
+) -> Obj:
+    """A whole HTTPRoute object (without apiVersion/kind, which the client adds)."""
+    spec: Obj = {"rules": http_route_rules(target, routes, port)}
+    if gateway:
+        spec["parentRefs"] = [{"name": gateway}]
+    return {
+        "metadata": {"name": name, "labels": dict(MANAGED_BY), "annotations": target_annotations(target)},
+        "spec": spec,
+    }
+
+
+def _header_conditions(rule: Obj) -> list[Obj]:
+    return [h for m in rule.get("matches") or [] for h in m.get("headers") or []]
+
+
+def routes_from_http_route(route: Obj, target: RouteTarget) -> Routes:
+    """Read the routes back from an HTTPRoute written by ``http_route`` (server defaults tolerated)."""
+    rules = route.get("spec", {}).get("rules") or []
+    primary = [r for r in rules if not _header_conditions(r)]
+    if len(primary) != 1:
+        raise RouterError(
+            f"HTTPRoute {route['metadata']['name']} has {len(primary)} rules without header match, expected 1"
+        )
+    rule = primary[0]
+    cand = target.candidate.name if target.candidate else None
+    refs = rule.get("backendRefs") or []
+    weight = sum(int(r.get("weight", 1)) for r in refs if r["name"] == cand)
+    total = sum(int(r.get("weight", 1)) for r in refs)
+    candidate_weight = round(100 * weight / total) if total else 0
+    mirror = 0
+    for f in rule.get("filters") or []:
+        rm = f.get("requestMirror") or {}
+        if f.get("type") == "RequestMirror" and rm.get("backendRef", {}).get("name") == cand:
+            mirror = int(rm.get("percent", 100))
+    sticky = None
+    if sp := rule.get("sessionPersistence"):
+        name = sp.get("sessionName")
+        sticky = StickyKey(header=name) if sp.get("type") == "Header" else StickyKey(cookie=name)
+    matches = []
+    for r in rules:
+        for h in _header_conditions(r):
+            kind = h.get("type", "Exact")
+            m = match_from_header(
+                h["name"],
+                h["value"] if kind == "Exact" else None,
+                h["value"] if kind == "RegularExpression" else None,
+            )
+            if m is not None:
+                matches.append(m)
+    return Routes(
+        candidate_weight=candidate_weight, mirror_percent=mirror, match=tuple(matches), sticky=sticky
+    )
+
+
+class GatewayApiRouter:
+    """TrafficRouter over one HTTPRoute in one namespace."""
+
+    def __init__(
+        self, client: KubeClient, namespace: str, name: str, gateway: str | None = None, port: int = 80
+    ) -> None:
+        self.client, self.namespace, self.name = client, namespace, name
+        self.gateway, self.port = gateway, port
+        self.target: RouteTarget | None = None
+
+    def _target(self) -> RouteTarget:
+        if self.target is None:
+            obj = self.client.get(HTTP_ROUTE, self.namespace, self.name)
+            self.target = target_from_annotations(self.name, obj["metadata"].get("annotations"))
+            if self.target is None:
+                raise RouterError(f"HTTPRoute {self.namespace}/{self.name} is not managed yet: call ensure()")
+        return self.target
+
+    def ensure(self, target: RouteTarget) -> None:
+        """Create the HTTPRoute (all traffic to stable) or adopt the existing one, keeping its routes
+        if they are ours."""
+        self.target = target
+        try:
+            current = self.client.get(HTTP_ROUTE, self.namespace, self.name)
+        except NotFoundError:
+            self.client.create(
+                HTTP_ROUTE, self.namespace, http_route(self.name, target, Routes(), self.gateway, self.port)
+            )
+            return
+        try:
+            routes = routes_from_http_route(current, target)
+        except (RouterError, KeyError, TypeError, ValueError):
+            routes = Routes.all_stable()
+        self._write(target, routes)
+
+    def _write(self, target: RouteTarget, routes: Routes) -> None:
+        rules = http_route_rules(target, routes, self.port)
+
+        def mutate(obj: Obj) -> Obj:
+            meta = obj["metadata"]
+            meta.setdefault("annotations", {}).update(target_annotations(target))
+            meta.setdefault("labels", {}).update(MANAGED_BY)
+            obj["spec"]["rules"] = rules
+            if self.gateway:
+                obj["spec"]["parentRefs"] = [{"name": self.gateway}]
+            return obj
+
+        try:
+            self.client.update(HTTP_ROUTE, self.namespace, self.name, mutate)
+        except InvalidObjectError as exc:
+            if routes.mirror_percent or routes.sticky:
+                raise InvalidObjectError(
+                    f"{exc} (mirror percent and sessionPersistence need Gateway API's experimental-channel CRDs)"
+                ) from None
+            raise
+
+    def set_routes(self, routes: Routes) -> None:
+        self._write(self._target(), routes)
+
+    def get_routes(self) -> Routes:
+        obj = self.client.get(HTTP_ROUTE, self.namespace, self.name)
+        return normalize_routes(routes_from_http_route(obj, self._target()))
+
+    def finalize(self, target: RouteTarget) -> None:
+        self.target = target
+        self._write(target, Routes.all_stable())

@@ -1,0 +1,160 @@
+"""KServe router: canary by ``spec.predictor.canaryTrafficPercent`` on one InferenceService.
+
+KServe's own canary model (Serverless mode, on Knative): when the predictor spec changes, Knative
+creates a new revision; ``canaryTrafficPercent: N`` sends N % to that latest *ready* revision and
+the rest to the previously rolled-out one. So with this router the candidate is "the ISVC's latest
+revision" and the stable is "its previous rolled-out revision"; whoever deploys the candidate
+(``helm upgrade``, a GitOps commit) changes the predictor, and this router only moves the percent.
+
+Limits, enforced (``UnsupportedRouteError``, never silently dropped):
+- no mirroring (shadow) and no header/cookie match (A/B by cohort): KServe has no such field;
+- no sticky split;
+- no canary at all in RawDeployment/Standard mode (no revisions): ``ensure`` refuses it.
+Absent ``canaryTrafficPercent`` means the latest revision takes 100 %, so ``get_routes`` reads it
+as candidate weight 100; ``finalize`` writes 0 (everything to the previous rolled-out revision).
+
+``candidate_readiness`` reads the status (conditions Ready/PredictorReady, latest created vs
+latest ready revision, observedGeneration) so the controller moves no traffic to a candidate that
+is not serving. Who calls it: the controller (``registry.make_router("kserve", ...)``), and the
+controller's readiness check for every router provider whose backends are InferenceServices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rollout.errors import UnsupportedRouteError
+from rollout.k8s.client import INFERENCE_SERVICE, KubeClient, Obj
+from rollout.routers.base import Routes, RouteTarget
+from rollout.routers.matching import MANAGED_BY, target_annotations, target_from_annotations
+
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+NO_REVISION_MODES = {"RawDeployment", "Standard", "ModelMesh"}
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the InferenceService's candidate (latest revision) serves, and why not."""
+
+    ready: bool
+    reason: str
+    latest_created: str | None = None
+    latest_ready: str | None = None
+    previous_rolled_out: str | None = None
+
+
+def _condition(isvc: Obj, kind: str) -> Obj | None:
+    for c in isvc.get("status", {}).get("conditions") or []:
+        if c.get("type") == kind:
+            return c
+    return None
+
+
+def candidate_readiness(isvc: Obj) -> Readiness:
+    """Pure: is the latest revision of this InferenceService ready to take traffic?"""
+    status = isvc.get("status") or {}
+    pred = (status.get("components") or {}).get("predictor") or {}
+    created, ready_rev = pred.get("latestCreatedRevision"), pred.get("latestReadyRevision")
+    common = {
+        "latest_created": created,
+        "latest_ready": ready_rev,
+        "previous_rolled_out": pred.get("previousRolledoutRevision"),
+    }
+    name = isvc.get("metadata", {}).get("name", "?")
+    generation = isvc.get("metadata", {}).get("generation")
+    observed = status.get("observedGeneration")
+    if generation is not None and observed is not None and observed < generation:
+        return Readiness(
+            False, f"{name}: KServe has not yet seen generation {generation} (observed {observed})", **common
+        )
+    for kind in ("PredictorReady", "Ready"):
+        cond = _condition(isvc, kind)
+        if cond is None:
+            return Readiness(False, f"{name}: no {kind} condition yet", **common)
+        if cond.get("status") != "True":
+            why = cond.get("message") or cond.get("reason") or cond.get("status")
+            return Readiness(False, f"{name}: {kind} is {cond.get('status')}: {why}", **common)
+    if created and ready_rev != created:
+        return Readiness(
+            False, f"{name}: latest revision {created} is not ready (latest ready: {ready_rev})", **common
+        )
+    return Readiness(True, f"{name}: revision {ready_rev or created or '?'} ready", **common)
+
+
+def canary_patch(routes: Routes) -> Obj:
+    """The merge patch for ``routes``. Pure; UnsupportedRouteError for what KServe cannot express."""
+    if routes.mirror_percent:
+        raise UnsupportedRouteError(
+            "KServe canaryTrafficPercent cannot mirror traffic: use the istio or gateway-api router for shadow"
+        )
+    if routes.match:
+        raise UnsupportedRouteError(
+            "KServe canaryTrafficPercent cannot match headers or cookies: use the istio or gateway-api router for A/B by cohort"
+        )
+    if routes.sticky is not None:
+        raise UnsupportedRouteError(
+            "KServe canaryTrafficPercent cannot keep users on one version (sticky): use the gateway-api router"
+        )
+    return {"spec": {"predictor": {"canaryTrafficPercent": routes.candidate_weight}}}
+
+
+def routes_from_isvc(isvc: Obj) -> Routes:
+    pct = (isvc.get("spec", {}).get("predictor") or {}).get("canaryTrafficPercent")
+    return Routes(candidate_weight=100 if pct is None else int(pct))
+
+
+def traffic_from_status(isvc: Obj) -> int | None:
+    """Percent the latest revision really receives, per KServe's status (None until reported)."""
+    traffic = ((isvc.get("status") or {}).get("components") or {}).get("predictor", {}).get("traffic")
+    if not traffic:
+        return None
+    return sum(int(t.get("percent") or 0) for t in traffic if t.get("latestRevision"))
+
+
+class KServeRouter:
+    """TrafficRouter over one InferenceService's ``canaryTrafficPercent``."""
+
+    def __init__(self, client: KubeClient, namespace: str, name: str) -> None:
+        self.client, self.namespace, self.name = client, namespace, name
+        self.target: RouteTarget | None = None
+
+    def ensure(self, target: RouteTarget) -> None:
+        """Check the InferenceService exists and can canary; record the target in its annotations."""
+        isvc = self.client.get(INFERENCE_SERVICE, self.namespace, self.name)
+        mode = (isvc["metadata"].get("annotations") or {}).get(DEPLOYMENT_MODE_ANNOTATION)
+        if mode in NO_REVISION_MODES:
+            raise UnsupportedRouteError(
+                f"InferenceService {self.namespace}/{self.name} runs in {mode} mode, which has no revisions and "
+                "no canaryTrafficPercent: use Serverless mode or the istio / gateway-api router"
+            )
+        self.target = target
+        patch = {"metadata": {"annotations": target_annotations(target), "labels": dict(MANAGED_BY)}}
+        self.client.patch(INFERENCE_SERVICE, self.namespace, self.name, patch)
+
+    def readiness(self) -> Readiness:
+        return candidate_readiness(self.client.get(INFERENCE_SERVICE, self.namespace, self.name))
+
+    def set_routes(self, routes: Routes) -> None:
+        patch = canary_patch(routes)
+        pct = patch["spec"]["predictor"]["canaryTrafficPercent"]
+
+        def mutate(isvc: Obj) -> Obj | None:
+            pred = isvc["spec"].setdefault("predictor", {})
+            if pred.get("canaryTrafficPercent") == pct:
+                return None
+            pred["canaryTrafficPercent"] = pct
+            return isvc
+
+        self.client.update(INFERENCE_SERVICE, self.namespace, self.name, mutate)
+
+    def get_routes(self) -> Routes:
+        return routes_from_isvc(self.client.get(INFERENCE_SERVICE, self.namespace, self.name))
+
+    def finalize(self, target: RouteTarget) -> None:
+        """All traffic back to the previous rolled-out revision (KServe's rollback: percent 0)."""
+        self.target = target
+        self.set_routes(Routes.all_stable())
+
+    def recorded_target(self) -> RouteTarget | None:
+        isvc = self.client.get(INFERENCE_SERVICE, self.namespace, self.name)
+        return target_from_annotations(self.name, isvc["metadata"].get("annotations"))
