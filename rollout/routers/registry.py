@@ -20,7 +20,7 @@ PROVIDERS: dict[str, str] = {
     "nginx": "rollout.routers.nginx:NginxRouter",
     "kserve": "rollout.routers.kserve:KServeRouter",
     "istio": "rollout.routers.istio:IstioRouter",
-    "gateway-api": "rollout.routers.gateway_api:GatewayAPIRouter",
+    "gateway-api": "rollout.routers.gateway_api:GatewayApiRouter",
 }
 
 
@@ -48,3 +48,6 @@ def make_router(provider: str, **kwargs: Any) -> TrafficRouter:
     if not isinstance(router, TrafficRouter):
         raise UnknownProviderError(f"{PROVIDERS[str(provider)]} does not implement TrafficRouter")
     return router
+
+
+ROUTERS = PROVIDERS  # the name the first version of this module used
