@@ -2,7 +2,7 @@
 # Installs the Debian packages the project runs for real: nginx (+ Lua for reload-free routing),
 # Prometheus and promtool, wrk, etcd. Idempotent; never starts the packaged services.
 set -euo pipefail
-pkgs=(nginx libnginx-mod-http-lua lua-resty-core prometheus wrk etcd-server curl ca-certificates openssl)
+pkgs=(nginx libnginx-mod-http-lua lua-resty-core lua-cjson prometheus wrk etcd-server curl ca-certificates openssl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

@@ -1,0 +1,274 @@
+-- Reload-free routing for the local data plane (bento-rollout), loaded by the nginx.conf that
+-- rollout/local/nginx.py renders. Per service, one JSON document in the shared dict "rollout":
+--   {"backends": {"stable": "127.0.0.1:P", "candidate": "127.0.0.1:Q"},
+--    "routes": {"candidateWeight": 0-100, "mirrorPercent": 0-100,
+--               "match": [{"header"|"cookie": NAME, "value": V}], "sticky": {"header"|"cookie": NAME}}}
+-- The admin server (127.0.0.1 only) reads and changes it: GET/POST /routes/<service>. A change is
+-- visible to every worker on its next request; no reload, no dropped keep-alive connection.
+-- The document is also written to a file so that a restarted nginx comes back with the same routes.
+
+local cjson = require "cjson.safe"
+local balancer = require "ngx.balancer"
+
+local M = {}
+local dict = ngx.shared.rollout
+local cache = {} -- per worker: service -> {ver = n, cfg = decoded document}
+local state_file = nil
+
+local function split_addr(addr)
+    local host, port = string.match(addr or "", "^([%d%.]+):(%d+)$")
+    if not host then return nil end
+    return { host = host, port = tonumber(port) }
+end
+
+local function var_name(kind, name)
+    if kind == "header" then
+        return "http_" .. string.lower(string.gsub(name, "-", "_"))
+    end
+    return "cookie_" .. name
+end
+
+-- Turn a stored document into the form the hot path uses (resolved addresses, variable names).
+local function compile(doc)
+    local routes = doc.routes or {}
+    local cfg = {
+        stable = split_addr(doc.backends and doc.backends.stable),
+        candidate = split_addr(doc.backends and doc.backends.candidate),
+        weight = tonumber(routes.candidateWeight) or 0,
+        mirror = tonumber(routes.mirrorPercent) or 0,
+        match = {},
+    }
+    for _, m in ipairs(routes.match or {}) do
+        if m.header then
+            cfg.match[#cfg.match + 1] = { var = var_name("header", m.header), value = m.value }
+        elseif m.cookie then
+            cfg.match[#cfg.match + 1] = { var = var_name("cookie", m.cookie), value = m.value }
+        end
+    end
+    local sticky = routes.sticky
+    if type(sticky) == "table" then
+        if sticky.header then
+            cfg.sticky = var_name("header", sticky.header)
+        elseif sticky.cookie then
+            cfg.sticky = var_name("cookie", sticky.cookie)
+        end
+    end
+    return cfg
+end
+
+local function load(service)
+    local ver = dict:get("v:" .. service)
+    local c = cache[service]
+    if c and c.ver == ver then return c.cfg end
+    local raw = dict:get("d:" .. service)
+    local cfg = nil
+    if raw then
+        local doc = cjson.decode(raw)
+        if doc then cfg = compile(doc) end
+    end
+    cache[service] = { ver = ver, cfg = cfg }
+    return cfg
+end
+
+local function store(service, doc)
+    local raw = cjson.encode(doc)
+    dict:set("d:" .. service, raw)
+    dict:incr("v:" .. service, 1, 0)
+end
+
+-- init_by_lua (master): restore the documents saved by the last admin change.
+function M.init(path)
+    state_file = path
+    local f = io.open(path, "r")
+    if not f then return end
+    local all = cjson.decode(f:read("*a") or "")
+    f:close()
+    if type(all) ~= "table" then return end
+    for service, doc in pairs(all) do
+        store(service, doc)
+    end
+end
+
+function M.init_worker(path)
+    state_file = path
+    math.randomseed(ngx.now() * 1000 + ngx.worker.pid())
+end
+
+local function persist()
+    if not state_file then return end
+    local all = {}
+    for _, key in ipairs(dict:get_keys(0)) do
+        local service = string.match(key, "^d:(.+)$")
+        if service then all[service] = cjson.decode(dict:get(key)) end
+    end
+    local tmp = state_file .. ".tmp"
+    local f = io.open(tmp, "w")
+    if not f then return end
+    f:write(cjson.encode(all))
+    f:close()
+    os.rename(tmp, state_file)
+end
+
+-- access_by_lua in a service location: decide stable or candidate, and whether to mirror.
+function M.route()
+    local service = ngx.var.rollout_service
+    local cfg = load(service)
+    if not cfg or not cfg.stable then
+        ngx.header["X-Routed-To"] = "none"
+        ngx.status = 503
+        ngx.say("no backend registered for service ", service)
+        return ngx.exit(503)
+    end
+    local to = "stable"
+    if cfg.candidate then
+        for i = 1, #cfg.match do
+            local m = cfg.match[i]
+            if ngx.var[m.var] == m.value then
+                to = "candidate"
+                break
+            end
+        end
+        if to == "stable" and cfg.weight > 0 then
+            local bucket
+            local key = cfg.sticky and ngx.var[cfg.sticky]
+            if key and key ~= "" then
+                bucket = ngx.crc32_short(key) % 100
+            else
+                bucket = math.random(0, 99)
+            end
+            if bucket < cfg.weight then to = "candidate" end
+        end
+        if to == "stable" and cfg.mirror > 0 and math.random(1, 100) <= cfg.mirror then
+            ngx.var.rollout_mirror = "1"
+            dict:incr("m:" .. service, 1, 0)
+        end
+    end
+    ngx.var.rollout_to = to
+end
+
+-- balancer_by_lua of the upstream that serves clients: the chosen backend; on a connection
+-- failure of the candidate (or of a stale keep-alive connection) one more try goes to stable.
+function M.balance()
+    local cfg = load(ngx.var.rollout_service)
+    if not cfg or not cfg.stable then return ngx.exit(503) end
+    local peer
+    if balancer.get_last_failure() then
+        peer = cfg.stable
+        ngx.var.rollout_to = "stable"
+        ngx.var.rollout_retried = "1"
+    else
+        balancer.set_more_tries(1)
+        peer = (ngx.var.rollout_to == "candidate" and cfg.candidate) or cfg.stable
+    end
+    local ok, err = balancer.set_current_peer(peer.host, peer.port)
+    if not ok then
+        ngx.log(ngx.ERR, "rollout: cannot set peer: ", err)
+        return ngx.exit(502)
+    end
+end
+
+-- balancer_by_lua of the mirror upstream: always the candidate.
+function M.balance_mirror()
+    local cfg = load(ngx.var.rollout_service)
+    if not cfg or not cfg.candidate then return ngx.exit(502) end
+    local ok, err = balancer.set_current_peer(cfg.candidate.host, cfg.candidate.port)
+    if not ok then
+        ngx.log(ngx.ERR, "rollout: cannot set mirror peer: ", err)
+        return ngx.exit(502)
+    end
+end
+
+-- log_by_lua: count what the router did, for /metrics.
+function M.log()
+    local to = ngx.var.rollout_to
+    if to == nil or to == "" then to = "none" end
+    local key = "c:" .. ngx.var.rollout_service .. "|" .. to .. "|" .. ngx.var.status
+    dict:incr(key, 1, 0)
+end
+
+local function valid_percent(v)
+    return v == nil or (type(v) == "number" and v >= 0 and v <= 100 and v == math.floor(v))
+end
+
+local function validate(doc)
+    if type(doc) ~= "table" then return "body must be a JSON object" end
+    local r = doc.routes or {}
+    if not valid_percent(r.candidateWeight) then return "routes.candidateWeight must be an integer 0-100" end
+    if not valid_percent(r.mirrorPercent) then return "routes.mirrorPercent must be an integer 0-100" end
+    local b = doc.backends or {}
+    if b.stable ~= nil and not split_addr(b.stable) then return "backends.stable must be IP:PORT" end
+    if b.candidate ~= nil and b.candidate ~= cjson.null and not split_addr(b.candidate) then
+        return "backends.candidate must be IP:PORT or null"
+    end
+    local needs_candidate = (r.candidateWeight or 0) > 0 or (r.mirrorPercent or 0) > 0
+        or (type(r.match) == "table" and #r.match > 0)
+    if needs_candidate and not split_addr(b.candidate) then
+        return "routes send traffic to the candidate but backends.candidate is not set"
+    end
+    return nil
+end
+
+local function reply(status, body)
+    ngx.status = status
+    ngx.header["Content-Type"] = "application/json"
+    ngx.say(cjson.encode(body))
+    return ngx.exit(status)
+end
+
+-- content_by_lua of the admin location /routes/<service>.
+-- GET: the applied document. POST: replace "routes" and/or "backends" (keys present in the body).
+function M.admin()
+    local service = string.match(ngx.var.uri, "^/routes/([%w_.-]+)$")
+    if not service then return reply(404, { error = "use /routes/<service>" }) end
+    local method = ngx.req.get_method()
+    local raw = dict:get("d:" .. service)
+    local doc = raw and cjson.decode(raw) or { routes = {}, backends = {} }
+    if method == "GET" then
+        if not raw then return reply(404, { error = "no routes for service " .. service }) end
+        doc.version = dict:get("v:" .. service)
+        return reply(200, doc)
+    elseif method ~= "POST" then
+        return reply(405, { error = "GET or POST" })
+    end
+    ngx.req.read_body()
+    local body = cjson.decode(ngx.req.get_body_data() or "")
+    if type(body) ~= "table" then return reply(400, { error = "body must be a JSON object" }) end
+    local new = { routes = doc.routes, backends = doc.backends }
+    if body.routes ~= nil then new.routes = body.routes end
+    if body.backends ~= nil then new.backends = body.backends end
+    if new.backends and new.backends.candidate == cjson.null then new.backends.candidate = nil end
+    local err = validate(new)
+    if err then return reply(400, { error = err }) end
+    store(service, new)
+    persist()
+    new.version = dict:get("v:" .. service)
+    return reply(200, new)
+end
+
+-- content_by_lua of the admin location /metrics (Prometheus text format).
+function M.metrics()
+    local out = {
+        "# HELP rollout_router_requests_total Client requests answered through the router.",
+        "# TYPE rollout_router_requests_total counter",
+    }
+    local mirrored = {
+        "# HELP rollout_router_mirrored_total Requests also sent to the candidate as shadow traffic.",
+        "# TYPE rollout_router_mirrored_total counter",
+    }
+    for _, key in ipairs(dict:get_keys(0)) do
+        local service, to, code = string.match(key, "^c:(.+)|(%a+)|(%d+)$")
+        if service then
+            out[#out + 1] = string.format('rollout_router_requests_total{service="%s",routed_to="%s",code="%s"} %d',
+                service, to, code, dict:get(key))
+        end
+        local ms = string.match(key, "^m:(.+)$")
+        if ms then
+            mirrored[#mirrored + 1] = string.format('rollout_router_mirrored_total{service="%s"} %d', ms, dict:get(key))
+        end
+    end
+    for _, line in ipairs(mirrored) do out[#out + 1] = line end
+    ngx.header["Content-Type"] = "text/plain; version=0.0.4"
+    ngx.say(table.concat(out, "\n"))
+end
+
+return M

@@ -1,0 +1,264 @@
+"""nginx as the local router: render its config, start it, reload it gracefully, stop it.
+
+The rendered config is static per set of services: one client port per service (127.0.0.1), one
+admin port. Everything that changes during a rollout — weights, header/cookie matches, sticky key,
+mirror percent and even the backend addresses — lives in a Lua shared dict that the admin server
+changes without a reload (see lua/rollout_router.lua and rollout/routers/nginx.py). A graceful
+reload (SIGHUP, after ``nginx -t``) is only needed when the set of services changes.
+
+nginx runs as a non-daemon child with its own prefix (config, pid, logs, temp dirs in one
+directory), never the system's /etc/nginx. Who calls it: rollout/local/stack.py, tests, bench.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from rollout.errors import ProcessError, RouterError
+from rollout.local.processes import LOOPBACK, ManagedProcess, Supervisor, free_port, http_ok
+
+NGINX_BIN = os.environ.get("ROLLOUT_NGINX", "/usr/sbin/nginx")
+LUA_MODULE = "/usr/lib/nginx/modules/ngx_http_lua_module.so"
+NDK_MODULE = "/usr/lib/nginx/modules/ndk_http_module.so"
+LUA_DIR = Path(__file__).parent / "lua"
+SERVICE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9_]{0,61}[a-z0-9])?$")
+
+
+@dataclass
+class NginxConfig:
+    """What the static nginx.conf depends on."""
+
+    prefix: Path
+    admin_port: int
+    services: dict[str, int] = field(default_factory=dict)  # service name -> client port
+    worker_processes: int = 2
+    upstream_keepalive: int = 64
+    access_log: bool = False
+    client_max_body_size: str = "1m"
+
+
+def render_config(cfg: NginxConfig) -> str:
+    """The nginx.conf text for ``cfg``. Pure: tests render and ``nginx -t`` it."""
+    for name in cfg.services:
+        if not SERVICE_NAME.match(name):
+            raise RouterError(f"service name {name!r} must be a DNS label (a-z, 0-9, '-')", delay=0)
+    p = cfg.prefix
+    access = (
+        f"access_log {p}/logs/access.log routed buffer=64k flush=1s;" if cfg.access_log else "access_log off;"
+    )
+    servers = "\n".join(_service_server(name, port) for name, port in sorted(cfg.services.items()))
+    return f"""# rendered by rollout/local/nginx.py; routes live in the Lua shared dict, not here
+load_module {NDK_MODULE};
+load_module {LUA_MODULE};
+worker_processes {cfg.worker_processes};
+daemon off;
+pid {p}/nginx.pid;
+error_log {p}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+
+http {{
+    client_body_temp_path {p}/tmp/body;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;
+    log_format routed '$remote_addr [$time_local] "$request" $status $body_bytes_sent '
+                      'rid=$rollout_rid to=$rollout_to retried=$rollout_retried '
+                      'mirror=$rollout_mirror rt=$request_time urt=$upstream_response_time';
+    {access}
+    keepalive_timeout 65s;
+    keepalive_requests 100000;
+    client_max_body_size {cfg.client_max_body_size};
+    server_tokens off;
+
+    lua_package_path "{LUA_DIR}/?.lua;/usr/share/lua/5.1/?.lua;;";
+    lua_package_cpath "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;";
+    lua_shared_dict rollout 4m;
+    init_by_lua_block {{ require("rollout_router").init("{p}/routes.json") }}
+    init_worker_by_lua_block {{ require("rollout_router").init_worker("{p}/routes.json") }}
+
+    map $http_x_request_id $rollout_rid {{
+        ""      $request_id;
+        default $http_x_request_id;
+    }}
+
+    upstream rollout_backend {{
+        server 0.0.0.1:1;  # placeholder; balancer_by_lua picks the real peer per request
+        balancer_by_lua_block {{ require("rollout_router").balance() }}
+        keepalive {cfg.upstream_keepalive};
+        keepalive_timeout 4s;  # below uvicorn's 5 s so nginx never reuses a connection being closed
+        keepalive_requests 100000;
+    }}
+    upstream rollout_mirror {{
+        server 0.0.0.1:1;
+        balancer_by_lua_block {{ require("rollout_router").balance_mirror() }}
+        keepalive {cfg.upstream_keepalive};
+        keepalive_timeout 4s;
+    }}
+
+    server {{
+        listen {LOOPBACK}:{cfg.admin_port};
+        location = /healthz {{ return 200 "ok\\n"; }}
+        location = /metrics {{ content_by_lua_block {{ require("rollout_router").metrics() }} }}
+        location /routes/ {{
+            client_max_body_size 64k;
+            client_body_buffer_size 64k;
+            content_by_lua_block {{ require("rollout_router").admin() }}
+        }}
+    }}
+{servers}
+}}
+"""
+
+
+def _service_server(name: str, port: int) -> str:
+    return f"""
+    server {{
+        listen {LOOPBACK}:{port} reuseport;
+        set $rollout_service "{name}";
+        location = /_rollout_mirror {{
+            internal;
+            if ($rollout_mirror != "1") {{ return 204; }}
+            proxy_pass http://rollout_mirror$request_uri;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Request-ID $rollout_rid;
+            proxy_set_header X-Rollout-Mirror "1";
+            proxy_next_upstream off;
+            proxy_connect_timeout 1s;
+        }}
+        location / {{
+            set $rollout_to "";
+            set $rollout_mirror "";
+            set $rollout_retried "";
+            access_by_lua_block {{ require("rollout_router").route() }}
+            mirror /_rollout_mirror;
+            mirror_request_body on;
+            proxy_pass http://rollout_backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Request-ID $rollout_rid;
+            proxy_set_header X-Routed-To $rollout_to;
+            # a connection error (candidate killed, stale keep-alive) retries once on stable;
+            # predictions are side-effect free, so this holds for POST too
+            proxy_next_upstream error non_idempotent;
+            proxy_next_upstream_tries 2;
+            proxy_connect_timeout 2s;
+            proxy_read_timeout 60s;
+            add_header X-Request-ID $rollout_rid always;
+            add_header X-Routed-To $rollout_to always;
+            log_by_lua_block {{ require("rollout_router").log() }}
+        }}
+    }}"""
+
+
+class NginxServer:
+    """One nginx master with its own prefix directory; started and stopped by a Supervisor."""
+
+    def __init__(self, supervisor: Supervisor, cfg: NginxConfig, name: str = "nginx") -> None:
+        self.supervisor = supervisor
+        self.cfg = cfg
+        self.name = name
+        self.proc: ManagedProcess | None = None
+
+    @property
+    def conf_path(self) -> Path:
+        return self.cfg.prefix / "nginx.conf"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.cfg.admin_port}"
+
+    def service_url(self, service: str) -> str:
+        return f"http://{LOOPBACK}:{self.cfg.services[service]}"
+
+    def write_config(self) -> None:
+        p = self.cfg.prefix
+        for d in ("logs", "tmp"):
+            (p / d).mkdir(parents=True, exist_ok=True)
+        tmp = self.conf_path.with_suffix(".conf.tmp")
+        tmp.write_text(render_config(self.cfg))
+        self.test_config(tmp)
+        tmp.replace(self.conf_path)
+
+    def test_config(self, path: Path) -> None:
+        res = subprocess.run(
+            [NGINX_BIN, "-t", "-q", "-p", str(self.cfg.prefix), "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        if res.returncode != 0:
+            raise RouterError(f"nginx rejected the rendered config {path}:\n{res.stderr.strip()}", delay=0)
+
+    def start(self, timeout: float = 30.0) -> float:
+        """Write the config, start nginx, wait until the admin port answers; seconds to ready."""
+        self.write_config()
+        argv = [NGINX_BIN, "-p", str(self.cfg.prefix), "-c", str(self.conf_path)]
+        self.proc = self.supervisor.start(self.name, argv, self.cfg.prefix / "logs" / "master.log")
+        return self.supervisor.wait_ready(self.proc, http_ok(self.admin_url + "/healthz"), timeout=timeout)
+
+    def master_pid(self) -> int:
+        if self.proc is None:
+            raise ProcessError("nginx is not running")
+        return self.proc.pid
+
+    def worker_pids(self) -> set[int]:
+        pid = self.master_pid()
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return set()
+        return {int(c) for c in children}
+
+    def reload(self, timeout: float = 30.0) -> float:
+        """Re-render, test and apply the config with SIGHUP; seconds until new workers serve.
+
+        In-flight requests finish on the old workers; idle keep-alive client connections of the old
+        workers are closed, which is why routing changes never go through here.
+        """
+        self.write_config()
+        old = self.worker_pids()
+        started = time.monotonic()
+        os.kill(self.master_pid(), signal.SIGHUP)
+        expected = self.cfg.worker_processes
+        while time.monotonic() - started < timeout:
+            now = self.worker_pids()
+            if len(now - old) >= expected:
+                if all(self._port_open(port) for port in self.cfg.services.values()):
+                    return time.monotonic() - started
+            time.sleep(0.01)
+        raise RouterError(f"nginx did not start new workers within {timeout:.0f} s of a reload", delay=1)
+
+    @staticmethod
+    def _port_open(port: int) -> bool:
+        try:
+            with httpx.Client(timeout=1.0) as c:
+                c.get(f"http://{LOOPBACK}:{port}/_rollout_probe")
+            return True
+        except httpx.HTTPError:
+            return False
+
+    def add_service(self, name: str, port: int | None = None) -> int:
+        """Give ``name`` a client port (graceful reload when nginx runs); returns the port."""
+        if name in self.cfg.services:
+            return self.cfg.services[name]
+        self.cfg.services[name] = port or free_port()
+        if self.proc is not None and self.proc.alive():
+            self.reload()
+        return self.cfg.services[name]
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGQUIT: finish in-flight requests), SIGKILL after ``timeout`` s."""
+        self.supervisor.stop(self.name, timeout=timeout, sig=signal.SIGQUIT)
+        self.proc = None

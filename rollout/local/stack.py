@@ -1,0 +1,328 @@
+"""LocalStack: the embedded data plane (nginx router + Prometheus + model servers) as one object.
+
+Usage (the runner and the CLI build on this)::
+
+    stack = LocalStack.up(services=["iris"])          # nginx + Prometheus on free 127.0.0.1 ports
+    stable = stack.start_backend("iris", "iris-v1", "v1", ["bentoml", "serve", ..., "--port", "{port}"])
+    router = stack.router("iris")                      # a TrafficRouter (rollout/routers/nginx.py)
+    router.ensure(RouteTarget("iris", stable))
+    stack.service_url("iris")                          # where clients send requests
+    stack.metrics()                                    # a PrometheusProvider on the stack's Prometheus
+    stack.stop_backend("iris-v1"); stack.stop()
+
+Every process binds 127.0.0.1 on a free port and leads its own process group. The stack's state
+(pids with start times, ports, paths, backends) is kept in ``<home>/stack/stack.json`` so another
+process can ``LocalStack.attach()`` (``rollout run``, ``rollout status``) or ``LocalStack.down()``
+(``rollout down``). With ``detach=False`` (tests, ``rollout demo``) everything stops when the
+Python process exits or gets Ctrl-C/SIGTERM; with ``detach=True`` (``rollout up``) and in attached
+stacks, processes outlive the Python process until ``down()``. Routes survive an nginx restart
+(nginx keeps them in ``routes.json`` too). ``home`` defaults to $ROLLOUT_HOME or ``.state``.
+Who calls it: rollout/local/runner.py, the CLI (up/down/run/status), tests, the demo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from rollout.errors import NotFoundError, ProcessError, StateError
+from rollout.local.nginx import NginxConfig, NginxServer
+from rollout.local.processes import (
+    LOOPBACK,
+    ManagedProcess,
+    Supervisor,
+    free_port,
+    http_ok,
+    is_running,
+    stop_pid,
+)
+from rollout.local.prometheus import PrometheusServer
+from rollout.metrics.prometheus import PrometheusProvider
+from rollout.routers.base import Backend
+from rollout.routers.nginx import NginxRouter
+
+STATE_NAME = "stack.json"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("ROLLOUT_HOME", ".state")).resolve()
+
+
+class LocalStack:
+    """nginx + Prometheus + model servers under ``home/stack``; see the module docstring."""
+
+    def __init__(self, home: Path, supervisor: Supervisor, state: dict[str, Any]) -> None:
+        self.home = home
+        self.dir = home / "stack"
+        self.supervisor = supervisor
+        self.state = state
+        ng = state["nginx"]
+        self.nginx = NginxServer(
+            supervisor,
+            NginxConfig(prefix=Path(ng["prefix"]), admin_port=ng["adminPort"], services=ng["services"]),
+        )
+        pr = state["prometheus"]
+        self.prometheus = PrometheusServer(
+            supervisor, Path(pr["home"]), pr["port"], data_dir=Path(pr["data"])
+        )
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def up(
+        cls, home: Path | None = None, services: Sequence[str] = ("iris",), detach: bool = False
+    ) -> LocalStack:
+        """Start nginx and Prometheus; NotFoundError-free: raises ProcessError if a stack already runs."""
+        home = (home or default_home()).resolve()
+        existing = _read_state(home)
+        if existing and _alive(existing.get("nginx", {})):
+            raise ProcessError(
+                f"a local stack is already running (nginx pid {existing['nginx']['pid']}); "
+                f"run `rollout down` first (state: {home / 'stack' / STATE_NAME})",
+                delay=0,
+            )
+        stack_dir = home / "stack"
+        if stack_dir.exists():
+            shutil.rmtree(stack_dir)
+        stack_dir.mkdir(parents=True)
+        state: dict[str, Any] = {
+            "nginx": {
+                "prefix": str(stack_dir / "nginx"),
+                "adminPort": free_port(),
+                "services": {s: free_port() for s in services},
+            },
+            "prometheus": {
+                "home": str(stack_dir / "prometheus"),
+                "port": free_port(),
+                "data": tempfile.mkdtemp(prefix="rollout-prometheus-"),
+            },
+            "backends": {},
+        }
+        stack = cls(home, Supervisor(cleanup_on_exit=not detach), state)
+        try:
+            stack.nginx.start()
+            stack._record_process(state["nginx"], stack.nginx.proc)
+            stack.prometheus.start()
+            stack._record_process(state["prometheus"], stack.prometheus.proc)
+            stack.prometheus.add_target(
+                "router", f"{LOOPBACK}:{state['nginx']['adminPort']}", {"component": "router"}
+            )
+        except BaseException:
+            stack.supervisor.stop_all()
+            raise
+        stack._save()
+        return stack
+
+    @classmethod
+    def attach(cls, home: Path | None = None) -> LocalStack:
+        """The stack another process brought up; NotFoundError when none is running."""
+        home = (home or default_home()).resolve()
+        state = _read_state(home)
+        if not state or not _alive(state.get("nginx", {})):
+            raise NotFoundError(f"no local stack is running under {home}; start one with `rollout up`")
+        stack = cls(home, Supervisor(cleanup_on_exit=False), state)
+        stack.nginx.proc = _foreign("nginx", state["nginx"])
+        stack.prometheus.proc = _foreign("prometheus", state["prometheus"])
+        return stack
+
+    @classmethod
+    def down(cls, home: Path | None = None) -> bool:
+        """Stop every process recorded in the state file; False when nothing was running."""
+        home = (home or default_home()).resolve()
+        state = _read_state(home)
+        if not state:
+            return False
+        was_running = False
+        for info in list(state.get("backends", {}).values()) + [
+            state.get("prometheus", {}),
+            state.get("nginx", {}),
+        ]:
+            if info.get("pid") and _alive(info):
+                was_running = True
+                stop_pid(info["pid"], info.get("startTime"), timeout=15)
+        _remove_data(state)
+        (home / "stack" / STATE_NAME).unlink(missing_ok=True)
+        return was_running
+
+    def stop(self) -> None:
+        """Stop the backends, Prometheus and nginx of this stack and forget its state."""
+        for name in list(self.state["backends"]):
+            self.stop_backend(name)
+        self.prometheus.stop()
+        self.nginx.stop()
+        LocalStack.down(self.home)  # anything recorded but not started by this process
+
+    def detach(self) -> None:
+        """Leave every process running after this Python process exits (``rollout up``)."""
+        self.supervisor.detach()
+
+    # --- services and backends -------------------------------------------------------------------
+
+    def service_url(self, service: str) -> str:
+        try:
+            return f"http://{LOOPBACK}:{self.state['nginx']['services'][service]}"
+        except KeyError:
+            raise NotFoundError(
+                f"service {service!r} is not routed by this stack; add_service() it"
+            ) from None
+
+    def add_service(self, service: str) -> str:
+        """Give ``service`` a client port on nginx (a graceful reload); returns its URL."""
+        self.nginx.add_service(service)
+        self._save()
+        return self.service_url(service)
+
+    def start_backend(
+        self,
+        service: str,
+        name: str,
+        version: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        ready_path: str = "/readyz",
+        metrics_path: str = "/metrics",
+        timeout: float = 120.0,
+    ) -> Backend:
+        """Start one model server; ``{port}`` in ``argv``/``env`` is replaced by a free port.
+
+        Waits until GET ``ready_path`` answers 2xx, registers it with Prometheus (labels
+        ``service``, ``backend``=name, ``version``) and returns the Backend to route to.
+        """
+        if name in self.state["backends"]:
+            raise ProcessError(f"backend {name!r} already exists; stop_backend() it first", delay=0)
+        port = free_port()
+        argv = [a.replace("{port}", str(port)) for a in argv]
+        env = {k: v.replace("{port}", str(port)) for k, v in (env or {}).items()}
+        log = self.dir / "backends" / f"{name}.log"
+        proc = self.supervisor.start(f"backend:{name}", argv, log, env=env)
+        address = f"{LOOPBACK}:{port}"
+        info: dict[str, Any] = {"service": service, "version": version, "address": address, "log": str(log)}
+        self._record_process(info, proc)
+        with self._locked():
+            self.state["backends"][name] = info
+        self.supervisor.wait_ready(proc, http_ok(f"http://{address}{ready_path}"), timeout=timeout)
+        self.prometheus.add_target(name, address, {"service": service, "backend": name}, metrics_path)
+        return Backend(name=name, version=version, address=address)
+
+    def add_backend(
+        self, service: str, name: str, version: str, address: str, metrics_path: str = "/metrics"
+    ) -> Backend:
+        """Register a model server started elsewhere (no process management, scraped by Prometheus)."""
+        with self._locked():
+            self.state["backends"][name] = {"service": service, "version": version, "address": address}
+        self.prometheus.add_target(name, address, {"service": service, "backend": name}, metrics_path)
+        return Backend(name=name, version=version, address=address)
+
+    def backends(self, service: str | None = None) -> dict[str, Backend]:
+        return {
+            n: Backend(name=n, version=b["version"], address=b["address"])
+            for n, b in self.state["backends"].items()
+            if service is None or b["service"] == service
+        }
+
+    def stop_backend(self, name: str, timeout: float = 15.0) -> None:
+        """Stop a model server (SIGTERM: in-flight requests finish) and stop scraping it."""
+        info = self.state["backends"].get(name)
+        if info is None:
+            return
+        self.prometheus.remove_target(name)
+        if f"backend:{name}" in self.supervisor.processes:
+            self.supervisor.stop(f"backend:{name}", timeout=timeout)
+        elif info.get("pid"):
+            stop_pid(info["pid"], info.get("startTime"), timeout=timeout)
+        with self._locked():
+            self.state["backends"].pop(name, None)
+
+    # --- clients ---------------------------------------------------------------------------------
+
+    def router(self, service: str) -> NginxRouter:
+        self.service_url(service)  # NotFoundError for an unknown service
+        return NginxRouter(self.nginx.admin_url, service)
+
+    def metrics(self) -> PrometheusProvider:
+        return PrometheusProvider(self.prometheus.url)
+
+    @property
+    def prometheus_url(self) -> str:
+        return self.prometheus.url
+
+    def status(self) -> dict[str, Any]:
+        """Ports, pids and liveness of every process, for ``rollout status``."""
+        out = json.loads(json.dumps(self.state))
+        for info in [out["nginx"], out["prometheus"], *out["backends"].values()]:
+            if info.get("pid"):
+                info["running"] = _alive(info)
+        return out
+
+    # --- state file ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _record_process(info: dict[str, Any], proc: ManagedProcess | None) -> None:
+        if proc is None:
+            raise ProcessError("process did not start")
+        info.update(pid=proc.pid, startTime=proc.start_time, log=str(proc.log_path))
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Read-modify-write of the state file under an flock; other processes may share the stack."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "stack.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                disk = _read_state(self.home) or {}
+                for name, info in disk.get("backends", {}).items():
+                    self.state["backends"].setdefault(name, info)
+                self.state["nginx"]["services"] = {
+                    **disk.get("nginx", {}).get("services", {}),
+                    **self.state["nginx"]["services"],
+                }
+                yield
+                self._write()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _save(self) -> None:
+        with self._locked():
+            pass
+
+    def _write(self) -> None:
+        path = self.dir / STATE_NAME
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(self.state, indent=2))
+            tmp.replace(path)
+        except OSError as exc:
+            raise StateError(f"cannot write the stack state {path}: {exc}") from exc
+
+
+def _read_state(home: Path) -> dict[str, Any] | None:
+    path = home / "stack" / STATE_NAME
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StateError(
+            f"cannot read the stack state {path}: {exc}; remove it after stopping the processes"
+        ) from exc
+
+
+def _alive(info: dict[str, Any]) -> bool:
+    return bool(info.get("pid")) and is_running(int(info["pid"]), info.get("startTime"))
+
+
+def _foreign(name: str, info: dict[str, Any]) -> ManagedProcess:
+    return ManagedProcess(name, [], int(info["pid"]), info.get("startTime"), Path(info.get("log", "")))
+
+
+def _remove_data(state: dict[str, Any]) -> None:
+    data = state.get("prometheus", {}).get("data")
+    if data and Path(data).name.startswith("rollout-prometheus-"):
+        shutil.rmtree(data, ignore_errors=True)

@@ -1,0 +1,54 @@
+"""A stand-in model server for router tests and the router benchmark: answers with its name.
+
+Run as ``python tests/integration/echo_server.py NAME PORT``. Every request (any path, GET or POST)
+gets ``{"server": NAME, "requestId": <X-Request-ID>, "mirror": bool}``; ``GET /_seen`` returns the
+request ids it has answered so tests can check what reached it (shadow traffic included).
+``/readyz`` answers 200 once it listens. HTTP/1.1 keep-alive, stdlib only, binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+NAME = sys.argv[1] if len(sys.argv) > 1 else "backend"
+SEEN: list[dict[str, object]] = []
+LOCK = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet
+        pass
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        if self.path == "/_seen":
+            with LOCK:
+                body = json.dumps(SEEN).encode()
+        else:
+            rid = self.headers.get("X-Request-ID", "")
+            mirror = self.headers.get("X-Rollout-Mirror") == "1"
+            if self.path != "/readyz":
+                with LOCK:
+                    SEEN.append({"rid": rid, "mirror": mirror, "path": self.path})
+            body = json.dumps({"server": NAME, "requestId": rid, "mirror": mirror}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = _answer
+    do_POST = _answer
+
+
+if __name__ == "__main__":
+    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
