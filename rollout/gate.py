@@ -1,0 +1,264 @@
+"""The analysis gate: metric results in, judged measurements and limits out.
+
+The engine hands every ``MetricResult`` the edge reported to ``ingest``: a sample is judged by the
+metric's judge (``rollout.analysis.registry.make_judge``), an error string becomes a measurement
+in phase Error. Per metric, consecutive Failed / Inconclusive / Error counts are kept and checked
+against ``failureLimit``, ``inconclusiveLimit`` and ``analysis.errorLimit`` ("past the limit" =
+more consecutive results than the limit). ``gate`` tells the strategy whether it may move on.
+Who calls it: ``rollout.engine`` only. Works on the engine's private working copy of the state.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+from rollout.actions import Measure, MetricResult
+from rollout.analysis.base import HistogramSample, Judge, Measurement, ProportionSample, Verdict
+from rollout.analysis.registry import make_judge, template_of
+from rollout.analysis.threshold import headline, sample_size
+from rollout.errors import RolloutError
+from rollout.metrics.templates import Headline
+from rollout.model import (
+    ERROR,
+    FAILED,
+    INCONCLUSIVE,
+    MAX_MEASUREMENTS,
+    SUCCESSFUL,
+    EventType,
+    MeasurementRecord,
+    MetricStatus,
+    Reason,
+    RolloutState,
+)
+from rollout.spec import Direction, JudgeKind, MetricSpec, RolloutSpec
+from rollout.strategies.base import Comparison, Decision, DecisionKind, Gate, Note
+
+JudgeFactory = Callable[[MetricSpec], Judge]
+
+_judges: dict[MetricSpec, Judge] = {}
+
+
+def default_judge(metric: MetricSpec) -> Judge:
+    """The registry's judge for the metric, cached (judges are pure and configured by the spec)."""
+    judge = _judges.get(metric)
+    if judge is None:
+        judge = _judges[metric] = make_judge(metric)
+    return judge
+
+
+def interval_of(spec: RolloutSpec, metric: MetricSpec) -> float:
+    return metric.interval if metric.interval is not None else spec.analysis.interval
+
+
+def start(spec: RolloutSpec, state: RolloutState, now: float) -> None:
+    """Begin an analysis run: first measurements due after ``startDelay``; fresh consecutive counts."""
+    state.analysis_started_at = now
+    for m in spec.analysis.metrics:
+        st = state.metrics.setdefault(m.name, MetricStatus(name=m.name))
+        st.next_due = now + spec.analysis.start_delay
+        st.latest = None
+        st.consecutive_failed = st.consecutive_inconclusive = st.consecutive_errors = 0
+
+
+def stop(state: RolloutState) -> None:
+    state.analysis_started_at = None
+    for st in state.metrics.values():
+        st.next_due = None
+
+
+def due(spec: RolloutSpec, state: RolloutState, now: float) -> list[Measure]:
+    """Measure actions for the metrics that are due (repeated until their result arrives)."""
+    if state.analysis_started_at is None:
+        return []
+    out = []
+    for m in spec.analysis.metrics:
+        st = state.metrics.get(m.name)
+        if st is None or st.next_due is None or st.next_due > now:
+            continue
+        if m.judge.kind == JudgeKind.SEQUENTIAL:  # the sequential test reads everything since the start
+            window = max(now - state.analysis_started_at, interval_of(spec, m))
+        else:
+            window = spec.analysis.window or interval_of(spec, m)
+        out.append(Measure(metric=m.name, window=window))
+    return out
+
+
+def _judge(judge_of: JudgeFactory, metric: MetricSpec, result: MetricResult) -> Measurement:
+    if result.error is not None:
+        return Measurement(metric=metric.name, verdict=Verdict.ERROR, at=result.at, message=result.error)
+    try:
+        return judge_of(metric).judge(metric.name, result.sample, result.at)
+    except (RolloutError, ValueError, ArithmeticError, TypeError) as exc:
+        return Measurement(
+            metric=metric.name, verdict=Verdict.ERROR, at=result.at, message=f"judge failed: {exc}"
+        )
+
+
+def _record(st: MetricStatus, m: Measurement, result: MetricResult, interval: float) -> None:
+    verdict = str(m.verdict)
+    value = m.value if m.value is None or math.isfinite(m.value) else None
+    details = {k: v for k, v in m.details.items() if isinstance(v, int | float) and math.isfinite(v)}
+    st.measurements = [
+        *st.measurements,
+        MeasurementRecord(at=m.at, verdict=verdict, value=value, message=m.message, details=details),
+    ][-MAX_MEASUREMENTS:]
+    st.count += 1
+    st.latest = verdict
+    st.last_elapsed = result.elapsed
+    st.next_due = result.at + interval
+    if verdict == SUCCESSFUL:
+        st.successful += 1
+        st.consecutive_failed = st.consecutive_inconclusive = st.consecutive_errors = 0
+    elif verdict == FAILED:
+        st.failed += 1
+        st.consecutive_failed += 1
+        st.consecutive_inconclusive = st.consecutive_errors = 0
+    elif verdict == INCONCLUSIVE:
+        st.inconclusive += 1
+        st.consecutive_inconclusive += 1
+        st.consecutive_errors = 0
+    else:  # Error: no information about the candidate; keeps the other counts
+        st.errors += 1
+        st.consecutive_errors += 1
+
+
+def _describe(m: Measurement) -> str:
+    value = "" if m.value is None else f" (value {m.value:.6g})"
+    return f"{m.verdict}{value}" + (f": {m.message}" if m.message else "")
+
+
+def ingest(
+    spec: RolloutSpec,
+    state: RolloutState,
+    results: Iterable[MetricResult],
+    judge_of: JudgeFactory,
+) -> tuple[list[Note], dict[str, Comparison]]:
+    """Judge the results and update each metric's status. Returns events and per-version
+    comparisons of the fresh samples. Results for unknown metrics, or arriving while no analysis
+    runs, are ignored."""
+    notes: list[Note] = []
+    comparisons: dict[str, Comparison] = {}
+    if state.analysis_started_at is None:
+        return notes, comparisons
+    by_name = {m.name: m for m in spec.analysis.metrics}
+    for r in results:
+        metric = by_name.get(r.metric)
+        if metric is None:
+            continue
+        st = state.metrics.setdefault(metric.name, MetricStatus(name=metric.name))
+        before = st.latest
+        m = _judge(judge_of, metric, r)
+        _record(st, m, r, interval_of(spec, metric))
+        if r.sample is not None and (cmp := compare(metric, r.sample)) is not None:
+            comparisons[metric.name] = cmp
+        if m.verdict == Verdict.FAILED:
+            notes.append(
+                Note(
+                    EventType.WARNING,
+                    Reason.MEASUREMENT_FAILED,
+                    f"{metric.name}: {_describe(m)} [{st.consecutive_failed} in a row, failureLimit {metric.failure_limit}]",
+                )
+            )
+        elif m.verdict == Verdict.INCONCLUSIVE:
+            notes.append(
+                Note(
+                    EventType.WARNING,
+                    Reason.MEASUREMENT_INCONCLUSIVE,
+                    f"{metric.name}: {_describe(m)} [{st.consecutive_inconclusive} in a row]",
+                )
+            )
+        elif m.verdict == Verdict.ERROR:
+            notes.append(
+                Note(
+                    EventType.WARNING,
+                    Reason.MEASUREMENT_ERROR,
+                    f"{metric.name}: cannot measure: {m.message} [{st.consecutive_errors} in a row, "
+                    f"errorLimit {spec.analysis.error_limit}]; holding",
+                )
+            )
+        elif before is not None and before != SUCCESSFUL:
+            notes.append(Note(EventType.NORMAL, Reason.ANALYSIS_RECOVERED, f"{metric.name}: {_describe(m)}"))
+    return notes, comparisons
+
+
+def verdict_limits(spec: RolloutSpec, state: RolloutState) -> Decision | None:
+    """Roll back when a metric failed, or could not be measured, too many times in a row."""
+    if state.analysis_started_at is None:
+        return None
+    for metric in spec.analysis.metrics:
+        st = state.metrics.get(metric.name)
+        if st is None:
+            continue
+        last = st.measurements[-1].message if st.measurements else ""
+        if st.consecutive_failed > metric.failure_limit:
+            return Decision(
+                DecisionKind.ROLL_BACK,
+                Reason.ANALYSIS_FAILED,
+                f"metric {metric.name} failed {st.consecutive_failed} times in a row "
+                f"(failureLimit {metric.failure_limit})" + (f": {last}" if last else ""),
+            )
+        if st.consecutive_errors > spec.analysis.error_limit:
+            return Decision(
+                DecisionKind.ROLL_BACK,
+                Reason.METRICS_UNAVAILABLE,
+                f"metric {metric.name} could not be measured {st.consecutive_errors} times in a row "
+                f"(errorLimit {spec.analysis.error_limit})" + (f": {last}" if last else ""),
+            )
+    return None
+
+
+def inconclusive_limit(spec: RolloutSpec, state: RolloutState) -> str | None:
+    """A message when some metric stayed Inconclusive past its (non-zero) inconclusiveLimit."""
+    if state.analysis_started_at is None:
+        return None
+    for metric in spec.analysis.metrics:
+        st = state.metrics.get(metric.name)
+        if (
+            st is not None
+            and metric.inconclusive_limit
+            and st.consecutive_inconclusive > metric.inconclusive_limit
+        ):
+            return (
+                f"metric {metric.name} was inconclusive {st.consecutive_inconclusive} times in a row "
+                f"(inconclusiveLimit {metric.inconclusive_limit}); promote, resume or abort"
+            )
+    return None
+
+
+def reset_inconclusive(state: RolloutState) -> None:
+    for st in state.metrics.values():
+        st.consecutive_inconclusive = 0
+
+
+def gate(state: RolloutState) -> Gate:
+    """HOLDING while any metric's newest verdict (of the running analysis) is not Successful."""
+    if state.analysis_started_at is None:
+        return Gate.PASSING
+    bad = {FAILED, INCONCLUSIVE, ERROR}
+    return Gate.HOLDING if any(st.latest in bad for st in state.metrics.values()) else Gate.PASSING
+
+
+def compare(metric: MetricSpec, sample: object) -> Comparison | None:
+    """Candidate and stable reduced to the metric's headline number (the one the threshold judge
+    shows: error rate, accuracy, p99...), for the A/B test to pick a winner by ``direction``.
+    None for samples without a per-version headline (a raw value, distribution shifts)."""
+    try:
+        template = template_of(metric)
+    except RolloutError:
+        return None
+    if isinstance(sample, ProportionSample):
+        swapped: object = ProportionSample(
+            sample.stable_bad, sample.stable_total, sample.candidate_bad, sample.candidate_total
+        )
+    elif isinstance(sample, HistogramSample) and (template is None or template.headline != Headline.KS):
+        swapped = HistogramSample(sample.bounds, sample.stable_counts, sample.candidate_counts)
+    else:
+        return None
+    n_c, n_s = sample_size(sample)
+    return Comparison(
+        samples=min(n_c, n_s),
+        candidate=headline(template, sample),
+        stable=headline(template, swapped),
+        higher_is_better=metric.direction == Direction.HIGHER_IS_BETTER,
+    )
