@@ -15,7 +15,7 @@ import click
 from rollout.errors import RolloutError
 
 # one module per command group; each defines register(cli: click.Group) -> None
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["rollout.cli.models"]
 
 
 class RolloutGroup(click.Group):

@@ -1,0 +1,228 @@
+"""The model registry: trained models and their metadata in BentoML's model store.
+
+Training (``bentos/train.py``) writes a model as one pickled artifact plus the metadata described by
+:class:`ModelMetadata`; the model service (``bentos/service.py``) loads it with :func:`load_model`,
+which verifies the artifact's sha256 *before* unpickling it and refuses a tampered file with
+:class:`~rollout.errors.ModelIntegrityError`; ``rollout gate`` (``rollout/cli/models.py``) compares
+two models' holdout metrics with :func:`gate`.
+
+The store is BentoML's: ``$BENTOML_HOME/models`` (the Makefile points BENTOML_HOME at
+``.cache/bentoml``). Tags are ``name:version``, e.g. ``iris:v1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rollout.errors import ModelError, ModelIntegrityError, ModelNotFoundError, UsageError
+
+ARTIFACT_FILE = "model.pkl"
+METADATA_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Everything recorded with a model at training; stored as the BentoML model's metadata."""
+
+    dataset: str
+    dataset_sha256: str
+    variant: str
+    description: str
+    estimator: str
+    params: dict[str, Any]
+    seed: int
+    holdout_accuracy: float
+    holdout_f1_macro: float
+    holdout_size: int
+    train_size: int
+    sklearn_version: str
+    git_revision: str
+    feature_names: list[str]
+    feature_means: list[float]
+    feature_stds: list[float]
+    class_names: list[str]
+    artifact_sha256: str
+    label_flip_fraction: float = 0.0
+    schema: int = METADATA_SCHEMA
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], tag: str = "?") -> ModelMetadata:
+        known = {f for f in cls.__dataclass_fields__}
+        missing = [f for f in known if f not in data and f not in ("label_flip_fraction", "schema", "extra")]
+        if missing:
+            raise ModelError(
+                f"model {tag} has no {', '.join(sorted(missing))} in its metadata; it was not saved by "
+                "bentos.train — retrain it with `python -m bentos.train --all`"
+            )
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A model in the store: its tag, where its artifact lives, and its metadata."""
+
+    tag: str
+    name: str
+    version: str
+    path: Path
+    metadata: ModelMetadata
+
+    @property
+    def artifact_path(self) -> Path:
+        return self.path / ARTIFACT_FILE
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    record: ModelRecord
+    estimator: Any
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parse_tag(tag: str) -> tuple[str, str]:
+    """``"iris:v2"`` -> ``("iris", "v2")``; a tag without a version is a usage error (no "latest")."""
+    name, sep, version = tag.partition(":")
+    if not sep or not name or not version:
+        raise UsageError(f"model tag {tag!r} must be NAME:VERSION, e.g. iris:v1")
+    return name, version
+
+
+def get_record(tag: str) -> ModelRecord:
+    """The store entry for ``tag``; ModelNotFoundError names the store and how to fill it."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    name, version = parse_tag(tag)
+    try:
+        model = bentoml.models.get(f"{name}:{version}")
+    except NotFound as exc:
+        raise ModelNotFoundError(
+            f"model {tag} is not in the BentoML model store ({_store_dir()}); "
+            "train it with `rollout train --all` (or `make models`)"
+        ) from exc
+    metadata = ModelMetadata.from_dict(dict(model.info.metadata), tag)
+    return ModelRecord(tag=tag, name=name, version=version, path=Path(model.path), metadata=metadata)
+
+
+def list_records(name: str | None = None) -> list[ModelRecord]:
+    """Every model saved by bentos.train (others are skipped), optionally only those called ``name``."""
+    import bentoml
+
+    records: list[ModelRecord] = []
+    for model in bentoml.models.list(name):
+        tag = str(model.tag)
+        try:
+            metadata = ModelMetadata.from_dict(dict(model.info.metadata), tag)
+        except ModelError:
+            continue
+        records.append(
+            ModelRecord(
+                tag=tag,
+                name=model.tag.name,
+                version=model.tag.version or "",
+                path=Path(model.path),
+                metadata=metadata,
+            )
+        )
+    return sorted(records, key=lambda r: r.tag)
+
+
+def verify_artifact(record: ModelRecord) -> None:
+    """Raise ModelIntegrityError unless the artifact's sha256 is the one recorded at training."""
+    path = record.artifact_path
+    if not path.is_file():
+        raise ModelIntegrityError(f"model {record.tag}: artifact {path} is missing; retrain the model")
+    actual = sha256_file(path)
+    if actual != record.metadata.artifact_sha256:
+        raise ModelIntegrityError(
+            f"model {record.tag}: artifact {path} has sha256 {actual[:16]}…, but training recorded "
+            f"{record.metadata.artifact_sha256[:16]}…; the file was modified — refusing to load it "
+            "(delete the model and retrain it)"
+        )
+
+
+def load_model(tag: str) -> LoadedModel:
+    """Load the estimator for ``tag`` after checking its artifact hash (never unpickles a bad file)."""
+    record = get_record(tag)
+    verify_artifact(record)
+    with record.artifact_path.open("rb") as fh:
+        estimator = pickle.load(fh)
+    return LoadedModel(record=record, estimator=estimator)
+
+
+@dataclass(frozen=True)
+class GateResult:
+    candidate: str
+    stable: str
+    tolerance: float
+    passed: bool
+    reasons: list[str]
+    deltas: dict[str, float]
+
+    def summary(self) -> str:
+        lines = [f"gate {self.candidate} against {self.stable} (tolerance {self.tolerance:.3f}):"]
+        for metric, delta in self.deltas.items():
+            lines.append(f"  {metric}: {delta:+.4f}")
+        lines.append("  PASSED" if self.passed else "  FAILED: " + "; ".join(self.reasons))
+        return "\n".join(lines)
+
+
+GATED_METRICS = ("holdout_accuracy", "holdout_f1_macro")
+
+
+def compare(
+    candidate: ModelMetadata, stable: ModelMetadata, tolerance: float, names: tuple[str, str]
+) -> GateResult:
+    """Pure comparison: the candidate fails when a gated metric is below stable's minus ``tolerance``,
+    or when the two were evaluated on different data (then the numbers are not comparable)."""
+    if not 0.0 <= tolerance < 1.0:
+        raise UsageError(f"tolerance must be in [0, 1), got {tolerance}")
+    cand_name, stable_name = names
+    reasons: list[str] = []
+    deltas: dict[str, float] = {}
+    if candidate.dataset_sha256 != stable.dataset_sha256:
+        reasons.append(
+            f"{cand_name} was evaluated on dataset {candidate.dataset_sha256[:12]}…, {stable_name} on "
+            f"{stable.dataset_sha256[:12]}…; holdout metrics are not comparable"
+        )
+    for metric in GATED_METRICS:
+        cand_value = float(getattr(candidate, metric))
+        stable_value = float(getattr(stable, metric))
+        deltas[metric] = cand_value - stable_value
+        if cand_value < stable_value - tolerance - 1e-12:
+            reasons.append(
+                f"{metric} {cand_value:.4f} is {stable_value - cand_value:.4f} below {stable_name}'s "
+                f"{stable_value:.4f} (tolerance {tolerance:.4f})"
+            )
+    return GateResult(cand_name, stable_name, tolerance, not reasons, reasons, deltas)
+
+
+def gate(candidate_tag: str, stable_tag: str, tolerance: float = 0.02, verify: bool = True) -> GateResult:
+    """Compare two stored models; with ``verify`` both artifacts' hashes are checked as well."""
+    candidate = get_record(candidate_tag)
+    stable = get_record(stable_tag)
+    if verify:
+        verify_artifact(candidate)
+        verify_artifact(stable)
+    return compare(candidate.metadata, stable.metadata, tolerance, (candidate_tag, stable_tag))
+
+
+def _store_dir() -> str:
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return str(BentoMLContainer.bentoml_home.get()) + "/models"
