@@ -116,8 +116,11 @@ _PHASE = {
 
 
 def new_rollout(spec: RolloutSpec) -> RolloutState:
-    """The state of a rollout that has not started (phase Pending)."""
+    """The state of a rollout that has not started (phase Pending). Raises SpecError when a metric
+    cannot be judged as configured, UnknownProviderError for an unknown strategy."""
     get_planner(spec.strategy.name)  # an unknown strategy is an error, never a fallback
+    for metric in spec.analysis.metrics:  # a metric that cannot be judged is a SpecError now, not later
+        gates.default_judge(metric)
     return RolloutState(
         service=spec.service,
         strategy=spec.strategy.name,
@@ -160,9 +163,7 @@ class _Step:
         good = phase in (Phase.PROMOTED, Phase.SUCCEEDED)
         self.note(EventType.NORMAL if good else EventType.WARNING, reason, message)
         if reason != phase.value:  # e.g. AnalysisFailed -> also say RolledBack
-            self.note(
-                EventType.NORMAL if good else EventType.WARNING, phase.value, f"rollout {phase.value.lower()}"
-            )
+            self.note(EventType.NORMAL if good else EventType.WARNING, phase.value, _ENDING[phase])
 
     def decide(self, d: Decision) -> None:
         self.finish(_PHASE[d.kind], d.reason, d.message)

@@ -76,7 +76,9 @@ def due(spec: RolloutSpec, state: RolloutState, now: float) -> list[Measure]:
         st = state.metrics.get(m.name)
         if st is None or st.next_due is None or st.next_due > now:
             continue
-        if m.judge.kind == JudgeKind.SEQUENTIAL:  # the sequential test reads everything since the start
+        ab = spec.strategy.ab_test
+        if m.judge.kind == JudgeKind.SEQUENTIAL or (ab is not None and ab.metric == m.name):
+            # cumulative since the analysis started: the sequential test and the A/B sample size
             window = max(now - state.analysis_started_at, interval_of(spec, m))
         else:
             window = spec.analysis.window or interval_of(spec, m)

@@ -137,10 +137,22 @@ def start_step(ctx: Context, progress: Progress, index: int, name: str, total: i
             "step_started_at": ctx.now,
             "marks": ctx.marks(),
             "awaiting_promotion": False,
+            "applied_at": None,
         }
     )
     where = f"step {index + 1}/{total}" if index < total else "final"
     return new, Note(EventType.NORMAL, Reason.STEP_STARTED, f"{where}: {name}")
+
+
+def track_applied(ctx: Context, progress: Progress, routes: Routes) -> Progress:
+    """Record when the router first reported ``routes`` applied during the current step."""
+    if progress.applied_at is None and ctx.applied(routes):
+        return progress.model_copy(update={"applied_at": ctx.now})
+    return progress
+
+
+def since_applied(ctx: Context, progress: Progress) -> float:
+    return 0.0 if progress.applied_at is None else ctx.now - progress.applied_at
 
 
 def experiment_from(metric: str, cmp: Comparison, now: float) -> Experiment:

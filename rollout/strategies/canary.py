@@ -129,8 +129,10 @@ class CanaryPlanner:
                 ctx, progress, nxt, names[nxt] if nxt < len(steps) else "promote", len(steps)
             )
             notes.append(note)
-        analysis = _gives_traffic(routes) and (
-            ctx.state.analysis_started_at is not None or _gives_traffic(ctx.routes_applied)
+        analysis = (
+            bool(ctx.metric_names)
+            and _gives_traffic(routes)
+            and (ctx.state.analysis_started_at is not None or _gives_traffic(ctx.routes_applied))
         )
         decision = None
         if progress.step_index >= len(steps) and ctx.gate == Gate.PASSING:
