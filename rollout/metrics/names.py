@@ -33,3 +33,19 @@ MODEL_INFO = "model_info"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 ZSCORE_BUCKETS = (-3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+
+# --- rollout progress (exported by the rollout controller / local runner; read by alerts and
+# dashboards in rollout/k8s/). Labels: ``rollout`` (the ModelRollout name) and ``service``.
+# gauge {rollout, service, phase}: 1 for the rollout's current phase (Progressing, Paused, Promoted,
+# RolledBack, ...), 0 for the others
+ROLLOUT_PHASE = "rollout_phase"
+# gauge {rollout, service}: percent of user traffic the candidate receives
+ROLLOUT_CANDIDATE_WEIGHT = "rollout_candidate_weight_percent"
+# gauge {rollout, service}: unix time of the rollout's last step or phase change
+ROLLOUT_LAST_TRANSITION = "rollout_last_transition_timestamp_seconds"
+# counter {rollout, service, reason}: automatic or manual rollbacks; exported as 0 from the start of
+# each rollout so that increase() sees the first rollback
+ROLLOUT_ROLLBACKS_TOTAL = "rollout_rollbacks_total"
+# gauge {rollout, service, model, version, role}: 1 per model version in a rollout, role "stable" or
+# "candidate" (joins the model_* series to their rollout)
+ROLLOUT_VERSION_INFO = "rollout_version_info"

@@ -1,0 +1,162 @@
+{{/* Names, labels and the predictor pod spec shared by the templates. */}}
+
+{{- define "bento-rollout.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "bento-rollout.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "bento-rollout.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "bento-rollout.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "bento-rollout.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "bento-rollout.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: bento-rollout
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels every model pod carries: what PodMonitor, NetworkPolicy and PDB select. */}}
+{{- define "bento-rollout.modelSelectorLabels" -}}
+{{ include "bento-rollout.selectorLabels" . }}
+app.kubernetes.io/component: model
+bento-rollout.io/service: {{ .Values.service.name }}
+{{- end -}}
+
+{{- define "bento-rollout.controllerSelectorLabels" -}}
+{{ include "bento-rollout.selectorLabels" . }}
+app.kubernetes.io/component: controller
+{{- end -}}
+
+{{- define "bento-rollout.controllerName" -}}
+{{- printf "%s-controller" (include "bento-rollout.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "bento-rollout.image" -}}
+{{- if .digest -}}{{ .repository }}@{{ .digest }}{{- else -}}{{ .repository }}:{{ .tag }}{{- end -}}
+{{- end -}}
+
+{{/* The version part of a model tag ("iris:v2" -> "v2"; "iris" -> "latest"). */}}
+{{- define "bento-rollout.modelVersion" -}}
+{{- $parts := splitList ":" . -}}
+{{- if gt (len $parts) 1 }}{{ last $parts }}{{ else }}latest{{ end -}}
+{{- end -}}
+
+{{/* InferenceService name of a role: kserve mode has one ("<service>"), the others two. */}}
+{{- define "bento-rollout.isvcName" -}}
+{{- $root := index . 0 -}}{{- $role := index . 1 -}}
+{{- if eq $root.Values.routing.mode "kserve" -}}
+{{- $root.Values.service.name -}}
+{{- else -}}
+{{- printf "%s-%s" $root.Values.service.name $role -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Cluster-local host of a role's predictor Service (RawDeployment: "<isvc>-predictor"). */}}
+{{- define "bento-rollout.predictorHost" -}}
+{{- $root := index . 0 -}}
+{{- printf "%s-predictor.%s.svc.cluster.local" (include "bento-rollout.isvcName" .) $root.Release.Namespace -}}
+{{- end -}}
+
+{{- define "bento-rollout.routeName" -}}
+{{- .Values.service.name -}}
+{{- end -}}
+
+{{/* The restricted container security context (Pod Security Standard "restricted"). */}}
+{{- define "bento-rollout.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "bento-rollout.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The predictor of one InferenceService: the Bento image serving one model tag. Args: root, role, tag. */}}
+{{- define "bento-rollout.predictor" -}}
+{{- $root := index . 0 -}}{{- $role := index . 1 -}}{{- $tag := index . 2 -}}
+{{- $v := $root.Values -}}
+minReplicas: {{ $v.replicas.min }}
+maxReplicas: {{ $v.replicas.max }}
+labels:
+  {{- include "bento-rollout.modelSelectorLabels" $root | nindent 2 }}
+  {{- if ne $v.routing.mode "kserve" }}
+  bento-rollout.io/role: {{ $role }}
+  {{- end }}
+automountServiceAccountToken: false
+securityContext:
+  {{- include "bento-rollout.podSecurityContext" $root | nindent 2 }}
+{{- with $v.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+containers:
+  - name: kserve-container
+    image: {{ include "bento-rollout.image" $v.image | quote }}
+    imagePullPolicy: {{ $v.image.pullPolicy }}
+    env:
+      - name: BENTO_MODEL_TAG
+        value: {{ $tag | quote }}
+      - name: BENTOML_HOME
+        value: /home/bentoml/bentoml
+      - name: TMPDIR
+        value: /tmp
+    ports:
+      - name: http1
+        containerPort: {{ $v.service.port }}
+        protocol: TCP
+    readinessProbe:
+      httpGet:
+        path: /v2/health/ready
+        port: {{ $v.service.port }}
+      initialDelaySeconds: {{ $v.probes.initialDelaySeconds }}
+      periodSeconds: {{ $v.probes.periodSeconds }}
+      timeoutSeconds: {{ $v.probes.timeoutSeconds }}
+      failureThreshold: {{ $v.probes.failureThreshold }}
+    livenessProbe:
+      httpGet:
+        path: /v2/health/live
+        port: {{ $v.service.port }}
+      initialDelaySeconds: {{ $v.probes.initialDelaySeconds }}
+      periodSeconds: {{ $v.probes.periodSeconds }}
+      timeoutSeconds: {{ $v.probes.timeoutSeconds }}
+      failureThreshold: {{ $v.probes.failureThreshold }}
+    resources:
+      {{- toYaml $v.resources | nindent 6 }}
+    securityContext:
+      {{- include "bento-rollout.containerSecurityContext" $root | nindent 6 }}
+    volumeMounts:
+      - name: tmp
+        mountPath: /tmp
+volumes:
+  - name: tmp
+    emptyDir:
+      sizeLimit: 256Mi
+{{- end -}}

@@ -1,0 +1,35 @@
+{{/* Checks across values that a JSON schema cannot express; each failure says what to change. */}}
+{{- define "bento-rollout.validate" -}}
+{{- $v := .Values -}}
+{{- $mode := $v.routing.mode -}}
+{{- if and (gt (int $v.routing.candidateWeight) 0) (not $v.models.candidate) -}}
+{{- fail (printf "routing.candidateWeight is %d but models.candidate is empty: set models.candidate or put the weight back to 0" (int $v.routing.candidateWeight)) -}}
+{{- end -}}
+{{- if and (eq $mode "kserve") $v.routing.mirror.enabled -}}
+{{- fail "routing.mirror needs routing.mode istio or gateway-api: KServe's canaryTrafficPercent cannot mirror traffic" -}}
+{{- end -}}
+{{- if and (eq $mode "kserve") $v.routing.headerMatch.enabled -}}
+{{- fail "routing.headerMatch needs routing.mode istio or gateway-api: KServe's canaryTrafficPercent cannot route by header" -}}
+{{- end -}}
+{{- if and (or $v.routing.mirror.enabled $v.routing.headerMatch.enabled) (not $v.models.candidate) -}}
+{{- fail "routing.mirror and routing.headerMatch send traffic to the candidate: set models.candidate" -}}
+{{- end -}}
+{{- if and $v.rollout.enabled (not $v.models.candidate) -}}
+{{- fail "rollout.enabled needs models.candidate: a ModelRollout moves traffic from stable to a candidate" -}}
+{{- end -}}
+{{- if and $v.rollout.enabled (not $v.controller.enabled) -}}
+{{- fail "rollout.enabled needs controller.enabled: nothing would run the ModelRollout" -}}
+{{- end -}}
+{{- if and (eq $mode "kserve") $v.monitoring.enabled (eq $v.monitoring.kind "ServiceMonitor") -}}
+{{- fail "monitoring.kind ServiceMonitor needs routing.mode istio or gateway-api (RawDeployment); use PodMonitor with kserve (Serverless)" -}}
+{{- end -}}
+{{- if and (gt (int $v.controller.replicas) 1) (not $v.controller.leaderElection.enabled) -}}
+{{- fail (printf "controller.replicas is %d: more than one controller needs controller.leaderElection.enabled=true so that only one acts" (int $v.controller.replicas)) -}}
+{{- end -}}
+{{- if gt (int $v.replicas.min) (int $v.replicas.max) -}}
+{{- fail (printf "replicas.min (%d) is greater than replicas.max (%d)" (int $v.replicas.min) (int $v.replicas.max)) -}}
+{{- end -}}
+{{- if and (eq $mode "gateway-api") $v.loadtest.enabled (not $v.loadtest.host) (not $v.routing.hosts) -}}
+{{- fail "loadtest with routing.mode gateway-api needs loadtest.host (the Gateway's address) or routing.hosts" -}}
+{{- end -}}
+{{- end -}}
