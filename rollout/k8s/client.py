@@ -37,6 +37,7 @@ from rollout.errors import (
     InvalidObjectError,
     NotFoundError,
     RolloutError,
+    UsageError,
 )
 from rollout.spec import API_GROUP, KIND
 
@@ -115,7 +116,7 @@ class KubeClient:
         try:
             api = k8s_config.new_client_from_config(config_file=path, context=context)
         except (k8s_config.ConfigException, OSError, TypeError) as exc:
-            raise ForbiddenError(f"cannot load kubeconfig {path or '(default)'}: {exc}") from None
+            raise UsageError(f"cannot load kubeconfig {path or '(default)'}: {exc}") from None
         return cls(api)
 
     @classmethod
@@ -139,7 +140,7 @@ class KubeClient:
 
     # --- the boundary ------------------------------------------------------------------------------
 
-    def _call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         kwargs.setdefault("_request_timeout", 30)
         try:
             return fn(*args, **kwargs)
@@ -153,7 +154,7 @@ class KubeClient:
     # --- custom objects ----------------------------------------------------------------------------
 
     def get(self, kind: Kind, namespace: str, name: str) -> Obj:
-        return self._call(
+        return self.call(
             self._what(kind, namespace, name),
             self.custom.get_namespaced_custom_object,
             kind.group,
@@ -164,7 +165,7 @@ class KubeClient:
         )
 
     def list(self, kind: Kind, namespace: str, label_selector: str | None = None) -> list[Obj]:
-        out = self._call(
+        out = self.call(
             f"list {kind.plural} in {namespace}",
             self.custom.list_namespaced_custom_object,
             kind.group,
@@ -177,7 +178,7 @@ class KubeClient:
 
     def create(self, kind: Kind, namespace: str, body: Obj) -> Obj:
         body = {"apiVersion": kind.api_version, "kind": kind.kind, **body}
-        return self._call(
+        return self.call(
             self._what(kind, namespace, body.get("metadata", {}).get("name")),
             self.custom.create_namespaced_custom_object,
             kind.group,
@@ -192,7 +193,7 @@ class KubeClient:
     def replace(self, kind: Kind, namespace: str, body: Obj) -> Obj:
         """PUT the whole object; ``metadata.resourceVersion`` in ``body`` makes it conditional (409)."""
         name = body["metadata"]["name"]
-        return self._call(
+        return self.call(
             self._what(kind, namespace, name),
             self.custom.replace_namespaced_custom_object,
             kind.group,
@@ -211,7 +212,7 @@ class KubeClient:
         """JSON merge patch (lists are replaced whole); with ``resource_version`` it is conditional."""
         if resource_version is not None:
             patch = {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": resource_version}}
-        return self._call(
+        return self.call(
             self._what(kind, namespace, name),
             self.custom.patch_namespaced_custom_object,
             kind.group,
@@ -229,7 +230,7 @@ class KubeClient:
         """Server-side apply: we own the fields we send; ``force`` takes them from other managers."""
         body = {"apiVersion": kind.api_version, "kind": kind.kind, **body}
         name = body["metadata"]["name"]
-        return self._call(
+        return self.call(
             self._what(kind, namespace, name),
             self.custom.patch_namespaced_custom_object,
             kind.group,
@@ -245,7 +246,7 @@ class KubeClient:
         )
 
     def delete(self, kind: Kind, namespace: str, name: str) -> None:
-        self._call(
+        self.call(
             self._what(kind, namespace, name),
             self.custom.delete_namespaced_custom_object,
             kind.group,
@@ -258,7 +259,7 @@ class KubeClient:
     def replace_status(self, kind: Kind, namespace: str, body: Obj) -> Obj:
         """PUT the status subresource; conditional on ``metadata.resourceVersion`` in ``body``."""
         name = body["metadata"]["name"]
-        return self._call(
+        return self.call(
             self._what(kind, namespace, name) + " status",
             self.custom.replace_namespaced_custom_object_status,
             kind.group,
@@ -276,7 +277,7 @@ class KubeClient:
         patch: Obj = {"status": status}
         if resource_version is not None:
             patch["metadata"] = {"resourceVersion": resource_version}
-        return self._call(
+        return self.call(
             self._what(kind, namespace, name) + " status",
             self.custom.patch_namespaced_custom_object_status,
             kind.group,
@@ -350,13 +351,13 @@ class KubeClient:
             reporting_component=component,
             reporting_instance=component,
         )
-        self._call(
+        self.call(
             f"Event {reason} on {meta['name']}", self.core.create_namespaced_event, meta["namespace"], event
         )
 
     def list_events(self, namespace: str, name: str | None = None) -> list[Obj]:
         selector = f"involvedObject.name={name}" if name else None
-        out = self._call(
+        out = self.call(
             f"list events in {namespace}",
             self.core.list_namespaced_event,
             namespace,

@@ -1,0 +1,165 @@
+"""The operator: kopf handlers for ModelRollout, leader election, and ``run`` for the CLI.
+
+- a **timer** (every ``interval`` seconds, per ModelRollout) runs ``Reconciler.reconcile``; our
+  errors become kopf's (``TemporaryError`` -> retried after its delay; ``PermanentError`` -> logged,
+  not retried until the next tick). kopf runs one timer per object at a time, so a rollout is never
+  stepped twice concurrently;
+- an **on-delete** handler is a finalizer (``bento-rollout.io/finalizer``): deleting a rollout that
+  is still in flight sends all traffic back to stable before the object goes away;
+- **leader election**: the startup handler blocks until this replica holds the Lease
+  (``rollout.k8s.lease``), so a standby replica watches nothing and acts on nothing; a leader that
+  loses its Lease stops the operator (the Deployment restarts it, as a standby). kopf's own peering
+  is off (it would need its cluster-wide peering CRDs and more RBAC).
+Who calls it: ``rollout controller`` (rollout/cli/cluster.py) and the controller e2e tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from rollout.errors import PermanentError, RolloutError, TemporaryError
+from rollout.k8s.client import MODEL_ROLLOUT, KubeClient
+from rollout.k8s.lease import LeaderElector
+from rollout.metrics.base import MetricProvider
+from rollout.spec import RolloutSpec
+
+from .reconciler import Reconciler
+
+log = logging.getLogger("rollout.controller")
+FINALIZER = "bento-rollout.io/finalizer"
+
+
+@dataclass
+class ControllerConfig:
+    namespace: str | None = None  # None: every namespace
+    kubeconfig: str | None = None
+    context: str | None = None
+    metrics_address: str | None = None  # default Prometheus when a spec names none
+    interval: float = 2.0
+    leader_election: bool = True
+    lease_name: str = "bento-rollout-controller"
+    lease_namespace: str | None = None
+    lease_duration: float = 15.0
+    identity: str = ""
+    health_host: str = "127.0.0.1"
+    health_port: int | None = None
+
+
+def _metrics_factory(default_url: str | None) -> Any:
+    from rollout.metrics.prometheus import PrometheusProvider
+
+    def factory(spec: RolloutSpec) -> MetricProvider:
+        url = spec.metrics_address or default_url
+        if not url:
+            raise PermanentError(
+                f"rollout {spec.service}: no Prometheus address (spec.metricsAddress or --metrics-address)"
+            )
+        return PrometheusProvider(url)
+
+    return factory
+
+
+def _connection(client: KubeClient) -> kopf.ConnectionInfo:
+    """kopf logs in with the same credentials as our client (kubeconfig or in-cluster)."""
+    cfg = client.api_client.configuration
+    token = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+    if token and token.lower().startswith("bearer "):
+        token = token[7:]
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        token=token or None,
+        scheme="Bearer" if token else None,
+    )
+
+
+def build_registry(
+    reconciler: Reconciler, cfg: ControllerConfig, elector: LeaderElector | None, stop: threading.Event
+) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    group, version, plural = MODEL_ROLLOUT.group, MODEL_ROLLOUT.version, MODEL_ROLLOUT.plural
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return _connection(reconciler.client)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.posting.enabled = False  # our Events come from the engine's transitions
+        settings.watching.server_timeout = 60
+        settings.networking.request_timeout = 60
+        if elector is not None:
+            log.info("%s waiting for the Lease %s/%s", elector.identity, elector.namespace, elector.name)
+            if not await asyncio.to_thread(elector.acquire, stop):
+                return
+            log.info("%s is the leader", elector.identity)
+            elector.start_renewing(on_lost=stop.set)
+
+    @kopf.timer(group, version, plural, interval=cfg.interval, registry=registry)
+    def tick(namespace: str, name: str, **_: Any) -> None:
+        if elector is not None and not elector.is_leader:
+            raise kopf.TemporaryError("not the leader", delay=cfg.interval)
+        try:
+            reconciler.reconcile(namespace, name)
+        except PermanentError as exc:
+            raise kopf.PermanentError(str(exc)) from None
+        except TemporaryError as exc:
+            raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
+        except RolloutError as exc:
+            raise kopf.PermanentError(str(exc)) from None
+
+    @kopf.on.delete(group, version, plural, registry=registry)
+    def deleted(namespace: str, name: str, body: kopf.Body, **_: Any) -> None:
+        if elector is not None and not elector.is_leader:
+            raise kopf.TemporaryError("not the leader", delay=cfg.interval)
+        try:
+            outcome = reconciler.finalize(namespace, dict(body))
+        except TemporaryError as exc:
+            raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
+        log.info("%s/%s deleted: %s", namespace, name, outcome)
+
+    return registry
+
+
+def run(
+    cfg: ControllerConfig, stop: threading.Event | None = None, ready: threading.Event | None = None
+) -> None:
+    """Run the operator until ``stop`` is set (or SIGINT/SIGTERM). Blocks."""
+    client = KubeClient.auto(cfg.kubeconfig, cfg.context)
+    stop = stop or threading.Event()
+    identity = cfg.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    elector = None
+    if cfg.leader_election:
+        lease_ns = cfg.lease_namespace or cfg.namespace or os.environ.get("POD_NAMESPACE") or "default"
+        elector = LeaderElector(client, lease_ns, cfg.lease_name, identity, cfg.lease_duration)
+    reconciler = Reconciler(client, _metrics_factory(cfg.metrics_address))
+    registry = build_registry(reconciler, cfg, elector, stop)
+    liveness = f"http://{cfg.health_host}:{cfg.health_port}/healthz" if cfg.health_port else None
+    try:
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                standalone=True,
+                clusterwide=cfg.namespace is None,
+                namespaces=[cfg.namespace] if cfg.namespace else (),
+                stop_flag=stop,
+                ready_flag=ready,
+                liveness_endpoint=liveness,
+            )
+        )
+    finally:
+        if elector is not None:
+            elector.release()
+        client.close()

@@ -1,0 +1,251 @@
+"""The cluster routers against a real kube-apiserver with the real CRDs (KServe, Istio, Gateway API).
+
+Each router sets canary weights, mirroring and header/cookie matches; the routes are read back
+through the API server, so the CRD schemas (server-side validation, ``fieldValidation=Strict``)
+accept every object we write; ``finalize`` sends everything back to stable. The client's error
+translation (404, 409, 422) and its conflict-retrying ``update`` are checked on the same server.
+
+What cannot run here: no KServe controller, Knative, Istio or Gateway implementation runs in the
+test cluster (no pods at all), so nothing *acts* on these objects. The InferenceService status a
+KServe controller would write (conditions, revisions, traffic) is written by the test through the
+status subresource to simulate readiness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from rollout.errors import ConflictError, InvalidObjectError, NotFoundError, UnsupportedRouteError
+from rollout.k8s.client import HTTP_ROUTE, INFERENCE_SERVICE, VIRTUAL_SERVICE, KubeClient
+from rollout.routers.base import Backend, Routes, RouteTarget, TrafficRouter
+from rollout.routers.matching import normalize_routes
+from rollout.routers.registry import make_router
+from rollout.spec import HeaderMatch, StickyKey
+
+pytestmark = pytest.mark.k8s
+
+TARGET = RouteTarget(
+    service="iris", stable=Backend("iris-v1", "iris:v1"), candidate=Backend("iris-v2", "iris:v2")
+)
+STEPS = [
+    Routes(candidate_weight=10),
+    Routes(candidate_weight=50),
+    Routes(candidate_weight=0, mirror_percent=30),
+    Routes(candidate_weight=20, match=(HeaderMatch(header="X-Canary", value="yes"),)),
+    Routes(
+        candidate_weight=0,
+        match=(HeaderMatch(cookie="cohort", value="b"), HeaderMatch(header="x-user", value="42")),
+    ),
+    Routes(candidate_weight=100),
+]
+
+
+@pytest.fixture
+def kube(k8s_cluster: Any) -> Iterator[KubeClient]:
+    client = KubeClient.from_kubeconfig(str(k8s_cluster.kubeconfig))
+    yield client
+    client.close()
+
+
+def _walk(router: TrafficRouter, steps: list[Routes]) -> None:
+    router.ensure(TARGET)
+    assert router.get_routes() == Routes.all_stable()
+    for routes in steps:
+        router.set_routes(routes)
+        assert router.get_routes() == normalize_routes(routes), routes
+    router.finalize(TARGET)
+    assert router.get_routes() == Routes.all_stable()
+
+
+def test_istio_virtual_service_through_every_route_kind(kube: KubeClient, k8s_namespace: str) -> None:
+    router = make_router(
+        "istio", client=kube, namespace=k8s_namespace, name="iris", gateway="mesh-gw", port=3000
+    )
+    _walk(router, STEPS)
+    vs = kube.get(VIRTUAL_SERVICE, k8s_namespace, "iris")
+    assert vs["spec"]["gateways"] == ["mesh-gw"]
+    weights = {r["destination"]["host"]: r["weight"] for r in vs["spec"]["http"][-1]["route"]}
+    assert weights == {"iris-v1": 100, "iris-v2": 0}
+    with pytest.raises(UnsupportedRouteError):
+        router.set_routes(Routes(candidate_weight=50, sticky=StickyKey(cookie="user")))
+    assert router.get_routes() == Routes.all_stable()  # nothing half-applied
+
+
+def test_istio_router_adopts_an_existing_virtual_service(kube: KubeClient, k8s_namespace: str) -> None:
+    """A VirtualService made by someone else (e.g. the chart) is taken over: hosts kept, routes ours."""
+    kube.create(
+        VIRTUAL_SERVICE,
+        k8s_namespace,
+        {
+            "metadata": {"name": "iris"},
+            "spec": {
+                "hosts": ["iris.example.com"],
+                "http": [{"route": [{"destination": {"host": "iris-v1"}}]}],
+            },
+        },
+    )
+    router = make_router("istio", client=kube, namespace=k8s_namespace, name="iris")
+    router.ensure(TARGET)
+    router.set_routes(Routes(candidate_weight=25))
+    # a fresh router (a restarted controller) reads the target from the object's annotations
+    again = make_router("istio", client=kube, namespace=k8s_namespace, name="iris")
+    assert again.get_routes() == Routes(candidate_weight=25)
+    assert kube.get(VIRTUAL_SERVICE, k8s_namespace, "iris")["spec"]["hosts"] == ["iris.example.com"]
+
+
+def test_gateway_api_http_route_through_every_route_kind(kube: KubeClient, k8s_namespace: str) -> None:
+    router = make_router(
+        "gateway-api", client=kube, namespace=k8s_namespace, name="iris", gateway="edge", port=3000
+    )
+    _walk(router, STEPS)
+    obj = kube.get(HTTP_ROUTE, k8s_namespace, "iris")
+    assert obj["spec"]["parentRefs"][0]["name"] == "edge"
+    refs = {r["name"]: r["weight"] for r in obj["spec"]["rules"][-1]["backendRefs"]}
+    assert refs == {"iris-v1": 100, "iris-v2": 0}
+    mirror = Routes(candidate_weight=5, mirror_percent=20)
+    router.set_routes(mirror)
+    filt = kube.get(HTTP_ROUTE, k8s_namespace, "iris")["spec"]["rules"][-1]["filters"][0]
+    assert filt["requestMirror"]["percent"] == 20 and filt["requestMirror"]["backendRef"]["name"] == "iris-v2"
+    # sessionPersistence is experimental-channel; the pinned standard-channel CRD refuses it, loudly
+    with pytest.raises(InvalidObjectError, match="experimental"):
+        router.set_routes(Routes(candidate_weight=50, sticky=StickyKey(header="X-User")))
+    assert router.get_routes() == mirror
+
+
+def test_the_real_crd_schema_rejects_a_bad_route(kube: KubeClient, k8s_namespace: str) -> None:
+    """Validation is the server's: a negative weight and an unknown field are refused with its message."""
+    bad = {
+        "metadata": {"name": "bad"},
+        "spec": {"rules": [{"backendRefs": [{"name": "a", "port": 80, "weight": -1}]}]},
+    }
+    with pytest.raises(InvalidObjectError, match="weight"):
+        kube.create(HTTP_ROUTE, k8s_namespace, bad)
+    unknown = {"metadata": {"name": "bad"}, "spec": {"hosts": ["a"], "http": [{"route": [], "weighted": 3}]}}
+    with pytest.raises(InvalidObjectError, match="weighted"):
+        kube.create(VIRTUAL_SERVICE, k8s_namespace, unknown)
+
+
+def _isvc(name: str, mode: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if mode:
+        meta["annotations"] = {"serving.kserve.io/deploymentMode": mode}
+    return {
+        "metadata": meta,
+        "spec": {
+            "predictor": {
+                "minReplicas": 1,
+                "containers": [
+                    {
+                        "name": "kserve-container",
+                        "image": "bento-iris:v2",
+                        "ports": [{"containerPort": 3000, "protocol": "TCP"}],
+                    }
+                ],
+            }
+        },
+    }
+
+
+def _write_status(kube: KubeClient, ns: str, name: str, ready: bool, created: str, ready_rev: str) -> None:
+    """What KServe's controller would write (it does not run here)."""
+    isvc = kube.get(INFERENCE_SERVICE, ns, name)
+    flag = "True" if ready else "False"
+    isvc["status"] = {
+        "observedGeneration": isvc["metadata"]["generation"],
+        "conditions": [
+            {"type": "PredictorReady", "status": flag, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"type": "Ready", "status": flag, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+        ],
+        "components": {
+            "predictor": {
+                "latestCreatedRevision": created,
+                "latestReadyRevision": ready_rev,
+                "previousRolledoutRevision": "iris-predictor-00001",
+            }
+        },
+    }
+    kube.replace_status(INFERENCE_SERVICE, ns, isvc)
+
+
+def test_kserve_canary_traffic_percent_and_readiness(kube: KubeClient, k8s_namespace: str) -> None:
+    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("iris"))
+    router = make_router("kserve", client=kube, namespace=k8s_namespace, name="iris")
+    router.ensure(TARGET)
+    _write_status(
+        kube,
+        k8s_namespace,
+        "iris",
+        ready=False,
+        created="iris-predictor-00002",
+        ready_rev="iris-predictor-00001",
+    )
+    readiness = router.readiness()
+    assert not readiness.ready and "iris-predictor-00002" in readiness.reason
+    _write_status(
+        kube,
+        k8s_namespace,
+        "iris",
+        ready=True,
+        created="iris-predictor-00002",
+        ready_rev="iris-predictor-00002",
+    )
+    assert router.readiness().ready
+
+    for pct in (10, 50, 100):
+        router.set_routes(Routes(candidate_weight=pct))
+        assert router.get_routes() == Routes(candidate_weight=pct)
+        assert (
+            kube.get(INFERENCE_SERVICE, k8s_namespace, "iris")["spec"]["predictor"]["canaryTrafficPercent"]
+            == pct
+        )
+    for unsupported in (Routes(mirror_percent=10), Routes(match=(HeaderMatch(header="x", value="1"),))):
+        with pytest.raises(UnsupportedRouteError):
+            router.set_routes(unsupported)
+    assert router.get_routes() == Routes(candidate_weight=100)
+    router.finalize(TARGET)
+    assert (
+        kube.get(INFERENCE_SERVICE, k8s_namespace, "iris")["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    )
+
+
+def test_kserve_router_refuses_raw_deployment(kube: KubeClient, k8s_namespace: str) -> None:
+    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("raw", mode="RawDeployment"))
+    router = make_router("kserve", client=kube, namespace=k8s_namespace, name="raw")
+    with pytest.raises(UnsupportedRouteError, match="RawDeployment"):
+        router.ensure(TARGET)
+
+
+def test_client_errors_and_conflict_retry(kube: KubeClient, k8s_namespace: str) -> None:
+    with pytest.raises(NotFoundError, match="absent"):
+        kube.get(VIRTUAL_SERVICE, k8s_namespace, "absent")
+    created = kube.create(
+        VIRTUAL_SERVICE, k8s_namespace, {"metadata": {"name": "c"}, "spec": {"hosts": ["c"]}}
+    )
+    kube.patch(VIRTUAL_SERVICE, k8s_namespace, "c", {"spec": {"hosts": ["c", "d"]}})
+    with pytest.raises(ConflictError):  # a stale resourceVersion is refused, not overwritten
+        kube.replace(VIRTUAL_SERVICE, k8s_namespace, created)
+
+    calls = []
+
+    def mutate(obj: dict[str, Any]) -> dict[str, Any]:
+        calls.append(obj["metadata"]["resourceVersion"])
+        if len(calls) == 1:  # someone else writes between our read and our write
+            kube.patch(VIRTUAL_SERVICE, k8s_namespace, "c", {"metadata": {"labels": {"other": "writer"}}})
+        obj["spec"]["hosts"].append("e")
+        return obj
+
+    out = kube.update(VIRTUAL_SERVICE, k8s_namespace, "c", mutate)
+    assert len(calls) == 2 and calls[0] != calls[1]
+    assert out["spec"]["hosts"] == ["c", "d", "e"] and out["metadata"]["labels"] == {"other": "writer"}
+
+
+def test_events_are_recorded_on_the_object(kube: KubeClient, k8s_namespace: str) -> None:
+    vs = kube.create(VIRTUAL_SERVICE, k8s_namespace, {"metadata": {"name": "ev"}, "spec": {"hosts": ["ev"]}})
+    kube.emit_event(vs, "WeightSet", "candidate weight 10%")
+    events = kube.list_events(k8s_namespace, "ev")
+    assert [(e["reason"], e["message"], e["involvedObject"]["kind"]) for e in events] == [
+        ("WeightSet", "candidate weight 10%", "VirtualService")
+    ]
