@@ -51,6 +51,10 @@ def render_config(cfg: NginxConfig) -> str:
         if not SERVICE_NAME.match(name):
             raise RouterError(f"service name {name!r} must be a DNS label (a-z, 0-9, '-')", delay=0)
     p = cfg.prefix
+    # Workers run as the user who started nginx. (As root, nginx would switch them to "nobody", who
+    # cannot reach a prefix under a 0700 directory such as pytest's or /root; everything binds
+    # 127.0.0.1 only.)
+    user = "user root root;" if os.geteuid() == 0 else ""
     access = (
         f"access_log {p}/logs/access.log routed buffer=64k flush=1s;" if cfg.access_log else "access_log off;"
     )
@@ -59,6 +63,7 @@ def render_config(cfg: NginxConfig) -> str:
 load_module {NDK_MODULE};
 load_module {LUA_MODULE};
 worker_processes {cfg.worker_processes};
+{user}
 daemon off;
 pid {p}/nginx.pid;
 error_log {p}/logs/error.log warn;
@@ -82,8 +87,8 @@ http {{
     lua_package_path "{LUA_DIR}/?.lua;/usr/share/lua/5.1/?.lua;;";
     lua_package_cpath "/usr/lib/x86_64-linux-gnu/lua/5.1/?.so;;";
     lua_shared_dict rollout 4m;
-    init_by_lua_block {{ require("rollout_router").init("{p}/routes.json") }}
-    init_worker_by_lua_block {{ require("rollout_router").init_worker("{p}/routes.json") }}
+    init_by_lua_block {{ require("rollout_router").init("{p}/state/routes.json") }}
+    init_worker_by_lua_block {{ require("rollout_router").init_worker("{p}/state/routes.json") }}
 
     map $http_x_request_id $rollout_rid {{
         ""      $request_id;
@@ -184,7 +189,7 @@ class NginxServer:
 
     def write_config(self) -> None:
         p = self.cfg.prefix
-        for d in ("logs", "tmp"):
+        for d in ("logs", "tmp", "state"):
             (p / d).mkdir(parents=True, exist_ok=True)
         tmp = self.conf_path.with_suffix(".conf.tmp")
         tmp.write_text(render_config(self.cfg))

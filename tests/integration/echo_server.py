@@ -2,7 +2,8 @@
 
 Run as ``python tests/integration/echo_server.py NAME PORT``. Every request (any path, GET or POST)
 gets ``{"server": NAME, "requestId": <X-Request-ID>, "mirror": bool}``; ``GET /_seen`` returns the
-request ids it has answered so tests can check what reached it (shadow traffic included).
+request ids it has answered so tests can check what reached it (shadow traffic included);
+``GET /metrics`` exposes ``echo_requests_total{server=NAME}`` in Prometheus' text format.
 ``/readyz`` answers 200 once it listens. HTTP/1.1 keep-alive, stdlib only, binds 127.0.0.1.
 """
 
@@ -28,9 +29,16 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
+        ctype = "application/json"
         if self.path == "/_seen":
             with LOCK:
                 body = json.dumps(SEEN).encode()
+        elif self.path == "/metrics":
+            with LOCK:
+                n = len(SEEN)
+            text = f'# TYPE echo_requests_total counter\necho_requests_total{{server="{NAME}"}} {n}\n'
+            body = text.encode()
+            ctype = "text/plain; version=0.0.4"
         else:
             rid = self.headers.get("X-Request-ID", "")
             mirror = self.headers.get("X-Rollout-Mirror") == "1"
@@ -39,7 +47,7 @@ class Handler(BaseHTTPRequestHandler):
                     SEEN.append({"rid": rid, "mirror": mirror, "path": self.path})
             body = json.dumps({"server": NAME, "requestId": rid, "mirror": mirror}).encode()
         self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -52,3 +60,18 @@ if __name__ == "__main__":
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Handler)
     server.daemon_threads = True
     server.serve_forever()
+
+
+def start_echo(supervisor: object, name: str, log_dir: object) -> int:
+    """Start this server as a supervised process named ``name``; its port once it is ready."""
+    from pathlib import Path
+
+    from rollout.local.processes import Supervisor, free_port, http_ok
+
+    assert isinstance(supervisor, Supervisor)
+    port = free_port()
+    proc = supervisor.start(
+        name, [sys.executable, __file__, name, str(port)], Path(str(log_dir)) / f"{name}.log"
+    )
+    supervisor.wait_ready(proc, http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=30)
+    return port

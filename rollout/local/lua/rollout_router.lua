@@ -102,8 +102,11 @@ local function persist()
         if service then all[service] = cjson.decode(dict:get(key)) end
     end
     local tmp = state_file .. ".tmp"
-    local f = io.open(tmp, "w")
-    if not f then return end
+    local f, err = io.open(tmp, "w")
+    if not f then
+        ngx.log(ngx.ERR, "rollout: cannot save routes to ", tmp, ": ", err)
+        return
+    end
     f:write(cjson.encode(all))
     f:close()
     os.rename(tmp, state_file)

@@ -1,0 +1,270 @@
+"""The nginx router as users see it: real nginx (+Lua), real backend processes on 127.0.0.1.
+
+Backends are stand-in model servers (tests/integration/echo_server.py) that answer with their name,
+so each test can tell which version answered; the router's decision is in ``X-Routed-To``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rollout.errors import RouterError, UnknownProviderError
+from rollout.local.nginx import NginxConfig, NginxServer
+from rollout.local.processes import Supervisor, free_port
+from rollout.routers.base import Backend, Routes, RouteTarget
+from rollout.routers.nginx import NginxRouter
+from rollout.routers.registry import make_router
+from rollout.spec import HeaderMatch, StickyKey
+from tests.integration.echo_server import start_echo
+
+pytestmark = pytest.mark.integration
+SERVICE = "iris"
+
+
+class Plane:
+    def __init__(self, sup: Supervisor, nginx: NginxServer, stable: Backend, candidate: Backend) -> None:
+        self.sup, self.nginx, self.stable, self.candidate = sup, nginx, stable, candidate
+        self.router = NginxRouter(nginx.admin_url, SERVICE)
+        self.url = nginx.service_url(SERVICE)
+        self.target = RouteTarget(SERVICE, stable, candidate)
+
+    def send(
+        self, n: int, headers: dict[str, str] | None = None, cookies: dict[str, str] | None = None
+    ) -> Counter:
+        seen: Counter[tuple[str, str]] = Counter()
+        with httpx.Client(timeout=10, cookies=cookies) as c:
+            for _ in range(n):
+                r = c.post(self.url + "/predict", json={"x": 1}, headers=headers)
+                assert r.status_code == 200, r.text
+                seen[(r.headers["x-routed-to"], r.json()["server"])] += 1
+        return seen
+
+
+@pytest.fixture(scope="module")
+def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
+    tmp = tmp_path_factory.mktemp("nginx")
+    sup = Supervisor()
+    try:
+        stable = Backend("stable", "v1", f"127.0.0.1:{start_echo(sup, 'stable', tmp)}")
+        candidate = Backend("candidate", "v2", f"127.0.0.1:{start_echo(sup, 'candidate', tmp)}")
+        nginx = NginxServer(
+            sup, NginxConfig(prefix=tmp / "prefix", admin_port=free_port(), services={SERVICE: free_port()})
+        )
+        nginx.start()
+        yield Plane(sup, nginx, stable, candidate)
+    finally:
+        sup.stop_all()
+
+
+@pytest.fixture
+def routed(plane: Plane) -> Plane:
+    plane.router.finalize(RouteTarget(SERVICE, plane.stable))
+    plane.router.ensure(plane.target)
+    return plane
+
+
+def test_all_traffic_goes_to_stable_until_routes_change(routed: Plane) -> None:
+    assert routed.router.get_routes() == Routes.all_stable()
+    assert routed.send(50) == Counter({("stable", "stable"): 50})
+
+
+def test_weights_split_traffic_within_tolerance(routed: Plane) -> None:
+    routed.router.set_routes(Routes(candidate_weight=30))
+    seen = routed.send(600)
+    assert set(seen) <= {("stable", "stable"), ("candidate", "candidate")}, (
+        "X-Routed-To must name the answering server"
+    )
+    share = seen[("candidate", "candidate")] / 600
+    assert 0.22 <= share <= 0.38, f"candidate got {share:.1%} at weight 30"
+    routed.router.set_routes(Routes(candidate_weight=100))
+    assert routed.send(50) == Counter({("candidate", "candidate"): 50})
+
+
+def test_header_match_sends_matching_requests_to_candidate(routed: Plane) -> None:
+    routed.router.set_routes(Routes(match=(HeaderMatch(header="X-Canary", value="always"),)))
+    assert routed.send(30, headers={"X-Canary": "always"}) == Counter({("candidate", "candidate"): 30})
+    assert routed.send(30, headers={"X-Canary": "never"}) == Counter({("stable", "stable"): 30})
+    assert routed.send(30) == Counter({("stable", "stable"): 30})
+
+
+def test_cookie_match_sends_matching_requests_to_candidate(routed: Plane) -> None:
+    routed.router.set_routes(Routes(match=(HeaderMatch(cookie="beta", value="yes"),)))
+    assert routed.send(20, cookies={"beta": "yes"}) == Counter({("candidate", "candidate"): 20})
+    assert routed.send(20, cookies={"beta": "no"}) == Counter({("stable", "stable"): 20})
+    assert routed.router.get_routes().match == (HeaderMatch(cookie="beta", value="yes"),)
+
+
+def test_sticky_assignment_is_stable_per_user_and_monotonic_in_weight(routed: Plane) -> None:
+    routed.router.set_routes(Routes(candidate_weight=50, sticky=StickyKey(header="X-User-ID")))
+    users = [f"user-{i}" for i in range(40)]
+    at_50: dict[str, str] = {}
+    for u in users:
+        seen = routed.send(4, headers={"X-User-ID": u})
+        assert len(seen) == 1, f"{u} was split across versions: {seen}"
+        at_50[u] = next(iter(seen))[1]
+    assert 8 <= sum(v == "candidate" for v in at_50.values()) <= 32
+    routed.router.set_routes(Routes(candidate_weight=80, sticky=StickyKey(header="X-User-ID")))
+    for u, version in at_50.items():
+        if version == "candidate":  # raising the weight never moves a user back to stable
+            assert routed.send(2, headers={"X-User-ID": u}) == Counter({("candidate", "candidate"): 2})
+
+
+def test_sticky_cookie_assignment(routed: Plane) -> None:
+    routed.router.set_routes(Routes(candidate_weight=50, sticky=StickyKey(cookie="uid")))
+    versions = set()
+    for i in range(20):
+        seen = routed.send(3, cookies={"uid": f"u{i}"})
+        assert len(seen) == 1
+        versions |= {server for _, server in seen}
+    assert versions == {"stable", "candidate"}
+
+
+def test_mirror_reaches_candidate_while_clients_only_get_stable(routed: Plane) -> None:
+    cand = f"http://{routed.candidate.address}"
+    before = len(httpx.get(cand + "/_seen").json())
+    routed.router.set_routes(Routes(mirror_percent=40))
+    client_ids = set()
+    with httpx.Client(timeout=10) as c:
+        for i in range(300):
+            rid = f"req-{i}"
+            r = c.post(routed.url + "/predict", json={"x": i}, headers={"X-Request-ID": rid})
+            assert r.json()["server"] == "stable" and r.headers["x-routed-to"] == "stable"
+            assert r.headers["x-request-id"] == rid
+            client_ids.add(rid)
+        generated = c.post(routed.url + "/predict", json={})
+        assert len(generated.headers["x-request-id"]) == 32, (
+            "nginx generates an id when the client sends none"
+        )
+        assert generated.json()["requestId"] == generated.headers["x-request-id"]
+    mirrored = httpx.get(cand + "/_seen").json()[before:]
+    assert all(m["mirror"] for m in mirrored)
+    share = len([m for m in mirrored if m["rid"] in client_ids]) / 300
+    assert 0.28 <= share <= 0.52, f"mirror reached the candidate for {share:.1%} of requests at 40%"
+    assert {m["rid"] for m in mirrored} <= client_ids | {generated.headers["x-request-id"]}
+
+
+def test_weight_changes_under_load_fail_no_request(routed: Plane) -> None:
+    from tests.integration.loadkit import run_load
+
+    changes = []
+
+    def change_weights(stop: object) -> None:
+        import time
+
+        for i in range(40):
+            w = [0, 10, 25, 50, 75, 100, 50, 5][i % 8]
+            routed.router.set_routes(Routes(candidate_weight=w, mirror_percent=10 if w < 100 else 0))
+            changes.append(w)
+            time.sleep(0.1)
+
+    res = run_load(
+        routed.url, threads=4, seconds=6, max_requests=8000, expect_server=lambda r: r, during=change_weights
+    )
+    print(
+        f"weight changes under load: {len(changes)} changes, {res.total} requests, {len(res.failures)} failed"
+    )
+    assert len(changes) == 40
+    assert res.total > 200, "the load generator barely ran"
+    assert res.failures == [], res.failures[:5]
+    assert res.mismatched == 0
+    assert res.servers["stable"] > 0 and res.servers["candidate"] > 0
+
+
+def test_graceful_reload_under_load_is_measured(routed: Plane) -> None:
+    """Reloads are only for static changes (a new service); this measures what one costs."""
+    from tests.integration.loadkit import run_load
+
+    routed.router.set_routes(Routes(candidate_weight=50))
+    apply_times: list[float] = []
+
+    def reload(stop: object) -> None:
+        for _ in range(10):
+            apply_times.append(routed.nginx.reload())
+
+    res = run_load(routed.url, threads=4, seconds=8, max_requests=8000, during=reload)
+    print(
+        f"10 graceful reloads under load: {res.total} requests, {len(res.failures)} failed "
+        f"({set(f.split(':')[0] for f in res.failures)}), reload applied in median "
+        f"{statistics.median(apply_times) * 1000:.0f} ms"
+    )
+    assert len(apply_times) == 10
+    assert routed.router.get_routes() == Routes(candidate_weight=50), "routes survive a reload"
+    assert len(res.failures) <= 0.02 * res.total, res.failures[:5]
+
+
+def test_candidate_killed_mid_canary_gives_clients_no_errors(plane: Plane, tmp_path: Path) -> None:
+    from tests.integration.loadkit import run_load
+
+    port = start_echo(plane.sup, "doomed", tmp_path)
+    doomed = Backend("doomed", "v3", f"127.0.0.1:{port}")
+    plane.router.ensure(RouteTarget(SERVICE, plane.stable, doomed))
+    plane.router.set_routes(Routes(candidate_weight=50))
+
+    def kill(stop: object) -> None:
+        import signal
+        import time
+
+        time.sleep(1.5)
+        plane.sup.stop("doomed", sig=signal.SIGKILL)
+
+    res = run_load(plane.url, threads=4, seconds=4, max_requests=6000, during=kill)
+    print(f"candidate SIGKILLed under load: {res.total} requests, {len(res.failures)} failed, {res.servers}")
+    assert res.failures == [], res.failures[:5]
+    assert res.servers["doomed"] > 0 and res.servers["stable"] > res.servers["doomed"]
+    after = plane.send(30)  # the dead candidate still has weight 50: every request is retried on stable
+    assert after == Counter({("stable", "stable"): 30})
+    plane.router.finalize(RouteTarget(SERVICE, plane.stable))
+
+
+def test_invalid_routes_are_refused_and_leave_routing_unchanged(routed: Plane) -> None:
+    routed.router.set_routes(Routes(candidate_weight=20))
+    bad = httpx.post(f"{routed.nginx.admin_url}/routes/{SERVICE}", json={"routes": {"candidateWeight": 150}})
+    assert bad.status_code == 400 and "candidateWeight" in bad.json()["error"]
+    routed.router.finalize(RouteTarget(SERVICE, routed.stable))
+    with pytest.raises(RouterError, match="candidate is not set"):
+        routed.router.set_routes(Routes(candidate_weight=10))
+    assert routed.router.get_routes() == Routes.all_stable()
+
+
+def test_routes_survive_an_nginx_restart(routed: Plane) -> None:
+    routes = Routes(candidate_weight=35, match=(HeaderMatch(header="X-Beta", value="1"),))
+    routed.router.set_routes(routes)
+    routed.nginx.stop()
+    routed.nginx.start()
+    assert routed.router.get_routes() == routes
+    assert routed.router.get_backends() == {
+        "stable": routed.stable.address,
+        "candidate": routed.candidate.address,
+    }
+    assert routed.send(10, headers={"X-Beta": "1"}) == Counter({("candidate", "candidate"): 10})
+
+
+def test_router_metrics_count_decisions(routed: Plane) -> None:
+    def count(routed_to: str) -> float:
+        text = httpx.get(routed.nginx.admin_url + "/metrics").text
+        needle = f'rollout_router_requests_total{{service="{SERVICE}",routed_to="{routed_to}",code="200"}} '
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(needle))
+
+    before = count("candidate")
+    routed.router.set_routes(Routes(candidate_weight=100))
+    routed.send(25)
+    assert count("candidate") - before == 25
+
+
+def test_registry_builds_nginx_router_and_refuses_unknown(plane: Plane) -> None:
+    router = make_router("nginx", admin_url=plane.nginx.admin_url, service=SERVICE)
+    assert isinstance(router, NginxRouter)
+    with pytest.raises(UnknownProviderError, match="linkerd"):
+        make_router("linkerd")
+
+
+def test_unreachable_admin_api_is_a_router_error(tmp_path: Path) -> None:
+    router = NginxRouter(f"http://127.0.0.1:{free_port()}", SERVICE, timeout=2)
+    with pytest.raises(RouterError, match="unreachable"):
+        router.get_routes()
