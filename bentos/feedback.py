@@ -1,0 +1,147 @@
+"""Joining feedback (the true label) to an earlier prediction by request id, across workers.
+
+A server runs several worker processes and a feedback request may land in a different worker than
+the prediction it refers to, so predictions are kept in one small SQLite file per server (WAL mode,
+next to the server's metrics files). The hot path only appends ``(request_id, predicted classes)``
+to an in-memory list; a background thread writes the list every 50 ms and prunes rows older than
+the retention time. A feedback request flushes its own worker's list, then looks the id up, waiting
+briefly for other workers' flushes before answering 404. Called by ``bentos/app.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from bentos.parsing import BadRequest
+
+logger = logging.getLogger("bentos.feedback")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS predictions (
+    request_id TEXT PRIMARY KEY,
+    predicted TEXT NOT NULL,
+    label TEXT,
+    ts REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
+"""
+
+
+class FeedbackStore:
+    """Predictions by request id for one server; feedback resolves against them once."""
+
+    def __init__(
+        self,
+        path: Path,
+        flush_interval: float = 0.05,
+        retention_seconds: float = 3600.0,
+        lookup_wait: float = 0.6,
+    ) -> None:
+        self.path = path
+        self.flush_interval = flush_interval
+        self.retention_seconds = retention_seconds
+        self.lookup_wait = lookup_wait
+        self._pending: list[tuple[str, str, float]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._db = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._last_prune = 0.0
+        self._thread = threading.Thread(target=self._run, name="feedback-flush", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+        self.flush()
+        self._db.close()
+
+    def record(self, request_id: str, predicted: list[int]) -> None:
+        """Hot path: remember what was predicted for ``request_id`` (written to disk later)."""
+        self._pending.append((request_id, ",".join(map(str, predicted)), time.time()))
+
+    def flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO predictions (request_id, predicted, label, ts) VALUES (?, ?, NULL, ?)",
+                    batch,
+                )
+            except sqlite3.Error as exc:
+                logger.warning("dropped %d predictions from the feedback store: %s", len(batch), exc)
+
+    def _prune(self) -> None:
+        with self._lock:
+            try:
+                self._db.execute(
+                    "DELETE FROM predictions WHERE ts < ?", (time.time() - self.retention_seconds,)
+                )
+            except sqlite3.Error as exc:
+                logger.warning("could not prune the feedback store: %s", exc)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self.flush()
+            now = time.monotonic()
+            if now - self._last_prune > 30.0:
+                self._last_prune = now
+                self._prune()
+
+    def resolve(self, request_id: str, labels: list[int]) -> tuple[int, int]:
+        """Record ``labels`` as the truth for ``request_id``; returns (received, correct).
+
+        Blocking (SQLite): run it in a thread. Raises BadRequest 404 for an unknown (or expired)
+        request id, 409 when feedback for it was already recorded, 422 when the number of labels
+        does not match the number of predicted rows.
+        """
+        self.flush()
+        deadline = time.monotonic() + self.lookup_wait
+        while True:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT predicted, label FROM predictions WHERE request_id = ?", (request_id,)
+                ).fetchone()
+            if row is not None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        if row is None:
+            raise BadRequest(
+                404,
+                "unknown_request_id",
+                f"no prediction with request id {request_id!r} on this server (unknown, or older than "
+                f"{self.retention_seconds:.0f} s)",
+            )
+        predicted = [int(v) for v in row[0].split(",")]
+        if row[1] is not None:
+            raise BadRequest(
+                409, "feedback_exists", f"feedback for request id {request_id!r} was already recorded"
+            )
+        if len(labels) != len(predicted):
+            raise BadRequest(
+                422,
+                "label_count",
+                f"request {request_id!r} predicted {len(predicted)} rows; send {len(predicted)} labels "
+                f"({'label' if len(predicted) == 1 else 'labels'})",
+            )
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE predictions SET label = ? WHERE request_id = ? AND label IS NULL",
+                (",".join(map(str, labels)), request_id),
+            )
+        if cursor.rowcount == 0:
+            raise BadRequest(
+                409, "feedback_exists", f"feedback for request id {request_id!r} was already recorded"
+            )
+        return len(labels), sum(1 for p, t in zip(predicted, labels, strict=True) if p == t)

@@ -1,0 +1,252 @@
+"""Request parsing for the model service: JSON bodies to a float64 feature matrix, or a BadRequest.
+
+Pure functions (no I/O), called by the ASGI app in ``bentos/app.py`` on every request, so they stay
+cheap: orjson, one numpy conversion, a finiteness check, no schema objects. Every rejection is a
+:class:`BadRequest` with an HTTP status, a stable machine-readable ``code`` and a message naming the
+problem; the app turns it into a 4xx JSON response.
+
+Accepted bodies:
+- JSON predict: ``{"instances": [[5.1, 3.5, 1.4, 0.2], ...]}`` or
+  ``{"instances": [{"sepal_length": 5.1, ...}, ...]}``
+- Open Inference Protocol v2: ``{"inputs": [{"name": "input-0", "shape": [1, 4],
+  "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}``
+- feedback: ``{"request_id": "...", "label": "setosa"}`` (a class name or index)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+V2_NUMERIC_TYPES = frozenset(
+    {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
+)
+MAX_REQUEST_ID_LENGTH = 128
+
+
+class BadRequest(Exception):
+    """A client error: becomes ``{"error": {"code": ..., "message": ...}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What the model expects, from its training metadata."""
+
+    feature_names: tuple[str, ...]
+    max_batch: int
+
+    @property
+    def n_features(self) -> int:
+        return len(self.feature_names)
+
+
+def load_json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # Python's json accepts NaN/Infinity; orjson (correctly) does not: name the real problem
+        try:
+            json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
+        raise BadRequest(
+            422, "non_finite_value", "NaN and Infinity are not valid feature values (nor valid JSON)"
+        ) from None
+
+
+def _check_batch(n_rows: int, schema: Schema) -> None:
+    if n_rows == 0:
+        raise BadRequest(422, "empty_batch", "instances is empty; send at least one row")
+    if n_rows > schema.max_batch:
+        raise BadRequest(
+            422,
+            "batch_too_large",
+            f"batch of {n_rows} rows is over the limit of {schema.max_batch} rows per request",
+        )
+
+
+def _finish(matrix: np.ndarray, schema: Schema) -> np.ndarray:
+    """Dtype, shape and finiteness checks shared by every input format."""
+    if matrix.dtype.kind not in "fiu":
+        raise BadRequest(422, "non_numeric_value", "every feature value must be a number")
+    if matrix.ndim != 2:
+        raise BadRequest(
+            422,
+            "bad_shape",
+            f"expected rows of {schema.n_features} numbers, got an array of {matrix.ndim} dimensions",
+        )
+    if matrix.shape[1] != schema.n_features:
+        raise BadRequest(
+            422,
+            "wrong_feature_count",
+            f"expected {schema.n_features} features per row ({', '.join(schema.feature_names)}), got {matrix.shape[1]}",
+        )
+    if matrix.dtype != np.float64:
+        matrix = matrix.astype(np.float64)
+    if not np.isfinite(matrix).all():
+        raise BadRequest(
+            422, "non_finite_value", "feature values must be finite numbers (no NaN or Infinity)"
+        )
+    return matrix
+
+
+def _rows_to_matrix(rows: list[Any], schema: Schema) -> np.ndarray:
+    for row in rows:
+        if type(row) is not list:
+            raise BadRequest(
+                422, "bad_row", "every instance must be a list of numbers or an object of named features"
+            )
+        for value in row:
+            if type(value) is not float and type(value) is not int:
+                raise BadRequest(422, "non_numeric_value", f"feature value {value!r} is not a number")
+    n = schema.n_features
+    for i, row in enumerate(rows):
+        if len(row) != n:
+            raise BadRequest(
+                422,
+                "wrong_feature_count",
+                f"expected {n} features per row ({', '.join(schema.feature_names)}), row {i} has {len(row)}",
+            )
+    return _finish(np.array(rows, dtype=np.float64), schema)
+
+
+def _records_to_matrix(records: list[Any], schema: Schema) -> np.ndarray:
+    names = schema.feature_names
+    expected = set(names)
+    rows: list[list[float]] = []
+    for i, record in enumerate(records):
+        if type(record) is not dict:
+            raise BadRequest(
+                422, "bad_row", "instances must all be lists, or all be objects of named features"
+            )
+        if record.keys() != expected:
+            unknown = sorted(set(record) - expected)
+            missing = [n for n in names if n not in record]
+            parts = []
+            if unknown:
+                parts.append(f"unknown feature names {unknown}")
+            if missing:
+                parts.append(f"missing features {missing}")
+            code = "unknown_feature" if unknown else "missing_feature"
+            raise BadRequest(422, code, f"instance {i}: {' and '.join(parts)}; expected {list(names)}")
+        row = [record[n] for n in names]
+        for value in row:
+            if type(value) is not float and type(value) is not int:
+                raise BadRequest(422, "non_numeric_value", f"feature value {value!r} is not a number")
+        rows.append(row)
+    return _finish(np.array(rows, dtype=np.float64), schema)
+
+
+def parse_predict(body: bytes, schema: Schema) -> np.ndarray:
+    """``{"instances": [...]}`` -> an (n, n_features) float64 matrix."""
+    payload = load_json(body)
+    if type(payload) is not dict or "instances" not in payload:
+        raise BadRequest(422, "missing_instances", 'expected a JSON object {"instances": [[...], ...]}')
+    instances = payload["instances"]
+    if type(instances) is not list:
+        raise BadRequest(422, "missing_instances", "instances must be a list of rows")
+    _check_batch(len(instances), schema)
+    if type(instances[0]) is dict:
+        return _records_to_matrix(instances, schema)
+    return _rows_to_matrix(instances, schema)
+
+
+def parse_v2_infer(body: bytes, schema: Schema) -> tuple[np.ndarray, str | None]:
+    """An Open Inference Protocol v2 request -> (matrix, the request's ``id`` if given)."""
+    payload = load_json(body)
+    if type(payload) is not dict or type(payload.get("inputs")) is not list or not payload["inputs"]:
+        raise BadRequest(
+            422, "missing_inputs", 'expected {"inputs": [{"name", "shape", "datatype", "data"}]}'
+        )
+    if len(payload["inputs"]) != 1:
+        raise BadRequest(
+            422, "bad_inputs", f"expected exactly one input tensor, got {len(payload['inputs'])}"
+        )
+    tensor = payload["inputs"][0]
+    if type(tensor) is not dict:
+        raise BadRequest(422, "bad_inputs", "an input tensor must be an object")
+    shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
+    if type(shape) is not list or not shape or not all(type(d) is int and d >= 0 for d in shape):
+        raise BadRequest(422, "bad_shape", "input shape must be a list of non-negative integers, e.g. [1, 4]")
+    if datatype not in V2_NUMERIC_TYPES:
+        raise BadRequest(
+            422, "bad_datatype", f"datatype {datatype!r} is not supported; use FP32, FP64 or an INT type"
+        )
+    if type(data) is not list:
+        raise BadRequest(422, "bad_data", "input data must be a list of numbers")
+    if len(shape) == 1:
+        shape = [1, shape[0]]
+    if len(shape) != 2:
+        raise BadRequest(422, "bad_shape", f"expected shape [rows, {schema.n_features}], got {shape}")
+    _check_batch(shape[0], schema)
+    flat = (
+        data
+        if not data or type(data[0]) is not list
+        else [v for row in data for v in (row if type(row) is list else [row])]
+    )
+    for value in flat:
+        if type(value) is not float and type(value) is not int:
+            raise BadRequest(422, "non_numeric_value", f"feature value {value!r} is not a number")
+    if len(flat) != shape[0] * shape[1]:
+        raise BadRequest(
+            422, "bad_shape", f"shape {shape} needs {shape[0] * shape[1]} values, data has {len(flat)}"
+        )
+    request_id = payload.get("id")
+    if request_id is not None and type(request_id) is not str:
+        raise BadRequest(422, "bad_id", "id must be a string")
+    return _finish(np.array(flat, dtype=np.float64).reshape(shape), schema), request_id
+
+
+@dataclass(frozen=True)
+class Feedback:
+    request_id: str
+    labels: list[int]
+
+
+def parse_feedback(body: bytes, class_names: list[str]) -> Feedback:
+    """``{"request_id": ..., "label": name-or-index}`` or ``"labels": [...]`` for a batch request."""
+    payload = load_json(body)
+    if type(payload) is not dict:
+        raise BadRequest(422, "bad_feedback", 'expected {"request_id": "...", "label": "<class>"}')
+    request_id = payload.get("request_id")
+    if type(request_id) is not str or not valid_request_id(request_id):
+        raise BadRequest(
+            422, "bad_request_id", "request_id must be the X-Request-ID of an earlier prediction"
+        )
+    if "labels" in payload:
+        raw = payload["labels"]
+        if type(raw) is not list or not raw:
+            raise BadRequest(422, "bad_label", "labels must be a non-empty list, one per predicted row")
+    elif "label" in payload:
+        raw = [payload["label"]]
+    else:
+        raise BadRequest(422, "bad_label", 'give the true class as "label"')
+    return Feedback(request_id, [_label_index(v, class_names) for v in raw])
+
+
+def _label_index(value: Any, class_names: list[str]) -> int:
+    if type(value) is str and value in class_names:
+        return class_names.index(value)
+    if type(value) is int and 0 <= value < len(class_names):
+        return value
+    raise BadRequest(422, "bad_label", f"label {value!r} is not one of {class_names} (or their indices)")
+
+
+def valid_request_id(value: str) -> bool:
+    """1-128 visible ASCII characters (what fits safely in a header and a log line)."""
+    return (
+        0 < len(value) <= MAX_REQUEST_ID_LENGTH
+        and value.isascii()
+        and value.isprintable()
+        and " " not in value
+    )

@@ -1,0 +1,93 @@
+"""The BentoML service: one definition that serves any registered model, chosen by tag at start.
+
+    BENTO_MODEL_TAG=iris:v2 bentoml serve bentos.service:ModelService --host 127.0.0.1 --port 3000
+
+Stable, candidate and shadow servers are this same code with different tags. Environment:
+
+    BENTO_MODEL_TAG        the model to serve (default iris:v1); refused if its artifact hash is wrong
+    BENTO_WORKERS          worker processes (default 1)
+    BENTO_MAX_BATCH        rows per request (default 1000); more is a 422
+    BENTO_MAX_BODY_BYTES   request body size (default 1 MiB); more is a 413
+    BENTO_METRICS_DIR      override the per-server metrics/feedback directory (see bentos/metrics.py)
+
+The endpoints are a raw ASGI app (``bentos/app.py``) mounted at ``/``; BentoML's own per-request
+extras that cost time without serving this app (its request metrics, access log, tracing spans) are
+switched off in the service config. Each worker loads the model once (hash-checked), warms it up,
+then freezes the start-up objects out of the garbage collector's way (``gc.freeze``). Built by the
+root ``bentofile.yaml``; started by ``rollout/local/bento.py`` and the tests.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+
+import bentoml
+import numpy as np
+import sklearn
+from bentoml._internal.context import server_context
+
+from bentos.app import Limits, ModelApp, Served
+from bentos.feedback import FeedbackStore
+from bentos.metrics import use_server_metrics_dir
+from rollout.registry import load_model
+
+logger = logging.getLogger("bentos.service")
+
+MODEL_TAG_ENV = "BENTO_MODEL_TAG"
+DEFAULT_MODEL_TAG = "iris:v1"
+WORKERS = int(os.environ.get("BENTO_WORKERS", "1"))
+LIMITS = Limits(
+    max_batch=int(os.environ.get("BENTO_MAX_BATCH", "1000")),
+    max_body_bytes=int(os.environ.get("BENTO_MAX_BODY_BYTES", str(1 << 20))),
+)
+# paths answered by the mounted app: no tracing spans for them
+APP_PATHS = ["/predict", "/v1/models/", "/v2", "/feedback", "/metrics"]
+
+if server_context.worker_index is not None:
+    # in a worker process: route prometheus_client to this server's directory before any metric
+    # exists (the supervisor has no worker index and must not touch it)
+    use_server_metrics_dir()
+
+APP = ModelApp(LIMITS)
+
+
+@bentoml.service(
+    name="model",
+    workers=WORKERS,
+    traffic={"timeout": 60},
+    metrics={"enabled": False},  # /metrics is ours: model series, aggregated per server
+    logging={"access": {"enabled": False}},
+    tracing={"sample_rate": 0.0, "excluded_urls": APP_PATHS},
+    envs=[{"name": MODEL_TAG_ENV, "value": DEFAULT_MODEL_TAG}],
+)
+@bentoml.asgi_app(APP, path="/")
+class ModelService:
+    """Loads the model named by $BENTO_MODEL_TAG and binds it to the mounted ASGI app."""
+
+    def __init__(self) -> None:
+        tag = os.environ.get(MODEL_TAG_ENV) or DEFAULT_MODEL_TAG
+        metrics_dir = use_server_metrics_dir()
+        loaded = load_model(tag)
+        # our parser rejects NaN/inf before predict, so skip sklearn's own finiteness scan
+        sklearn.set_config(assume_finite=True)
+        self.feedback = FeedbackStore(metrics_dir / "feedback.sqlite3")
+        self.feedback.start()
+        served = Served(loaded, LIMITS, metrics_dir, self.feedback)
+        warm = np.asarray([loaded.record.metadata.feature_means], dtype=np.float64)
+        for _ in range(3):
+            served.estimator.predict_proba(warm)
+        APP.bind(served)
+        gc.collect()
+        gc.freeze()
+        logger.info(
+            "serving %s (%s) from worker %s",
+            tag,
+            loaded.record.metadata.estimator,
+            server_context.worker_index,
+        )
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.feedback.close()

@@ -1,0 +1,159 @@
+"""Start a real ``bentoml serve`` of the model service on 127.0.0.1, and stop it again.
+
+    server = start_bento_server("iris:v2", port, workers=2)   # returns once /readyz answers
+    server.url  # http://127.0.0.1:<port>
+    server.stop()
+
+:func:`bento_server_command` gives the argv and environment alone, for callers that supervise the
+process themselves (``LocalStack.start_backend``). The server runs in its own session (process
+group), so ``stop()`` reaches the supervisor and its workers. BENTOML_HOME is inherited (the
+Makefile exports ``.cache/bentoml``) unless given. Who calls it: the local stack and runner,
+integration tests (tests/integration/conftest.py), bench/serving.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from rollout.errors import ProcessError
+
+LOOPBACK = "127.0.0.1"
+SERVICE = "bentos.service:ModelService"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def bento_server_command(
+    model_tag: str,
+    port: int,
+    workers: int = 1,
+    extra_env: dict[str, str] | None = None,
+    bentoml_home: Path | str | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and full environment of ``bentoml serve`` for ``model_tag`` on 127.0.0.1:``port``."""
+    bentoml = Path(sys.executable).with_name("bentoml")
+    argv = [
+        str(bentoml) if bentoml.exists() else "bentoml",
+        "serve",
+        SERVICE,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+    ]
+    env = dict(os.environ)
+    env.update(
+        {
+            "BENTO_MODEL_TAG": model_tag,
+            "BENTO_WORKERS": str(workers),
+            "BENTOML_DO_NOT_TRACK": "True",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
+        }
+    )
+    if bentoml_home is not None:
+        env["BENTOML_HOME"] = str(bentoml_home)
+    env.setdefault("BENTOML_HOME", str(REPO_ROOT / ".cache" / "bentoml"))
+    env.update(extra_env or {})
+    return argv, env
+
+
+@dataclass
+class BentoServer:
+    """A running ``bentoml serve``; ``stop()`` ends its whole process group."""
+
+    model_tag: str
+    port: int
+    workers: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        """Block until the server answers ``/v2/health/ready`` with 2xx; returns the seconds it took.
+
+        A worker only accepts connections once its model is loaded, so 2xx means requests work.
+        """
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if not self.alive():
+                    raise ProcessError(
+                        f"bentoml serve for {self.model_tag} exited with {self.process.returncode}:\n{self.log_tail()}",
+                        delay=0,
+                    )
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.url}/v2/health/ready").is_success:
+                        return time.monotonic() - self.started
+                time.sleep(0.25)
+        self.stop()
+        raise ProcessError(
+            f"bentoml serve for {self.model_tag} on port {self.port} was not ready after {timeout:.0f} s:\n"
+            f"{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.alive():
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=5)
+        # workers in the group may outlive the supervisor for a moment
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def start_bento_server(
+    model_tag: str,
+    port: int,
+    workers: int = 1,
+    *,
+    extra_env: dict[str, str] | None = None,
+    bentoml_home: Path | str | None = None,
+    log_path: Path | None = None,
+    wait: bool = True,
+    timeout: float = 120.0,
+) -> BentoServer:
+    """Start ``bentoml serve`` for ``model_tag`` on 127.0.0.1:``port``; waits until ready unless told."""
+    argv, env = bento_server_command(model_tag, port, workers, extra_env, bentoml_home)
+    if log_path is None:
+        log_dir = Path(env["BENTOML_HOME"]).parent / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = log_dir / f"bento-{model_tag.replace(':', '-')}-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            argv, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = BentoServer(model_tag, port, workers, process, log_path)
+    if wait:
+        server.wait_ready(timeout)
+    return server
