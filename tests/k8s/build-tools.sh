@@ -72,6 +72,9 @@ kube_ldflags+=" -X k8s.io/component-base/version.gitMinor=$kube_minor"
 kube_ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
 build_tool kube-apiserver "$HERE" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes "$kube_ldflags"
 
+# Namespace deletion, garbage collection and default ServiceAccounts need the controller manager.
+build_tool kube-controller-manager "$HERE" k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes "$kube_ldflags"
+
 # etcd at the version kube-apiserver itself pins (go.etcd.io/etcd/server/v3 in the same go.mod).
 build_tool etcd "$HERE" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3
 
