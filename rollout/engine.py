@@ -314,7 +314,9 @@ def step(
         stale = [c.id for c in obs.commands if c.id not in state.applied_commands]
         if not stale:
             return Transition(state=state, actions=_actions(spec, state, now))
-    w = _Step(state.model_copy(deep=True), now)
+    # a private working copy: the nested objects the engine changes in place are the metric
+    # statuses (copied here); everything else is replaced whole (lists, progress, routes, pause)
+    w = _Step(state.model_copy(update={"metrics": {k: v.model_copy() for k, v in state.metrics.items()}}), now)
     s = w.s
     if s.phase == Phase.PENDING:
         s.phase, s.started_at = Phase.PROGRESSING, now
@@ -358,7 +360,7 @@ def _set_phase(s: RolloutState) -> None:
 
 def _commit(spec: RolloutSpec, old: RolloutState, w: _Step) -> Transition:
     s = w.s
-    changed = bool(w.notes) or s.model_dump(exclude={"updated_at"}) != old.model_dump(exclude={"updated_at"})
+    changed = bool(w.notes) or s != old
     events: list[Event] = []
     if changed:
         s.revision = old.revision + 1
