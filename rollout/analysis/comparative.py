@@ -11,7 +11,7 @@ Failed only when the regression is significant at ``alpha`` AND at least ``minEf
 Inconclusive while either version has fewer than ``minSamples`` observations; Successful otherwise.
 Each check is a fixed-sample test of one window: checking it every interval on cumulative data
 inflates the false-positive rate (use the sequential judge for that).
-Who calls it: ``registry.make_judge`` (the engine) and the simulator.
+Who calls it: ``registry.make_judge`` (the engine) and the simulator (``verdicts``).
 """
 
 from __future__ import annotations
@@ -19,29 +19,33 @@ from __future__ import annotations
 import numpy as np
 
 from rollout.analysis import stats
-from rollout.analysis.base import (
-    CategoricalSample,
-    FeatureSample,
-    HistogramSample,
-    Measurement,
-    ProportionSample,
-    Sample,
-    Verdict,
+from rollout.analysis.base import CategoricalSample, FeatureSample, Measurement, Sample, Verdict
+from rollout.analysis.batch import (
+    FAILED,
+    INCONCLUSIVE,
+    SUCCESSFUL,
+    VERDICT_OF_CODE,
+    Batch,
+    HistogramBatch,
+    ProportionBatch,
+    Verdicts,
+    scalar,
+    to_batch,
 )
-from rollout.analysis.threshold import headline, sample_size
+from rollout.analysis.threshold import headline, headline_batch, sample_size
 from rollout.metrics.templates import Template, Test
 from rollout.spec import MetricSpec
 
 
-def latency_effect(bounds: tuple[float, ...], cand: np.ndarray, stab: np.ndarray, q: float) -> float:
+def latency_effect(bounds: tuple[float, ...], cand: np.ndarray, stab: np.ndarray, q: float) -> np.ndarray:
     """Relative increase of the median or the q-quantile of candidate over stable (the larger)."""
     effects = []
     for quant in (0.5, q):
-        c = stats.histogram_quantile(quant, bounds, tuple(cand))
-        s = stats.histogram_quantile(quant, bounds, tuple(stab))
-        if c is not None and s is not None and s > 0:
-            effects.append(c / s - 1.0)
-    return max(effects) if effects else 0.0
+        c = stats.histogram_quantile_v(quant, bounds, cand)
+        s = stats.histogram_quantile_v(quant, bounds, stab)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            effects.append(np.where(s > 0, c / np.where(s > 0, s, 1.0) - 1.0, np.nan))
+    return np.nan_to_num(np.fmax(effects[0], effects[1]), nan=0.0)
 
 
 class ComparativeJudge:
@@ -53,53 +57,71 @@ class ComparativeJudge:
         self.min_effect = spec.judge.min_effect
         self.min_samples = spec.judge.min_samples
 
+    def _test_batch(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """(effect, p-value) arrays of the template's test."""
+        test = self.template.test
+        if test == Test.TWO_PROPORTION and isinstance(batch, ProportionBatch):
+            _, p = stats.two_proportion_z_v(
+                batch.candidate_bad, batch.candidate_total, batch.stable_bad, batch.stable_total
+            )
+            with np.errstate(invalid="ignore", divide="ignore"):
+                effect = batch.candidate_bad / batch.candidate_total - batch.stable_bad / batch.stable_total
+            return np.nan_to_num(effect), p
+        if test == Test.MANN_WHITNEY and isinstance(batch, HistogramBatch):
+            _, p = stats.mann_whitney_greater_v(batch.candidate_counts, batch.stable_counts)
+            q = self.template.quantile or 0.99
+            return latency_effect(batch.bounds, batch.candidate_counts, batch.stable_counts, q), p
+        if test == Test.KS and isinstance(batch, HistogramBatch):
+            return stats.ks_two_sample_v(batch.candidate_counts, batch.stable_counts)
+        raise TypeError(f"template {self.template.name!r} ({test.value}) cannot judge {type(batch).__name__}")
+
+    def _codes(self, n_c: np.ndarray, n_s: np.ndarray, effect: np.ndarray, p: np.ndarray) -> np.ndarray:
+        few = (n_c < self.min_samples) | (n_s < self.min_samples)
+        failed = (p < self.alpha) & (effect >= self.min_effect)
+        return np.where(few, INCONCLUSIVE, np.where(failed, FAILED, SUCCESSFUL)).astype(np.int8)
+
+    def verdicts(self, batch: Batch) -> Verdicts:
+        n_c, n_s = batch.sizes
+        effect, p = self._test_batch(batch)
+        code = self._codes(n_c, n_s, effect, p)
+        return Verdicts(code, headline_batch(self.template, batch), {"effect": effect, "p_value": p})
+
     def judge(self, metric: str, sample: Sample, now: float) -> Measurement:
         n_c, n_s = sample_size(sample)
         value = headline(self.template, sample)
         if n_c < self.min_samples or n_s < self.min_samples:
+            msg = f"too few samples: candidate {n_c:.0f}, stable {n_s:.0f} (need {self.min_samples} each)"
             return Measurement(
-                metric,
-                Verdict.INCONCLUSIVE,
-                value,
-                now,
-                f"too few samples: candidate {n_c:.0f}, stable {n_s:.0f} (need {self.min_samples} each)",
-                {"candidate_n": n_c, "stable_n": n_s},
+                metric, Verdict.INCONCLUSIVE, value, now, msg, {"candidate_n": n_c, "stable_n": n_s}
             )
-        effect, p_value, what = self._test(sample)
+        batch = to_batch(sample)
+        if batch is not None:
+            effect_a, p_a = self._test_batch(batch)
+            effect, p_value = scalar(effect_a) or 0.0, float(p_a)
+            what = {Test.TWO_PROPORTION: "bad-rate increase", Test.MANN_WHITNEY: "relative slow-down"}.get(
+                self.template.test, "KS distance"
+            )
+        else:
+            effect, p_value, what = self._scalar_test(sample)
+        verdict = VERDICT_OF_CODE[
+            int(self._codes(np.asarray(n_c), np.asarray(n_s), np.asarray(effect), np.asarray(p_value)))
+        ]
         details = {"candidate_n": n_c, "stable_n": n_s, "effect": effect, "p_value": p_value}
-        significant = p_value < self.alpha
-        if significant and effect >= self.min_effect:
-            verdict = Verdict.FAILED
+        if verdict == Verdict.FAILED:
             msg = (
                 f"{what} {effect:.4g} >= {self.min_effect:g}, significant (p={p_value:.2g} < {self.alpha:g})"
             )
-        elif significant:
-            verdict = Verdict.SUCCESSFUL
+        elif p_value < self.alpha:
             msg = f"{what} {effect:.4g} is significant (p={p_value:.2g}) but below the minimum effect {self.min_effect:g}"
         else:
-            verdict = Verdict.SUCCESSFUL
             msg = f"no significant regression: {what} {effect:.4g}, p={p_value:.2g}"
         return Measurement(metric, verdict, value, now, msg, details)
 
-    def _test(self, sample: Sample) -> tuple[float, float, str]:
-        """(effect, p-value, what the effect is) of the template's test."""
+    def _scalar_test(self, sample: Sample) -> tuple[float, float, str]:
         test = self.template.test
-        if test == Test.TWO_PROPORTION and isinstance(sample, ProportionSample):
-            s = sample
-            res = stats.two_proportion_z(s.candidate_bad, s.candidate_total, s.stable_bad, s.stable_total)
-            diff = s.candidate_bad / s.candidate_total - s.stable_bad / s.stable_total
-            return diff, res.p_value, "bad-rate increase"
-        if test == Test.MANN_WHITNEY and isinstance(sample, HistogramSample):
-            c, s_ = np.asarray(sample.candidate_counts), np.asarray(sample.stable_counts)
-            res = stats.mann_whitney_greater(c, s_)
-            q = self.template.quantile or 0.99
-            return latency_effect(sample.bounds, c, s_, q), res.p_value, "relative slow-down"
         if test == Test.CHI_SQUARE and isinstance(sample, CategoricalSample):
-            c, s_ = np.asarray(sample.candidate_counts), np.asarray(sample.stable_counts)
-            return stats.psi(c, s_), stats.chi_square(c, s_).p_value, "PSI"
-        if test == Test.KS and isinstance(sample, HistogramSample):
-            res = stats.ks_two_sample(np.asarray(sample.candidate_counts), np.asarray(sample.stable_counts))
-            return res.statistic, res.p_value, "KS distance"
+            c, s = np.asarray(sample.candidate_counts), np.asarray(sample.stable_counts)
+            return stats.psi(c, s), stats.chi_square(c, s).p_value, "PSI"
         if test == Test.FEATURE_CHI_SQUARE and isinstance(sample, FeatureSample):
             return self._features(sample)
         raise TypeError(
@@ -111,11 +133,9 @@ class ComparativeJudge:
         k = max(1, len(sample.features))
         worst: tuple[float, float, str] = (0.0, 1.0, "PSI")
         for name, h in zip(sample.features, sample.histograms, strict=True):
-            c, s_ = np.asarray(h.candidate_counts), np.asarray(h.stable_counts)
-            p = min(1.0, stats.chi_square(c, s_).p_value * k)
-            effect = stats.psi(c, s_)
-            significant = p < self.alpha
-            worst_significant = worst[1] < self.alpha
-            if (significant, effect) > (worst_significant, worst[0]):
+            c, s = np.asarray(h.candidate_counts), np.asarray(h.stable_counts)
+            p = min(1.0, stats.chi_square(c, s).p_value * k)
+            effect = stats.psi(c, s)
+            if (p < self.alpha, effect) > (worst[1] < self.alpha, worst[0]):
                 worst = (effect, p, f"PSI of feature {name}")
         return worst

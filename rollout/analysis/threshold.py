@@ -4,7 +4,7 @@ The headline of a sample depends on its template (``rollout.metrics.templates``)
 bad rate for error-rate, its good rate for accuracy and shadow agreement, the template's quantile
 (p99) interpolated from latency buckets, PSI of predicted classes against stable, KS distance of
 confidence, the largest per-feature PSI; a raw query's value as it is. No data is Inconclusive,
-never a pass. Who calls it: ``registry.make_judge`` (the engine) and the simulator.
+never a pass. Who calls it: ``registry.make_judge`` (the engine) and the simulator (``verdicts``).
 """
 
 from __future__ import annotations
@@ -24,28 +24,47 @@ from rollout.analysis.base import (
     ValueSample,
     Verdict,
 )
+from rollout.analysis.batch import (
+    FAILED,
+    INCONCLUSIVE,
+    SUCCESSFUL,
+    VERDICT_OF_CODE,
+    Batch,
+    ProportionBatch,
+    Verdicts,
+    scalar,
+    to_batch,
+)
 from rollout.metrics.templates import Headline, Template
 from rollout.spec import MetricSpec
 
 
+def headline_batch(template: Template | None, batch: Batch) -> np.ndarray:
+    """The headline of every sample in a batch; NaN where there is no data."""
+    kind = template.headline if template is not None else Headline.VALUE
+    if isinstance(batch, ProportionBatch):
+        total = np.asarray(batch.candidate_total, dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = np.clip(batch.candidate_bad / np.where(total > 0, total, 1.0), 0.0, 1.0)
+        rate = 1.0 - rate if kind == Headline.GOOD_RATE else rate
+        return np.where(total > 0, rate, np.nan)
+    if kind == Headline.KS:
+        n_c, n_s = batch.sizes
+        return np.where(
+            (n_c > 0) & (n_s > 0), stats.ks_distance_v(batch.candidate_counts, batch.stable_counts), np.nan
+        )
+    q = template.quantile if template is not None and template.quantile is not None else 0.99
+    return stats.histogram_quantile_v(q, batch.bounds, batch.candidate_counts)
+
+
 def headline(template: Template | None, sample: Sample) -> float | None:
     """The one number that stands for a sample; None when there is no data to compute it from."""
-    kind = template.headline if template is not None else Headline.VALUE
+    batch = to_batch(sample)
+    if batch is not None:
+        return scalar(headline_batch(template, batch))
     match sample:
         case ValueSample(value=v):
             return None if v is None or math.isnan(v) else float(v)
-        case ProportionSample(candidate_bad=bad, candidate_total=total):
-            if total <= 0:
-                return None
-            rate = min(max(bad / total, 0.0), 1.0)
-            return 1.0 - rate if kind == Headline.GOOD_RATE else rate
-        case HistogramSample(bounds=bounds, candidate_counts=cc, stable_counts=sc):
-            if kind == Headline.KS:
-                if sum(cc) <= 0 or sum(sc) <= 0:
-                    return None
-                return stats.ks_distance(np.asarray(cc), np.asarray(sc))
-            q = template.quantile if template is not None and template.quantile is not None else 0.99
-            return stats.histogram_quantile(q, bounds, cc)
         case CategoricalSample(candidate_counts=cc, stable_counts=sc):
             if sum(cc) <= 0 or sum(sc) <= 0:
                 return None
@@ -92,20 +111,28 @@ class ThresholdJudge:
         self.max = spec.threshold.max
         self.template = template
 
+    def _codes(self, value: np.ndarray) -> np.ndarray:
+        v = np.asarray(value, dtype=float)
+        outside = np.zeros(v.shape, dtype=bool)
+        if self.min is not None:
+            outside |= v < self.min
+        if self.max is not None:
+            outside |= v > self.max
+        return np.where(np.isnan(v), INCONCLUSIVE, np.where(outside, FAILED, SUCCESSFUL)).astype(np.int8)
+
+    def verdicts(self, batch: Batch) -> Verdicts:
+        value = headline_batch(self.template, batch)
+        return Verdicts(self._codes(value), value)
+
     def judge(self, metric: str, sample: Sample, now: float) -> Measurement:
         value = headline(self.template, sample)
         n_c, n_s = sample_size(sample)
         details = {"candidate_n": n_c, "stable_n": n_s}
-        if value is None:
+        verdict = VERDICT_OF_CODE[int(self._codes(np.asarray(np.nan if value is None else value)))]
+        if verdict == Verdict.INCONCLUSIVE or value is None:
             return Measurement(metric, Verdict.INCONCLUSIVE, None, now, "no data in the window yet", details)
-        if self.min is not None and value < self.min:
-            return Measurement(
-                metric, Verdict.FAILED, value, now, f"{value:.4g} is below the minimum {self.min:g}", details
-            )
-        if self.max is not None and value > self.max:
-            return Measurement(
-                metric, Verdict.FAILED, value, now, f"{value:.4g} is above the maximum {self.max:g}", details
-            )
-        return Measurement(
-            metric, Verdict.SUCCESSFUL, value, now, f"{value:.4g} is within the threshold", details
-        )
+        if verdict == Verdict.FAILED:
+            below = self.min is not None and value < self.min
+            limit = f"below the minimum {self.min:g}" if below else f"above the maximum {self.max:g}"
+            return Measurement(metric, verdict, value, now, f"{value:.4g} is {limit}", details)
+        return Measurement(metric, verdict, value, now, f"{value:.4g} is within the threshold", details)

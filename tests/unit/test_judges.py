@@ -19,8 +19,9 @@ from rollout.analysis.base import (
     ValueSample,
     Verdict,
 )
+from rollout.analysis.batch import FAILED, SUCCESSFUL, VERDICT_OF_CODE, ProportionBatch
 from rollout.analysis.registry import make_judge
-from rollout.analysis.sequential import confidence_sequence
+from rollout.analysis.stats import half_width, log_mixture_ratio
 from rollout.errors import SpecError, UnknownProviderError
 from rollout.spec import JudgeSpec, MetricSpec
 
@@ -113,46 +114,72 @@ def test_cumulative_buckets_become_non_negative_counts():
     assert list(stats.cumulative_to_counts(np.array([2.0, 5.0, 4.9, 9.0]))) == [2.0, 3.0, 0.0, 4.0]
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.floats(-0.2, 0.2), st.floats(1e-7, 1e-2), st.floats(1e-3, 0.2), st.sampled_from([0.01, 0.05]))
-def test_confidence_sequence_excludes_zero_exactly_when_the_always_valid_p_is_below_alpha(
-    est, var, tau, alpha
-):
-    b = confidence_sequence(est, var, tau, alpha)
-    assert b.lower <= est <= b.upper
-    # the boundary: lower bound > 0 <=> mixture likelihood ratio at 0 is above 1/alpha
-    if abs(b.p_value - alpha) > 1e-9 * alpha and abs(b.lower) > 1e-12:
-        assert (b.lower > 0 or b.upper < 0) == (b.p_value < alpha)
+def test_mixture_ratio_with_one_prior_is_the_closed_form_msprt(monkeypatch):
+    monkeypatch.setattr(stats, "TAU_SCALES", (1.0,))
+    d, v, tau = 0.03, 1e-4, 0.01
+    closed = 0.5 * math.log(v / (v + tau**2)) + d * d * tau**2 / (2 * v * (v + tau**2))
+    assert float(log_mixture_ratio(d, v, tau)) == pytest.approx(closed)
+    # and the confidence sequence's half-width is the closed-form one
+    h = math.sqrt(2 * v * (v + tau**2) / tau**2 * (math.log(100) + 0.5 * math.log((v + tau**2) / v)))
+    assert half_width(v, tau, 0.01) == pytest.approx(h, rel=1e-6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(1e-7, 1e-2), st.floats(1e-3, 0.2), st.sampled_from([0.01, 0.05]))
+def test_half_width_is_where_the_mixture_ratio_reaches_one_over_alpha(var, tau, alpha):
+    h = half_width(var, tau, alpha)
+    target = math.log(1 / alpha)
+    assert (
+        float(log_mixture_ratio(h * 0.999, var, tau))
+        < target
+        <= float(log_mixture_ratio(h * 1.001, var, tau))
+    )
+    # more data (smaller variance) -> a narrower sequence
+    assert half_width(var / 4, tau, alpha) < h
 
 
 # --- the always-valid guarantee, which a fixed test checked every interval does not have ----------
 
 
 def _peeking_false_alarms(kind: str, runs: int, looks: int, alpha: float, seed: int) -> float:
+    """Equal candidate and stable (5% bad), judged on cumulative data at every look, the whole
+    batch of runs at once; a run stops at its first Failed (or, sequential, Successful)."""
     rng = np.random.default_rng(seed)
     judge = make_judge(spec("error-rate", kind, judge={"alpha": alpha, "minEffect": 0.02, "minSamples": 50}))
     per_look = 100
-    bad = rng.binomial(per_look, 0.05, size=(runs, looks, 2)).cumsum(axis=1)
-    alarms = 0
-    for r in range(runs):
-        for k in range(looks):
-            n = per_look * (k + 1)
-            m = judge.judge("e", ProportionSample(bad[r, k, 0], n, bad[r, k, 1], n), float(k))
-            if m.verdict == Verdict.FAILED or m.details.get("p_value", 1) < alpha and kind == "comparative":
-                alarms += 1
-                break
-            if m.verdict == Verdict.SUCCESSFUL and kind == "sequential":
-                break
-    return alarms / runs
+    bad = rng.binomial(per_look, 0.05, size=(runs, looks, 2)).cumsum(axis=1).astype(float)
+    open_ = np.ones(runs, dtype=bool)
+    alarms = np.zeros(runs, dtype=bool)
+    for k in range(looks):
+        n = np.full(runs, per_look * (k + 1.0))
+        v = judge.verdicts(ProportionBatch(bad[:, k, 0], n, bad[:, k, 1], n))
+        # the fixed test alarms at any significant look (what an engine peeking every interval sees)
+        fired = v.code == FAILED if kind == "sequential" else v.details["p_value"] < alpha
+        alarms |= open_ & fired
+        open_ &= ~fired & ~((v.code == SUCCESSFUL) & (kind == "sequential"))
+    return float(alarms.mean())
+
+
+def test_batch_verdicts_are_the_verdicts_of_the_judge():
+    rng = np.random.default_rng(7)
+    for kind in ("threshold", "comparative", "sequential"):
+        extra = {"threshold": {"max": 0.05}} if kind == "threshold" else {}
+        judge = make_judge(spec("error-rate", kind, judge={"minSamples": 30}, **extra))
+        n = rng.integers(0, 400, size=(60, 2)).astype(float)
+        bad = rng.binomial(n.astype(int), [0.03, 0.06]).astype(float)
+        batch = judge.verdicts(ProportionBatch(bad[:, 1], n[:, 1], bad[:, 0], n[:, 0]))
+        for i in range(60):
+            one = judge.judge("e", ProportionSample(bad[i, 1], n[i, 1], bad[i, 0], n[i, 0]), 0.0)
+            assert one.verdict == VERDICT_OF_CODE[int(batch.code[i])], (kind, i, one)
 
 
 def test_sequential_false_rollbacks_stay_below_alpha_under_peeking():
     # equal candidate and stable, checked 30 times on cumulative data: at most alpha false alarms
-    assert _peeking_false_alarms("sequential", runs=400, looks=30, alpha=0.05, seed=1) <= 0.05 + 0.02
+    assert _peeking_false_alarms("sequential", runs=4000, looks=30, alpha=0.05, seed=1) <= 0.05
 
 
 def test_fixed_test_checked_every_interval_alarms_far_more_often_than_alpha():
-    assert _peeking_false_alarms("comparative", runs=400, looks=30, alpha=0.05, seed=1) > 0.12
+    assert _peeking_false_alarms("comparative", runs=4000, looks=30, alpha=0.05, seed=1) > 0.12
 
 
 # --- judges -------------------------------------------------------------------------------------
