@@ -31,7 +31,7 @@ from bentoml._internal.context import server_context
 from bentos.app import Limits, ModelApp, Served
 from bentos.feedback import FeedbackStore
 from bentos.metrics import use_server_metrics_dir
-from rollout.registry import load_model
+from rollout.registry import get_record, load_model, verify_artifact
 
 logger = logging.getLogger("bentos.service")
 
@@ -49,6 +49,10 @@ if server_context.worker_index is not None:
     # in a worker process: route prometheus_client to this server's directory before any metric
     # exists (the supervisor has no worker index and must not touch it)
     use_server_metrics_dir()
+elif os.environ.get(MODEL_TAG_ENV):
+    # in `bentoml serve`'s supervisor: fail fast, before any worker starts, on a missing or
+    # tampered model (workers would otherwise be restarted over and over)
+    verify_artifact(get_record(os.environ[MODEL_TAG_ENV]))
 
 APP = ModelApp(LIMITS)
 
