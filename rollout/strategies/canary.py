@@ -113,7 +113,7 @@ class CanaryPlanner:
             done = self._step_done(ctx, step, progress, routes)
             if done and ctx.gate != Gate.PASSING:
                 done = False  # hold: never move on while a metric is bad or unmeasurable
-            if not done and promote and step.set_weight is None:
+            if promote and step.set_weight is None:
                 done, promote = True, False  # the user's promote overrides waits and holds
                 notes.append(
                     Note(
@@ -129,6 +129,14 @@ class CanaryPlanner:
                 ctx, progress, nxt, names[nxt] if nxt < len(steps) else "promote", len(steps)
             )
             notes.append(note)
+        if promote and progress.step_index < len(steps):
+            notes.append(
+                Note(
+                    EventType.WARNING,
+                    Reason.COMMAND_IGNORED,
+                    f"promote ignored during {names[progress.step_index]}: send it again once the weight is applied",
+                )
+            )
         analysis = (
             bool(ctx.metric_names)
             and _gives_traffic(routes)

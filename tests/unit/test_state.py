@@ -149,3 +149,16 @@ def test_killing_the_process_at_any_step_resumes_with_no_double_step(tmp_path, s
             assert edge.weights == ref_edge.weights, where  # same weights, in the same order, once each
             assert step_starts(state) == step_starts(ref), where  # no step started twice
             assert edge.finalized == ref_edge.finalized, where
+
+
+def test_summary_shows_step_routes_metrics_and_events_as_json():
+    from rollout.summary import summarize
+
+    state = run(CANARY, FakeEdge(), until=lambda s: s.desired_routes.candidate_weight == 30)
+    view = summarize(CANARY, state, events=3)
+    json.dumps(view)  # JSON-ready
+    assert view["phase"] == "Progressing" and view["routes"]["candidateWeight"] == 30
+    assert view["routes"]["stableWeight"] == 70
+    assert view["step"] == {**view["step"], "index": 2, "total": 7, "name": "setWeight 30"}
+    assert view["metrics"][0]["name"] == "errors" and view["metrics"][0]["latest"] == "Successful"
+    assert len(view["events"]) == 3 and view["events"][-1]["reason"] == Reason.STEP_STARTED

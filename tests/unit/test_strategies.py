@@ -215,3 +215,34 @@ def test_every_strategy_of_the_spec_has_a_planner():
 def test_an_unknown_strategy_is_an_error_not_a_fallback():
     with pytest.raises(UnknownProviderError, match="unknown rollout strategy 'rolling'"):
         get_planner("rolling")
+
+
+@pytest.mark.parametrize(
+    "spec, source",
+    [
+        (make_spec(BLUE_GREEN, [ERROR_RATE]), value(0.01)),
+        (make_spec(BLUE_GREEN, [ERROR_RATE]), value(0.4)),
+        (make_spec({"shadow": {"duration": "10s"}}, [ERROR_RATE]), value(0.01)),
+        (ab_spec(), proportions(0.01, 0.04, 10)),
+        (make_spec({"canary": {"stepWeight": 25, "stepInterval": "3s"}}, [ERROR_RATE]), value(0.01)),
+    ],
+    ids=["bg-good", "bg-bad", "shadow", "ab", "canary"],
+)
+def test_no_step_mutates_its_input(spec, source):
+    from rollout.engine import new_rollout, step
+
+    edge = FakeEdge(source=source)
+    edge.command("pause", "p")
+    state = new_rollout(spec)
+    for _ in range(1000):
+        before = state.model_dump()
+        if edge.now == 20:
+            edge.command("resume", "r")
+        t = step(spec, state, edge.observe(), edge.now)
+        assert state.model_dump() == before
+        edge.execute(t)
+        state = t.state
+        if state.done:
+            break
+        edge.now += 1
+    assert state.done
