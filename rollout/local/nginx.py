@@ -160,6 +160,8 @@ def _service_server(name: str, port: int) -> str:
             proxy_next_upstream_tries 2;
             proxy_connect_timeout 2s;
             proxy_read_timeout 60s;
+            proxy_hide_header X-Request-ID;  # the backend echoes it; the client gets exactly one
+            proxy_hide_header X-Routed-To;
             add_header X-Request-ID $rollout_rid always;
             add_header X-Routed-To $rollout_to always;
             log_by_lua_block {{ require("rollout_router").log() }}

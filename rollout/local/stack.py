@@ -3,7 +3,8 @@
 Usage (the runner and the CLI build on this)::
 
     stack = LocalStack.up(services=["iris"])          # nginx + Prometheus on free 127.0.0.1 ports
-    stable = stack.start_backend("iris", "iris-v1", "v1", ["bentoml", "serve", ..., "--port", "{port}"])
+    stable = stack.start_bento("iris", "iris:v1")      # bentoml serve on a free port, ready, scraped
+    other = stack.start_backend("iris", "echo", "v0", ["python", "server.py", "--port", "{port}"])
     router = stack.router("iris")                      # a TrafficRouter (rollout/routers/nginx.py)
     router.ensure(RouteTarget("iris", stable))
     stack.service_url("iris")                          # where clients send requests
@@ -193,13 +194,43 @@ class LocalStack:
         """Start one model server; ``{port}`` in ``argv``/``env`` is replaced by a free port.
 
         Waits until GET ``ready_path`` answers 2xx, registers it with Prometheus (labels
-        ``service``, ``backend``=name, ``version``) and returns the Backend to route to.
+        ``service``, ``backend``=name) and returns the Backend to route to.
         """
-        if name in self.state["backends"]:
-            raise ProcessError(f"backend {name!r} already exists; stop_backend() it first", delay=0)
         port = free_port()
         argv = [a.replace("{port}", str(port)) for a in argv]
         env = {k: v.replace("{port}", str(port)) for k, v in (env or {}).items()}
+        return self._start(service, name, version, port, argv, env, ready_path, metrics_path, timeout)
+
+    def start_bento(
+        self, service: str, model_tag: str, name: str | None = None, workers: int = 1, timeout: float = 180.0
+    ) -> Backend:
+        """Start ``bentoml serve`` of the model service for ``model_tag`` (rollout/local/bento.py).
+
+        The backend is named ``name`` (default ``<service>-<version>``), its version is the tag's
+        version; ready when ``/v2/health/ready`` answers, scraped at ``/metrics``.
+        """
+        from rollout.local.bento import bento_server_command
+
+        version = model_tag.partition(":")[2] or model_tag
+        port = free_port()
+        argv, env = bento_server_command(model_tag, port, workers)
+        name = name or f"{service}-{version}"
+        return self._start(service, name, version, port, argv, env, "/v2/health/ready", "/metrics", timeout)
+
+    def _start(
+        self,
+        service: str,
+        name: str,
+        version: str,
+        port: int,
+        argv: list[str],
+        env: dict[str, str],
+        ready_path: str,
+        metrics_path: str,
+        timeout: float,
+    ) -> Backend:
+        if name in self.state["backends"]:
+            raise ProcessError(f"backend {name!r} already exists; stop_backend() it first", delay=0)
         log = self.dir / "backends" / f"{name}.log"
         proc = self.supervisor.start(f"backend:{name}", argv, log, env=env)
         address = f"{LOOPBACK}:{port}"
@@ -207,7 +238,12 @@ class LocalStack:
         self._record_process(info, proc)
         with self._locked():
             self.state["backends"][name] = info
-        self.supervisor.wait_ready(proc, http_ok(f"http://{address}{ready_path}"), timeout=timeout)
+        try:
+            self.supervisor.wait_ready(proc, http_ok(f"http://{address}{ready_path}"), timeout=timeout)
+        except ProcessError:
+            with self._locked():
+                self.state["backends"].pop(name, None)
+            raise
         self.prometheus.add_target(name, address, {"service": service, "backend": name}, metrics_path)
         return Backend(name=name, version=version, address=address)
 

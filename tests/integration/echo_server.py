@@ -1,6 +1,6 @@
 """A stand-in model server for router tests and the router benchmark: answers with its name.
 
-Run as ``python tests/integration/echo_server.py NAME PORT``. Every request (any path, GET or POST)
+Run as ``python tests/integration/echo_server.py NAME PORT`` ($ECHO_DELAY_MS makes it slow). Every request (any path, GET or POST)
 gets ``{"server": NAME, "requestId": <X-Request-ID>, "mirror": bool}``; ``GET /_seen`` returns the
 request ids it has answered so tests can check what reached it (shadow traffic included);
 ``GET /metrics`` exposes ``echo_requests_total{server=NAME}`` in Prometheus' text format.
@@ -10,17 +10,22 @@ request ids it has answered so tests can check what reached it (shadow traffic i
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else "backend"
+DELAY = float(os.environ.get("ECHO_DELAY_MS", "0")) / 1000  # a slow model: every answer waits this long
 SEEN: list[dict[str, object]] = []
 LOCK = threading.Lock()
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    wbufsize = 65536  # one write per response (flushed per request), so no Nagle/delayed-ACK stall
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass
@@ -46,6 +51,8 @@ class Handler(BaseHTTPRequestHandler):
                 with LOCK:
                     SEEN.append({"rid": rid, "mirror": mirror, "path": self.path})
             body = json.dumps({"server": NAME, "requestId": rid, "mirror": mirror}).encode()
+            if DELAY and self.path != "/readyz":
+                time.sleep(DELAY)
         self.send_response(200)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -62,7 +69,7 @@ if __name__ == "__main__":
     server.serve_forever()
 
 
-def start_echo(supervisor: object, name: str, log_dir: object) -> int:
+def start_echo(supervisor: object, name: str, log_dir: object, delay_ms: float = 0) -> int:
     """Start this server as a supervised process named ``name``; its port once it is ready."""
     from pathlib import Path
 

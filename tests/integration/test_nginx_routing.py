@@ -268,3 +268,24 @@ def test_unreachable_admin_api_is_a_router_error(tmp_path: Path) -> None:
     router = NginxRouter(f"http://127.0.0.1:{free_port()}", SERVICE, timeout=2)
     with pytest.raises(RouterError, match="unreachable"):
         router.get_routes()
+
+
+def test_shadow_of_a_slow_candidate_does_not_slow_clients(plane: Plane, tmp_path: Path) -> None:
+    port = start_echo(plane.sup, "sluggish", tmp_path, delay_ms=300)
+    sluggish = Backend("sluggish", "v4", f"127.0.0.1:{port}")
+    plane.router.ensure(RouteTarget(SERVICE, plane.stable, sluggish))
+    plane.router.set_routes(Routes(mirror_percent=100))
+    import time
+
+    latencies = []
+    with httpx.Client(timeout=10) as c:
+        for _ in range(30):
+            t = time.perf_counter()
+            r = c.post(plane.url + "/predict", json={})
+            latencies.append(time.perf_counter() - t)
+            assert r.json()["server"] == "stable"
+    mirrored = [m for m in httpx.get(f"http://{sluggish.address}/_seen").json() if m["mirror"]]
+    plane.router.finalize(RouteTarget(SERVICE, plane.stable))
+    plane.sup.stop("sluggish")
+    assert len(mirrored) >= 25
+    assert statistics.median(latencies) < 0.15, f"clients waited for the 300 ms shadow: {latencies}"
