@@ -316,7 +316,9 @@ def step(
             return Transition(state=state, actions=_actions(spec, state, now))
     # a private working copy: the nested objects the engine changes in place are the metric
     # statuses (copied here); everything else is replaced whole (lists, progress, routes, pause)
-    w = _Step(state.model_copy(update={"metrics": {k: v.model_copy() for k, v in state.metrics.items()}}), now)
+    w = _Step(
+        state.model_copy(update={"metrics": {k: v.model_copy() for k, v in state.metrics.items()}}), now
+    )
     s = w.s
     if s.phase == Phase.PENDING:
         s.phase, s.started_at = Phase.PROGRESSING, now
@@ -337,11 +339,15 @@ def step(
     if not s.done and s.pause is None and s.candidate_ready:
         _plan(w, spec, obs, promote, comparisons)
     if not s.done:
-        _set_phase(s)
+        _set_phase(spec, w)
     return _commit(spec, state, w)
 
 
-def _set_phase(s: RolloutState) -> None:
+def _set_phase(spec: RolloutSpec, w: _Step) -> None:
+    """Progressing or Paused: paused by the user or the inconclusive limit, waiting for promote,
+    or - by itself, until the provider answers again - because a metric cannot be measured."""
+    s = w.s
+    unavailable = gates.unavailable(spec, s)
     if s.pause is not None:
         phase, reason, message = Phase.PAUSED, s.pause.reason, s.pause.message
     elif s.progress.awaiting_promotion:
@@ -350,12 +356,20 @@ def _set_phase(s: RolloutState) -> None:
             Reason.WAITING_FOR_PROMOTION,
             f"{s.progress.step_name}: waiting for promote",
         )
+    elif unavailable is not None:
+        phase, reason, message = Phase.PAUSED, Reason.METRICS_UNAVAILABLE, unavailable
     else:
         phase, reason, message = Phase.PROGRESSING, s.reason, s.message
         if s.phase == Phase.PAUSED:
             reason, message = Reason.RESUMED, f"progressing: {s.progress.step_name}"
-    if phase != s.phase:
+            if s.reason == Reason.METRICS_UNAVAILABLE:
+                w.note(EventType.NORMAL, Reason.RESUMED, "metrics can be measured again; progressing")
+    if phase != s.phase or (phase == Phase.PAUSED and reason != s.reason):
+        if reason == Reason.METRICS_UNAVAILABLE:
+            w.note(EventType.WARNING, Reason.METRICS_UNAVAILABLE, message)
         s.phase, s.reason, s.message = phase, reason, message
+    elif phase == Phase.PAUSED:
+        s.message = message  # e.g. the count of errors in a row
 
 
 def _commit(spec: RolloutSpec, old: RolloutState, w: _Step) -> Transition:

@@ -228,6 +228,21 @@ def inconclusive_limit(spec: RolloutSpec, state: RolloutState) -> str | None:
     return None
 
 
+def unavailable(spec: RolloutSpec, state: RolloutState) -> str | None:
+    """Why the rollout is paused by itself: a metric whose newest measurement is an Error."""
+    if state.analysis_started_at is None:
+        return None
+    for metric in spec.analysis.metrics:
+        st = state.metrics.get(metric.name)
+        if st is not None and st.latest == ERROR:
+            last = st.measurements[-1].message if st.measurements else ""
+            return (
+                f"paused: metric {metric.name} cannot be measured ({st.consecutive_errors} in a row, "
+                f"errorLimit {spec.analysis.error_limit}): {last}; never promoting while this lasts"
+            )
+    return None
+
+
 def reset_inconclusive(state: RolloutState) -> None:
     for st in state.metrics.values():
         st.consecutive_inconclusive = 0

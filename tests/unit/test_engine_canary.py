@@ -141,6 +141,14 @@ def test_prometheus_outage_pauses_progression_and_resumes_when_it_returns():
     weight_50 = next(t for t in transitions if t.routes is not None and t.routes.candidate_weight == 50)
     assert weight_50.state.updated_at >= down[1]
     assert Reason.ANALYSIS_RECOVERED in reasons(state)
+    # while it was down the rollout said so: Paused (MetricsUnavailable), then Progressing again
+    during = [t.state for t in transitions if down[0] + 1 < t.state.updated_at < down[1]]
+    assert during and all(s.phase == Phase.PAUSED and s.reason == Reason.METRICS_UNAVAILABLE for s in during)
+    assert "cannot be measured (" in during[-1].message and "7 in a row" in during[-1].message
+    assert [r for r in reasons(state) if r in (Reason.METRICS_UNAVAILABLE, Reason.RESUMED)] == [
+        Reason.METRICS_UNAVAILABLE,
+        Reason.RESUMED,
+    ]
 
 
 def test_pause_until_promoted_waits_for_the_promote_command():
