@@ -1,0 +1,180 @@
+"""Local-mode commands: ``rollout up|down|run|status|promote|abort|pause|resume``.
+
+``up`` starts the embedded data plane (nginx + Prometheus on 127.0.0.1) and the stable model
+server, and leaves it running; ``run SPEC`` drives one rollout on it to the end (exit 0 promoted
+or shadow passed, 1 rolled back, 4 aborted, 2 bad spec); ``status`` shows the live view (the
+same one as ``rollout status NAME -n NS`` on a cluster); ``promote|abort|pause|resume`` queue a
+command that the running ``run`` applies once; ``down`` stops everything.
+State lives under ``$ROLLOUT_HOME`` (default ``.state``). Who calls it: rollout/cli/main.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+
+from rollout.actions import CommandKind
+from rollout.errors import NotFoundError
+from rollout.local.runner import (
+    CommandQueue,
+    LocalRunner,
+    active_rollout,
+    list_rollouts,
+    load_state,
+    rollout_dir,
+)
+from rollout.local.stack import LocalStack
+from rollout.model import Phase, RolloutState
+from rollout.routers.base import RouteTarget
+from rollout.spec import load_rollout
+
+EXIT_BY_PHASE = {Phase.PROMOTED: 0, Phase.SUCCEEDED: 0, Phase.ROLLED_BACK: 1, Phase.ABORTED: 4}
+
+
+def render_local(name: str, state: RolloutState) -> str:
+    from rollout.cli.cluster import render_status
+    from rollout.controller.status import status_from_state
+
+    obj = {
+        "metadata": {"namespace": "local", "name": name},
+        "spec": {
+            "service": state.service,
+            "stable": {"model": state.stable},
+            "candidate": {"model": state.candidate},
+        },
+        "status": status_from_state(state, time.time()),
+    }
+    return render_status(obj)
+
+
+@click.command("up")
+@click.option("--service", default="iris", show_default=True, help="the service name clients call")
+@click.option("--model", "model_tag", default="iris:v1", show_default=True, help="stable model tag to serve")
+@click.option("--workers", type=int, default=1, show_default=True)
+def up_cmd(service: str, model_tag: str, workers: int) -> None:
+    """Start nginx, Prometheus and the stable model server on 127.0.0.1 (stays up until `rollout down`)."""
+    from rollout.registry import get_record
+
+    get_record(model_tag)  # ModelNotFoundError with a hint before anything starts
+    stack = LocalStack.up(services=[service], detach=True)
+    try:
+        stable = stack.start_bento(service, model_tag, workers=workers)
+        stack.router(service).ensure(RouteTarget(service, stable))
+    except BaseException:
+        stack.stop()
+        raise
+    stack.detach()
+    click.echo(f"service {service}: {stack.service_url(service)}  (stable {model_tag} at {stable.address})")
+    click.echo(f"prometheus:   {stack.prometheus_url}")
+    click.echo("next: rollout run SPEC; rollout status --watch; rollout down")
+
+
+@click.command("down")
+def down_cmd() -> None:
+    """Stop everything `rollout up` started."""
+    click.echo("stopped the local stack" if LocalStack.down() else "no local stack was running")
+
+
+@click.command("run")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.option("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+@click.option("--fresh", is_flag=True, help="forget a saved state of this rollout and start over")
+@click.option("-q", "--quiet", is_flag=True, help="print only the outcome")
+def run_cmd(spec_path: str, timeout: float | None, fresh: bool, quiet: bool) -> None:
+    """Run a rollout to the end on the local stack. Exit 0 promoted, 1 rolled back, 4 aborted."""
+    rollout = load_rollout(spec_path)
+    stack = LocalStack.attach()
+    name = rollout.metadata.name
+    if fresh:
+        (rollout_dir(name, stack.home) / "state.json").unlink(missing_ok=True)
+    seen = [0]
+
+    def report(state: RolloutState) -> None:
+        if quiet:
+            return
+        for e in state.events[seen[0] :] if len(state.events) >= seen[0] else state.events:
+            stamp = time.strftime("%H:%M:%S", time.localtime(e.at))
+            click.echo(f"{stamp} {e.type.value:<7} {e.reason:<22} {e.message}")
+        seen[0] = len(state.events)
+
+    runner = LocalRunner(rollout, stack, on_step=report)
+    try:
+        state = runner.run(timeout=timeout)
+    except KeyboardInterrupt:
+        click.echo(
+            f"interrupted; the rollout's state is saved: `rollout run {spec_path}` resumes it", err=True
+        )
+        raise SystemExit(130) from None
+    if not state.done:
+        click.echo(f"{name}: still {state.phase.value} after {timeout}s; run again to resume", err=True)
+        raise SystemExit(5)
+    click.echo(f"{name}: {state.phase.value} ({state.reason}: {state.message})")
+    raise SystemExit(EXIT_BY_PHASE.get(state.phase, 1))
+
+
+@click.command("status")
+@click.argument("name", required=False)
+@click.option("-w", "--watch", is_flag=True, help="redraw until the rollout ends")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
+@click.option("--interval", type=float, default=1.0, show_default=True)
+def status_cmd(name: str | None, watch: bool, output: str, interval: float) -> None:
+    """Show a local rollout's phase, step, weights, analysis and recent events (all when no NAME)."""
+    if name is None and not watch:
+        rollouts = list_rollouts()
+        if not rollouts:
+            raise NotFoundError("no rollouts yet; start one with `rollout run SPEC`")
+        if output == "json":
+            click.echo(json.dumps({n: json.loads(s.to_json()) for n, s in rollouts}, indent=1))
+            return
+        for n, s in rollouts:
+            w = s.desired_routes
+            click.echo(
+                f"{n:<28} {s.phase.value:<12} candidate {w.candidate_weight:>3}%  {s.candidate}  {s.reason}"
+            )
+        return
+    name = name or active_rollout()
+    while True:
+        state = load_state(name)
+        if output == "json":
+            click.echo(state.to_json())
+        else:
+            if watch:
+                click.clear()
+            click.echo(render_local(name, state))
+        if not watch or state.done:
+            return
+        time.sleep(interval)
+
+
+def _command(kind: CommandKind, help_text: str) -> click.Command:
+    @click.command(kind.value if kind != CommandKind.PROMOTE_FULL else "promote", help=help_text)
+    @click.argument("name", required=False)
+    def cmd(name: str | None, **opts: bool) -> None:
+        real = CommandKind.PROMOTE_FULL if opts.get("full") else kind
+        name = name or active_rollout()
+        state = load_state(name)
+        if state.done:
+            raise NotFoundError(
+                f"rollout {name!r} has already ended ({state.phase.value}); nothing to {real.value}"
+            )
+        c = CommandQueue(rollout_dir(name) / "commands").put(real)
+        click.echo(
+            f"{real.value} requested for {name} (command {c.id}); the running `rollout run` applies it"
+        )
+
+    if kind == CommandKind.PROMOTE:
+        cmd = click.option("--full", is_flag=True, help="skip the remaining steps: promote now")(cmd)
+    return cmd
+
+
+def register(cli: click.Group) -> None:
+    for c in (up_cmd, down_cmd, run_cmd, status_cmd):
+        cli.add_command(c)
+    cli.add_command(
+        _command(CommandKind.PROMOTE, "Promote: end the current step or wait (--full: promote now).")
+    )
+    cli.add_command(_command(CommandKind.ABORT, "Abort: all traffic back to stable now."))
+    cli.add_command(_command(CommandKind.PAUSE, "Pause: hold the weights (analysis keeps running)."))
+    cli.add_command(_command(CommandKind.RESUME, "Resume a paused rollout."))
