@@ -315,10 +315,9 @@ class LocalStack:
                 disk = _read_state(self.home) or {}
                 for name, info in disk.get("backends", {}).items():
                     self.state["backends"].setdefault(name, info)
-                self.state["nginx"]["services"] = {
-                    **disk.get("nginx", {}).get("services", {}),
-                    **self.state["nginx"]["services"],
-                }
+                services = self.state["nginx"]["services"]  # shared with NginxConfig: update in place
+                for name, port in disk.get("nginx", {}).get("services", {}).items():
+                    services.setdefault(name, port)
                 yield
                 self._write()
             finally:
