@@ -181,3 +181,13 @@ def test_default_values_rollout_section_is_a_valid_spec() -> None:
         },
     }
     assert parse_rollout(doc).spec.strategy.name == "canary"
+
+
+def test_generator_refuses_what_a_structural_schema_cannot_express() -> None:
+    from pydantic import BaseModel
+
+    class Union(BaseModel):
+        value: int | str
+
+    with pytest.raises(SpecError, match="cannot express a union of 2 types"):
+        crd.structural_schema(Union)  # type: ignore[arg-type]

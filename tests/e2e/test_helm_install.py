@@ -1,0 +1,334 @@
+"""The chart installed into the real kube-apiserver with the real KServe, Istio, Gateway API and
+Prometheus Operator CRDs: every object is accepted by server-side validation, upgrade and rollback
+change what the server holds, the controller's ServiceAccount can do exactly what the operator
+needs (checked by the server with SelfSubjectAccessReview under impersonation), and the k8s/
+manifests (CRD, examples, kustomize base) are accepted too."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rollout.k8s import generate
+from tests.e2e.helmkit import CHART, ROOT, kubectl_binary, run_helm, set_args
+from tests.k8s.fixtures import K8sCluster
+
+pytestmark = pytest.mark.k8s
+
+RELEASE = "br"
+CONTROLLER_SA = "br-bento-rollout-controller"
+
+
+def kubectl(cluster: K8sCluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(kubectl_binary()), "--kubeconfig", str(cluster.kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def modelrollout_crd(k8s_cluster: K8sCluster) -> None:
+    """The project's CRD from k8s/crd (the chart installs the same file on first install)."""
+    applied = kubectl(
+        k8s_cluster,
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=tests",
+        "-f",
+        str(generate.CRD_FILE),
+    )
+    assert applied.returncode == 0, f"the API server rejected the ModelRollout CRD:\n{applied.stderr}"
+    waited = kubectl(
+        k8s_cluster,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=120s",
+        "crd/modelrollouts.bento-rollout.io",
+    )
+    assert waited.returncode == 0, waited.stderr
+
+
+def helm(cluster: K8sCluster, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_helm(list(args), home, kubeconfig=cluster.kubeconfig, timeout=300)
+
+
+def install(cluster: K8sCluster, home: Path, namespace: str, values: dict[str, Any]) -> None:
+    result = helm(cluster, home, "install", RELEASE, str(CHART), "--namespace", namespace, *set_args(values))
+    assert result.returncode == 0, f"helm install failed:\n{result.stderr}"
+
+
+def server_object(cluster: K8sCluster, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    got = kubectl(cluster, "get", kind, name, "-n", namespace, "-o", "json")
+    assert got.returncode == 0, got.stderr
+    return json.loads(got.stdout)
+
+
+FULL = {
+    "monitoring.enabled": True,
+    "loadtest.enabled": True,
+    "rollout.enabled": True,
+    "routing.candidateWeight": 10,
+}
+
+
+@pytest.mark.parametrize("mode", ["kserve", "istio", "gateway-api"])
+def test_install_every_object_is_accepted_by_the_server(
+    k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None, mode: str
+) -> None:
+    values = {**FULL, "routing.mode": mode}
+    if mode == "istio":
+        values.update({"routing.mirror.enabled": True, "routing.headerMatch.enabled": True})
+    if mode == "gateway-api":
+        values.update({"routing.mirror.enabled": True, "routing.headerMatch.enabled": True})
+        values["loadtest.host"] = "http://inference-gateway.gateway-system"
+    install(k8s_cluster, tmp_path, k8s_namespace, values)
+
+    manifest = helm(k8s_cluster, tmp_path, "get", "manifest", RELEASE, "-n", k8s_namespace)
+    assert manifest.returncode == 0, manifest.stderr
+    rendered = [d for d in yaml.safe_load_all(manifest.stdout) if d]
+    on_server = kubectl(
+        k8s_cluster, "get", "-n", k8s_namespace, "-f", "-", "-o", "json", stdin=manifest.stdout
+    )
+    assert on_server.returncode == 0, on_server.stderr
+    items = json.loads(on_server.stdout)
+    items = items.get("items", [items])
+    assert sorted((i["kind"], i["metadata"]["name"]) for i in items) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in rendered
+    )
+    kinds = {i["kind"] for i in items}
+    expected_route = {"kserve": set(), "istio": {"VirtualService"}, "gateway-api": {"HTTPRoute"}}[mode]
+    assert (
+        expected_route | {"InferenceService", "ModelRollout", "PodMonitor", "PrometheusRule", "Job"} <= kinds
+    )
+
+    # what the server stored is what the chart meant (no field silently pruned by a CRD schema)
+    if mode == "istio":
+        vs = server_object(k8s_cluster, k8s_namespace, "virtualservices.networking.istio.io", "iris")
+        primary = vs["spec"]["http"][-1]
+        assert [r["weight"] for r in primary["route"]] == [90, 10]
+        assert primary["mirrorPercentage"] == {"value": 100}
+    if mode == "gateway-api":
+        route = server_object(k8s_cluster, k8s_namespace, "httproutes.gateway.networking.k8s.io", "iris")
+        split = route["spec"]["rules"][-1]
+        assert split["filters"][0]["requestMirror"]["percent"] == 100
+    if mode == "kserve":
+        isvc = server_object(k8s_cluster, k8s_namespace, "inferenceservices.serving.kserve.io", "iris")
+        predictor = isvc["spec"]["predictor"]
+        assert predictor["canaryTrafficPercent"] == 10
+        assert predictor["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+        assert predictor["labels"]["app.kubernetes.io/component"] == "model"
+    rollout = server_object(k8s_cluster, k8s_namespace, "modelrollouts.bento-rollout.io", "iris")
+    assert rollout["spec"]["strategy"]["canary"]["steps"][0] == {"setWeight": 10}
+
+
+def test_upgrade_and_rollback_change_the_routing_on_the_server(
+    k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
+) -> None:
+    install(k8s_cluster, tmp_path, k8s_namespace, {"routing.mode": "istio"})
+
+    def weights() -> list[int]:
+        vs = server_object(k8s_cluster, k8s_namespace, "virtualservices.networking.istio.io", "iris")
+        return [r["weight"] for r in vs["spec"]["http"][-1]["route"]]
+
+    assert weights() == [100, 0]
+    up = helm(
+        k8s_cluster, tmp_path, "upgrade", RELEASE, str(CHART), "-n", k8s_namespace, "--reuse-values",
+        "--set", "routing.candidateWeight=40",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    assert weights() == [60, 40]
+    back = helm(k8s_cluster, tmp_path, "rollback", RELEASE, "1", "-n", k8s_namespace)
+    assert back.returncode == 0, back.stderr
+    assert weights() == [100, 0]
+    history = helm(k8s_cluster, tmp_path, "history", RELEASE, "-n", k8s_namespace, "-o", "json")
+    revisions = json.loads(history.stdout)
+    assert [r["revision"] for r in revisions] == [1, 2, 3]
+    assert revisions[-1]["status"] == "deployed" and "Rollback to 1" in revisions[-1]["description"]
+
+
+def test_bad_values_fail_at_install_and_leave_nothing_behind(
+    k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
+) -> None:
+    result = helm(
+        k8s_cluster,
+        tmp_path,
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        k8s_namespace,
+        "--set",
+        "routing.candidateWeight=101",
+    )
+    assert result.returncode != 0
+    assert "candidateWeight" in result.stderr
+    listed = helm(k8s_cluster, tmp_path, "list", "-n", k8s_namespace, "-a", "-q")
+    assert listed.stdout.strip() == ""
+
+
+# --- least privilege -------------------------------------------------------------------------------
+
+NEEDED = [
+    ("get", "modelrollouts.bento-rollout.io"),
+    ("list", "modelrollouts.bento-rollout.io"),
+    ("watch", "modelrollouts.bento-rollout.io"),
+    ("patch", "modelrollouts.bento-rollout.io"),
+    ("patch", "modelrollouts.bento-rollout.io/status"),
+    ("update", "modelrollouts.bento-rollout.io/finalizers"),
+    ("get", "inferenceservices.serving.kserve.io"),
+    ("patch", "inferenceservices.serving.kserve.io"),
+    ("watch", "inferenceservices.serving.kserve.io"),
+    ("get", "virtualservices.networking.istio.io"),
+    ("patch", "virtualservices.networking.istio.io"),
+    ("create", "events"),
+    ("create", "events.events.k8s.io"),
+    ("create", "leases.coordination.k8s.io"),
+    ("update", "leases.coordination.k8s.io"),
+]
+REFUSED = [
+    ("get", "secrets"),
+    ("list", "secrets"),
+    ("watch", "secrets"),
+    ("get", "configmaps"),
+    ("create", "pods"),
+    ("delete", "inferenceservices.serving.kserve.io"),
+    ("create", "inferenceservices.serving.kserve.io"),
+    ("delete", "modelrollouts.bento-rollout.io"),
+    ("patch", "httproutes.gateway.networking.k8s.io"),  # istio mode: no Gateway API rights
+    ("create", "roles.rbac.authorization.k8s.io"),
+    ("create", "rolebindings.rbac.authorization.k8s.io"),
+]
+
+
+def can_i(
+    cluster: K8sCluster, namespace: str, verb: str, resource: str, *, in_namespace: str | None = None
+) -> bool:
+    """The server's SelfSubjectAccessReview answer for the controller's ServiceAccount (impersonated)."""
+    sub = resource.split("/", 1)
+    args = ["auth", "can-i", verb, sub[0]]
+    if len(sub) == 2:
+        args.append(f"--subresource={sub[1]}")
+    args += ["--as", f"system:serviceaccount:{namespace}:{CONTROLLER_SA}"]
+    args += ["--all-namespaces"] if in_namespace == "*" else ["-n", in_namespace or namespace]
+    result = kubectl(cluster, *args)
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), f"kubectl auth can-i {verb} {resource}: {result.stdout}{result.stderr}"
+    return answer == "yes"
+
+
+def test_controller_service_account_has_exactly_the_rights_the_operator_needs(
+    k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
+) -> None:
+    install(k8s_cluster, tmp_path, k8s_namespace, {"routing.mode": "istio", "rollout.enabled": True})
+    missing = [f"{v} {r}" for v, r in NEEDED if not can_i(k8s_cluster, k8s_namespace, v, r)]
+    assert missing == [], f"the controller cannot: {missing}"
+    excess = [f"{v} {r}" for v, r in REFUSED if can_i(k8s_cluster, k8s_namespace, v, r)]
+    assert excess == [], f"the controller may, but must not: {excess}"
+    # other namespaces and cluster-wide: nothing
+    for verb, resource in [
+        ("list", "modelrollouts.bento-rollout.io"),
+        ("patch", "inferenceservices.serving.kserve.io"),
+    ]:
+        assert not can_i(k8s_cluster, k8s_namespace, verb, resource, in_namespace="default")
+        assert not can_i(k8s_cluster, k8s_namespace, verb, resource, in_namespace="*")
+    assert not can_i(k8s_cluster, k8s_namespace, "list", "secrets", in_namespace="kube-system")
+
+
+def test_controller_identity_is_refused_secrets_by_a_real_request(
+    k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
+) -> None:
+    install(k8s_cluster, tmp_path, k8s_namespace, {"routing.mode": "kserve", "rollout.enabled": True})
+    as_sa = ["--as", f"system:serviceaccount:{k8s_namespace}:{CONTROLLER_SA}", "-n", k8s_namespace]
+    secrets = kubectl(k8s_cluster, "get", "secrets", *as_sa)
+    assert secrets.returncode != 0 and "forbidden" in secrets.stderr.lower()
+    rollouts = kubectl(k8s_cluster, "get", "modelrollouts.bento-rollout.io", *as_sa, "-o", "name")
+    assert rollouts.returncode == 0, rollouts.stderr
+    assert rollouts.stdout.strip() == "modelrollout.bento-rollout.io/iris"
+    # the status subresource is writable by the controller (what it does on every transition)
+    patched = kubectl(
+        k8s_cluster, "patch", "modelrollouts.bento-rollout.io", "iris", *as_sa, "--subresource=status",
+        "--type=merge", "-p", json.dumps({"status": {"phase": "Progressing", "candidateWeight": 10}}),
+    )  # fmt: skip
+    assert patched.returncode == 0, patched.stderr
+    listed = kubectl(k8s_cluster, "get", "modelrollouts.bento-rollout.io", "iris", "-n", k8s_namespace)
+    assert "Progressing" in listed.stdout and "iris:v2" in listed.stdout  # printer columns
+
+
+# --- k8s/: the CRD's own validation, the examples, the kustomize base ------------------------------
+
+
+def test_examples_for_every_strategy_are_accepted(
+    k8s_cluster: K8sCluster, k8s_namespace: str, modelrollout_crd: None
+) -> None:
+    result = kubectl(
+        k8s_cluster, "apply", "--server-side", "-n", k8s_namespace, "-f", str(ROOT / "k8s" / "examples")
+    )
+    assert result.returncode == 0, result.stderr
+    names = kubectl(k8s_cluster, "get", "modelrollouts.bento-rollout.io", "-n", k8s_namespace, "-o", "name")
+    assert sorted(names.stdout.split()) == [
+        f"modelrollout.bento-rollout.io/iris-{s}" for s in ("abtest", "bluegreen", "canary", "shadow")
+    ]
+
+
+INVALID = [
+    (
+        lambda s: s["strategy"].update(shadow={"mirrorPercent": 10}),
+        "exactly one of canary, blueGreen, shadow, abTest",
+    ),
+    (lambda s: s["candidate"].update(model="iris:v1"), "stable and candidate are the same model"),
+    (
+        lambda s: s["strategy"]["canary"]["steps"][0].update(pause={}),
+        "exactly one of setWeight, pause, analysis",
+    ),
+    (lambda s: s["analysis"]["metrics"][0].pop("threshold"), "needs a threshold"),
+    (lambda s: s["strategy"]["canary"]["steps"][0].update(setWeight=101), "setWeight"),
+    (lambda s: s["analysis"].update(interval="soon"), "interval"),
+    (lambda s: s["analysis"]["metrics"].append(dict(s["analysis"]["metrics"][0])), "Duplicate value"),
+]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"), INVALID, ids=[w.split()[0] + str(i) for i, (_, w) in enumerate(INVALID)]
+)
+def test_the_server_rejects_invalid_rollouts_with_the_spec_message(
+    k8s_cluster: K8sCluster, k8s_namespace: str, modelrollout_crd: None, mutate: Any, words: str
+) -> None:
+    doc = yaml.safe_load((ROOT / "k8s" / "examples" / "canary.yaml").read_text(encoding="utf-8"))
+    mutate(doc["spec"])
+    result = kubectl(k8s_cluster, "create", "-n", k8s_namespace, "-f", "-", stdin=yaml.safe_dump(doc))
+    assert result.returncode != 0, "the API server accepted an invalid ModelRollout"
+    assert words in result.stderr, result.stderr
+
+
+def test_kustomize_base_renders_and_is_accepted(
+    k8s_cluster: K8sCluster, k8s_namespace: str, modelrollout_crd: None
+) -> None:
+    rendered = kubectl(k8s_cluster, "kustomize", str(ROOT / "k8s" / "base"))
+    assert rendered.returncode == 0, rendered.stderr
+    kinds = sorted(d["kind"] for d in yaml.safe_load_all(rendered.stdout) if d)
+    assert kinds == sorted(
+        [
+            "CustomResourceDefinition",
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "Deployment",
+            "InferenceService",
+        ]
+    )
+    applied = kubectl(
+        k8s_cluster, "apply", "--server-side", "--force-conflicts", "--field-manager=kustomize-test",
+        "--dry-run=server", "-n", k8s_namespace, "-f", "-", stdin=rendered.stdout,
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stderr
+    assert "inferenceservice.serving.kserve.io/iris serverside-applied (server dry run)" in applied.stdout

@@ -1,0 +1,230 @@
+"""The chart rendered by Helm's own engine (the real ``helm`` binary): lint passes, every combination
+of routing mode x monitoring x load test renders the objects that combination promises, pods run
+restricted, and bad values fail before anything is sent to a cluster, with a message naming the
+value. Installing into a real API server is tests/e2e/test_helm_install.py."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rollout.k8s import generate
+from tests.e2e.helmkit import CHART, by_kind, pod_specs, run_helm, set_args, template
+
+pytestmark = pytest.mark.k8s
+
+MODES = ["kserve", "istio", "gateway-api"]
+MATRIX = list(itertools.product(MODES, [True, False], [True, False]))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("helm-home")
+
+
+def test_helm_lint_passes_strict(home: Path) -> None:
+    result = run_helm(["lint", "--strict", str(CHART)], home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_helm_lint_passes_for_each_routing_mode(home: Path, mode: str) -> None:
+    values = [
+        "--set",
+        f"routing.mode={mode}",
+        "--set",
+        "rollout.enabled=true",
+        "--set",
+        "loadtest.enabled=true",
+    ]
+    if mode == "gateway-api":
+        values += ["--set", "loadtest.host=http://gateway.example"]
+    result = run_helm(["lint", "--strict", str(CHART), *values], home)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("mode", "monitoring", "loadtest"), MATRIX, ids=[f"{m}-mon{int(a)}-load{int(b)}" for m, a, b in MATRIX]
+)
+def test_every_value_combination_renders_what_it_promises(
+    home: Path, mode: str, monitoring: bool, loadtest: bool
+) -> None:
+    values: dict[str, Any] = {
+        "routing.mode": mode,
+        "monitoring.enabled": monitoring,
+        "loadtest.enabled": loadtest,
+        "rollout.enabled": True,
+        "routing.candidateWeight": 20,
+    }
+    if mode == "gateway-api":
+        values["loadtest.host"] = "http://inference-gateway.gateway-system"
+    kinds = by_kind(template(home, values))
+
+    isvcs = kinds["InferenceService"]
+    assert len(isvcs) == (1 if mode == "kserve" else 2)
+    assert ("VirtualService" in kinds) == (mode == "istio")
+    assert ("HTTPRoute" in kinds) == (mode == "gateway-api")
+    for kind in ("PodMonitor", "PrometheusRule"):
+        assert (kind in kinds) == monitoring, kind
+    dashboards = [c for c in kinds.get("ConfigMap", []) if c["metadata"]["name"].endswith("-dashboard")]
+    assert bool(dashboards) == monitoring
+    assert ("Job" in kinds) == loadtest
+    for always in (
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+    ):
+        assert always in kinds, always
+    assert kinds["ModelRollout"][0]["spec"]["router"]["provider"] == mode
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+
+
+def test_kserve_mode_sets_canary_traffic_percent_on_the_candidate_revision(home: Path) -> None:
+    (isvc,) = by_kind(template(home, {"routing.candidateWeight": 25}))["InferenceService"]
+    predictor = isvc["spec"]["predictor"]
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert predictor["canaryTrafficPercent"] == 25
+    env = {e["name"]: e["value"] for e in predictor["containers"][0]["env"]}
+    assert env["BENTO_MODEL_TAG"] == "iris:v2"
+    (stable_only,) = by_kind(template(home, {"models.candidate": ""}))["InferenceService"]
+    assert "canaryTrafficPercent" not in stable_only["spec"]["predictor"]
+    assert stable_only["spec"]["predictor"]["containers"][0]["env"][0]["value"] == "iris:v1"
+
+
+def test_istio_virtual_service_weights_mirror_and_header_match(home: Path) -> None:
+    values = {
+        "routing.mode": "istio",
+        "routing.candidateWeight": 30,
+        "routing.mirror.enabled": True,
+        "routing.mirror.percent": 40,
+        "routing.headerMatch.enabled": True,
+        "routing.istio.gateways": ["istio-system/ingressgateway"],
+    }
+    (vs,) = by_kind(template(home, values))["VirtualService"]
+    match_route, primary = vs["spec"]["http"]
+    assert match_route["match"] == [{"headers": {"x-model-version": {"exact": "candidate"}}}]
+    assert (
+        match_route["route"][0]["destination"]["host"] == "iris-candidate-predictor.models.svc.cluster.local"
+    )
+    weights = {r["destination"]["host"].split("-predictor")[0]: r["weight"] for r in primary["route"]}
+    assert weights == {"iris-stable": 70, "iris-candidate": 30}
+    assert primary["mirror"]["host"] == "iris-candidate-predictor.models.svc.cluster.local"
+    assert primary["mirrorPercentage"] == {"value": 40.0}
+    assert vs["spec"]["gateways"] == ["istio-system/ingressgateway"]
+
+
+def test_gateway_api_route_weights_request_mirror_and_header_match(home: Path) -> None:
+    values = {
+        "routing.mode": "gateway-api",
+        "routing.candidateWeight": 10,
+        "routing.mirror.enabled": True,
+        "routing.mirror.percent": 50,
+        "routing.headerMatch.enabled": True,
+        "routing.hosts": ["iris.example.com"],
+    }
+    (route,) = by_kind(template(home, values))["HTTPRoute"]
+    match_rule, split = route["spec"]["rules"]
+    assert match_rule["matches"][0]["headers"] == [
+        {"type": "Exact", "name": "x-model-version", "value": "candidate"}
+    ]
+    assert [(b["name"], b["weight"]) for b in split["backendRefs"]] == [
+        ("iris-stable-predictor", 90),
+        ("iris-candidate-predictor", 10),
+    ]
+    (mirror,) = split["filters"]
+    assert mirror == {
+        "type": "RequestMirror",
+        "requestMirror": {"backendRef": {"name": "iris-candidate-predictor", "port": 80}, "percent": 50},
+    }
+    assert route["spec"]["hostnames"] == ["iris.example.com"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_pod_runs_restricted_with_oip_v2_probes(home: Path, mode: str) -> None:
+    values = {"routing.mode": mode, "loadtest.enabled": True, "loadtest.host": "http://x.example"}
+    docs = template(home, values)
+    specs = [(d["kind"], spec) for d in docs for spec in pod_specs(d)]
+    assert {k for k, _ in specs} == {"InferenceService", "Deployment", "Job"}
+    for kind, spec in specs:
+        assert spec["securityContext"]["runAsNonRoot"] is True, kind
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, kind
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, kind
+            assert sc["readOnlyRootFilesystem"] is True, kind
+            assert sc["capabilities"] == {"drop": ["ALL"]}, kind
+            assert container["resources"]["limits"], kind
+    for isvc in by_kind(docs)["InferenceService"]:
+        (container,) = isvc["spec"]["predictor"]["containers"]
+        assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+        assert container["ports"][0]["containerPort"] == 3000
+
+
+def test_controller_runs_rollout_controller_with_leader_election(home: Path) -> None:
+    (deploy,) = by_kind(template(home))["Deployment"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["rollout", "controller"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["ROLLOUT_LEADER_ELECTION"] == "true"
+    assert env["ROLLOUT_WATCH_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert deploy["spec"]["replicas"] == 2
+
+
+def test_chart_ships_the_generated_rules_dashboard_and_crd(home: Path) -> None:
+    kinds = by_kind(template(home, {}, "--include-crds"))
+    (rule,) = kinds["PrometheusRule"]
+    committed = yaml.safe_load(generate.RULES_FILE.read_text(encoding="utf-8"))
+    assert rule["spec"] == committed
+    (dash,) = [c for c in kinds["ConfigMap"] if c["metadata"]["name"].endswith("-dashboard")]
+    assert dash["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dash["data"]["bento-rollout.json"]) == json.loads(generate.DASHBOARD_FILE.read_text())
+    (crd,) = kinds["CustomResourceDefinition"]
+    assert crd == yaml.safe_load(generate.CRD_FILE.read_text(encoding="utf-8"))
+
+
+def test_loadtest_job_mounts_the_locustfile_and_is_bounded(home: Path) -> None:
+    kinds = by_kind(template(home, {"loadtest.enabled": True, "loadtest.runTime": "90s"}))
+    (job,) = kinds["Job"]
+    (cm,) = [c for c in kinds["ConfigMap"] if c["metadata"]["name"].endswith("-locust")]
+    assert "class" in cm["data"]["locustfile.py"] and "HttpUser" in cm["data"]["locustfile.py"]
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--headless" in command and "--run-time=90s" in command
+    assert "--host=http://iris.models.svc.cluster.local" in command
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 900
+
+
+BAD_VALUES = [
+    ({"routing.mode": "nginx"}, ["routing", "mode"]),
+    ({"routing.candidateWeight": 150}, ["candidateWeight", "100"]),
+    ({"models.stable": "not a tag!"}, ["models", "stable"]),
+    ({"service.name": "Iris_Service"}, ["service", "name"]),
+    ({"routing.wieght": 10}, ["wieght"]),
+    ({"rollout.strategy": {"canary": {"stepWeight": 500}}}, ["stepWeight"]),
+    ({"rollout.analysis": {"interval": "soon"}}, ["interval"]),
+    ({"controller.image.tag": ""}, ["controller", "tag"]),
+    ({"routing.mirror.enabled": True}, ["routing.mirror needs routing.mode istio or gateway-api"]),
+    ({"models.candidate": "", "routing.candidateWeight": 10}, ["models.candidate is empty"]),
+    ({"controller.leaderElection.enabled": False}, ["needs controller.leaderElection.enabled=true"]),
+    ({"monitoring.kind": "ServiceMonitor"}, ["ServiceMonitor needs routing.mode istio or gateway-api"]),
+    ({"loadtest.enabled": True, "loadtest.locustfile": "missing.py"}, ['"missing.py" is not in loadtests/']),
+]
+
+
+@pytest.mark.parametrize(("values", "words"), BAD_VALUES, ids=[next(iter(v)) for v, _ in BAD_VALUES])
+def test_bad_values_fail_with_a_message_naming_the_problem(
+    home: Path, values: dict[str, Any], words: list[str]
+) -> None:
+    result = run_helm(["template", "br", str(CHART), *set_args(values)], home)
+    assert result.returncode != 0, f"{values} rendered but should have failed"
+    for word in words:
+        assert word in result.stderr, f"{word!r} not in helm's error:\n{result.stderr}"

@@ -1,0 +1,146 @@
+"""skaffold.yaml is valid for the pinned Skaffold: checked against the JSON schema shipped in
+Skaffold's own Go module (github.com/GoogleContainerTools/skaffold/v2, version pinned in
+tests/k8s/skaffold/go.mod), and, with the ``skaffold`` binary built from that module by
+tests/k8s/build-tools.sh, by ``skaffold diagnose`` and an offline ``skaffold render`` of each profile
+through the real helm binary."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.e2e.helmkit import BIN, ROOT, helm_binary, helm_env
+
+pytestmark = pytest.mark.k8s
+
+SKAFFOLD_MODULE = "github.com/GoogleContainerTools/skaffold/v2"
+SKAFFOLD_GOMOD = ROOT / "tests" / "k8s" / "skaffold" / "go.mod"
+GOMODCACHE = ROOT / ".cache" / "go" / "mod"
+
+
+def pinned_version() -> str:
+    match = re.search(
+        rf"^\s*(?:require\s+)?{re.escape(SKAFFOLD_MODULE)}\s+(v\S+)", SKAFFOLD_GOMOD.read_text(), re.M
+    )
+    assert match, f"{SKAFFOLD_MODULE} is not pinned in {SKAFFOLD_GOMOD}"
+    return match.group(1)
+
+
+def module_dir() -> Path:
+    env = {**os.environ, "GOMODCACHE": str(GOMODCACHE), "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+    try:
+        proc = subprocess.run(
+            ["go", "mod", "download", "-json", f"{SKAFFOLD_MODULE}@{pinned_version()}"],
+            cwd=SKAFFOLD_GOMOD.parent, env=env, capture_output=True, text=True, timeout=900, check=False,
+        )  # fmt: skip
+    except FileNotFoundError:
+        pytest.fail("`go` is not on PATH: it fetches Skaffold's module (and its schema)", pytrace=False)
+    info = json.loads(proc.stdout or "{}")
+    assert proc.returncode == 0 and info.get("Dir"), (
+        f"go mod download failed: {info.get('Error') or proc.stderr}"
+    )
+    return Path(info["Dir"])
+
+
+@pytest.fixture(scope="module")
+def skaffold_schema() -> dict[str, Any]:
+    config = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+    version = config["apiVersion"].split("/", 1)[1]
+    path = module_dir() / "docs-v2" / "content" / "en" / "schemas" / f"{version}.json"
+    assert path.exists(), f"Skaffold {pinned_version()} has no schema for {config['apiVersion']}"
+    return json.loads(path.read_text())
+
+
+def test_skaffold_yaml_uses_the_latest_schema_of_the_pinned_skaffold() -> None:
+    config = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+    latest = (module_dir() / "pkg" / "skaffold" / "schema" / "latest" / "config.go").read_text()
+    assert f'const Version string = "{config["apiVersion"]}"' in latest
+
+
+def test_skaffold_yaml_validates_against_skaffolds_schema(skaffold_schema: dict[str, Any]) -> None:
+    config = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+    errors = [
+        f"{list(e.absolute_path)}: {e.message}"
+        for e in jsonschema.Draft7Validator(skaffold_schema).iter_errors(config)
+    ]
+    assert errors == []
+    custom = config["build"]["artifacts"][0]["custom"]["buildCommand"]
+    assert os.access(ROOT / custom, os.X_OK), f"{custom} is not executable"
+    assert {p["name"] for p in config["profiles"]} == {"local", "production"}
+
+
+def test_the_schema_check_rejects_a_misspelt_field(skaffold_schema: dict[str, Any]) -> None:
+    config = yaml.safe_load((ROOT / "skaffold.yaml").read_text())
+    config["deploy"]["helm"]["releases"][0]["chartPth"] = config["deploy"]["helm"]["releases"][0].pop(
+        "chartPath"
+    )
+    assert list(jsonschema.Draft7Validator(skaffold_schema).iter_errors(config))
+
+
+def skaffold_binary() -> Path:
+    path = BIN / "skaffold"
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"skaffold is not built ({path} missing): run `make tools`", pytrace=False)
+    return path
+
+
+def run_skaffold(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
+    helm_binary()
+    env = helm_env(home)
+    env.update(
+        PATH=f"{BIN}:{env.get('PATH', '')}",
+        HOME=str(home),
+        SKAFFOLD_UPDATE_CHECK="false",
+        SKAFFOLD_INTERACTIVE="false",
+        SKAFFOLD_COLLECT_METRICS="false",
+    )
+    return subprocess.run(
+        [str(skaffold_binary()), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("profile", ["local", "production"])
+def test_skaffold_diagnose_accepts_each_profile(tmp_path: Path, profile: str) -> None:
+    result = run_skaffold(["diagnose", "--yaml-only", "-p", profile], tmp_path)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    set_values = resolved["deploy"]["helm"]["releases"][0]["setValues"]
+    assert set_values["controller.replicas"] == (1 if profile == "local" else 2)
+
+
+@pytest.mark.parametrize("profile", ["local", "production"])
+def test_skaffold_render_offline_renders_the_chart(tmp_path: Path, profile: str) -> None:
+    result = run_skaffold(
+        [
+            "render",
+            "-p",
+            profile,
+            "--offline=true",
+            "--digest-source=none",
+            "--default-repo=",
+            "-o",
+            str(tmp_path / "out.yaml"),
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    docs = [d for d in yaml.safe_load_all((tmp_path / "out.yaml").read_text()) if d]
+    kinds = {d["kind"] for d in docs}
+    assert {"InferenceService", "Deployment", "Role"} <= kinds
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    assert deploy["spec"]["replicas"] == (1 if profile == "local" else 2)
+    assert ("PodMonitor" in kinds) == (profile == "production")
