@@ -26,8 +26,10 @@ The contract with the edge (the local runner, the Kubernetes controller, the sim
 Observations (``rollout.actions.Observations``) — what the edge saw since the last step:
 - ``candidate_ready``: the candidate backend answers its readiness check (None: not checked);
   ``candidate_error``: it cannot run (crashed, failed to start) -> roll back (CandidateFailed);
-- ``routes``: the routes applied now, read back from the router. Steps that change traffic are
-  only complete once the router reports them applied, so report them on every step;
+- ``routes``: the routes applied now, read back from the router (``get_routes``). Steps that
+  change traffic are only complete once the router reports them applied (compared with ``==``,
+  so read back exactly what ``set_routes`` applied: weights, mirror, match, sticky); report them
+  on every step;
 - ``metrics``: one ``MetricResult`` per executed ``Measure``: a sample (``rollout.analysis.base``)
   or an error string when the provider failed (Prometheus unreachable...), with the time taken;
 - ``commands``: user commands (promote, promote-full, abort, pause, resume), each with a unique id.
@@ -35,10 +37,15 @@ Observations (``rollout.actions.Observations``) — what the edge saw since the 
   re-sending a command until its id appears there (and should then drop it).
 
 Actions (``rollout.actions``) — what the edge must make true, each safe to repeat:
-- ``EnsureBackend(role)``: that version runs and is (becoming) ready; report readiness;
+- ``EnsureBackend(role)``: that version runs and is (becoming) ready; report the candidate's
+  readiness. Emitted for both versions on every step until the end; nothing but ``Finalize``
+  ever stops a version;
 - ``SetRoutes(routes)``: the router matches these routes (weights, mirror, match, sticky);
 - ``Measure(metric, window)``: measure the metric over the last ``window`` seconds and report the
-  result next step. Repeated every step until a result for the metric arrives;
+  result next step (with ``rollout.metrics.sampler.collect``: ``SampleContext(window=window)``;
+  the window is already cumulative since the analysis started for sequential judges and for the
+  A/B deciding metric). Repeated every step until a result for the metric arrives; a provider
+  failure is reported as ``MetricResult(error=...)``, never raised;
 - ``KeepWarm(role, until)``: do not stop that version before ``until`` (blue/green);
 - ``Finalize(outcome, routes, stop, new_stable)``: the end. PROMOTED: 100% to the candidate, the
   candidate becomes the new stable, the old stable stops. Otherwise 100% to stable, the candidate
@@ -54,7 +61,9 @@ Analysis rules (per metric, "past the limit" means more consecutive results than
 Failed past ``failureLimit`` -> roll back (AnalysisFailed); Error (provider unreachable or query
 failed) past ``analysis.errorLimit`` -> roll back (MetricsUnavailable); Inconclusive past a
 non-zero ``inconclusiveLimit`` -> pause for a human (InconclusiveLimit). While any metric's newest
-verdict is not Successful the gate HOLDS: no step completes, weights stay, nothing is promoted.
+verdict is not Successful the gate HOLDS: no step completes, weights stay, nothing is promoted;
+while a metric's newest measurement is an Error the phase is Paused (reason MetricsUnavailable)
+and it goes back to Progressing by itself when the provider answers again.
 User commands override holds: ``promote`` ends the current step or wait, ``promote-full``
 promotes now (if the candidate is ready), ``abort`` rolls back now. Analysis keeps running while
 paused, and still rolls back on failure.
@@ -286,7 +295,7 @@ def _plan(w: _Step, spec: RolloutSpec, obs: Observations, promote: bool, compari
 def _actions(spec: RolloutSpec, s: RolloutState, now: float) -> tuple[Action, ...]:
     if s.done:
         return (finalize_action(s),)
-    out: list[Action] = [EnsureBackend("candidate"), SetRoutes(s.desired_routes)]
+    out: list[Action] = [EnsureBackend("stable"), EnsureBackend("candidate"), SetRoutes(s.desired_routes)]
     if s.progress.warm_until is not None:
         out.append(KeepWarm("stable", s.progress.warm_until))
     out.extend(gates.due(spec, s, now))

@@ -84,7 +84,8 @@ class CanaryPlanner:
         if a.duration is not None and ctx.elapsed(progress) < a.duration:
             return False
         intervals = a.intervals or 1
-        if not ctx.metric_names:  # nothing to measure: the analysis step is a wait
+        if not ctx.metric_names or ctx.state.analysis_started_at is None:
+            # nothing to measure (no metrics, or no candidate traffic yet): the step is a wait
             return ctx.elapsed(progress) >= (a.duration or intervals * ctx.spec.analysis.interval)
         return ctx.measured_since(progress, intervals)
 

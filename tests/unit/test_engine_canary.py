@@ -343,3 +343,15 @@ def test_state_from_another_rollout_is_refused():
     other = make_spec({"shadow": {"duration": "10s"}})
     with pytest.raises(StateError, match="does not match the spec"):
         step(other, state, Observations(), 0.0)
+
+
+def test_an_analysis_step_before_any_candidate_traffic_is_a_wait():
+    spec = make_spec(
+        {"canary": {"steps": [{"analysis": {"duration": "5s"}}, {"setWeight": 20}]}}, [ERROR_RATE]
+    )
+    edge = FakeEdge()
+    state = run(spec, edge)
+    assert state.phase == Phase.PROMOTED and edge.weights == [20, 100]
+    first_weight = [e.at for e in state.events if e.message.endswith("setWeight 20")][0]
+    assert first_weight - state.candidate_ready_at >= 5
+    assert all(t >= first_weight for t, _, _ in edge.measured)  # nothing measured without traffic
