@@ -5,7 +5,8 @@ nginx router in front of it, then runs wrk (POST, small JSON body) at 1 and 8 co
 (a) the backend directly, (b) the router sending everything to stable, (c) the router splitting
 50/50 between two backends, interleaved, ``REPS`` times; medians of p50/p99/RPS, and nginx worker
 CPU per request. Then, at 8 connections, it counts failed requests while the routes change 20
-times through the admin API (no reload) and while nginx reloads gracefully 20 times.
+times through the admin API (no reload), while nginx reloads 20 times with a plain SIGHUP, and
+20 times the way NginxServer.reload does it (drain keep-alive connections first).
 Writes bench/results/router.json (with ``headline`` rows for bench/run.py). Target: p50 overhead
 under 1 ms. Who calls it: bench/run.py (``make bench``), or by hand.
 """
@@ -128,6 +129,7 @@ def changes_under_load(
     th = threading.Thread(target=driver)
     th.start()
     res = wrk(url, 8, seconds, script)
+    res["changes_during_load"] = float(len(done))  # the ones wrk saw
     th.join()
     res["changes"] = float(len(done))
     res["change_apply_ms_p50"] = statistics.median(done) * 1000 if done else float("nan")
@@ -200,7 +202,10 @@ def main() -> None:
             lambda i: router.set_routes(Routes(candidate_weight=weights[i % len(weights)])),
         )
         router.set_routes(Routes(candidate_weight=50))
-        reloads = changes_under_load(nginx, router_url, script, lambda i: nginx.reload())
+        plain_reloads = changes_under_load(
+            nginx, router_url, script, lambda i: nginx.reload(drain=0), seconds=20
+        )
+        reloads = changes_under_load(nginx, router_url, script, lambda i: nginx.reload(), seconds=35)
     finally:
         sup.stop_all()
 
@@ -214,6 +219,7 @@ def main() -> None:
         "overhead_ms": overhead,
         "routing_changes_under_load": routing,
         "graceful_reloads_under_load": reloads,
+        "plain_reloads_under_load": plain_reloads,
         "raw": raw,
         "headline": [
             {
@@ -249,7 +255,12 @@ def main() -> None:
                 "met": routing["errors"] == 0,
             },
             {
-                "name": f"failed requests over {reloads['changes']:.0f} graceful reloads",
+                "name": f"failed requests over {plain_reloads['changes']:.0f} plain reloads (SIGHUP)",
+                "value": plain_reloads["errors"],
+                "unit": f"of {plain_reloads.get('requests', 0):.0f}",
+            },
+            {
+                "name": f"failed requests over {reloads['changes']:.0f} drained reloads (Connection: close first)",
                 "value": reloads["errors"],
                 "unit": f"of {reloads.get('requests', 0):.0f}",
             },

@@ -113,6 +113,7 @@ http {{
         listen {LOOPBACK}:{cfg.admin_port};
         location = /healthz {{ return 200 "ok\\n"; }}
         location = /metrics {{ content_by_lua_block {{ require("rollout_router").metrics() }} }}
+        location = /drain {{ content_by_lua_block {{ require("rollout_router").admin_drain() }} }}
         location /routes/ {{
             client_max_body_size 64k;
             client_body_buffer_size 64k;
@@ -164,6 +165,7 @@ def _service_server(name: str, port: int) -> str:
             proxy_hide_header X-Routed-To;
             add_header X-Request-ID $rollout_rid always;
             add_header X-Routed-To $rollout_to always;
+            header_filter_by_lua_block {{ require("rollout_router").header_filter() }}
             log_by_lua_block {{ require("rollout_router").log() }}
         }}
     }}"""
@@ -228,24 +230,44 @@ class NginxServer:
             return set()
         return {int(c) for c in children}
 
-    def reload(self, timeout: float = 30.0) -> float:
+    def reload(self, timeout: float = 30.0, drain: float = 0.3) -> float:
         """Re-render, test and apply the config with SIGHUP; seconds until new workers serve.
 
-        In-flight requests finish on the old workers; idle keep-alive client connections of the old
-        workers are closed, which is why routing changes never go through here.
+        In-flight requests finish on the old workers, but idle keep-alive connections of the old
+        workers are closed when they exit, and a client that sends its next request on one at that
+        moment gets a connection error. So for ``drain`` seconds first, every response carries
+        ``Connection: close`` (clients reconnect cleanly, to the new workers after the reload).
+        Routing changes never come here: they go through the Lua admin API.
         """
         self.write_config()
+        if drain > 0:
+            self._admin("POST", f"/drain?seconds={drain + timeout}")
+            time.sleep(drain)
         old = self.worker_pids()
         started = time.monotonic()
-        os.kill(self.master_pid(), signal.SIGHUP)
-        expected = self.cfg.worker_processes
-        while time.monotonic() - started < timeout:
-            now = self.worker_pids()
-            if len(now - old) >= expected:
-                if all(self._port_open(port) for port in self.cfg.services.values()):
-                    return time.monotonic() - started
-            time.sleep(0.01)
-        raise RouterError(f"nginx did not start new workers within {timeout:.0f} s of a reload", delay=1)
+        applied: float | None = None
+        try:
+            os.kill(self.master_pid(), signal.SIGHUP)
+            while time.monotonic() - started < timeout:
+                now = self.worker_pids()
+                if applied is None and len(now - old) >= self.cfg.worker_processes:
+                    if all(self._port_open(p) for p in self.cfg.services.values()):
+                        applied = time.monotonic() - started
+                if applied is not None and not (now & old):
+                    break  # old workers have finished their requests and exited
+                time.sleep(0.01)
+        finally:
+            if drain > 0:
+                self._admin("DELETE", "/drain")
+        if applied is None:
+            raise RouterError(f"nginx did not start new workers within {timeout:.0f} s of a reload", delay=1)
+        return applied
+
+    def _admin(self, method: str, path: str) -> None:
+        try:
+            httpx.request(method, self.admin_url + path, timeout=5).raise_for_status()
+        except httpx.HTTPError as exc:
+            raise RouterError(f"nginx admin API {method} {path} failed: {exc}") from exc
 
     @staticmethod
     def _port_open(port: int) -> bool:

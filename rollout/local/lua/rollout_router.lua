@@ -181,6 +181,15 @@ function M.balance_mirror()
     end
 end
 
+-- header_filter_by_lua: while a reload is being prepared ("drain" set by the admin API), every
+-- response asks the client to close its connection, so that no idle keep-alive connection is left
+-- on the old workers to be cut under a client's next request when they exit.
+function M.header_filter()
+    if dict:get("drain") then
+        ngx.header["Connection"] = "close"
+    end
+end
+
 -- log_by_lua: count what the router did, for /metrics.
 function M.log()
     local to = ngx.var.rollout_to
@@ -246,6 +255,21 @@ function M.admin()
     persist()
     new.version = dict:get("v:" .. service)
     return reply(200, new)
+end
+
+-- content_by_lua of the admin location /drain: POST ?seconds=N starts draining (expires by
+-- itself after N seconds), DELETE stops it.
+function M.admin_drain()
+    local method = ngx.req.get_method()
+    if method == "POST" then
+        local seconds = tonumber(ngx.var.arg_seconds) or 5
+        dict:set("drain", true, seconds)
+        return reply(200, { draining = true, seconds = seconds })
+    elseif method == "DELETE" then
+        dict:delete("drain")
+        return reply(200, { draining = false })
+    end
+    return reply(405, { error = "POST or DELETE" })
 end
 
 -- content_by_lua of the admin location /metrics (Prometheus text format).
