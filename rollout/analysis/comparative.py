@@ -32,6 +32,7 @@ from rollout.analysis.batch import (
     scalar,
     to_batch,
 )
+from rollout.analysis.drift import Drift, feature_drift, prediction_shift
 from rollout.analysis.threshold import headline, headline_batch, sample_size
 from rollout.metrics.templates import Template, Test
 from rollout.spec import MetricSpec
@@ -119,23 +120,15 @@ class ComparativeJudge:
 
     def _scalar_test(self, sample: Sample) -> tuple[float, float, str]:
         test = self.template.test
+        drift: Drift | None = None
         if test == Test.CHI_SQUARE and isinstance(sample, CategoricalSample):
-            c, s = np.asarray(sample.candidate_counts), np.asarray(sample.stable_counts)
-            return stats.psi(c, s), stats.chi_square(c, s).p_value, "PSI"
-        if test == Test.FEATURE_CHI_SQUARE and isinstance(sample, FeatureSample):
-            return self._features(sample)
-        raise TypeError(
-            f"template {self.template.name!r} ({test.value}) cannot judge {type(sample).__name__}"
-        )
-
-    def _features(self, sample: FeatureSample) -> tuple[float, float, str]:
-        """The worst feature: the largest PSI among features significant after Bonferroni."""
-        k = max(1, len(sample.features))
-        worst: tuple[float, float, str] = (0.0, 1.0, "PSI")
-        for name, h in zip(sample.features, sample.histograms, strict=True):
-            c, s = np.asarray(h.candidate_counts), np.asarray(h.stable_counts)
-            p = min(1.0, stats.chi_square(c, s).p_value * k)
-            effect = stats.psi(c, s)
-            if (p < self.alpha, effect) > (worst[1] < self.alpha, worst[0]):
-                worst = (effect, p, f"PSI of feature {name}")
-        return worst
+            drift = prediction_shift(sample)
+        elif test == Test.FEATURE_CHI_SQUARE and isinstance(sample, FeatureSample):
+            drift = feature_drift(sample, self.alpha)
+        else:
+            raise TypeError(
+                f"template {self.template.name!r} ({test.value}) cannot judge {type(sample).__name__}"
+            )
+        if drift is None:
+            return 0.0, 1.0, "PSI"
+        return drift.effect, drift.p_value, drift.what

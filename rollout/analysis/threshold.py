@@ -35,6 +35,7 @@ from rollout.analysis.batch import (
     scalar,
     to_batch,
 )
+from rollout.analysis.drift import feature_drift, prediction_shift
 from rollout.metrics.templates import Headline, Template
 from rollout.spec import MetricSpec
 
@@ -65,17 +66,12 @@ def headline(template: Template | None, sample: Sample) -> float | None:
     match sample:
         case ValueSample(value=v):
             return None if v is None or math.isnan(v) else float(v)
-        case CategoricalSample(candidate_counts=cc, stable_counts=sc):
-            if sum(cc) <= 0 or sum(sc) <= 0:
-                return None
-            return stats.psi(np.asarray(cc), np.asarray(sc))
-        case FeatureSample(histograms=hs):
-            values = [
-                stats.psi(np.asarray(h.candidate_counts), np.asarray(h.stable_counts))
-                for h in hs
-                if sum(h.candidate_counts) > 0 and sum(h.stable_counts) > 0
-            ]
-            return max(values) if values else None
+        case CategoricalSample():
+            shift = prediction_shift(sample)
+            return None if shift is None else shift.effect
+        case FeatureSample():
+            drift = feature_drift(sample, alpha=0.0)  # the largest PSI of any feature
+            return None if drift is None else drift.effect
     raise TypeError(f"not a sample: {sample!r}")
 
 

@@ -20,6 +20,13 @@ from rollout.analysis.base import (
     Verdict,
 )
 from rollout.analysis.batch import FAILED, SUCCESSFUL, VERDICT_OF_CODE, ProportionBatch
+from rollout.analysis.drift import (
+    agreement_rate,
+    confidence_shift,
+    feature_drift,
+    join_answers,
+    prediction_shift,
+)
 from rollout.analysis.registry import make_judge
 from rollout.analysis.stats import half_width, log_mixture_ratio
 from rollout.errors import SpecError, UnknownProviderError
@@ -309,3 +316,39 @@ def test_shadow_agreement_threshold_on_the_agreement_rate():
     j = make_judge(spec("shadow-agreement", threshold={"min": 0.95}))
     m = j.judge("s", ProportionSample(8, 100, 0, 0), 0)
     assert m.value == pytest.approx(0.92) and m.verdict == Verdict.FAILED
+
+
+# --- drift gates ----------------------------------------------------------------------------------
+
+
+def test_prediction_shift_is_psi_with_a_chi_square_p_value():
+    s = CategoricalSample(("a", "b", "c"), (50, 30, 20), (40, 40, 20))
+    d = prediction_shift(s)
+    _, p, _, _ = sps.chi2_contingency(np.array([[50, 30, 20], [40, 40, 20]]), correction=False)
+    assert d.p_value == pytest.approx(p) and d.effect == pytest.approx(
+        stats.psi(np.array([50, 30, 20]), np.array([40, 40, 20]))
+    )
+    assert prediction_shift(CategoricalSample(("a",), (0,), (5,))) is None
+
+
+def test_confidence_shift_is_ks_on_the_histogram():
+    d = confidence_shift(HistogramSample((0.5, 0.9, 1.0), (10, 30, 60), (40, 30, 30)))
+    assert d.effect == pytest.approx(0.3)
+    ref = sps.ks_2samp(expand([10, 30, 60]), expand([40, 30, 30]), method="asymp")
+    assert d.p_value == pytest.approx(ref.pvalue)
+
+
+def test_feature_drift_names_the_feature_that_moved():
+    same = HistogramSample((-1.0, 0.0, 1.0, math.inf), (100, 400, 400, 100), (100, 400, 400, 100))
+    moved = HistogramSample((-1.0, 0.0, 1.0, math.inf), (10, 90, 400, 500), (100, 400, 400, 100))
+    d = feature_drift(FeatureSample(("sepal", "petal"), (same, moved)), alpha=0.01)
+    assert d.what.endswith("petal") and d.p_value < 0.01 and d.effect > 0.5
+    assert feature_drift(FeatureSample((), ()), alpha=0.01) is None
+
+
+def test_shadow_agreement_join_by_request_id():
+    stable = {"r1": "setosa", "r2": "virginica", "r3": "setosa"}
+    candidate = {"r1": "setosa", "r2": "versicolor", "r4": "setosa"}  # r3 not mirrored, r4 not in stable
+    assert join_answers(stable, candidate) == (2, 1)
+    assert agreement_rate(ProportionSample(1, 2, 0, 0)) == 0.5
+    assert agreement_rate(ProportionSample(0, 0, 0, 0)) is None
