@@ -109,9 +109,7 @@ def test_simulation_meets_the_targets_at_10_requests_per_second():
     calibrated = rows[("threshold (calibrated)", "error-rate +5%")]
     assert calibrated["median_requests_to_decision"] >= 2 * plus5["median_requests_to_decision"]
     assert result["targets"]["sequential_2x_fewer_requests_at_equal_false_rollbacks"]["met"]
-    assert plus5["mean_requests_hurt"] == pytest.approx(
-        0.05 * plus5["median_requests_to_decision"], rel=0.3
-    )
+    assert plus5["mean_requests_hurt"] == pytest.approx(0.05 * plus5["median_requests_to_decision"], rel=0.3)
 
 
 def test_latency_threshold_is_ten_percent_above_stable_p99():
