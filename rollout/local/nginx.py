@@ -230,7 +230,7 @@ class NginxServer:
             return set()
         return {int(c) for c in children}
 
-    def reload(self, timeout: float = 30.0, drain: float = 0.3) -> float:
+    def reload(self, timeout: float = 30.0, drain: float = 0.5) -> float:
         """Re-render, test and apply the config with SIGHUP; seconds until new workers serve.
 
         In-flight requests finish on the old workers, but idle keep-alive connections of the old

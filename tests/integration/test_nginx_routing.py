@@ -176,26 +176,34 @@ def test_weight_changes_under_load_fail_no_request(routed: Plane) -> None:
     assert res.servers["stable"] > 0 and res.servers["candidate"] > 0
 
 
-def test_graceful_reload_under_load_is_measured(routed: Plane) -> None:
-    """Reloads are only for static changes (a new service); this measures what one costs."""
+def test_graceful_reloads_under_load_fail_no_request(routed: Plane) -> None:
+    """Reloads are only for static changes (a new service); drained first, they cost no request."""
     from tests.integration.loadkit import run_load
 
     routed.router.set_routes(Routes(candidate_weight=50))
     apply_times: list[float] = []
 
     def reload(stop: object) -> None:
-        for _ in range(10):
+        for _ in range(20):
             apply_times.append(routed.nginx.reload())
 
-    res = run_load(routed.url, threads=4, seconds=8, max_requests=8000, during=reload)
+    res = run_load(routed.url, threads=4, seconds=10, max_requests=20_000, during=reload)
     print(
-        f"10 graceful reloads under load: {res.total} requests, {len(res.failures)} failed "
-        f"({set(f.split(':')[0] for f in res.failures)}), reload applied in median "
+        f"20 drained reloads under load: {res.total} requests, {len(res.failures)} failed "
+        f"({set(f.split(':')[0] for f in res.failures)}), new workers serving after median "
         f"{statistics.median(apply_times) * 1000:.0f} ms"
     )
-    assert len(apply_times) == 10
+    assert len(apply_times) == 20
     assert routed.router.get_routes() == Routes(candidate_weight=50), "routes survive a reload"
-    assert len(res.failures) <= 0.02 * res.total, res.failures[:5]
+    assert res.total > 200, "the load generator barely ran"
+    assert res.failures == [], res.failures[:5]
+
+
+def test_plain_reload_without_drain_still_serves(routed: Plane) -> None:
+    """The undrained SIGHUP path works too (its cost under load is measured in bench/router.py)."""
+    routed.router.set_routes(Routes(candidate_weight=100))
+    assert routed.nginx.reload(drain=0) < 30
+    assert routed.send(5) == Counter({("candidate", "candidate"): 5})
 
 
 def test_candidate_killed_mid_canary_gives_clients_no_errors(plane: Plane, tmp_path: Path) -> None:
