@@ -29,6 +29,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class LocalStack:
         self.dir = home / "stack"
         self.supervisor = supervisor
         self.state = state
+        self._thread_lock = threading.RLock()  # the runner starts backends from a thread
         ng = state["nginx"]
         self.nginx = NginxServer(
             supervisor,
@@ -257,11 +259,13 @@ class LocalStack:
         return Backend(name=name, version=version, address=address)
 
     def backends(self, service: str | None = None) -> dict[str, Backend]:
-        return {
-            n: Backend(name=n, version=b["version"], address=b["address"])
-            for n, b in self.state["backends"].items()
-            if service is None or b["service"] == service
-        }
+        """The model servers this stack knows of (for ``service``, or all), by backend name."""
+        with self._thread_lock:
+            return {
+                n: Backend(name=n, version=b["version"], address=b["address"])
+                for n, b in self.state["backends"].items()
+                if service is None or b["service"] == service
+            }
 
     def stop_backend(self, name: str, timeout: float = 15.0) -> None:
         """Stop a model server (SIGTERM: in-flight requests finish) and stop scraping it."""
@@ -291,7 +295,8 @@ class LocalStack:
 
     def status(self) -> dict[str, Any]:
         """Ports, pids and liveness of every process, for ``rollout status``."""
-        out = json.loads(json.dumps(self.state))
+        with self._thread_lock:
+            out = json.loads(json.dumps(self.state))
         for info in [out["nginx"], out["prometheus"], *out["backends"].values()]:
             if info.get("pid"):
                 info["running"] = _alive(info)
@@ -309,7 +314,7 @@ class LocalStack:
     def _locked(self) -> Iterator[None]:
         """Read-modify-write of the state file under an flock; other processes may share the stack."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "stack.lock", "a") as lock:
+        with self._thread_lock, open(self.dir / "stack.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 disk = _read_state(self.home) or {}

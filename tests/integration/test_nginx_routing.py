@@ -227,6 +227,9 @@ def test_candidate_killed_mid_canary_gives_clients_no_errors(plane: Plane, tmp_p
     assert res.servers["doomed"] > 0 and res.servers["stable"] > res.servers["doomed"]
     after = plane.send(30)  # the dead candidate still has weight 50: every request is retried on stable
     assert after == Counter({("stable", "stable"): 30})
+    metrics = httpx.get(plane.nginx.admin_url + "/metrics").text
+    retried = [line for line in metrics.splitlines() if line.startswith("rollout_router_retries_total{")]
+    assert retried and 'failed="candidate"' in retried[0] and float(retried[0].split()[-1]) >= 10
     plane.router.finalize(RouteTarget(SERVICE, plane.stable))
 
 

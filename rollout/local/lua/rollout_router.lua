@@ -1,6 +1,7 @@
 -- Reload-free routing for the local data plane (bento-rollout), loaded by the nginx.conf that
 -- rollout/local/nginx.py renders. Per service, one JSON document in the shared dict "rollout":
 --   {"backends": {"stable": "127.0.0.1:P", "candidate": "127.0.0.1:Q"},
+--    "versions": {"stable": "v1", "candidate": "v2"},
 --    "routes": {"candidateWeight": 0-100, "mirrorPercent": 0-100,
 --               "match": [{"header"|"cookie": NAME, "value": V}], "sticky": {"header"|"cookie": NAME}}}
 -- The admin server (127.0.0.1 only) reads and changes it: GET/POST /routes/<service>. A change is
@@ -37,6 +38,7 @@ local function compile(doc)
         weight = tonumber(routes.candidateWeight) or 0,
         mirror = tonumber(routes.mirrorPercent) or 0,
         match = {},
+        versions = type(doc.versions) == "table" and doc.versions or {},
     }
     for _, m in ipairs(routes.match or {}) do
         if m.header then
@@ -123,6 +125,17 @@ function M.route()
         return ngx.exit(503)
     end
     local to = "stable"
+    -- a request that names the version that answered it (feedback labels carry the
+    -- X-Model-Version of their prediction) goes back to that version while it serves
+    local answered = ngx.var.http_x_model_version
+    if answered and cfg.candidate and answered == cfg.versions.candidate then
+        ngx.var.rollout_to = "candidate"
+        return
+    end
+    if answered and answered == cfg.versions.stable then
+        ngx.var.rollout_to = "stable"
+        return
+    end
     if cfg.candidate then
         for i = 1, #cfg.match do
             local m = cfg.match[i]
@@ -152,10 +165,12 @@ end
 -- balancer_by_lua of the upstream that serves clients: the chosen backend; on a connection
 -- failure of the candidate (or of a stale keep-alive connection) one more try goes to stable.
 function M.balance()
-    local cfg = load(ngx.var.rollout_service)
+    local service = ngx.var.rollout_service
+    local cfg = load(service)
     if not cfg or not cfg.stable then return ngx.exit(503) end
     local peer
     if balancer.get_last_failure() then
+        dict:incr("r:" .. ngx.var.rollout_to .. "|" .. service, 1, 0)
         peer = cfg.stable
         ngx.var.rollout_to = "stable"
         ngx.var.rollout_retried = "1"
@@ -245,9 +260,11 @@ function M.admin()
     ngx.req.read_body()
     local body = cjson.decode(ngx.req.get_body_data() or "")
     if type(body) ~= "table" then return reply(400, { error = "body must be a JSON object" }) end
-    local new = { routes = doc.routes, backends = doc.backends }
+    local new = { routes = doc.routes, backends = doc.backends, versions = doc.versions }
     if body.routes ~= nil then new.routes = body.routes end
     if body.backends ~= nil then new.backends = body.backends end
+    if body.versions ~= nil then new.versions = body.versions end
+    if body.backends ~= nil and body.versions == nil then new.versions = nil end
     if new.backends and new.backends.candidate == cjson.null then new.backends.candidate = nil end
     local err = validate(new)
     if err then return reply(400, { error = err }) end
@@ -282,7 +299,16 @@ function M.metrics()
         "# HELP rollout_router_mirrored_total Requests also sent to the candidate as shadow traffic.",
         "# TYPE rollout_router_mirrored_total counter",
     }
+    local retries = {
+        "# HELP rollout_router_retries_total Requests retried on stable after a connection error.",
+        "# TYPE rollout_router_retries_total counter",
+    }
     for _, key in ipairs(dict:get_keys(0)) do
+        local from, rs = string.match(key, "^r:(%a+)|(.+)$")
+        if from then
+            retries[#retries + 1] = string.format('rollout_router_retries_total{service="%s",failed="%s"} %d',
+                rs, from, dict:get(key))
+        end
         local service, to, code = string.match(key, "^c:(.+)|(%a+)|(%d+)$")
         if service then
             out[#out + 1] = string.format('rollout_router_requests_total{service="%s",routed_to="%s",code="%s"} %d',
@@ -294,6 +320,7 @@ function M.metrics()
         end
     end
     for _, line in ipairs(mirrored) do out[#out + 1] = line end
+    for _, line in ipairs(retries) do out[#out + 1] = line end
     ngx.header["Content-Type"] = "text/plain; version=0.0.4"
     ngx.say(table.concat(out, "\n"))
 end
