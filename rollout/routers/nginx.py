@@ -99,7 +99,7 @@ class NginxRouter:
             raise RouterError(f"router is for service {self.service!r}, not {target.service!r}", delay=0)
         current = self._get()
         backends = self._backends(target)
-        body: dict[str, Any] = {"backends": backends}
+        body: dict[str, Any] = {"backends": backends, "versions": _versions(target)}
         old_candidate = ((current or {}).get("backends") or {}).get("candidate")
         if current is None or target.candidate is None or old_candidate != backends["candidate"]:
             body["routes"] = routes_to_wire(Routes.all_stable())
@@ -128,6 +128,7 @@ class NginxRouter:
         self._post(
             {
                 "backends": self._backends(RouteTarget(target.service, target.stable)),
+                "versions": _versions(RouteTarget(target.service, target.stable)),
                 "routes": routes_to_wire(Routes.all_stable()),
             }
         )
@@ -135,6 +136,15 @@ class NginxRouter:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _versions(target: RouteTarget) -> dict[str, str]:
+    """Which model version each backend serves: requests naming a version (``X-Model-Version``,
+    sent with feedback labels) are routed back to the backend serving it."""
+    out = {"stable": target.stable.version}
+    if target.candidate is not None:
+        out["candidate"] = target.candidate.version
+    return out
 
 
 def _error_text(resp: httpx.Response) -> str:

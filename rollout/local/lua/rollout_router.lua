@@ -156,7 +156,9 @@ function M.route()
         end
         if to == "stable" and cfg.mirror > 0 and math.random(1, 100) <= cfg.mirror then
             ngx.var.rollout_mirror = "1"
+            ngx.var.rollout_to = to
             dict:incr("m:" .. service, 1, 0)
+            return ngx.exec("@rollout_mirrored")
         end
     end
     ngx.var.rollout_to = to
