@@ -4,7 +4,7 @@ The headline of a sample depends on its template (``rollout.metrics.templates``)
 bad rate for error-rate, its good rate for accuracy and shadow agreement, the template's quantile
 (p99) interpolated from latency buckets, PSI of predicted classes against stable, KS distance of
 confidence, the largest per-feature PSI; a raw query's value as it is. No data is Inconclusive,
-never a pass. Who calls it: ``registry.make_judge`` (the engine) and the simulator (``verdicts``).
+never a pass; so is a candidate sample smaller than ``judge.minSamples`` when the user set one. Who calls it: ``registry.make_judge`` (the engine) and the simulator (``verdicts``).
 """
 
 from __future__ import annotations
@@ -106,6 +106,8 @@ class ThresholdJudge:
         self.min = spec.threshold.min
         self.max = spec.threshold.max
         self.template = template
+        # like the common tools, no minimum by default; a minSamples the user wrote is honoured
+        self.min_samples = spec.judge.min_samples if "min_samples" in spec.judge.model_fields_set else 0
 
     def _codes(self, value: np.ndarray) -> np.ndarray:
         v = np.asarray(value, dtype=float)
@@ -118,7 +120,8 @@ class ThresholdJudge:
 
     def verdicts(self, batch: Batch) -> Verdicts:
         value = headline_batch(self.template, batch)
-        return Verdicts(self._codes(value), value)
+        code = np.where(batch.sizes[0] < self.min_samples, INCONCLUSIVE, self._codes(value)).astype(np.int8)
+        return Verdicts(code, value)
 
     def judge(self, metric: str, sample: Sample, now: float) -> Measurement:
         value = headline(self.template, sample)
@@ -127,6 +130,9 @@ class ThresholdJudge:
         verdict = VERDICT_OF_CODE[int(self._codes(np.asarray(np.nan if value is None else value)))]
         if verdict == Verdict.INCONCLUSIVE or value is None:
             return Measurement(metric, Verdict.INCONCLUSIVE, None, now, "no data in the window yet", details)
+        if n_c < self.min_samples:
+            msg = f"too few samples: candidate {n_c:.0f} (need {self.min_samples})"
+            return Measurement(metric, Verdict.INCONCLUSIVE, value, now, msg, details)
         if verdict == Verdict.FAILED:
             below = self.min is not None and value < self.min
             limit = f"below the minimum {self.min:g}" if below else f"above the maximum {self.max:g}"

@@ -200,6 +200,19 @@ def test_threshold_error_rate_fails_above_max_passes_below_and_waits_without_dat
     assert j.judge("e", ProportionSample(0, 0, 0, 100), 5.0).verdict == Verdict.INCONCLUSIVE
 
 
+def test_threshold_waits_for_min_samples_only_when_the_user_sets_it():
+    plain = make_judge(spec("error-rate", threshold={"max": 0.01}))
+    assert plain.judge("e", ProportionSample(1, 20, 0, 100), 0).verdict == Verdict.FAILED
+    careful = make_judge(spec("error-rate", threshold={"max": 0.01}, judge={"minSamples": 200}))
+    m = careful.judge("e", ProportionSample(1, 20, 0, 100), 0)
+    assert m.verdict == Verdict.INCONCLUSIVE and "too few" in m.message
+    assert careful.judge("e", ProportionSample(5, 200, 0, 100), 0).verdict == Verdict.FAILED
+    batch = careful.verdicts(
+        ProportionBatch(np.array([1.0, 5.0]), np.array([20.0, 200.0]), np.zeros(2), np.full(2, 100.0))
+    )
+    assert list(batch.code) == [2, FAILED]
+
+
 def test_threshold_accuracy_is_the_good_rate_and_fails_below_min():
     j = make_judge(spec("accuracy", threshold={"min": 0.9}, direction="higher"))
     m = j.judge("a", ProportionSample(15, 100, 5, 100), 0.0)
