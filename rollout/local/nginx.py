@@ -125,30 +125,7 @@ http {{
 """
 
 
-def _service_server(name: str, port: int) -> str:
-    return f"""
-    server {{
-        listen {LOOPBACK}:{port} reuseport;
-        set $rollout_service "{name}";
-        location = /_rollout_mirror {{
-            internal;
-            if ($rollout_mirror != "1") {{ return 204; }}
-            proxy_pass http://rollout_mirror$request_uri;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Request-ID $rollout_rid;
-            proxy_set_header X-Rollout-Mirror "1";
-            proxy_next_upstream off;
-            proxy_connect_timeout 1s;
-        }}
-        location / {{
-            set $rollout_to "";
-            set $rollout_mirror "";
-            set $rollout_retried "";
-            access_by_lua_block {{ require("rollout_router").route() }}
-            mirror /_rollout_mirror;
-            mirror_request_body on;
+_PROXY = """
             proxy_pass http://rollout_backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -165,8 +142,37 @@ def _service_server(name: str, port: int) -> str:
             proxy_hide_header X-Routed-To;
             add_header X-Request-ID $rollout_rid always;
             add_header X-Routed-To $rollout_to always;
-            header_filter_by_lua_block {{ require("rollout_router").header_filter() }}
-            log_by_lua_block {{ require("rollout_router").log() }}
+            header_filter_by_lua_block { require("rollout_router").header_filter() }
+            log_by_lua_block { require("rollout_router").log() }"""
+
+
+def _service_server(name: str, port: int) -> str:
+    # Requests the Lua router picks for shadowing jump to @rollout_mirrored, the only location
+    # with ``mirror``: the others pay nothing for the mirror subrequest.
+    return f"""
+    server {{
+        listen {LOOPBACK}:{port} reuseport;
+        set $rollout_service "{name}";
+        location = /_rollout_mirror {{
+            internal;
+            proxy_pass http://rollout_mirror$request_uri;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Request-ID $rollout_rid;
+            proxy_set_header X-Rollout-Mirror "1";
+            proxy_next_upstream off;
+            proxy_connect_timeout 1s;
+        }}
+        location / {{
+            set $rollout_to "";
+            set $rollout_mirror "";
+            set $rollout_retried "";
+            access_by_lua_block {{ require("rollout_router").route() }}{_PROXY}
+        }}
+        location @rollout_mirrored {{
+            mirror /_rollout_mirror;
+            mirror_request_body on;{_PROXY}
         }}
     }}"""
 
