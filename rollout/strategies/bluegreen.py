@@ -2,8 +2,10 @@
 then retire the old version after a delay during which switching back is instant.
 
 Steps (``Progress.step_index``):
-0. preview — user traffic stays on stable (candidate weight 0); the analysis runs against the
-   candidate (preview traffic reaches it directly, not through the user route). Done when
+0. preview — user traffic stays on stable (candidate weight 0); only requests that carry the
+   preview header ``X-Rollout-Preview: 1`` (``PREVIEW_MATCH``: smoke tests, a load generator's
+   preview share — never ordinary users) reach the candidate, and the analysis runs on them.
+   Without preview traffic the metrics stay Inconclusive and the preview waits. Done when
    ``previewDuration`` has passed and every metric has a fresh Successful measurement. A failure
    here rolls back without the candidate ever having served a user.
 1. awaiting promotion — only when ``autoPromote`` is false: Paused until `promote`.
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from rollout.model import EventType, Progress, Reason
 from rollout.routers.base import Routes
-from rollout.spec import RolloutSpec, format_duration
+from rollout.spec import HeaderMatch, RolloutSpec, format_duration
 from rollout.strategies.base import (
     Context,
     Decision,
@@ -34,7 +36,9 @@ from rollout.strategies.base import (
 )
 
 PREVIEW, AWAITING, POST_PROMOTION, SCALE_DOWN = range(4)
-ALL_STABLE = Routes()
+PREVIEW_HEADER = "X-Rollout-Preview"
+PREVIEW_MATCH = HeaderMatch(header=PREVIEW_HEADER, value="1")
+PREVIEW_ROUTES = Routes(candidate_weight=0, match=(PREVIEW_MATCH,))  # users: stable; preview: candidate
 ALL_CANDIDATE = Routes(candidate_weight=100)
 
 
@@ -117,7 +121,7 @@ class BlueGreenPlanner:
                     "preview passed; run `rollout promote` to switch traffic to the candidate",
                 )
             )
-        routes = ALL_STABLE if progress.step_index in (PREVIEW, AWAITING) else ALL_CANDIDATE
+        routes = PREVIEW_ROUTES if progress.step_index in (PREVIEW, AWAITING) else ALL_CANDIDATE
         if progress.step_index in (POST_PROMOTION, SCALE_DOWN):
             progress = self._switch(ctx, progress, notes)
         analysis = metrics and (

@@ -10,6 +10,7 @@ from rollout.errors import UnknownProviderError
 from rollout.model import Phase, Reason
 from rollout.routers.base import Routes
 from rollout.strategies import STRATEGIES, get_planner
+from rollout.strategies.bluegreen import PREVIEW_ROUTES
 from tests.unit.enginekit import (
     ERROR_RATE,
     ERROR_RATE_TEMPLATE,
@@ -24,15 +25,6 @@ from tests.unit.enginekit import (
 BLUE_GREEN = {"blueGreen": {"previewDuration": "10s", "postPromotionDuration": "10s", "scaleDownDelay": "5s"}}
 
 
-def by_phase(good_until: float | None = None, bad_from: float | None = None):
-    """Error ratio 0.01, or 0.5 from ``bad_from`` on."""
-
-    def src(_m, t, _r):
-        return value(0.5 if bad_from is not None and t >= bad_from else 0.01)(_m, t, _r)
-
-    return src
-
-
 # --- blue/green ----------------------------------------------------------------------------------
 
 
@@ -42,7 +34,9 @@ def test_blue_green_previews_switches_atomically_and_retires_the_old_version_aft
     transitions = []
     state = run(spec, edge, transitions=transitions)
     assert state.phase == Phase.PROMOTED
-    assert edge.weights == [100]  # one atomic switch: never a mix of versions
+    assert edge.weights == [0, 100]  # one atomic switch: never a mix of versions
+    assert edge.route_log[0] == PREVIEW_ROUTES  # before: only preview requests reach the candidate
+    assert edge.route_log[0].match[0].header == "X-Rollout-Preview"
     # no user traffic before the preview analysis passed
     switched = next(e for e in state.events if e.reason == Reason.SWITCHED)
     preview_measurements = [t for t, _, _ in edge.measured if t < switched.at]
@@ -60,7 +54,8 @@ def test_blue_green_preview_failure_rolls_back_without_ever_switching():
     edge = FakeEdge(source=value(0.4))
     state = run(spec, edge)
     assert state.phase == Phase.ROLLED_BACK and state.reason == Reason.ANALYSIS_FAILED
-    assert edge.weights == []  # the candidate never received a single user request
+    assert edge.weights == [0, 0]  # the candidate never received a single user request
+    assert edge.route_log == [PREVIEW_ROUTES, Routes()]
     assert Reason.SWITCHED not in reasons(state) and Reason.SWITCHED_BACK not in reasons(state)
 
 
@@ -72,7 +67,7 @@ def test_blue_green_failure_after_the_switch_switches_back_instantly():
     edge.source = value(0.4)
     state = run(spec, edge, state)
     assert state.phase == Phase.ROLLED_BACK and state.reason == Reason.ANALYSIS_FAILED
-    assert edge.weights == [100, 0]  # all back to stable in one change
+    assert edge.weights == [0, 100, 0]  # all back to stable in one change
     assert Reason.SWITCHED_BACK in reasons(state)
     assert edge.stable_running  # stable had been kept warm, so it served at once
     # failureLimit 1: two failed post-promotion measurements, 5 s apart, then the switch back
@@ -85,10 +80,10 @@ def test_blue_green_without_auto_promote_waits_for_promote():
     state = run(spec, edge, until=lambda s: s.phase == Phase.PAUSED)
     assert state.reason == Reason.WAITING_FOR_PROMOTION
     state = run(spec, edge, state, until=lambda s: edge.now > 200)
-    assert state.phase == Phase.PAUSED and edge.weights == []
+    assert state.phase == Phase.PAUSED and edge.weights == [0]
     edge.command("promote")
     state = run(spec, edge, state)
-    assert state.phase == Phase.PROMOTED and edge.weights == [100]
+    assert state.phase == Phase.PROMOTED and edge.weights == [0, 100]
 
 
 def test_blue_green_abort_during_the_scale_down_delay_switches_back():
@@ -97,7 +92,7 @@ def test_blue_green_abort_during_the_scale_down_delay_switches_back():
     state = run(spec, edge, until=lambda s: s.progress.warm_until is not None)
     edge.command("abort")
     state = run(spec, edge, state)
-    assert state.phase == Phase.ABORTED and edge.weights == [100, 0] and edge.stable_running
+    assert state.phase == Phase.ABORTED and edge.weights == [0, 100, 0] and edge.stable_running
 
 
 # --- shadow --------------------------------------------------------------------------------------
