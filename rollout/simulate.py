@@ -7,7 +7,7 @@ over them as the engine does (``rollout.simulator.drive``). Per judge and cell i
 false-rollback rate (good candidates rolled back), the missed-regression rate (bad candidates not
 rolled back: promoted, or undecided at the horizon), the median seconds and candidate requests to
 a decision, and the requests hurt (bad requests beyond baseline served by a bad candidate until
-the decision). It also calibrates the threshold judge's error-rate limit to the sequential judge's
+it is rolled back, or until the horizon when it is not; every request for a latency regression). It also calibrates the threshold judge's error-rate limit to the sequential judge's
 false-rollback rate, so the two can be compared at equal false rollbacks, and checks the targets.
 Who calls it: ``rollout simulate`` (rollout.cli.simulate) and ``bench/judges.py``.
 """
@@ -55,7 +55,8 @@ class SimulationConfig:
 def _row(label: str, scenario: Scenario, rps: float, out: Outcomes) -> dict[str, object]:
     back = out.outcome == ROLLED_BACK
     undecided = out.outcome == UNDECIDED
-    hurt = scenario.hurt_per_request * out.requests
+    # a bad candidate hurts until it is rolled back; one that is not keeps serving (to the horizon)
+    hurt = scenario.hurt_per_request * np.where(back, out.requests, out.requests_by_horizon)
     row: dict[str, object] = {
         "judge": label,
         "scenario": scenario.name,

@@ -49,6 +49,7 @@ class Outcomes:
     outcome: np.ndarray
     seconds: np.ndarray
     requests: np.ndarray
+    requests_by_horizon: np.ndarray  # candidate requests had the rollout run to the horizon
 
 
 def _window(cum: np.ndarray, end: int, start: int) -> np.ndarray:
@@ -104,7 +105,7 @@ def drive(setup: JudgeSetup, traffic: Traffic, horizon_seconds: float) -> Outcom
             break
     seconds = at_tick * TICK_SECONDS
     requests = req[np.arange(runs), at_tick]
-    return Outcomes(outcome, seconds.astype(float), requests)
+    return Outcomes(outcome, seconds.astype(float), requests, req[:, last])
 
 
 def user_setups(metric: str, threshold_max_p99: float) -> list[JudgeSetup]:

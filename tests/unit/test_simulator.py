@@ -144,3 +144,17 @@ def test_cli_prints_the_comparison_and_writes_json_and_plot(tmp_path):
 def test_cli_rejects_bad_options_with_exit_2():
     res = CliRunner().invoke(cli, ["simulate", "--runs", "1"])
     assert res.exit_code == 2 and "--runs" in res.output
+
+
+def test_a_missed_regression_hurts_until_the_horizon_a_caught_one_until_rollback():
+    from rollout.simulate import _row
+
+    thr = _setup("threshold")
+    missed = _row("threshold", ERR, 10.0, drive(thr, _traffic(0.0), 1200))  # looks fine, truly +5 points
+    assert missed["missed_regression_rate"] == 1.0 and missed["median_requests_hurt"] == pytest.approx(
+        0.05 * 12000
+    )
+    caught = _row("threshold", ERR, 10.0, drive(thr, _traffic(0.05), 1200))
+    assert caught["missed_regression_rate"] == 0.0 and caught["median_requests_hurt"] == pytest.approx(
+        0.05 * 3600
+    )
