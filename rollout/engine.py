@@ -44,7 +44,7 @@ Actions (``rollout.actions``) — what the edge must make true, each safe to rep
 - ``Measure(metric, window)``: measure the metric over the last ``window`` seconds and report the
   result next step (with ``rollout.metrics.sampler.collect``: ``SampleContext(window=window)``;
   the window is already cumulative since the analysis started for sequential judges and for the
-  A/B deciding metric). Repeated every step until a result for the metric arrives; a provider
+  A/B deciding metric, and widened after Inconclusive results). Repeated every step until a result for the metric arrives; a provider
   failure is reported as ``MetricResult(error=...)``, never raised;
 - ``KeepWarm(role, until)``: do not stop that version before ``until`` (blue/green);
 - ``Finalize(outcome, routes, stop, new_stable)``: the end. PROMOTED: 100% to the candidate, the

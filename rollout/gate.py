@@ -68,7 +68,11 @@ def stop(state: RolloutState) -> None:
 
 
 def due(spec: RolloutSpec, state: RolloutState, now: float) -> list[Measure]:
-    """Measure actions for the metrics that are due (repeated until their result arrives)."""
+    """Measure actions for the metrics that are due (repeated until their result arrives).
+
+    The window is ``analysis.window`` (default: the metric's interval); cumulative since the
+    analysis started for sequential judges and the A/B deciding metric; and widened after
+    Inconclusive results, one window more per result in a row."""
     if state.analysis_started_at is None:
         return []
     out = []
@@ -82,6 +86,11 @@ def due(spec: RolloutSpec, state: RolloutState, now: float) -> list[Measure]:
             window = max(now - state.analysis_started_at, interval_of(spec, m))
         else:
             window = spec.analysis.window or interval_of(spec, m)
+            if st.consecutive_inconclusive:
+                # too few samples: extend the window by one base window per inconclusive result,
+                # up to everything since the analysis started - wait for evidence, never guess
+                since = now - state.analysis_started_at
+                window = max(window, min(window * (1 + st.consecutive_inconclusive), since))
         out.append(Measure(metric=m.name, window=window))
     return out
 

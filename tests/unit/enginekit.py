@@ -90,6 +90,7 @@ class FakeEdge:
     finalized: list[Finalize] = field(default_factory=list)
     measured: list[tuple[float, str, float]] = field(default_factory=list)
     warm_until: float | None = None
+    window: float = 0.0
     stopped: list[str] = field(default_factory=list)
 
     def command(self, kind: CommandKind | str, cid: str | None = None) -> None:
@@ -122,6 +123,7 @@ class FakeEdge:
             elif isinstance(a, SetRoutes):
                 self._apply(a.routes)
             elif isinstance(a, Measure):
+                self.window = a.window  # sources may look at the window asked for
                 got = self.source(a.metric, self.now, self.routes)
                 if isinstance(got, str):
                     self.results.append(MetricResult(a.metric, at=self.now, error=got))

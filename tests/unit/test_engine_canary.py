@@ -355,3 +355,21 @@ def test_an_analysis_step_before_any_candidate_traffic_is_a_wait():
     first_weight = [e.at for e in state.events if e.message.endswith("setWeight 20")][0]
     assert first_weight - state.candidate_ready_at >= 5
     assert all(t >= first_weight for t, _, _ in edge.measured)  # nothing measured without traffic
+
+
+def test_inconclusive_results_widen_the_window_until_there_is_enough_evidence():
+    spec = make_spec(STEPS, [ERROR_RATE], window="10s")
+    edge = FakeEdge()
+    # too few requests in short windows: no data (Inconclusive) unless the window is >= 30 s
+    edge.source = lambda m, t, r: value(0.01 if edge.window >= 30 else float("nan"))(m, t, r)
+    state = run(spec, edge)
+    assert state.phase == Phase.PROMOTED
+    windows = [w for _, _, w in edge.measured]
+    # 10 s, then wider after each inconclusive result (never reaching back before the analysis
+    # started), until 30 s gives an answer
+    first_ok = windows.index(30.0)
+    assert (
+        windows[0] == 10 and windows[:first_ok] == sorted(windows[:first_ok]) and windows[first_ok - 1] < 30
+    )
+    assert reasons(state).count(Reason.MEASUREMENT_INCONCLUSIVE) >= 2
+    assert Reason.ANALYSIS_RECOVERED in reasons(state)
