@@ -78,3 +78,14 @@ def make_judge(metric: MetricSpec) -> Judge:
                 field="judge.kind",
             )
     return factory(metric, template)
+
+
+def check_metrics(metrics: list[MetricSpec]) -> None:
+    """Build every metric's judge once, so a spec that cannot be judged fails before the rollout
+    starts (SpecError naming ``analysis.metrics[i]...``), not as Error measurements later."""
+    for i, metric in enumerate(metrics):
+        try:
+            make_judge(metric)
+        except SpecError as exc:
+            message = exc.message.removeprefix(f"{exc.field}: ") if exc.field else exc.message
+            raise SpecError(message, field=f"analysis.metrics[{i}].{exc.field or 'judge'}") from None

@@ -27,7 +27,7 @@ from rollout.analysis.drift import (
     join_answers,
     prediction_shift,
 )
-from rollout.analysis.registry import make_judge
+from rollout.analysis.registry import check_metrics, make_judge
 from rollout.analysis.stats import half_width, log_mixture_ratio
 from rollout.errors import SpecError, UnknownProviderError
 from rollout.spec import JudgeSpec, MetricSpec
@@ -365,3 +365,11 @@ def test_shadow_agreement_join_by_request_id():
     assert join_answers(stable, candidate) == (2, 1)
     assert agreement_rate(ProportionSample(1, 2, 0, 0)) == 0.5
     assert agreement_rate(ProportionSample(0, 0, 0, 0)) is None
+
+
+def test_check_metrics_names_the_metric_field_before_the_rollout_starts():
+    ok = spec("error-rate", "sequential")
+    with pytest.raises(SpecError) as err:
+        check_metrics([ok, spec("prediction-shift", "sequential")])
+    assert err.value.field == "analysis.metrics[1].judge.kind" and "does not support" in str(err.value)
+    check_metrics([ok])
