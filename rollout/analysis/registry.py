@@ -45,7 +45,8 @@ def template_of(metric: MetricSpec) -> Template | None:
     try:
         return get_template(metric.template)
     except SpecError as exc:
-        raise SpecError(f"metric {metric.name!r}: {exc.message}", field="template") from None
+        reason = exc.message.removeprefix(f"{exc.field}: ") if exc.field else exc.message
+        raise SpecError(f"metric {metric.name!r}: {reason}", field="template") from None
 
 
 def make_judge(metric: MetricSpec) -> Judge:
