@@ -270,7 +270,7 @@ def _plan(w: _Step, spec: RolloutSpec, obs: Observations, promote: bool, compari
         state=s,
         now=w.now,
         routes_applied=obs.routes,
-        gate=gates.gate(s),
+        gate=gates.gate(spec, s),
         promote_requested=promote,
         comparisons=comparisons,
     )

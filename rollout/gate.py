@@ -257,12 +257,13 @@ def reset_inconclusive(state: RolloutState) -> None:
         st.consecutive_inconclusive = 0
 
 
-def gate(state: RolloutState) -> Gate:
+def gate(spec: RolloutSpec, state: RolloutState) -> Gate:
     """HOLDING while any metric's newest verdict (of the running analysis) is not Successful."""
     if state.analysis_started_at is None:
         return Gate.PASSING
     bad = {FAILED, INCONCLUSIVE, ERROR}
-    return Gate.HOLDING if any(st.latest in bad for st in state.metrics.values()) else Gate.PASSING
+    latest = [st.latest for m in spec.analysis.metrics if (st := state.metrics.get(m.name)) is not None]
+    return Gate.HOLDING if any(v in bad for v in latest) else Gate.PASSING
 
 
 def compare(metric: MetricSpec, sample: object) -> Comparison | None:
