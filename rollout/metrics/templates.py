@@ -72,6 +72,11 @@ class Template:
         return self.test != Test.NONE
 
 
+# the prediction endpoints (``endpoint`` label of requests and durations): feedback posts are not
+# model answers and would dilute the error rate and the latency
+PREDICT_ENDPOINTS = 'endpoint=~"predict|infer"'
+
+
 def _sel(metric: str, extra: str = "") -> str:
     sel = f'{n.LABEL_MODEL}="{{{{service}}}}",{n.LABEL_VERSION}="{{{{version}}}}"'
     return f"{metric}{{{sel}{',' + extra if extra else ''}}}"
@@ -94,8 +99,11 @@ TEMPLATES: dict[str, Template] = {
             kind=SampleKind.PROPORTION,
             headline=Headline.BAD_RATE,
             test=Test.TWO_PROPORTION,
-            queries={"bad": _count(n.REQUESTS_TOTAL, 'code=~"5.."'), "total": _count(n.REQUESTS_TOTAL)},
-            description="share of requests answered with a 5xx status",
+            queries={
+                "bad": _count(n.REQUESTS_TOTAL, f'{PREDICT_ENDPOINTS},code=~"5.."'),
+                "total": _count(n.REQUESTS_TOTAL, PREDICT_ENDPOINTS),
+            },
+            description="share of prediction requests answered with a 5xx status",
             series=(n.REQUESTS_TOTAL,),
         ),
         Template(
@@ -103,7 +111,7 @@ TEMPLATES: dict[str, Template] = {
             kind=SampleKind.HISTOGRAM,
             headline=Headline.QUANTILE,
             test=Test.MANN_WHITNEY,
-            queries={"buckets": _buckets(n.REQUEST_DURATION_SECONDS)},
+            queries={"buckets": _buckets(n.REQUEST_DURATION_SECONDS, extra=PREDICT_ENDPOINTS)},
             quantile=0.99,
             description="99th percentile of server-side request duration (seconds)",
             series=(n.REQUEST_DURATION_SECONDS + "_bucket",),

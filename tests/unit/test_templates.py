@@ -57,11 +57,11 @@ class RecordedProvider:
 def test_error_rate_queries_select_5xx_of_each_version_over_the_window():
     q = render_queries(metric(template="error-rate"), CTX)
     assert q["candidate"]["bad"] == (
-        'sum(increase(model_requests_total{model="iris",version="v2",code=~"5.."}[30s])) or vector(0)'
+        'sum(increase(model_requests_total{model="iris",version="v2",endpoint=~"predict|infer",code=~"5.."}[30s]))'
+        " or vector(0)"
     )
-    assert (
-        q["stable"]["total"]
-        == 'sum(increase(model_requests_total{model="iris",version="v1"}[30s])) or vector(0)'
+    assert q["stable"]["total"] == (
+        'sum(increase(model_requests_total{model="iris",version="v1",endpoint=~"predict|infer"}[30s])) or vector(0)'
     )
 
 
