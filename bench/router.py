@@ -205,7 +205,7 @@ def main() -> None:
         plain_reloads = changes_under_load(
             nginx, router_url, script, lambda i: nginx.reload(drain=0), seconds=20
         )
-        reloads = changes_under_load(nginx, router_url, script, lambda i: nginx.reload(), seconds=35)
+        reloads = changes_under_load(nginx, router_url, script, lambda i: nginx.reload(), seconds=50)
     finally:
         sup.stop_all()
 

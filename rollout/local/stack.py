@@ -82,7 +82,7 @@ class LocalStack:
     def up(
         cls, home: Path | None = None, services: Sequence[str] = ("iris",), detach: bool = False
     ) -> LocalStack:
-        """Start nginx and Prometheus; NotFoundError-free: raises ProcessError if a stack already runs."""
+        """Start nginx and Prometheus (and nothing else); ProcessError if a stack already runs here."""
         home = (home or default_home()).resolve()
         existing = _read_state(home)
         if existing and _alive(existing.get("nginx", {})):
@@ -91,6 +91,8 @@ class LocalStack:
                 f"run `rollout down` first (state: {home / 'stack' / STATE_NAME})",
                 delay=0,
             )
+        if existing:
+            cls.down(home)  # leftovers of a stack whose nginx died: stop them before starting over
         stack_dir = home / "stack"
         if stack_dir.exists():
             shutil.rmtree(stack_dir)
