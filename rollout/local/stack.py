@@ -164,6 +164,25 @@ class LocalStack:
         self.nginx.stop()
         LocalStack.down(self.home)  # anything recorded but not started by this process
 
+    def stop_prometheus(self) -> None:
+        """Stop Prometheus only (fault drills: the rollout must not promote while it is away)."""
+        _stop_component(self.prometheus.name, self.prometheus.proc, self.supervisor, timeout=15)
+        self.prometheus.proc = None
+
+    def start_prometheus(self) -> None:
+        """Start Prometheus again on the same port, data and targets; records its new pid."""
+        self.prometheus.start()
+        with self._locked():
+            self._record_process(self.state["prometheus"], self.prometheus.proc)
+
+    def restart_nginx(self) -> None:
+        """Stop and start nginx (e.g. after a crash); routes come back from its routes file."""
+        _stop_component(self.nginx.name, self.nginx.proc, self.supervisor, timeout=10)
+        self.nginx.proc = None
+        self.nginx.start()
+        with self._locked():
+            self._record_process(self.state["nginx"], self.nginx.proc)
+
     def detach(self) -> None:
         """Leave every process running after this Python process exits (``rollout up``)."""
         self.supervisor.detach()
@@ -362,6 +381,13 @@ def _alive(info: dict[str, Any]) -> bool:
 
 def _foreign(name: str, info: dict[str, Any]) -> ManagedProcess:
     return ManagedProcess(name, [], int(info["pid"]), info.get("startTime"), Path(info.get("log", "")))
+
+
+def _stop_component(name: str, proc: ManagedProcess | None, supervisor: Supervisor, timeout: float) -> None:
+    if name in supervisor.processes:
+        supervisor.stop(name, timeout=timeout)
+    elif proc is not None:  # started by another process (attached stack)
+        stop_pid(proc.pid, proc.start_time, timeout=timeout)
 
 
 def _remove_data(state: dict[str, Any]) -> None:

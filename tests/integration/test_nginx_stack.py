@@ -70,3 +70,31 @@ def test_adding_a_service_reloads_without_losing_routes(tmp_path: Path) -> None:
         assert LocalStack.attach(tmp_path / "home").service_url("wine") == url
     finally:
         stack.stop()
+
+
+def test_prometheus_can_be_stopped_and_started_again_and_nginx_restarted(tmp_path: Path) -> None:
+    from rollout.errors import MetricsUnavailableError
+    from rollout.routers.base import Routes
+
+    stack = LocalStack.up(tmp_path / "home", services=["iris"])
+    try:
+        echo = stack.start_backend("iris", "echo", "v0", [sys.executable, ECHO, "echo", "{port}"])
+        other = stack.start_backend("iris", "echo2", "v1", [sys.executable, ECHO, "echo2", "{port}"])
+        router = stack.router("iris")
+        router.ensure(RouteTarget("iris", echo, other))
+        router.set_routes(Routes(candidate_weight=100))
+        provider = stack.metrics()
+        assert provider.run_query("vector(1)") == 1
+        stack.stop_prometheus()
+        with pytest.raises(MetricsUnavailableError):
+            provider.run_query("vector(1)")
+        stack.start_prometheus()
+        assert provider.run_query("vector(1)") == 1
+        old_pid = stack.state["nginx"]["pid"]
+        stack.restart_nginx()
+        assert stack.state["nginx"]["pid"] != old_pid and not is_running(old_pid)
+        assert router.get_routes() == Routes(candidate_weight=100)
+        assert httpx.post(stack.service_url("iris") + "/predict", json={}).json()["server"] == "echo2"
+        assert LocalStack.attach(tmp_path / "home").state["nginx"]["pid"] == stack.state["nginx"]["pid"]
+    finally:
+        stack.stop()
