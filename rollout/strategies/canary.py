@@ -25,6 +25,21 @@ from rollout.routers.base import Routes
 from rollout.spec import CanaryStep, CanaryStrategy, Pause, RolloutSpec, StepAnalysis, format_duration
 from rollout.strategies.base import Context, Decision, DecisionKind, Gate, Note, Plan, start_step
 
+_plans: dict[int, tuple[CanaryStrategy, tuple[CanaryStep, ...], tuple[str, ...]]] = {}
+
+
+def _plan_of(canary: CanaryStrategy) -> tuple[tuple[CanaryStep, ...], tuple[str, ...]]:
+    """Steps and their names, worked out once per (frozen) spec object."""
+    hit = _plans.get(id(canary))
+    if hit is not None and hit[0] is canary:  # the entry keeps the object alive: ids stay unique
+        return hit[1], hit[2]
+    steps = tuple(canary_steps(canary))
+    names = tuple(describe(s) for s in steps)
+    if len(_plans) >= 64:
+        _plans.clear()
+    _plans[id(canary)] = (canary, steps, names)
+    return steps, names
+
 
 def canary_steps(canary: CanaryStrategy) -> list[CanaryStep]:
     """The explicit steps, or those generated from stepWeight/maxWeight/stepInterval."""
@@ -95,8 +110,7 @@ class CanaryPlanner:
     def plan(self, ctx: Context) -> Plan:
         canary = ctx.spec.strategy.canary
         assert canary is not None
-        steps = canary_steps(canary)
-        names = [describe(s) for s in steps]
+        steps, names = _plan_of(canary)
         notes: list[Note] = []
         progress = ctx.state.progress
         routes = ctx.state.desired_routes
