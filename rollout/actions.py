@@ -106,6 +106,16 @@ class Measure:
 
 
 @dataclass(frozen=True)
+class PreviewTraffic:
+    """Blue/green preview: send test requests carrying ``header: value`` to the service; the router
+    sends them (and only them) to the candidate, so the preview analysis has data. Emitted on
+    every step of the preview; stop when it is no longer in the actions."""
+
+    header: str
+    value: str = "1"
+
+
+@dataclass(frozen=True)
 class KeepWarm:
     """Keep this version running (it may take traffic back instantly) at least until ``until``."""
 
@@ -133,7 +143,7 @@ class Finalize:
         return self.outcome == Outcome.PROMOTED
 
 
-Action = EnsureBackend | SetRoutes | Measure | KeepWarm | Finalize
+Action = EnsureBackend | SetRoutes | Measure | PreviewTraffic | KeepWarm | Finalize
 
 
 @dataclass(frozen=True)

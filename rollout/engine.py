@@ -46,6 +46,9 @@ Actions (``rollout.actions``) — what the edge must make true, each safe to rep
   the window is already cumulative since the analysis started for sequential judges and for the
   A/B deciding metric, and widened after Inconclusive results). Repeated every step until a result for the metric arrives; a provider
   failure is reported as ``MetricResult(error=...)``, never raised;
+- ``PreviewTraffic(header, value)``: blue/green preview - send test requests with that header
+  to the service (the router gives them, and only them, to the candidate) so that the preview
+  analysis has data; users get no candidate answer. Without it the preview waits (Inconclusive);
 - ``KeepWarm(role, until)``: do not stop that version before ``until`` (blue/green);
 - ``Finalize(outcome, routes, stop, new_stable)``: the end. PROMOTED: 100% to the candidate, the
   candidate becomes the new stable, the old stable stops. Otherwise 100% to stable, the candidate
@@ -84,6 +87,7 @@ from rollout.actions import (
     KeepWarm,
     Observations,
     Outcome,
+    PreviewTraffic,
     SetRoutes,
     Transition,
 )
@@ -296,6 +300,8 @@ def _actions(spec: RolloutSpec, s: RolloutState, now: float) -> tuple[Action, ..
     if s.done:
         return (finalize_action(s),)
     out: list[Action] = [EnsureBackend("stable"), EnsureBackend("candidate"), SetRoutes(s.desired_routes)]
+    if s.progress.preview_header is not None:
+        out.append(PreviewTraffic(s.progress.preview_header))
     if s.progress.warm_until is not None:
         out.append(KeepWarm("stable", s.progress.warm_until))
     out.extend(gates.due(spec, s, now))

@@ -150,6 +150,7 @@ class Progress(_Data):
     marks: dict[str, int] = Field(default_factory=dict)
     awaiting_promotion: bool = False  # waiting for a `promote` command (phase Paused)
     applied_at: float | None = None  # when the router first reported this step's routes applied
+    preview_header: str | None = None  # blue/green preview: send test traffic with this header = "1"
     switched_at: float | None = None  # blue/green: when user traffic moved to the candidate
     warm_until: float | None = None  # blue/green: keep the old version running until then
     experiment: Experiment | None = None  # A/B test

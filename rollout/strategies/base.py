@@ -138,6 +138,7 @@ def start_step(ctx: Context, progress: Progress, index: int, name: str, total: i
             "marks": ctx.marks(),
             "awaiting_promotion": False,
             "applied_at": None,
+            "preview_header": None,
         }
     )
     where = f"step {index + 1}/{total}" if index < total else "final"

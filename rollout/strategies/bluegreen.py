@@ -121,6 +121,9 @@ class BlueGreenPlanner:
                     "preview passed; run `rollout promote` to switch traffic to the candidate",
                 )
             )
+        in_preview = progress.step_index == PREVIEW
+        if (progress.preview_header is not None) != in_preview:
+            progress = progress.model_copy(update={"preview_header": PREVIEW_HEADER if in_preview else None})
         routes = PREVIEW_ROUTES if progress.step_index in (PREVIEW, AWAITING) else ALL_CANDIDATE
         if progress.step_index in (POST_PROMOTION, SCALE_DOWN):
             progress = self._switch(ctx, progress, notes)

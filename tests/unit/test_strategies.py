@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from rollout.actions import KeepWarm, Outcome
+from rollout.actions import KeepWarm, Outcome, PreviewTraffic
 from rollout.errors import UnknownProviderError
 from rollout.model import Phase, Reason
 from rollout.routers.base import Routes
@@ -37,6 +37,11 @@ def test_blue_green_previews_switches_atomically_and_retires_the_old_version_aft
     assert edge.weights == [0, 100]  # one atomic switch: never a mix of versions
     assert edge.route_log[0] == PREVIEW_ROUTES  # before: only preview requests reach the candidate
     assert edge.route_log[0].match[0].header == "X-Rollout-Preview"
+    # the edge was asked for preview traffic during the preview, and only then
+    preview = [t for t in transitions if t.of(PreviewTraffic)]
+    assert preview and preview[0].of(PreviewTraffic)[0] == PreviewTraffic("X-Rollout-Preview", "1")
+    assert all(t.state.progress.step_index == 0 for t in preview)
+    assert not transitions[-1].of(PreviewTraffic)
     # no user traffic before the preview analysis passed
     switched = next(e for e in state.events if e.reason == Reason.SWITCHED)
     preview_measurements = [t for t, _, _ in edge.measured if t < switched.at]
