@@ -56,7 +56,6 @@ class Reason:
     CANDIDATE_NOT_READY = "CandidateNotReady"
     CANDIDATE_FAILED = "CandidateFailed"
     STEP_STARTED = "StepStarted"
-    ROUTES_APPLIED = "RoutesApplied"
     ANALYSIS_STARTED = "AnalysisStarted"
     ANALYSIS_STOPPED = "AnalysisStopped"
     MEASUREMENT_FAILED = "MeasurementFailed"

@@ -162,3 +162,37 @@ def test_summary_shows_step_routes_metrics_and_events_as_json():
     assert view["step"] == {**view["step"], "index": 2, "total": 7, "name": "setWeight 30"}
     assert view["metrics"][0]["name"] == "errors" and view["metrics"][0]["latest"] == "Successful"
     assert len(view["events"]) == 3 and view["events"][-1]["reason"] == Reason.STEP_STARTED
+
+
+def test_a_reader_never_sees_half_a_state(tmp_path):
+    """`rollout status` reads while the runner writes: every read is a whole state, old or new."""
+    import threading
+
+    store = StateStore(tmp_path / "iris.json")
+    edge = FakeEdge()
+    transitions = []
+    run(CANARY, edge, transitions=transitions)
+    states = [t.state for t in transitions if t.changed]
+    store.save(states[0])
+    stop = threading.Event()
+    seen: list[int] = []
+    errors: list[Exception] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(store.load().revision)
+            except Exception as exc:  # any failure at all is the finding
+                errors.append(exc)
+
+    th = threading.Thread(target=reader)
+    th.start()
+    try:
+        for _ in range(3):
+            for s in states:
+                store.save(s)
+    finally:
+        stop.set()
+        th.join()
+    assert not errors and len(seen) > 10
+    assert set(seen) <= {s.revision for s in states}
