@@ -38,6 +38,7 @@ class CrdSource:
     version: str
     files: tuple[str, ...]
     groups: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,16 @@ class InstalledCrd:
 
 def load_sources(path: Path = SOURCES) -> list[CrdSource]:
     raw = yaml.safe_load(path.read_text())
-    return [CrdSource(e["module"], e["version"], tuple(e["files"]), tuple(e.get("groups", ()))) for e in raw]
+    return [
+        CrdSource(
+            e["module"],
+            e["version"],
+            tuple(e["files"]),
+            tuple(e.get("groups", ())),
+            tuple(e.get("kinds", ())),
+        )
+        for e in raw
+    ]
 
 
 def module_dir(module: str, version: str) -> Path:
@@ -96,6 +106,8 @@ def documents(source: CrdSource) -> list[dict[str, Any]]:
             if not doc or doc.get("kind") != "CustomResourceDefinition":
                 continue
             if source.groups and doc["spec"]["group"] not in source.groups:
+                continue
+            if source.kinds and doc["spec"]["names"]["kind"] not in source.kinds:
                 continue
             doc.setdefault("metadata", {}).setdefault("annotations", {})["bento-rollout.dev/source"] = (
                 f"{source.module}@{source.version}"
@@ -148,7 +160,7 @@ def _wait_served(http: httpx.Client, crd: InstalledCrd, deadline: float) -> None
     state = "not yet Established"
     while time.monotonic() < deadline:
         obj = http.get(f"{CRD_PATH}/{crd.name}").json()
-        conds = {c["type"]: c for c in obj.get("status", {}).get("conditions", [])}
+        conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
         if conds.get("Established", {}).get("status") == "True":
             # Established can precede the handler by a moment: list the resource to be sure.
             if http.get(f"/apis/{crd.group}/{crd.versions[0]}/{crd.plural}", params={"limit": 1}).is_success:

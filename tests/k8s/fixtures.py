@@ -3,7 +3,8 @@
 - ``k8s_cluster`` (session): starts etcd + kube-apiserver + kube-controller-manager once per test
   session (tests/k8s/harness.py), installs the pinned third-party CRDs (tests/k8s/crds.py) and
   yields a ``K8sCluster``: ``kubeconfig`` path, ``server`` URL, ``api_client`` (an admin
-  ``kubernetes.client.ApiClient``), ``crds`` by kind, ``http()`` for raw requests.
+  ``kubernetes.client.ApiClient``), ``crds`` by name and ``crd(kind, group=None)``, ``http()`` for
+  raw requests.
 - ``k8s_namespace`` (function): a fresh namespace for one test, deleted afterwards (the namespace
   controller then removes everything in it).
 
@@ -30,7 +31,9 @@ from tests.k8s import crds, harness
 class K8sCluster:
     control_plane: harness.ControlPlane
     api_client: Any
-    crds: dict[str, crds.InstalledCrd] = field(default_factory=dict)  # by kind, e.g. "InferenceService"
+    crds: dict[str, crds.InstalledCrd] = field(
+        default_factory=dict
+    )  # by CRD name, e.g. "httproutes.gateway.networking.k8s.io"
 
     @property
     def kubeconfig(self) -> Path:
@@ -39,6 +42,14 @@ class K8sCluster:
     @property
     def server(self) -> str:
         return self.control_plane.server
+
+    def crd(self, kind: str, group: str | None = None) -> crds.InstalledCrd:
+        """The installed CRD of ``kind`` (give ``group`` where two groups share a kind, e.g. Gateway)."""
+        found = [c for c in self.crds.values() if c.kind == kind and group in (None, c.group)]
+        if len(found) != 1:
+            groups = sorted(c.group for c in found)
+            raise LookupError(f"{len(found)} installed CRDs of kind {kind!r} (groups {groups}): pass group=")
+        return found[0]
 
     def http(self, timeout: float = 30.0) -> httpx.Client:
         """An httpx client authenticated as the admin, for raw API paths."""
@@ -59,7 +70,7 @@ def k8s_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[K8sCluster
         with cp.http(timeout=60) as http:
             installed = crds.install_pinned(http)
         client = cp.api_client()
-        yield K8sCluster(control_plane=cp, api_client=client, crds={c.kind: c for c in installed})
+        yield K8sCluster(control_plane=cp, api_client=client, crds={c.name: c for c in installed})
         client.close()
     finally:
         cp.stop()
