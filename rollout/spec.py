@@ -270,6 +270,9 @@ class CanaryStrategy(_Model):
 
 class BlueGreenStrategy(_Model):
     preview_duration: Duration = 30.0  # analysis against the preview (no user traffic) this long
+    # during the preview the candidate gets this share of live traffic as a mirror (answers
+    # discarded, users unaffected) so that its analysis has real data; 0: preview requests only
+    preview_mirror_percent: Percent = 100
     auto_promote: bool = True
     post_promotion_duration: Duration = 30.0
     scale_down_delay: Duration = 30.0  # keep the old version warm this long after the switch

@@ -2,10 +2,11 @@
 then retire the old version after a delay during which switching back is instant.
 
 Steps (``Progress.step_index``):
-0. preview — user traffic stays on stable (candidate weight 0); only requests that carry the
-   preview header ``X-Rollout-Preview: 1`` (``PREVIEW_MATCH``: smoke tests, a load generator's
-   preview share — never ordinary users) reach the candidate, and the analysis runs on them.
-   Without preview traffic the metrics stay Inconclusive and the preview waits. Done when
+0. preview — every user is answered by stable (candidate weight 0). The candidate sees
+   ``previewMirrorPercent`` of live traffic as a mirror (its answers are discarded), and requests
+   that carry the preview header ``X-Rollout-Preview: 1`` (``PREVIEW_MATCH``: smoke tests — never
+   ordinary users); the analysis runs on both. With neither (mirror 0 and no preview requests)
+   the metrics stay Inconclusive and the preview waits. Done when
    ``previewDuration`` has passed and every metric has a fresh Successful measurement. A failure
    here rolls back without the candidate ever having served a user.
 1. awaiting promotion — only when ``autoPromote`` is false: Paused until `promote`.
@@ -39,6 +40,11 @@ PREVIEW, AWAITING, POST_PROMOTION, SCALE_DOWN = range(4)
 PREVIEW_HEADER = "X-Rollout-Preview"
 PREVIEW_MATCH = HeaderMatch(header=PREVIEW_HEADER, value="1")
 PREVIEW_ROUTES = Routes(candidate_weight=0, match=(PREVIEW_MATCH,))  # users: stable; preview: candidate
+
+
+def preview_routes(mirror_percent: int) -> Routes:
+    """Users on stable; a mirror of live traffic and preview-header requests reach the candidate."""
+    return Routes(candidate_weight=0, mirror_percent=mirror_percent, match=(PREVIEW_MATCH,))
 ALL_CANDIDATE = Routes(candidate_weight=100)
 
 
@@ -124,7 +130,8 @@ class BlueGreenPlanner:
         in_preview = progress.step_index == PREVIEW
         if (progress.preview_header is not None) != in_preview:
             progress = progress.model_copy(update={"preview_header": PREVIEW_HEADER if in_preview else None})
-        routes = PREVIEW_ROUTES if progress.step_index in (PREVIEW, AWAITING) else ALL_CANDIDATE
+        preview = preview_routes(bg.preview_mirror_percent)
+        routes = preview if progress.step_index in (PREVIEW, AWAITING) else ALL_CANDIDATE
         if progress.step_index in (POST_PROMOTION, SCALE_DOWN):
             progress = self._switch(ctx, progress, notes)
         analysis = metrics and (

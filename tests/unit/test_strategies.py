@@ -10,7 +10,7 @@ from rollout.errors import UnknownProviderError
 from rollout.model import Phase, Reason
 from rollout.routers.base import Routes
 from rollout.strategies import STRATEGIES, get_planner
-from rollout.strategies.bluegreen import PREVIEW_ROUTES
+from rollout.strategies.bluegreen import preview_routes
 from tests.unit.enginekit import (
     ERROR_RATE,
     ERROR_RATE_TEMPLATE,
@@ -35,7 +35,7 @@ def test_blue_green_previews_switches_atomically_and_retires_the_old_version_aft
     state = run(spec, edge, transitions=transitions)
     assert state.phase == Phase.PROMOTED
     assert edge.weights == [0, 100]  # one atomic switch: never a mix of versions
-    assert edge.route_log[0] == PREVIEW_ROUTES  # before: only preview requests reach the candidate
+    assert edge.route_log[0] == preview_routes(100)  # before: users on stable, a mirror and preview requests reach the candidate
     assert edge.route_log[0].match[0].header == "X-Rollout-Preview"
     # the edge was asked for preview traffic during the preview, and only then
     preview = [t for t in transitions if t.of(PreviewTraffic)]
@@ -60,7 +60,7 @@ def test_blue_green_preview_failure_rolls_back_without_ever_switching():
     state = run(spec, edge)
     assert state.phase == Phase.ROLLED_BACK and state.reason == Reason.ANALYSIS_FAILED
     assert edge.weights == [0, 0]  # the candidate never received a single user request
-    assert edge.route_log == [PREVIEW_ROUTES, Routes()]
+    assert edge.route_log == [preview_routes(100), Routes()]
     assert Reason.SWITCHED not in reasons(state) and Reason.SWITCHED_BACK not in reasons(state)
 
 
