@@ -277,6 +277,7 @@ def _plan(w: _Step, spec: RolloutSpec, obs: Observations, promote: bool, compari
         gate=gates.gate(spec, s),
         promote_requested=promote,
         comparisons=comparisons,
+        active_metrics=gates.active(spec, s.desired_routes),
     )
     plan = planner.plan(ctx)
     s.progress = plan.progress
@@ -292,6 +293,7 @@ def _plan(w: _Step, spec: RolloutSpec, obs: Observations, promote: bool, compari
     elif not plan.analysis and s.analysis_started_at is not None:
         gates.stop(s)
         w.note(EventType.NORMAL, Reason.ANALYSIS_STOPPED, "analysis stopped")
+    w.notes.extend(gates.park(spec, s, s.desired_routes, w.now))
     if plan.decision is not None:
         w.decide(plan.decision)
 

@@ -31,6 +31,7 @@ from rollout.model import (
     Reason,
     RolloutState,
 )
+from rollout.routers.base import Routes
 from rollout.spec import Direction, JudgeKind, MetricSpec, RolloutSpec
 from rollout.strategies.base import Comparison, Decision, DecisionKind, Gate, Note
 
@@ -250,6 +251,53 @@ def unavailable(spec: RolloutSpec, state: RolloutState) -> str | None:
                 f"errorLimit {spec.analysis.error_limit}): {last}; never promoting while this lasts"
             )
     return None
+
+
+_STABLE_HEADLINES = {Headline.PSI, Headline.KS, Headline.MAX_PSI}
+
+
+def needs_stable(metric: MetricSpec) -> bool:
+    """The metric compares the candidate with stable (a comparative or sequential judge, or a
+    shift/drift headline), so it needs traffic on both."""
+    if metric.judge.kind != JudgeKind.THRESHOLD:
+        return True
+    try:
+        template = template_of(metric)
+    except RolloutError:
+        return False
+    return template is not None and template.headline in _STABLE_HEADLINES
+
+
+def active(spec: RolloutSpec, routes: Routes) -> tuple[str, ...]:
+    """The metrics that can be measured under ``routes``: all, except those that need stable
+    traffic while stable serves none (after a blue/green switch, a canary at 100%)."""
+    no_stable = routes.stable_weight == 0
+    return tuple(m.name for m in spec.analysis.metrics if not (no_stable and needs_stable(m)))
+
+
+def park(spec: RolloutSpec, state: RolloutState, routes: Routes, now: float) -> list[Note]:
+    """Stop measuring the metrics that cannot be measured under ``routes`` (their newest verdict
+    is forgotten so it cannot hold the rollout) and start again those that can."""
+    notes: list[Note] = []
+    if state.analysis_started_at is None:
+        return notes
+    can = set(active(spec, routes))
+    for m in spec.analysis.metrics:
+        st = state.metrics.setdefault(m.name, MetricStatus(name=m.name))
+        if m.name not in can and st.next_due is not None:
+            st.next_due, st.latest = None, None
+            st.consecutive_failed = st.consecutive_inconclusive = st.consecutive_errors = 0
+            notes.append(
+                Note(
+                    EventType.NORMAL,
+                    Reason.METRIC_PARKED,
+                    f"{m.name} compares the candidate with stable and stable serves no traffic now: "
+                    "not measured until it does",
+                )
+            )
+        elif m.name in can and st.next_due is None:
+            st.next_due = now
+    return notes
 
 
 def reset_inconclusive(state: RolloutState) -> None:

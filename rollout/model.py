@@ -58,6 +58,7 @@ class Reason:
     STEP_STARTED = "StepStarted"
     ANALYSIS_STARTED = "AnalysisStarted"
     ANALYSIS_STOPPED = "AnalysisStopped"
+    METRIC_PARKED = "MetricParked"
     MEASUREMENT_FAILED = "MeasurementFailed"
     MEASUREMENT_INCONCLUSIVE = "MeasurementInconclusive"
     MEASUREMENT_ERROR = "MeasurementError"

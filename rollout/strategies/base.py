@@ -74,9 +74,14 @@ class Context:
     gate: Gate
     promote_requested: bool  # a `promote` command arrived: finish the current step/pause now
     comparisons: Mapping[str, Comparison] = field(default_factory=dict)  # fresh this step
+    # the metrics that can be measured under the current routes (None: all of them); those that
+    # compare with stable are left out while stable serves no traffic
+    active_metrics: tuple[str, ...] | None = None
 
     @property
     def metric_names(self) -> list[str]:
+        if self.active_metrics is not None:
+            return list(self.active_metrics)
         return [m.name for m in self.spec.analysis.metrics]
 
     def marks(self) -> dict[str, int]:
