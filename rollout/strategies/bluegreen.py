@@ -45,6 +45,8 @@ PREVIEW_ROUTES = Routes(candidate_weight=0, match=(PREVIEW_MATCH,))  # users: st
 def preview_routes(mirror_percent: int) -> Routes:
     """Users on stable; a mirror of live traffic and preview-header requests reach the candidate."""
     return Routes(candidate_weight=0, mirror_percent=mirror_percent, match=(PREVIEW_MATCH,))
+
+
 ALL_CANDIDATE = Routes(candidate_weight=100)
 
 

@@ -35,7 +35,8 @@ def test_blue_green_previews_switches_atomically_and_retires_the_old_version_aft
     state = run(spec, edge, transitions=transitions)
     assert state.phase == Phase.PROMOTED
     assert edge.weights == [0, 100]  # one atomic switch: never a mix of versions
-    assert edge.route_log[0] == preview_routes(100)  # before: users on stable, a mirror and preview requests reach the candidate
+    # before: users on stable; a mirror and preview requests reach the candidate
+    assert edge.route_log[0] == preview_routes(100)
     assert edge.route_log[0].match[0].header == "X-Rollout-Preview"
     # the edge was asked for preview traffic during the preview, and only then
     preview = [t for t in transitions if t.of(PreviewTraffic)]
