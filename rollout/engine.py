@@ -66,7 +66,10 @@ failed) past ``analysis.errorLimit`` -> roll back (MetricsUnavailable); Inconclu
 non-zero ``inconclusiveLimit`` -> pause for a human (InconclusiveLimit). While any metric's newest
 verdict is not Successful the gate HOLDS: no step completes, weights stay, nothing is promoted;
 while a metric's newest measurement is an Error the phase is Paused (reason MetricsUnavailable)
-and it goes back to Progressing by itself when the provider answers again.
+and it goes back to Progressing by itself when the provider answers again. Metrics that compare
+the candidate with stable (comparative/sequential judges, shift headlines) are parked - not
+measured, not holding - while stable serves no user traffic (after a blue/green switch, a canary
+at 100%); threshold metrics keep guarding.
 User commands override holds: ``promote`` ends the current step or wait, ``promote-full``
 promotes now (if the candidate is ready), ``abort`` rolls back now. Analysis keeps running while
 paused, and still rolls back on failure.
