@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from rollout import spec
 from rollout.errors import SpecError
 from rollout.spec import API_GROUP, KIND, RolloutSpec
 
@@ -96,6 +97,10 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
     ],
 }
 
+# The longest string each spec pattern can match, stated as maxLength: the API server estimates
+# the cost of CEL rules from it (an unbounded string makes a rule over a list too expensive).
+_PATTERN_MAX_LENGTH = {spec.DNS_LABEL: 63, spec.MODEL_TAG: 63 + 1 + 128, spec.HEADER_NAME: 64}
+
 # list fields whose items are keyed by ``name``: the API server then rejects duplicates itself
 _MAP_LISTS = {("AnalysisSpec", "metrics")}
 # lists that pydantic rejects when empty
@@ -132,6 +137,13 @@ def _structural(
     out: dict[str, Any] = {
         k: v for k, v in node.items() if k not in _DROP and k not in ("properties", "items")
     }
+    if out.get("type") == "string" and "maxLength" not in out and out.get("pattern") in _PATTERN_MAX_LENGTH:
+        out["maxLength"] = _PATTERN_MAX_LENGTH[out["pattern"]]
+    # JSON Schema 2020-12 (pydantic) says exclusiveMinimum: 0; OpenAPI v3.0 says minimum: 0 + true
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(out.get(flag), int | float) and not isinstance(out.get(flag), bool):
+            out[bound] = out[flag]
+            out[flag] = True
     if out.get("x-kubernetes-int-or-string"):
         out.pop("type", None)  # int-or-string fields carry no type in a structural schema
     elif "enum" in out:

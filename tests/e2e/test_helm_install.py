@@ -105,6 +105,14 @@ def test_install_every_object_is_accepted_by_the_server(
     assert sorted((i["kind"], i["metadata"]["name"]) for i in items) == sorted(
         (d["kind"], d["metadata"]["name"]) for d in rendered
     )
+    # strict field validation: a field a CRD schema does not know would be an error here, not a
+    # silently pruned setting
+    strict = kubectl(
+        k8s_cluster, "apply", "--server-side", "--dry-run=server", "--validate=strict", "--force-conflicts",
+        "--field-manager=strict-check", "-n", k8s_namespace, "-f", "-", stdin=manifest.stdout,
+    )  # fmt: skip
+    assert strict.returncode == 0, strict.stderr
+    assert "unknown field" not in strict.stderr.lower(), strict.stderr
     kinds = {i["kind"] for i in items}
     expected_route = {"kserve": set(), "istio": {"VirtualService"}, "gateway-api": {"HTTPRoute"}}[mode]
     assert (
