@@ -3,7 +3,8 @@
 ``python -m bench.router`` starts a trivial ASGI backend (uvicorn, one worker) and the project's
 nginx router in front of it, then runs wrk (POST, small JSON body) at 1 and 8 connections against
 (a) the backend directly, (b) the router sending everything to stable, (c) the router splitting
-50/50 between two backends, interleaved, ``REPS`` times; medians of p50/p99/RPS, and nginx worker
+50/50 between two backends, (d) a plain nginx without Lua (static upstream, keep-alive: the price
+of reload-free routing is (b) - (d)), interleaved, ``REPS`` times; medians of p50/p99/RPS, and nginx worker
 CPU per request. Then, at 8 connections, it counts failed requests while the routes change 20
 times through the admin API (no reload), while nginx reloads 20 times with a plain SIGHUP, and
 20 times the way NginxServer.reload does it (drain keep-alive connections first).
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rollout.local.nginx import NginxConfig, NginxServer
+from rollout.local.nginx import NGINX_BIN, NginxConfig, NginxServer
 from rollout.local.processes import Supervisor, free_port, http_ok
 from rollout.routers.base import Backend, Routes, RouteTarget
 from rollout.routers.nginx import NginxRouter
@@ -102,8 +103,48 @@ def cpu_ticks(pids: set[int]) -> int:
     return total
 
 
-def measure(nginx: NginxServer, url: str, conns: int, script: Path) -> dict[str, float]:
-    pids = nginx.worker_pids()
+def plain_nginx_config(prefix: Path, port: int, backend_port: int) -> str:
+    """nginx with a static upstream and keep-alive, no Lua: the price of the Lua router beside it."""
+    return f"""worker_processes 2;
+{"user root root;" if os.geteuid() == 0 else ""}
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    upstream plain {{ server 127.0.0.1:{backend_port}; keepalive 64; keepalive_timeout 4s; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://plain;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+def worker_pids(master: int) -> set[int]:
+    try:
+        return {int(c) for c in Path(f"/proc/{master}/task/{master}/children").read_text().split()}
+    except OSError:
+        return set()
+
+
+def measure(nginx: NginxServer | int | None, url: str, conns: int, script: Path) -> dict[str, float]:
+    if nginx is None:
+        pids: set[int] = set()
+    elif isinstance(nginx, int):
+        pids = worker_pids(nginx)
+    else:
+        pids = nginx.worker_pids()
     before = cpu_ticks(pids)
     res = wrk(url, conns, DURATION, script)
     ticks = cpu_ticks(pids) - before
@@ -169,6 +210,14 @@ def main() -> None:
             sup, NginxConfig(prefix=tmp / "nginx", admin_port=free_port(), services={"bench": free_port()})
         )
         nginx.start()
+        plain_prefix, plain_port = tmp / "plain", free_port()
+        (plain_prefix / "logs").mkdir(parents=True)
+        (plain_prefix / "tmp").mkdir()
+        (plain_prefix / "nginx.conf").write_text(plain_nginx_config(plain_prefix, plain_port, ports[0]))
+        plain = sup.start(
+            "plain-nginx", [NGINX_BIN, "-p", str(plain_prefix), "-c", "nginx.conf"], tmp / "plain.log"
+        )
+        sup.wait_ready(plain, http_ok(f"http://127.0.0.1:{plain_port}/"), timeout=30)
         router = NginxRouter(nginx.admin_url, "bench")
         stable, candidate = (
             Backend(n, n, f"127.0.0.1:{p}") for n, p in zip(("stable", "candidate"), ports, strict=True)
@@ -181,6 +230,7 @@ def main() -> None:
 
         configs = {
             "direct": (direct_url, Routes.all_stable()),
+            "nginx_plain": (f"http://127.0.0.1:{plain_port}/predict", Routes.all_stable()),
             "nginx": (router_url, Routes.all_stable()),
             "nginx_split50": (router_url, Routes(candidate_weight=50)),
         }
@@ -191,7 +241,8 @@ def main() -> None:
             for conns in (1, 8):
                 for name, (url, routes) in configs.items():
                     router.set_routes(routes)
-                    raw[name][conns].append(measure(nginx, url, conns, script))
+                    who = None if name == "direct" else plain.pid if name == "nginx_plain" else nginx
+                    raw[name][conns].append(measure(who, url, conns, script))
         medians = {name: {str(c): median_of(runs) for c, runs in by.items()} for name, by in raw.items()}
 
         weights = [0, 10, 25, 50, 75, 100, 50, 5]
@@ -237,6 +288,11 @@ def main() -> None:
                 "met": overhead["8"]["p50_ms"] < 1.0,
             },
             {"name": "router p99 overhead @8 conn", "value": round(overhead["8"]["p99_ms"], 3), "unit": "ms"},
+            {
+                "name": "Lua router vs plain nginx, p50 @1 conn",
+                "value": round(n["1"]["p50_ms"] - medians["nginx_plain"]["1"]["p50_ms"], 3),
+                "unit": "ms",
+            },
             {
                 "name": "RPS @8 conn, nginx / direct",
                 "value": round(n["8"]["rps"] / d["8"]["rps"], 3),
