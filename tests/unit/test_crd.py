@@ -67,6 +67,10 @@ def test_schema_is_structural_no_refs_unions_defaults_or_untyped_nodes() -> None
             assert "type" in node, f"{path} has no type: not a structural schema"
         if "properties" in node:
             assert "additionalProperties" not in node, f"{path}: properties and additionalProperties together"
+        for flag in ("exclusiveMinimum", "exclusiveMaximum"):
+            assert node.get(flag, True) is True, f"{path}.{flag} must be a boolean in OpenAPI v3.0"
+        if node.get("pattern") and node.get("type") == "string":
+            assert "maxLength" in node, f"{path}: unbounded strings make CEL rules too costly"
 
 
 def test_every_spec_field_of_the_pydantic_model_is_in_the_crd_with_its_wire_name() -> None:
