@@ -205,7 +205,11 @@ class Reconciler:
             state = t.state
             if not ready and not state.done:
                 log.info("%s/%s: candidate not ready: %s", namespace, name, why)
-            moved = self._act(t, router)
+            try:
+                moved = self._act(t, router)
+            except PermanentError as exc:  # e.g. a route feature the provider cannot express
+                self.client.emit_event(obj, "RouterFailed", str(exc), "Warning")
+                raise
             mem.results = self._measure(spec, state, t.of(Measure))
             if not (t.changed or moved or mem.results) or state.done:
                 break

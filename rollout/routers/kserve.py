@@ -67,6 +67,10 @@ def candidate_readiness(isvc: Obj) -> Readiness:
         return Readiness(
             False, f"{name}: KServe has not yet seen generation {generation} (observed {observed})", **common
         )
+    if created and ready_rev != created:
+        return Readiness(
+            False, f"{name}: latest revision {created} is not ready (latest ready: {ready_rev})", **common
+        )
     for kind in ("PredictorReady", "Ready"):
         cond = _condition(isvc, kind)
         if cond is None:
@@ -74,10 +78,6 @@ def candidate_readiness(isvc: Obj) -> Readiness:
         if cond.get("status") != "True":
             why = cond.get("message") or cond.get("reason") or cond.get("status")
             return Readiness(False, f"{name}: {kind} is {cond.get('status')}: {why}", **common)
-    if created and ready_rev != created:
-        return Readiness(
-            False, f"{name}: latest revision {created} is not ready (latest ready: {ready_rev})", **common
-        )
     return Readiness(True, f"{name}: revision {ready_rev or created or '?'} ready", **common)
 
 
