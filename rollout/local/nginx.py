@@ -4,7 +4,12 @@ The rendered config is static per set of services: one client port per service (
 admin port. Everything that changes during a rollout — weights, header/cookie matches, sticky key,
 mirror percent and even the backend addresses — lives in a Lua shared dict that the admin server
 changes without a reload (see lua/rollout_router.lua and rollout/routers/nginx.py). A graceful
-reload (SIGHUP, after ``nginx -t``) is only needed when the set of services changes.
+reload (SIGHUP, after ``nginx -t``) is only needed when the set of services changes; it drains
+keep-alive connections first (``Connection: close`` for half a second), because a plain reload
+under load cuts idle keep-alive connections under clients' next requests (bench/router.py).
+Admin server (127.0.0.1 only): GET/POST /routes/<service>, POST/DELETE /drain, GET /metrics
+(rollout_router_requests_total{service,routed_to,code}, rollout_router_mirrored_total,
+rollout_router_retries_total), GET /healthz.
 
 nginx runs as a non-daemon child with its own prefix (config, pid, logs, temp dirs in one
 directory), never the system's /etc/nginx. Who calls it: rollout/local/stack.py, tests, bench.

@@ -17,7 +17,10 @@ process can ``LocalStack.attach()`` (``rollout run``, ``rollout status``) or ``L
 (``rollout down``). With ``detach=False`` (tests, ``rollout demo``) everything stops when the
 Python process exits or gets Ctrl-C/SIGTERM; with ``detach=True`` (``rollout up``) and in attached
 stacks, processes outlive the Python process until ``down()``. Routes survive an nginx restart
-(nginx keeps them in ``routes.json`` too). ``home`` defaults to $ROLLOUT_HOME or ``.state``.
+(nginx keeps them in ``routes.json`` too; ``restart_nginx``). For fault drills: ``stop_prometheus``,
+``start_prometheus``, ``stop_backend``. ``home`` defaults to $ROLLOUT_HOME or ``.state``.
+Prometheus scrapes every backend (labels service, backend) and nginx's router counters
+(label component="router") every second.
 Who calls it: rollout/local/runner.py, the CLI (up/down/run/status), tests, the demo.
 """
 
