@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -259,6 +260,7 @@ def main() -> None:
         reloads = changes_under_load(nginx, router_url, script, lambda i: nginx.reload(), seconds=50)
     finally:
         sup.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
 
     d, n = medians["direct"], medians["nginx"]
     overhead = {c: {k: n[c][k] - d[c][k] for k in ("p50_ms", "p99_ms")} for c in ("1", "8")}
