@@ -181,6 +181,7 @@ class ModelApp:
                 status = 200
             elif path == "/metrics":
                 self._expect(method, "GET")
+                served.metrics.flush()
                 text, content_type = await asyncio.to_thread(render, served.metrics_dir)
                 await self._send(send, 200, text, rid, served, content_type.encode())
                 return

@@ -13,13 +13,15 @@ labels ``model`` and ``version``. Called by ``bentos/service.py`` (set-up) and `
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -71,8 +73,68 @@ def use_server_metrics_dir() -> Path:
     return path
 
 
+class _Histograms:
+    """Observations for label children of one histogram, buffered in numpy arrays.
+
+    The hot path only bumps bucket counts and sums in memory; ``flush()`` adds them to the shared
+    multiprocess files (one file write per non-empty bucket, not per observation). Non-cumulative
+    bucket counts, as prometheus_client stores them: a value goes to the first bucket whose upper
+    bound is >= the value.
+    """
+
+    def __init__(self, children: list[Any]) -> None:
+        for child in children:
+            if not (
+                hasattr(child, "_buckets") and hasattr(child, "_sum") and hasattr(child, "_upper_bounds")
+            ):
+                raise RuntimeError(
+                    "prometheus_client's Histogram has changed; bentos/metrics.py needs updating"
+                )
+        self.children = children
+        self.bounds = np.asarray(children[0]._upper_bounds[:-1], dtype=np.float64)  # without +Inf
+        self._bound_list = self.bounds.tolist()
+        self._rows = np.arange(len(children))
+        self.counts = np.zeros((len(children), len(self.bounds) + 1), dtype=np.int64)
+        self.sums = np.zeros(len(children), dtype=np.float64)
+
+    def observe_row(self, values: np.ndarray) -> None:
+        """One value per child."""
+        self.counts[self._rows, np.searchsorted(self.bounds, values)] += 1
+        self.sums += values
+
+    def observe_scalar(self, value: float) -> None:
+        """For a histogram with one child."""
+        self.counts[0, bisect.bisect_left(self._bound_list, value)] += 1
+        self.sums[0] += value
+
+    def observe_matrix(self, values: np.ndarray) -> None:
+        """An (n, children) matrix: n values per child."""
+        for j in range(len(self.children)):
+            np.add.at(self.counts[j], np.searchsorted(self.bounds, values[:, j]), 1)
+        self.sums += values.sum(axis=0)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        counts, sums = self.counts, self.sums
+        self.counts = np.zeros_like(counts)
+        self.sums = np.zeros_like(sums)
+        return counts, sums
+
+    def write(self, counts: np.ndarray, sums: np.ndarray) -> None:
+        for i, child in enumerate(self.children):
+            for bucket in np.flatnonzero(counts[i]):
+                child._buckets[bucket].inc(int(counts[i, bucket]))
+            if counts[i].any():
+                child._sum.inc(float(sums[i]))
+
+
 class ModelMetrics:
-    """The service's series for one model version, with label children bound once at start-up."""
+    """The service's series for one model version.
+
+    Label children are bound once at start-up and observations are buffered per worker (see
+    :class:`_Histograms`); a background thread writes them to the server's shared files every
+    ``flush_interval`` seconds and ``/metrics`` flushes its own worker first, so a scrape is at most
+    ``flush_interval`` behind for requests answered by other workers.
+    """
 
     def __init__(
         self,
@@ -82,10 +144,12 @@ class ModelMetrics:
         class_names: list[str],
         framework_version: str,
         dataset_sha256: str,
+        flush_interval: float = 0.5,
     ) -> None:
         from prometheus_client import Counter, Gauge, Histogram
 
         self.model, self.version = model, version
+        self.flush_interval = flush_interval
         mv = (names.LABEL_MODEL, names.LABEL_VERSION)
         self._requests = Counter(
             names.REQUESTS_TOTAL,
@@ -132,52 +196,79 @@ class ModelMetrics:
         )
         info.labels(model, version, framework_version, dataset_sha256).set(1)
         self._class_counters = [predictions.labels(model, version, c) for c in class_names]
-        self._confidence = confidence.labels(model, version)
-        self._zscores = [zscore.labels(model, version, f) for f in feature_names]
+        self._class_counts = np.zeros(len(class_names), dtype=np.int64)
+        self._confidence = _Histograms([confidence.labels(model, version)])
+        self._zscores = _Histograms([zscore.labels(model, version, f) for f in feature_names])
         self._feedback = feedback.labels(model, version)
         self._correct = correct.labels(model, version)
-        self._request_children: dict[tuple[str, int], object] = {}
-        self._duration_children: dict[str, object] = {}
-        for c in self._class_counters:  # make every class visible at 0 from the start
+        self._request_counts: dict[tuple[str, int], int] = {}
+        self._durations: dict[str, _Histograms] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        for c in self._class_counters:  # every class visible at 0 from the start
             c.inc(0)
         self._feedback.inc(0)
         self._correct.inc(0)
 
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_interval):
+            self.flush()
+
     def request(self, endpoint: str, status: int, seconds: float) -> None:
         key = (endpoint, status)
-        counter = self._request_children.get(key)
-        if counter is None:
-            counter = self._requests.labels(self.model, self.version, endpoint, str(status))
-            self._request_children[key] = counter
-        counter.inc()  # type: ignore[attr-defined]
-        histogram = self._duration_children.get(endpoint)
-        if histogram is None:
-            histogram = self._duration.labels(self.model, self.version, endpoint)
-            self._duration_children[endpoint] = histogram
-        histogram.observe(seconds)  # type: ignore[attr-defined]
+        with self._lock:
+            self._request_counts[key] = self._request_counts.get(key, 0) + 1
+            histogram = self._durations.get(endpoint)
+            if histogram is None:
+                histogram = _Histograms([self._duration.labels(self.model, self.version, endpoint)])
+                self._durations[endpoint] = histogram
+            histogram.observe_scalar(seconds)
 
     def predictions(self, class_index: np.ndarray, confidence: np.ndarray, zscores: np.ndarray) -> None:
         """One call per request: rows' predicted classes, max probabilities, feature z-scores."""
-        if len(class_index) == 1:
-            self._class_counters[int(class_index[0])].inc()
-            self._confidence.observe(float(confidence[0]))
-            row = zscores[0]
-            for j, child in enumerate(self._zscores):
-                child.observe(float(row[j]))
-            return
-        for k, count in enumerate(np.bincount(class_index, minlength=len(self._class_counters))):
-            if count:
-                self._class_counters[k].inc(int(count))
-        for value in confidence:
-            self._confidence.observe(float(value))
-        for j, child in enumerate(self._zscores):
-            for value in zscores[:, j]:
-                child.observe(float(value))
+        with self._lock:
+            if len(class_index) == 1:
+                self._class_counts[class_index[0]] += 1
+                self._confidence.observe_row(confidence)
+                self._zscores.observe_row(zscores[0])
+            else:
+                self._class_counts += np.bincount(class_index, minlength=len(self._class_counts))
+                self._confidence.observe_matrix(confidence.reshape(-1, 1))
+                self._zscores.observe_matrix(zscores)
 
     def feedback(self, received: int, correct: int) -> None:
+        """Rare (one per feedback request): written straight to the shared files."""
         self._feedback.inc(received)
         if correct:
             self._correct.inc(correct)
+
+    def flush(self) -> None:
+        """Add everything buffered since the last flush to the shared files (thread-safe)."""
+        with self._lock:
+            classes, self._class_counts = self._class_counts, np.zeros_like(self._class_counts)
+            confidence = self._confidence.take()
+            zscores = self._zscores.take()
+            requests, self._request_counts = self._request_counts, {}
+            durations = [(histogram, histogram.take()) for histogram in self._durations.values()]
+        for k in np.flatnonzero(classes):
+            self._class_counters[k].inc(int(classes[k]))
+        self._confidence.write(*confidence)
+        self._zscores.write(*zscores)
+        for (endpoint, status), count in requests.items():
+            self._requests.labels(self.model, self.version, endpoint, str(status)).inc(count)
+        for histogram, taken in durations:
+            histogram.write(*taken)
 
 
 def render(path: Path) -> tuple[bytes, str]:

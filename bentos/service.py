@@ -22,6 +22,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from typing import Any
 
 import bentoml
 import numpy as np
@@ -82,6 +83,8 @@ class ModelService:
         warm = np.asarray([loaded.record.metadata.feature_means], dtype=np.float64)
         for _ in range(3):
             served.estimator.predict_proba(warm)
+        served.metrics.start()
+        self.served = served
         APP.bind(served)
         gc.collect()
         gc.freeze()
@@ -94,4 +97,38 @@ class ModelService:
 
     @bentoml.on_shutdown
     def close(self) -> None:
+        self.served.metrics.close()
         self.feedback.close()
+
+
+class _LeanService(type(ModelService)):  # type: ignore[misc]
+    """BentoML's service object with one change: the app handed to uvicorn sends the mounted
+    app's paths straight to it, past BentoML's per-request middleware stack (context, timeout
+    task, tracing and metrics wrappers, routing), which costs more CPU than the model itself on a
+    single-row predict (measured by bench/serving.py). Everything else — start-up and shutdown
+    (lifespan: the service instance, the model load), BentoML's health routes and UI — is
+    BentoML's app, unchanged."""
+
+    __slots__ = ()
+
+    def to_asgi(self, is_main: bool = True) -> Any:
+        return LeanDispatch(super().to_asgi(is_main=is_main), APP)
+
+
+class LeanDispatch:
+    """ASGI: HTTP requests under APP_PATHS go to the model app, the rest to BentoML's app."""
+
+    def __init__(self, bentoml_app: Any, model_app: ModelApp) -> None:
+        self.bentoml_app = bentoml_app
+        self.model_app = model_app
+        self.prefixes = tuple(APP_PATHS)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"].startswith(self.prefixes):
+            await self.model_app(scope, receive, send)
+        else:
+            await self.bentoml_app(scope, receive, send)
+
+
+if os.environ.get("BENTO_LEAN", "1") != "0":
+    ModelService.__class__ = _LeanService

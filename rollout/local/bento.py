@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 from rollout.errors import ProcessError
 
@@ -117,8 +118,14 @@ class BentoServer:
         )
 
     def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM the supervisor's group (circus then stops its workers), SIGKILL what is left.
+
+        Circus starts each worker in a process group of its own, so the workers are looked up
+        first and killed one by one if they outlive the supervisor.
+        """
         if not self.alive():
             return
+        workers = _descendants(self.process.pid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         try:
@@ -127,9 +134,17 @@ class BentoServer:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=5)
-        # workers in the group may outlive the supervisor for a moment
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
+        for worker in workers:
+            with contextlib.suppress(psutil.Error):
+                if worker.is_running():
+                    worker.kill()
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def start_bento_server(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import uuid
 from collections.abc import Callable
 
@@ -52,6 +53,23 @@ def scrape(server: BentoServer) -> str:
     response = httpx.get(server.url + "/metrics", timeout=30)
     assert response.status_code == 200
     return response.text
+
+
+def settled(server: BentoServer, seconds: float = 3.0) -> str:
+    """A scrape once the workers have flushed (each buffers up to 0.5 s): two equal scrapes in a row."""
+    deadline = time.monotonic() + seconds
+    previous = scrape(server)
+    while time.monotonic() < deadline:
+        time.sleep(0.6)
+        current = scrape(server)
+        if _values(current) == _values(previous):
+            return current
+        previous = current
+    return previous
+
+
+def _values(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("model_") and "_created" not in line]
 
 
 def assert_identity(response: httpx.Response) -> None:
@@ -124,11 +142,11 @@ def test_open_inference_protocol_v2(server: BentoServer) -> None:
 
 
 def test_metrics_count_every_request_across_workers(server: BentoServer) -> None:
-    before = scrape(server)
+    before = settled(server)
     n = 24
     for i in range(n):
         assert post(server, "/predict", {"instances": [SETOSA if i % 2 else VIRGINICA]}).status_code == 200
-    after = scrape(server)
+    after = settled(server)
 
     def delta(name: str, **labels: str) -> float:
         return metric(after, name, **labels) - metric(before, name, **labels)
@@ -150,7 +168,7 @@ def test_metrics_count_every_request_across_workers(server: BentoServer) -> None
 
 
 def test_feedback_joins_predictions_answered_by_any_worker(server: BentoServer) -> None:
-    before = scrape(server)
+    before = settled(server)
     truths = []
     for i in range(10):
         rid = f"fb-{uuid.uuid4().hex}"
@@ -163,7 +181,7 @@ def test_feedback_joins_predictions_answered_by_any_worker(server: BentoServer) 
         response = post(server, "/feedback", {"request_id": rid, "label": label})
         assert response.status_code == 200, response.text
         assert response.json()["received"] == 1
-    after = scrape(server)
+    after = settled(server)
     mv = {"model": "iris", "version": "v2"}
     assert metric(after, "model_feedback_total", **mv) - metric(before, "model_feedback_total", **mv) == 10
     assert (
@@ -249,9 +267,9 @@ def test_bad_feedback_is_a_4xx(server: BentoServer, case: str) -> None:
 
 
 def test_rejected_requests_are_counted_by_status(server: BentoServer) -> None:
-    before = scrape(server)
+    before = settled(server)
     post(server, "/predict", content=b"{", headers={"Content-Type": "application/json"})
-    after = scrape(server)
+    after = settled(server)
     labels = {"endpoint": "predict", "code": "400", "model": "iris", "version": "v2"}
     assert (
         metric(after, "model_requests_total", **labels) - metric(before, "model_requests_total", **labels)

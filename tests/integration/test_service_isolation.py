@@ -5,6 +5,7 @@ to start on a tampered model artifact."""
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def test_two_servers_keep_their_metrics_apart(bento_server: Callable[..., BentoS
             httpx.post(candidate.url + "/predict", json=ROW, timeout=30).headers["X-Model-Version"]
             == "poisoned"
         )
+    time.sleep(1.0)  # each worker writes its buffered series every 0.5 s; /metrics flushes its own
     stable_text = httpx.get(stable.url + "/metrics", timeout=30).text
     candidate_text = httpx.get(candidate.url + "/metrics", timeout=30).text
     assert 'version="poisoned"' not in stable_text
