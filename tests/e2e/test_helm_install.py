@@ -88,6 +88,7 @@ def test_install_every_object_is_accepted_by_the_server(
     values = {**FULL, "routing.mode": mode}
     if mode == "istio":
         values.update({"routing.mirror.enabled": True, "routing.headerMatch.enabled": True})
+        values["monitoring.kind"] = "ServiceMonitor"  # RawDeployment predictors have Services
     if mode == "gateway-api":
         values.update({"routing.mirror.enabled": True, "routing.headerMatch.enabled": True})
         values["loadtest.host"] = "http://inference-gateway.gateway-system"
@@ -118,6 +119,7 @@ def test_install_every_object_is_accepted_by_the_server(
     assert (
         expected_route | {"InferenceService", "ModelRollout", "PodMonitor", "PrometheusRule", "Job"} <= kinds
     )
+    assert ("ServiceMonitor" in kinds) == (mode == "istio")
 
     # what the server stored is what the chart meant (no field silently pruned by a CRD schema)
     if mode == "istio":

@@ -228,3 +228,13 @@ def test_bad_values_fail_with_a_message_naming_the_problem(
     assert result.returncode != 0, f"{values} rendered but should have failed"
     for word in words:
         assert word in result.stderr, f"{word!r} not in helm's error:\n{result.stderr}"
+
+
+def test_service_monitor_selects_both_predictor_services(home: Path) -> None:
+    kinds = by_kind(template(home, {"routing.mode": "istio", "monitoring.kind": "ServiceMonitor"}))
+    (monitor,) = kinds["ServiceMonitor"]
+    (expr,) = monitor["spec"]["selector"]["matchExpressions"]
+    assert expr["key"] == "serving.kserve.io/inferenceservice"
+    assert expr["values"] == ["iris-stable", "iris-candidate"]
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert [p["metadata"]["name"] for p in kinds["PodMonitor"]] == ["br-bento-rollout-controller"]
