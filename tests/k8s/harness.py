@@ -12,7 +12,8 @@ Called by the session fixture ``k8s_cluster`` in tests/conftest.py (and usable b
   garbage collection, the ``default`` ServiceAccount and the ``kube-root-ca.crt`` ConfigMap):
   no scheduler, no kubelet, so Pods never run;
 - writes a kubeconfig for the admin, and stops everything (process groups) and removes the
-  temporary directory on ``stop()``.
+  temporary directory on ``stop()`` (also at interpreter exit; and the processes get SIGKILL if the
+  thread that started them dies, so a killed test run leaves nothing behind).
 
 The binaries come from .cache/bin, built by ``make tools`` (tests/k8s/build-tools.sh).
 """
@@ -20,12 +21,14 @@ The binaries come from .cache/bin, built by ``make tools`` (tests/k8s/build-tool
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -191,11 +194,21 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
             pass
 
 
+def _die_with_parent() -> None:
+    """In the child: be killed if the test process dies without running its teardown (Linux)."""
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _spawn(name: str, args: list[str], workdir: Path) -> subprocess.Popen[bytes]:
     log = open(workdir / f"{name}.log", "wb")  # the child keeps its own copy of the fd
     try:
         return subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
     finally:
         log.close()
