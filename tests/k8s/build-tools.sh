@@ -53,11 +53,10 @@ build_tool() {
     return 0
   fi
   echo "build-tools: building $name $version from $pkg (nice -n 10; first build takes minutes) ..."
-  local start=$SECONDS
-  (cd "$moddir" && nice -n 10 go build -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
+  local TIMEFORMAT="build-tools: built $name $version in %0R s (CPU: %0U s user, %0S s system)"
+  time (cd "$moddir" && nice -n 10 go build -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
   mv -f "$out.tmp" "$out"
   ln -sfn "$(basename "$out")" "$BIN/$name"
-  echo "build-tools: built $name $version in $((SECONDS - start)) s"
   built=$((built + 1))
 }
 
