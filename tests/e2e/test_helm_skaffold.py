@@ -100,8 +100,10 @@ def run_skaffold(args: list[str], home: Path) -> subprocess.CompletedProcess[str
         HOME=str(home),
         SKAFFOLD_UPDATE_CHECK="false",
         SKAFFOLD_INTERACTIVE="false",
-        SKAFFOLD_COLLECT_METRICS="false",
     )
+    # no usage data leaves this machine: opt out in the temporary HOME's skaffold config first
+    opt_out = [str(skaffold_binary()), "config", "set", "--global", "collect-metrics", "false"]
+    subprocess.run(opt_out, env=env, capture_output=True, text=True, timeout=60, check=True)
     return subprocess.run(
         [str(skaffold_binary()), *args],
         cwd=ROOT,
@@ -119,28 +121,25 @@ def test_skaffold_diagnose_accepts_each_profile(tmp_path: Path, profile: str) ->
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     set_values = resolved["deploy"]["helm"]["releases"][0]["setValues"]
-    assert set_values["controller.replicas"] == (1 if profile == "local" else 2)
+    # skaffold hands setValues to helm as --set strings
+    assert str(set_values["controller.replicas"]) == ("1" if profile == "local" else "2")
+    assert str(set_values["monitoring.enabled"]).lower() == ("false" if profile == "local" else "true")
 
 
 @pytest.mark.parametrize("profile", ["local", "production"])
 def test_skaffold_render_offline_renders_the_chart(tmp_path: Path, profile: str) -> None:
+    """``--digest-source=tag``: image names come from the tagger (git commit / input digest), no build."""
+    out = tmp_path / "out.yaml"
     result = run_skaffold(
-        [
-            "render",
-            "-p",
-            profile,
-            "--offline=true",
-            "--digest-source=none",
-            "--default-repo=",
-            "-o",
-            str(tmp_path / "out.yaml"),
-        ],
-        tmp_path,
+        ["render", "-p", profile, "--offline=true", "--digest-source=tag", "-o", str(out)], tmp_path
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    docs = [d for d in yaml.safe_load_all((tmp_path / "out.yaml").read_text()) if d]
+    docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
     kinds = {d["kind"] for d in docs}
     assert {"InferenceService", "Deployment", "Role"} <= kinds
     (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
     assert deploy["spec"]["replicas"] == (1 if profile == "local" else 2)
     assert ("PodMonitor" in kinds) == (profile == "production")
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    image = isvc["spec"]["predictor"]["containers"][0]["image"]
+    assert image.startswith("bento-rollout/iris-service:"), "the chart deploys the image skaffold builds"

@@ -87,3 +87,15 @@ done
 build_tool helm "$HERE/helm" helm.sh/helm/v3/cmd/helm helm.sh/helm/v3 "$helm_ldflags"
 
 echo "build-tools: done in $((SECONDS - total_start)) s ($built built); binaries in $BIN"
+
+# ---------------------------------------------------------------------------------------------
+# skaffold (added by the packaging work, issue 5; owner of this block: helm/ + skaffold.yaml).
+# Validates skaffold.yaml with `skaffold diagnose` / `skaffold render --offline`
+# (tests/e2e/test_helm_skaffold.py). Pinned in tests/k8s/skaffold/go.mod, a wrapper module that
+# repeats Skaffold's own `replace` lines (so `go install ...@version` cannot be used).
+# Cost measured here: 8 min of CPU (37 min wall on the shared 2-core machine at nice 15, -p 1).
+skaffold_version="$(pinned_version "$HERE/skaffold" github.com/GoogleContainerTools/skaffold/v2)"
+skaffold_ldflags="-X github.com/GoogleContainerTools/skaffold/v2/pkg/skaffold/version.version=$skaffold_version"
+build_tool skaffold "$HERE/skaffold" github.com/GoogleContainerTools/skaffold/v2/cmd/skaffold \
+  github.com/GoogleContainerTools/skaffold/v2 "$skaffold_ldflags"
+echo "build-tools: skaffold ready ($BIN/skaffold)"
