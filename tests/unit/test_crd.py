@@ -195,3 +195,17 @@ def test_generator_refuses_what_a_structural_schema_cannot_express() -> None:
 
     with pytest.raises(SpecError, match="cannot express a union of 2 types"):
         crd.structural_schema(Union)  # type: ignore[arg-type]
+
+
+def test_default_values_satisfy_the_values_schema_and_a_typo_does_not() -> None:
+    import jsonschema
+
+    schema = json.loads(generate.VALUES_SCHEMA_FILE.read_text(encoding="utf-8"))
+    values = yaml.safe_load((ROOT / "helm" / "bento-rollout" / "values.yaml").read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    assert [e.message for e in validator.iter_errors(values)] == []
+    values["routing"]["candidateWieght"] = 10
+    values["rollout"]["strategy"]["canary"]["steps"][0]["setWeight"] = 120
+    errors = sorted(e.message for e in validator.iter_errors(values))
+    assert any("candidateWieght" in m for m in errors)
+    assert any("120" in m for m in errors)
