@@ -9,6 +9,7 @@ the controller and the packaging generators.
 
 from __future__ import annotations
 
+import json
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -141,7 +142,9 @@ class RouterSpec(_Model):
     provider: RouterProvider = RouterProvider.NGINX
     # provider-specific names of the routing object (VirtualService / HTTPRoute / InferenceService)
     name: str | None = Field(default=None, pattern=DNS_LABEL)
-    gateway: str | None = Field(default=None, description="Gateway (Istio or Gateway API) to attach routes to")
+    gateway: str | None = Field(
+        default=None, description="Gateway (Istio or Gateway API) to attach routes to"
+    )
 
 
 # --- analysis ------------------------------------------------------------------------------------
@@ -322,7 +325,9 @@ class RolloutSpec(_Model):
     strategy: Strategy
     analysis: AnalysisSpec = AnalysisSpec()
     router: RouterSpec = RouterSpec()
-    metrics_address: str | None = Field(default=None, description="Prometheus URL; default: the local stack's")
+    metrics_address: str | None = Field(
+        default=None, description="Prometheus URL; default: the local stack's"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RolloutSpec:
@@ -352,32 +357,43 @@ class ModelRollout(_Model):
 # --- loading -------------------------------------------------------------------------------------
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def _field_path(loc: tuple[Any, ...], extra: bool = False) -> str:
+    # pydantic names a field by its snake_case name when the user wrote it that way: show the
+    # camelCase wire name; any other key (unknown, a label) exactly as the user wrote it
+    fields = {n for model in _Model.__subclasses__() for n in model.model_fields}
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
+        if extra and i == len(loc) - 1:
+            fields = set()  # an extra key is the user's own, even if it looks like a field name
         if isinstance(part, int):
             out += f"[{part}]"
+        elif not _PLAIN_KEY.match(key := str(part)):
+            out += f"[{json.dumps(key, ensure_ascii=False)}]"
         else:
-            out += ("." if out else "") + to_camel(str(part))
+            out += ("." if out else "") + (to_camel(key) if key in fields else key)
     return out or "(document)"
 
 
 def spec_error(exc: ValidationError) -> SpecError:
     """Turn pydantic's error into one line per problem, each naming the field."""
-    lines = []
+    problems = []
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(f"{_field_path(loc)}: {msg}")
-    first = exc.errors()[0]["loc"] if exc.errors() else ()
-    return SpecError("; ".join(lines), field=None) if len(lines) > 1 else SpecError(
-        lines[0].split(": ", 1)[1] if lines else str(exc), field=_field_path(first)
-    )
+        problems.append((_field_path(loc, err["type"] == "extra_forbidden"), msg))
+    if len(problems) == 1:
+        return SpecError(problems[0][1], field=problems[0][0])
+    return SpecError("; ".join(f"{path}: {msg}" for path, msg in problems) or str(exc), field=None)
 
 
 def parse_rollout(data: Any) -> ModelRollout:
     if not isinstance(data, dict):
-        raise SpecError("a rollout spec is a mapping with apiVersion, kind, metadata and spec", field="(document)")
+        raise SpecError(
+            "a rollout spec is a mapping with apiVersion, kind, metadata and spec", field="(document)"
+        )
     try:
         return ModelRollout.model_validate(data)
     except ValidationError as exc:
