@@ -283,12 +283,19 @@ def _merged(name: str, local: click.Command, cluster: click.Command) -> click.Co
         context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []},
         add_help_option=False,
         help=f"{local.help or ''}\n\nWith -n/--namespace, --kubeconfig or --context: {cluster.help or ''}",
+        short_help=(local.get_short_help_str(60) + " (-n NS: in the cluster)"),
     )
     @click.pass_context
     def dispatch(ctx: click.Context) -> Any:
         args = list(ctx.args)
-        use = cluster if any(a == f or a.startswith(f + "=") for a in args for f in CLUSTER_FLAGS) else local
-        with use.make_context(name, args, parent=ctx) as sub:
+        to_cluster = any(a == f or a.startswith(f + "=") for a in args for f in CLUSTER_FLAGS)
+        if not to_cluster and any(a in ("-h", "--help") for a in args):
+            for title, cmd in (("Local", local), ("In a cluster (with -n/--namespace)", cluster)):
+                sub = cmd.make_context(name, [], parent=ctx.parent, resilient_parsing=True)
+                click.echo(f"{title}:\n{cmd.get_help(sub)}\n")
+            return None
+        use = cluster if to_cluster else local
+        with use.make_context(name, args, parent=ctx.parent, help_option_names=["-h", "--help"]) as sub:
             return use.invoke(sub)
 
     return dispatch
