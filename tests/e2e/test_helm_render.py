@@ -238,3 +238,14 @@ def test_service_monitor_selects_both_predictor_services(home: Path) -> None:
     assert expr["values"] == ["iris-stable", "iris-candidate"]
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
     assert [p["metadata"]["name"] for p in kinds["PodMonitor"]] == ["br-bento-rollout-controller"]
+
+
+def test_read_only_root_filesystem_leaves_bentoml_its_writable_dirs(home: Path) -> None:
+    """The Bento image (BENTOML_HOME=/home/bentoml/) writes metrics files and temp files only there."""
+    (isvc,) = by_kind(template(home))["InferenceService"]
+    predictor = isvc["spec"]["predictor"]
+    mounts = {m["mountPath"] for m in predictor["containers"][0]["volumeMounts"]}
+    assert mounts == {"/tmp", "/home/bentoml/prometheus_multiproc_dir"}
+    assert all("emptyDir" in v for v in predictor["volumes"])
+    env = {e["name"] for e in predictor["containers"][0]["env"]}
+    assert "BENTOML_HOME" not in env, "the image's BENTOML_HOME locates the packed bento; keep it"

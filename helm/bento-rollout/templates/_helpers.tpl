@@ -124,10 +124,10 @@ containers:
     env:
       - name: BENTO_MODEL_TAG
         value: {{ $tag | quote }}
-      - name: BENTOML_HOME
-        value: /home/bentoml/bentoml
       - name: TMPDIR
         value: /tmp
+      - name: XDG_CACHE_HOME
+        value: /tmp/.cache
     ports:
       - name: http1
         containerPort: {{ $v.service.port }}
@@ -152,11 +152,18 @@ containers:
       {{- toYaml $v.resources | nindent 6 }}
     securityContext:
       {{- include "bento-rollout.containerSecurityContext" $root | nindent 6 }}
+    # the root filesystem is read-only: BentoML writes only its metrics (one file per worker,
+    # under $BENTOML_HOME=/home/bentoml/) and temporary files
     volumeMounts:
       - name: tmp
         mountPath: /tmp
+      - name: prometheus-multiproc
+        mountPath: /home/bentoml/prometheus_multiproc_dir
 volumes:
   - name: tmp
     emptyDir:
       sizeLimit: 256Mi
+  - name: prometheus-multiproc
+    emptyDir:
+      sizeLimit: 64Mi
 {{- end -}}
