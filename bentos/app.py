@@ -14,6 +14,9 @@ incoming ``X-Request-ID`` is honoured):
     POST /v2/models/{name}/infer       Open Inference Protocol v2
     GET  /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready
     POST /feedback                     {"request_id": ..., "label": ...}
+    POST /shadow/compare               {"request_id": ..., "labels": [...]}: stable's answer to a
+                                       request mirrored here (the router sends it); counted in
+                                       model_shadow_comparisons_total / _agreements_total
     GET  /metrics                      Prometheus text, aggregated over the server's workers
 
 Bad input is a 4xx JSON ``{"error": {"code", "message"}}``; requests to predict, infer and
@@ -25,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -48,6 +53,23 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON = b"application/json"
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+def fault_error_rate() -> float:
+    """Fault injection for drills and benchmarks: ``BENTO_FAULT_ERROR_RATE`` (0..1) of predictions
+    fail with HTTP 500, as a bad release would. 0 (the default) in normal serving."""
+    raw = os.environ.get("BENTO_FAULT_ERROR_RATE", "0")
+    try:
+        rate = float(raw)
+    except ValueError:
+        raise ValueError(f"BENTO_FAULT_ERROR_RATE must be a number between 0 and 1, not {raw!r}") from None
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"BENTO_FAULT_ERROR_RATE must be between 0 and 1, not {rate}")
+    return rate
+
+
+class InjectedFault(Exception):
+    """A prediction failed on purpose (BENTO_FAULT_ERROR_RATE)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +124,10 @@ class Served:
 
     def predict(self, X: np.ndarray, request_id: str) -> tuple[list[str], np.ndarray]:
         proba = self.estimator.predict_proba(X)
+        if not np.isfinite(proba).all():  # e.g. 1e308 overflows inside the model: no answer is better
+            raise BadRequest(
+                422, "value_out_of_range", "feature values this large make the model's output overflow"
+            )
         best = proba.argmax(axis=1)
         classes = self.column_class[best]
         self.metrics.predictions(classes, proba[np.arange(len(best)), best], (X - self.means) / self.stds)
@@ -119,6 +145,7 @@ class ModelApp:
         self.served: Served | None = None
         self._rid_prefix = secrets.token_hex(6)
         self._rid_counter = itertools.count(1)
+        self.fault_rate = fault_error_rate()
 
     def bind(self, served: Served) -> None:
         self.served = served
@@ -153,6 +180,7 @@ class ModelApp:
                 if path != "/predict":
                     self._check_model(served, path[len("/v1/models/") : -len(":predict")])
                 X = parse_predict(await self._body(scope, receive), served.schema)
+                self._maybe_fail()
                 predictions, proba = served.predict(X, rid)
                 body = orjson.dumps(
                     {
@@ -179,6 +207,16 @@ class ModelApp:
                     {"request_id": feedback.request_id, "received": received, "correct": correct}
                 )
                 status = 200
+            elif path == "/shadow/compare":
+                # stable's answer to a request that was mirrored here (sent by the router)
+                self._expect(method, "POST")
+                ref = parse_feedback(await self._body(scope, receive), served.class_names)
+                compared, agreed = await asyncio.to_thread(
+                    served.feedback.compare, ref.request_id, ref.labels
+                )
+                served.metrics.shadow(compared, agreed)
+                body = orjson.dumps({"request_id": ref.request_id, "compared": compared, "agreed": agreed})
+                status = 200
             elif path == "/metrics":
                 self._expect(method, "GET")
                 served.metrics.flush()
@@ -194,6 +232,11 @@ class ModelApp:
         except BadRequest as exc:
             status = exc.status
             body = self._error_body(exc.code, exc.message, rid, served)
+        except InjectedFault:
+            status = 500
+            body = self._error_body(
+                "injected_fault", "prediction failed (fault injection is on)", rid, served
+            )
         except Exception:  # a bug, never bad input: answer 500 and keep serving
             logger.exception("request %s %s failed", method, path)
             status = 500
@@ -233,6 +276,7 @@ class ModelApp:
             raise BadRequest(404, "not_found", f"no endpoint {path}")
         self._expect(method, "POST")
         X, v2_id = parse_v2_infer(await self._body(scope, receive), served.schema)
+        self._maybe_fail()
         predictions, proba = served.predict(X, rid)
         body = orjson.dumps(
             {
@@ -257,6 +301,10 @@ class ModelApp:
             option=NUMPY,
         )
         return "infer", 200, body, rid
+
+    def _maybe_fail(self) -> None:
+        if self.fault_rate and random.random() < self.fault_rate:
+            raise InjectedFault
 
     @staticmethod
     def _expect(method: str, allowed: str) -> None:

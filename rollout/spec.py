@@ -257,8 +257,8 @@ class CanaryStep(_Model):
 class CanaryStrategy(_Model):
     steps: list[CanaryStep] | None = Field(default=None, max_length=200)
     # Flagger-style generated steps when ``steps`` is absent: stepWeight every stepInterval up to maxWeight
-    step_weight: Percent | None = Field(default=None, ge=1)
-    max_weight: Percent = Field(default=100, ge=1)
+    step_weight: int | None = Field(default=None, ge=1, le=100)
+    max_weight: int = Field(default=100, ge=1, le=100)
     step_interval: Duration = 30.0
     sticky: StickyKey | None = None
 
@@ -282,13 +282,13 @@ class BlueGreenStrategy(_Model):
 
 
 class ShadowStrategy(_Model):
-    mirror_percent: Percent = Field(default=100, ge=1)
+    mirror_percent: int = Field(default=100, ge=1, le=100)
     duration: Duration = 60.0
     promote_on_success: bool = False  # after a good shadow: switch to the candidate, or just report
 
 
 class ABTestStrategy(_Model):
-    weight: Percent = Field(default=50, ge=1, le=99)
+    weight: int = Field(default=50, ge=1, le=99)
     sticky: StickyKey | None = None
     match: list[HeaderMatch] | None = None
     metric: str = Field(pattern=DNS_LABEL, description="name of the analysis metric that picks the winner")

@@ -177,7 +177,9 @@ def _service_server(name: str, port: int) -> str:
         }}
         location @rollout_mirrored {{
             mirror /_rollout_mirror;
-            mirror_request_body on;{_PROXY}
+            mirror_request_body on;
+            # stable's answer goes to the candidate for the shadow agreement metric
+            body_filter_by_lua_block {{ require("rollout_router").capture() }}{_PROXY}
         }}
     }}"""
 

@@ -213,6 +213,69 @@ function M.log()
     if to == nil or to == "" then to = "none" end
     local key = "c:" .. ngx.var.rollout_service .. "|" .. to .. "|" .. ngx.var.status
     dict:incr(key, 1, 0)
+    local ctx = ngx.ctx
+    if ctx.shadow_buf and to == "stable" and ngx.status == 200 then M.compare_later(ctx) end
+end
+
+-- Shadow agreement: stable's answer to a mirrored request is sent to the candidate
+-- (POST /shadow/compare), which joins it by request id with its own answer to the mirror copy
+-- and counts model_shadow_comparisons_total / model_shadow_agreements_total.
+local SHADOW_MAX_BODY = 65536
+local SHADOW_DELAY = 1.0 -- seconds: the candidate has answered the mirror copy by then
+
+-- body_filter_by_lua of mirrored requests: keep stable's (small JSON) answer.
+function M.capture()
+    local ctx = ngx.ctx
+    local chunk = ngx.arg[1]
+    if not ctx.shadow_buf then
+        ctx.shadow_buf, ctx.shadow_len = {}, 0
+    end
+    if chunk and chunk ~= "" and ctx.shadow_len <= SHADOW_MAX_BODY then
+        ctx.shadow_buf[#ctx.shadow_buf + 1] = chunk
+        ctx.shadow_len = ctx.shadow_len + #chunk
+    end
+end
+
+local function answer_labels(doc)
+    if type(doc) ~= "table" then return nil end
+    if type(doc.predictions) == "table" then return doc.predictions end
+    if type(doc.outputs) == "table" then -- Open Inference Protocol v2
+        for _, out in ipairs(doc.outputs) do
+            if type(out) == "table" and out.name == "predictions" and type(out.data) == "table" then
+                return out.data
+            end
+        end
+    end
+    return nil
+end
+
+local function send_compare(premature, host, port, rid, labels)
+    if premature then return end
+    local body = cjson.encode({ request_id = rid, labels = labels })
+    local sock = ngx.socket.tcp()
+    sock:settimeouts(1000, 1000, 3000)
+    local ok = sock:connect(host, port)
+    local status = "error"
+    if ok then
+        local sent = sock:send("POST /shadow/compare HTTP/1.1\r\nHost: " .. host .. "\r\n"
+            .. "Content-Type: application/json\r\nContent-Length: " .. #body .. "\r\n"
+            .. "X-Rollout-Mirror: 1\r\nConnection: close\r\n\r\n" .. body)
+        local line = sent and sock:receive("*l")
+        status = line and string.match(line, "^HTTP/1%.%d (%d+)") or "error"
+        sock:close()
+    end
+    dict:incr("s:" .. status, 1, 0)
+end
+
+function M.compare_later(ctx)
+    if ctx.shadow_len > SHADOW_MAX_BODY then return end
+    local cfg = load(ngx.var.rollout_service)
+    if not cfg or not cfg.candidate then return end
+    local labels = answer_labels(cjson.decode(table.concat(ctx.shadow_buf)))
+    if not labels then return end
+    local ok, err = ngx.timer.at(SHADOW_DELAY, send_compare, cfg.candidate.host, cfg.candidate.port,
+        ngx.var.rollout_rid, labels)
+    if not ok then ngx.log(ngx.WARN, "rollout: cannot schedule a shadow comparison: ", err) end
 end
 
 local function valid_percent(v)
@@ -321,8 +384,20 @@ function M.metrics()
             mirrored[#mirrored + 1] = string.format('rollout_router_mirrored_total{service="%s"} %d', ms, dict:get(key))
         end
     end
+    local compared = {
+        "# HELP rollout_router_shadow_comparisons_sent_total Stable answers sent to the candidate for comparison, by the candidate's status.",
+        "# TYPE rollout_router_shadow_comparisons_sent_total counter",
+    }
+    for _, key in ipairs(dict:get_keys(0)) do
+        local status = string.match(key, "^s:(%w+)$")
+        if status then
+            compared[#compared + 1] = string.format('rollout_router_shadow_comparisons_sent_total{status="%s"} %d',
+                status, dict:get(key))
+        end
+    end
     for _, line in ipairs(mirrored) do out[#out + 1] = line end
     for _, line in ipairs(retries) do out[#out + 1] = line end
+    for _, line in ipairs(compared) do out[#out + 1] = line end
     ngx.header["Content-Type"] = "text/plain; version=0.0.4"
     ngx.say(table.concat(out, "\n"))
 end
