@@ -185,11 +185,40 @@ def run_wrk(url: str, connections: int, seconds: float) -> dict[str, float]:
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "failed": failed}
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User+system CPU of a process and its descendants (the server's CPU, not the machine's)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def measured_run(url: str, pid: int, connections: int, seconds: float) -> dict[str, float]:
+    """One wrk run, plus the server's CPU milliseconds per request (robust to a busy machine)."""
+    before = tree_cpu_seconds(pid)
+    result = run_wrk(url, connections, seconds)
+    used = tree_cpu_seconds(pid) - before
+    requests = result["rps"] * seconds
+    result["cpu_ms_per_request"] = round(used / requests * 1000, 4) if requests else 0.0
+    return result
+
+
+KEYS = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "failed")
+
+
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {
-        key: round(statistics.median(r[key] for r in runs), 3)
-        for key in ("rps", "p50_ms", "p99_ms", "failed")
-    } | {"runs": runs}  # type: ignore[dict-item]
+    return {key: round(statistics.median(r[key] for r in runs), 3) for key in KEYS} | {"runs": runs}  # type: ignore[dict-item]
 
 
 def bench_workers(workers: int, artifact: Path, kserve_python: Path, seconds: float) -> dict[str, Any]:
@@ -198,6 +227,7 @@ def bench_workers(workers: int, artifact: Path, kserve_python: Path, seconds: fl
     try:
         kserve.wait_ready()
         targets = {"bento": f"{bento.url}/predict", "kserve": f"{kserve.url}/v1/models/iris:predict"}
+        pids = {"bento": bento.pid, "kserve": kserve.process.pid}
         for url in targets.values():  # same answer from both, and warm
             response = httpx.post(url, content=BODY, headers={"Content-Type": "application/json"}, timeout=10)
             assert response.json()["predictions"] == ["setosa"], response.text
@@ -208,7 +238,7 @@ def bench_workers(workers: int, artifact: Path, kserve_python: Path, seconds: fl
         for _ in range(REPETITIONS):
             for connections in CONCURRENCY:
                 for name, url in targets.items():  # interleaved: both see the same machine load
-                    runs[name][connections].append(run_wrk(url, connections, seconds))
+                    runs[name][connections].append(measured_run(url, pids[name], connections, seconds))
     finally:
         bento.stop()
         kserve.stop()
@@ -227,6 +257,11 @@ def summarise(
                 "rps_vs_kserve": round(bento[c]["rps"] / kserve[c]["rps"], 3),
                 "p99_vs_kserve": round(bento[c]["p99_ms"] / kserve[c]["p99_ms"], 3),
                 "p50_vs_kserve": round(bento[c]["p50_ms"] / kserve[c]["p50_ms"], 3),
+                "cpu_per_request_vs_kserve": round(
+                    bento[c]["cpu_ms_per_request"] / kserve[c]["cpu_ms_per_request"], 3
+                )
+                if kserve[c]["cpu_ms_per_request"]
+                else None,
             }
             for c in bento
         }
@@ -271,7 +306,7 @@ def main() -> None:
         results[str(workers)] = bench_workers(workers, artifact, kserve_python, seconds)
         for name, by_c in results[str(workers)].items():
             cells = "  ".join(
-                f"@{c}: {v['rps']:.0f} rps p50 {v['p50_ms']:.2f} p99 {v['p99_ms']:.2f}"
+                f"@{c}: {v['rps']:.0f} rps p50 {v['p50_ms']:.2f} p99 {v['p99_ms']:.2f} cpu {v['cpu_ms_per_request']:.2f} ms"
                 for c, v in by_c.items()
             )
             print(f"{workers} worker(s) {name:6} {cells}", flush=True)
@@ -282,6 +317,11 @@ def main() -> None:
         "model": MODEL_TAG,
         "request": BODY,
         "load_generator": "wrk -t1, keep-alive connections",
+        "servers_config": {
+            "bento": "bentoml serve bentos.service:ModelService (uvicorn, asyncio loop, httptools), POST /predict",
+            "kserve": "kserve.ModelServer 0.21, a kserve.Model (uvicorn, its default uvloop), POST /v1/models/iris:predict",
+        },
+        "cpu_ms_per_request": "user+system CPU of the server's process tree per request (robust to other load)",
         "seconds_per_run": seconds,
         "repetitions": REPETITIONS,
         "statistic": "median of repetitions",

@@ -88,6 +88,8 @@ class ModelService:
         APP.bind(served)
         gc.collect()
         gc.freeze()
+        if os.environ.get("BENTO_GC_LOG"):
+            _log_gc_pauses()
         logger.info(
             "serving %s (%s) from worker %s",
             tag,
@@ -99,6 +101,21 @@ class ModelService:
     def close(self) -> None:
         self.served.metrics.close()
         self.feedback.close()
+
+
+def _log_gc_pauses(threshold: float = 0.005) -> None:
+    """Log every garbage-collection pause over ``threshold`` seconds (BENTO_GC_LOG=1; diagnosis)."""
+    import time
+
+    started = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        elif (pause := time.perf_counter() - started[0]) > threshold:
+            logger.warning("gc pause %.1f ms (generation %d, %d collected)", pause * 1000, info["generation"], info["collected"])
+
+    gc.callbacks.append(callback)
 
 
 class _LeanService(type(ModelService)):  # type: ignore[misc]
