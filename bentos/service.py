@@ -44,7 +44,7 @@ LIMITS = Limits(
     max_body_bytes=int(os.environ.get("BENTO_MAX_BODY_BYTES", str(1 << 20))),
 )
 # paths answered by the mounted app: no tracing spans for them
-APP_PATHS = ["/predict", "/v1/models/", "/v2", "/feedback", "/metrics"]
+APP_PATHS = ["/predict", "/v1/models/", "/v2", "/feedback", "/shadow/", "/metrics"]
 
 if server_context.worker_index is not None:
     # in a worker process: route prometheus_client to this server's directory before any metric
