@@ -174,10 +174,13 @@ class ControlPlane:
                 raise ProcessError(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
 
     def stop(self) -> None:
-        """Stop every process (SIGTERM, then SIGKILL to the group) and remove the work directory."""
+        """Stop every process (SIGTERM, then SIGKILL to the group) and remove the work directory
+        (only etcd's data when the caller gave the directory, so that the logs stay for debugging)."""
         for name in reversed(list(self.procs)):
             _kill_group(self.procs[name])
         self.procs.clear()
+        # etcd preallocates 64 MB WAL segments: drop its data even where the logs are kept.
+        shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
