@@ -86,8 +86,6 @@ for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
 done
 build_tool helm "$HERE/helm" helm.sh/helm/v3/cmd/helm helm.sh/helm/v3 "$helm_ldflags"
 
-echo "build-tools: done in $((SECONDS - total_start)) s ($built built); binaries in $BIN"
-
 # ---------------------------------------------------------------------------------------------
 # skaffold (added by the packaging work, issue 5; owner of this block: helm/ + skaffold.yaml).
 # Validates skaffold.yaml with `skaffold diagnose` / `skaffold render --offline`
@@ -99,3 +97,5 @@ skaffold_ldflags="-X github.com/GoogleContainerTools/skaffold/v2/pkg/skaffold/ve
 build_tool skaffold "$HERE/skaffold" github.com/GoogleContainerTools/skaffold/v2/cmd/skaffold \
   github.com/GoogleContainerTools/skaffold/v2 "$skaffold_ldflags"
 echo "build-tools: skaffold ready ($BIN/skaffold)"
+
+echo "build-tools: done in $((SECONDS - total_start)) s ($built built); binaries in $BIN"
