@@ -57,3 +57,29 @@ def test_tampered_model_is_refused_at_start(bentoml_home: Path, tmp_path: Path) 
         assert "was modified" in str(excinfo.value)
     finally:
         server.stop()
+
+
+def test_gate_on_the_trained_store(bentoml_home: Path) -> None:
+    """The CI check on the real store: the good and the slow candidates pass, the poisoned one fails."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "BENTOML_HOME": str(bentoml_home)}
+    rollout = [str(Path(sys.executable).with_name("rollout"))]  # the installed console script
+
+    def gate(candidate: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*rollout, "gate", candidate, "--against", "iris:v1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    runs = {tag: gate(tag) for tag in ("iris:v2", "iris:slow", "iris:poisoned")}  # in parallel
+    results = {tag: (proc.wait(timeout=180), proc.communicate()[1]) for tag, proc in runs.items()}
+    assert results["iris:v2"][0] == 0
+    assert results["iris:slow"][0] == 0
+    assert results["iris:poisoned"][0] == 3
+    assert "holdout_accuracy" in results["iris:poisoned"][1]
