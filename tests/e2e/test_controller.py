@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -379,3 +380,71 @@ def test_controller_runs_with_the_least_privilege_service_account(
     finally:
         ctl.kill(signal.SIGTERM)
         print(ctl.log.read_text(errors="replace")[-3000:])
+
+
+@pytest.mark.parametrize("provider", ["kserve", "gateway-api"])
+def test_canary_with_kserve_and_gateway_api_routers(
+    kube, k8s_namespace, controllers, k8s_cluster, provider
+) -> None:
+    """The same controller drives KServe's canaryTrafficPercent and a Gateway API HTTPRoute."""
+    from rollout.k8s.client import HTTP_ROUTE
+
+    ns = k8s_namespace
+    if provider == "kserve":
+        isvc(kube, ns, "iris")  # one InferenceService; its latest revision is the candidate
+    else:
+        isvc(kube, ns, "iris-stable")
+        isvc(kube, ns, "iris-candidate")
+    spec = rollout("iris-" + provider, [{"setWeight": 30}, {"pause": {}}, {"setWeight": 100}])
+    spec["spec"]["router"] = {"provider": provider}
+
+    def weight() -> int:
+        if provider == "kserve":
+            return kube.get(INFERENCE_SERVICE, ns, "iris")["spec"]["predictor"].get(
+                "canaryTrafficPercent", -1
+            )
+        rules = kube.get(HTTP_ROUTE, ns, "iris")["spec"]["rules"]
+        return {r["name"]: r["weight"] for r in rules[-1]["backendRefs"]}["iris-candidate-predictor"]
+
+    kube.create(MODEL_ROLLOUT, ns, spec)
+    controllers("a")
+    stop = threading.Event()
+    if provider == "kserve":  # moving canaryTrafficPercent bumps the generation; KServe would observe it
+        threading.Thread(target=_observe_generations, args=(kube, ns, stop), daemon=True).start()
+    try:
+        _kserve_or_gateway_flow(kube, ns, provider, weight, k8s_cluster)
+    finally:
+        stop.set()
+
+
+def _observe_generations(kube: KubeClient, ns: str, stop: threading.Event) -> None:
+    """What KServe's controller does (it does not run here): report the generation it has seen."""
+    while not stop.wait(0.3):
+        try:
+            for obj in kube.list(INFERENCE_SERVICE, ns):
+                st = obj.get("status") or {}
+                if st and st.get("observedGeneration", 0) < obj["metadata"]["generation"]:
+                    st["observedGeneration"] = obj["metadata"]["generation"]
+                    kube.replace_status(INFERENCE_SERVICE, ns, obj)
+        except Exception:  # a conflict with the controller's write: try again next round
+            continue
+
+
+def _kserve_or_gateway_flow(
+    kube: KubeClient, ns: str, provider: str, weight: Callable[[], int], k8s_cluster: Any
+) -> None:
+    wait_for("30% to the candidate", lambda: weight() == 30)
+    wait_for("the wait for promotion", phase_is(kube, ns, "iris-" + provider, "Paused"))
+    # the kubectl plugin entry point, as `kubectl modelrollout promote ...` runs it
+    plugin = Path(sys.executable).parent / "kubectl-modelrollout"
+    args = ["-n", ns, "--kubeconfig", str(k8s_cluster.kubeconfig)]
+    out = subprocess.run(
+        [str(plugin), "promote", "iris-" + provider, *args], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0 and "promote requested" in out.stdout, out.stderr
+    wait_for("Promoted", phase_is(kube, ns, "iris-" + provider, "Promoted"), timeout=120)
+    assert weight() == 100
+    res = CliRunner().invoke(
+        cli, ["status", "iris-" + provider, *args, "--watch"]
+    )  # returns: the rollout ended
+    assert res.exit_code == 0 and "Promoted" in res.output and "candidate 100%" in res.output
