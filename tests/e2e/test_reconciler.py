@@ -1,0 +1,105 @@
+"""The reconciler in-process on the real kube-apiserver, with an injected clock: pauses pass without
+sleeping, a stale status write is refused (409) rather than overwriting a newer one, a command is
+applied exactly once however often it is seen, and a new candidate in the spec starts a new rollout.
+
+No KServe controller runs here: the InferenceService status is written by the test.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from rollout.controller.reconciler import Reconciler
+from rollout.controller.status import command_annotation, status_from_state
+from rollout.errors import ConflictError, MetricsUnavailableError
+from rollout.k8s.client import MODEL_ROLLOUT, KubeClient
+from rollout.model import Phase
+from rollout.spec import RolloutSpec
+from tests.e2e import test_controller as base
+from tests.e2e.test_controller import isvc, rollout, vs_weights
+
+pytestmark = pytest.mark.k8s
+kube, rollout_crd = base.kube, base.rollout_crd
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _no_metrics(spec: RolloutSpec) -> Any:
+    raise MetricsUnavailableError("no metrics in this test")
+
+
+def test_reconciler_steps_with_an_injected_clock_and_refuses_stale_writes(
+    kube: KubeClient, k8s_namespace: str
+) -> None:
+    ns = k8s_namespace
+    isvc(kube, ns, "iris-stable")
+    isvc(kube, ns, "iris-candidate")
+    steps = [
+        {"setWeight": 20},
+        {"pause": {"duration": "1h"}},
+        {"setWeight": 60},
+        {"pause": {}},
+        {"setWeight": 100},
+    ]
+    kube.create(MODEL_ROLLOUT, ns, rollout("iris", steps))
+    clock = Clock()
+    rec = Reconciler(kube, _no_metrics, clock=clock)
+
+    state = rec.reconcile(ns, "iris")
+    assert state is not None and state.phase == Phase.PROGRESSING
+    assert vs_weights(kube, ns) == {"stable": 80, "candidate": 20}
+    for _ in range(3):  # nothing happens during the hour's pause, however often we reconcile
+        assert rec.reconcile(ns, "iris").desired_routes.candidate_weight == 20
+    clock.now += 3601  # an hour later, without sleeping
+    state = rec.reconcile(ns, "iris")
+    assert state.desired_routes.candidate_weight == 60 and state.phase == Phase.PAUSED
+    assert vs_weights(kube, ns) == {"stable": 40, "candidate": 60}
+
+    # a writer holding an old copy cannot overwrite the newer status
+    stale = kube.get(MODEL_ROLLOUT, ns, "iris")
+    kube.patch(MODEL_ROLLOUT, ns, "iris", {"metadata": {"labels": {"touched": "yes"}}})
+    with pytest.raises(ConflictError):
+        rec._save(stale, state, clock.now)
+    assert kube.get(MODEL_ROLLOUT, ns, "iris")["status"]["candidateWeight"] == 60
+
+    # a promote command is applied once, then its annotation is removed
+    cid, ann = command_annotation("promote")
+    kube.patch(MODEL_ROLLOUT, ns, "iris", {"metadata": {"annotations": ann}})
+    state = rec.reconcile(ns, "iris")
+    assert cid in state.applied_commands and state.desired_routes.candidate_weight == 100
+    assert state.phase == Phase.PROMOTED
+    assert not any(
+        k.startswith("command.")
+        for k in kube.get(MODEL_ROLLOUT, ns, "iris")["metadata"].get("annotations", {})
+    )
+    revision = state.revision
+    assert rec.reconcile(ns, "iris").revision == revision  # a finished rollout stays as it is
+
+    # a new candidate in the spec is a new rollout, from the start
+    kube.patch(MODEL_ROLLOUT, ns, "iris", {"spec": {"candidate": {"model": "iris:v3"}}})
+    state = rec.reconcile(ns, "iris")
+    assert state.candidate == "iris:v3" and state.phase == Phase.PROGRESSING
+    assert state.desired_routes.candidate_weight == 20
+    reasons = [e["reason"] for e in kube.list_events(ns, "iris")]
+    assert "SpecChanged" in reasons and "Promoted" in reasons
+
+
+def test_status_of_a_fresh_state_is_accepted_by_the_crd(kube: KubeClient, k8s_namespace: str) -> None:
+    """The status we write passes the generated CRD's schema (typed printer-column fields)."""
+    from rollout.engine import new_rollout
+    from rollout.spec import parse_rollout
+
+    body = rollout("fresh", [{"setWeight": 10}])
+    obj = kube.create(MODEL_ROLLOUT, k8s_namespace, body)
+    spec = parse_rollout({"apiVersion": "bento-rollout.io/v1alpha1", "kind": "ModelRollout", **body}).spec
+    obj["status"] = status_from_state(new_rollout(spec), now=1.0, generation=1)
+    out = kube.replace_status(MODEL_ROLLOUT, k8s_namespace, obj)
+    assert out["status"]["phase"] == "Pending" and out["status"]["state"]["candidate"] == "iris:v2"
