@@ -245,6 +245,29 @@ def bench_workers(workers: int, artifact: Path, kserve_python: Path, seconds: fl
     return {name: {str(c): _median(r) for c, r in by_c.items()} for name, by_c in runs.items()}
 
 
+def bench_variants(seconds: float) -> dict[str, Any]:
+    """p50 at 1 connection of the stable model and the slow candidate (a 60-model ensemble), one
+    worker each, served side by side: the slow variant must be clearly slower (>= +5 ms)."""
+    from bentos.train import train
+    from bentos.variants import get_variant
+
+    train(get_variant("iris:slow"))
+    servers = {tag: start_bento_server(tag, free_port(), 1, timeout=240) for tag in ("iris:v1", "iris:slow")}
+    try:
+        runs: dict[str, list[dict[str, float]]] = {tag: [] for tag in servers}
+        for server in servers.values():
+            run_wrk(f"{server.url}/predict", 1, 1)
+        for _ in range(REPETITIONS):
+            for tag, server in servers.items():
+                runs[tag].append(measured_run(f"{server.url}/predict", server.pid, 1, seconds))
+    finally:
+        for server in servers.values():
+            server.stop()
+    medians = {tag: _median(r) for tag, r in runs.items()}
+    medians["slow_minus_v1_p50_ms"] = round(medians["iris:slow"]["p50_ms"] - medians["iris:v1"]["p50_ms"], 3)  # type: ignore[assignment]
+    return medians
+
+
 def summarise(
     results: dict[str, Any], floor: dict[str, float]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -310,7 +333,20 @@ def main() -> None:
                 for c, v in by_c.items()
             )
             print(f"{workers} worker(s) {name:6} {cells}", flush=True)
+    variants = bench_variants(seconds)
+    print(
+        f"slow candidate vs stable, p50 at 1 connection: +{variants['slow_minus_v1_p50_ms']} ms", flush=True
+    )
     ratios, headline = summarise(results, floor)
+    headline.append(
+        {
+            "name": "serving: iris:slow p50 minus iris:v1 p50, 1 conn",
+            "value": variants["slow_minus_v1_p50_ms"],
+            "unit": "ms",
+            "target": ">= 5 (a genuinely heavier candidate)",
+            "met": variants["slow_minus_v1_p50_ms"] >= 5.0,
+        }
+    )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "serving",
@@ -328,6 +364,7 @@ def main() -> None:
         "load_average_at_end": os.getloadavg(),
         "in_process": floor,
         "servers": results,
+        "variants": variants,
         "ratios": ratios,
         "headline": headline,
         "elapsed_s": round(time.monotonic() - started, 1),
