@@ -35,6 +35,7 @@ from bentoml._internal.context import server_context
 from bentos.app import Limits, ModelApp, Served
 from bentos.feedback import FeedbackStore
 from bentos.metrics import use_server_metrics_dir
+from bentos.parsing import BadRequest
 from rollout.registry import get_record, load_model, verify_artifact
 
 logger = logging.getLogger("bentos.service")
@@ -150,10 +151,30 @@ class LeanDispatch:
         self.prefixes = tuple(APP_PATHS)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(self.prefixes):
+        if scope["type"] != "http":
+            await self.bentoml_app(scope, receive, send)
+        elif scope["path"].startswith(self.prefixes):
             await self.model_app(scope, receive, send)
         else:
-            await self.bentoml_app(scope, receive, send)
+            await self.bentoml_app(scope, receive, self._identified(scope, send))
+
+    def _identified(self, scope: dict[str, Any], send: Any) -> Any:
+        """``send`` that adds the model name, version and request id to BentoML's responses too."""
+        served = self.model_app.served
+        try:
+            rid = self.model_app._request_id(scope)
+        except BadRequest:
+            rid = ""
+        extra = [(b"x-request-id", rid.encode("latin-1"))] if rid else []
+        if served is not None:
+            extra.extend(served.base_headers)
+
+        async def send_with_identity(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        return send_with_identity
 
 
 if os.environ.get("BENTO_LEAN", "1") != "0":

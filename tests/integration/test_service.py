@@ -288,3 +288,10 @@ def test_invalid_request_id_header_is_rejected(server: BentoServer) -> None:
     response = post(server, "/predict", {"instances": [SETOSA]}, headers={"X-Request-ID": "x" * 200})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "bad_request_id"
+
+
+def test_bentoml_routes_carry_the_model_identity_too(server: BentoServer) -> None:
+    response = httpx.get(server.url + "/readyz", headers={"X-Request-ID": "probe-1"}, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["X-Request-ID"] == "probe-1"
+    assert_identity(response)
