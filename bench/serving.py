@@ -319,6 +319,7 @@ def summarise(
 def main() -> None:
     seconds = float(os.environ.get("BENCH_SERVING_SECONDS", "3"))
     worker_counts = [int(w) for w in os.environ.get("BENCH_SERVING_WORKERS", "1,2").split(",")]
+    os.environ.setdefault("BENTOML_HOME", str(REPO_ROOT / ".cache" / "bentoml"))  # as the Makefile
     started = time.monotonic()
     artifact = ensure_model()
     kserve_python = ensure_kserve_venv()

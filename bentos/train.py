@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import pickle
 import subprocess
 import sys
@@ -141,7 +142,14 @@ def train_many(names: list[str], force: bool = False) -> list[TrainResult]:
     return [train(v, force=force) for v in variants]
 
 
+def default_bentoml_home() -> None:
+    """Command-line entry points use the project's store (as the Makefile does), never ~/bentoml,
+    unless BENTOML_HOME says otherwise. Must run before bentoml is imported."""
+    os.environ.setdefault("BENTOML_HOME", str(REPO_ROOT / ".cache" / "bentoml"))
+
+
 def main(argv: list[str] | None = None) -> int:
+    default_bentoml_home()
     parser = argparse.ArgumentParser(prog="python -m bentos.train", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"variants to train ({', '.join(VARIANTS)}); default: all")
     parser.add_argument("--all", action="store_true", help="train every variant")

@@ -22,7 +22,9 @@ from rollout.errors import GateFailedError, UsageError
 @click.option("--force", is_flag=True, help="Retrain even when the stored model is up to date.")
 def train_command(names: tuple[str, ...], all_: bool, force: bool) -> None:
     """Train model variants into the BentoML model store (idempotent)."""
-    from bentos.train import train_many
+    from bentos.train import default_bentoml_home, train_many
+
+    default_bentoml_home()
 
     if all_ and names:
         raise UsageError("give variant names or --all, not both")
@@ -50,7 +52,10 @@ def train_command(names: tuple[str, ...], all_: bool, force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def gate_command(candidate: str, stable: str, tolerance: float, as_json: bool) -> None:
     """Compare CANDIDATE's holdout metrics with STABLE's; exit 3 if the candidate is worse."""
+    from bentos.train import default_bentoml_home
     from rollout.registry import gate
+
+    default_bentoml_home()
 
     result = gate(candidate, stable, tolerance)
     if as_json:

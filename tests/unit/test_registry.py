@@ -3,6 +3,7 @@ artifact hash, and the gate passes the good candidate and rejects the poisoned o
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,17 +22,24 @@ from rollout.registry import compare, gate, get_record, list_records, load_model
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A private BentoML model store holding every variant (never the user's ~/bentoml)."""
+    home = tmp_path_factory.mktemp("bentoml")
+    env_was_set = "BENTOML_HOME" in os.environ
+    os.environ.setdefault("BENTOML_HOME", str(home))  # before bentoml is first imported: not ~/bentoml
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.models import ModelStore
 
-    root = tmp_path_factory.mktemp("bentoml") / "models"
+    root = home / "models"
     root.mkdir()
+    BentoMLContainer.bentoml_home.set(str(home))
     BentoMLContainer.model_store.set(ModelStore(str(root)))
     try:
         train_many(["v1", "v2", "poisoned"])  # the slow ensemble takes long to fit; integration trains it
         yield root
     finally:
         BentoMLContainer.model_store.reset()
+        BentoMLContainer.bentoml_home.reset()
+        if not env_was_set:
+            del os.environ["BENTOML_HOME"]
 
 
 def test_dataset_fingerprint_is_stable_and_sensitive() -> None:
