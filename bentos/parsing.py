@@ -26,6 +26,7 @@ V2_NUMERIC_TYPES = frozenset(
     {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 )
 MAX_REQUEST_ID_LENGTH = 128
+MAX_JSON_DEPTH = 1024  # orjson's own limit
 
 
 class BadRequest(Exception):
@@ -54,10 +55,14 @@ def load_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # refused by orjson at 1024 levels, before anything is built
+            raise BadRequest(
+                400, "too_deeply_nested", f"request body nests JSON deeper than {MAX_JSON_DEPTH} levels"
+            ) from None
         # Python's json accepts NaN/Infinity; orjson (correctly) does not: name the real problem
         try:
             json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadRequest(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
         raise BadRequest(
             422, "non_finite_value", "NaN and Infinity are not valid feature values (nor valid JSON)"

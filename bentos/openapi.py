@@ -1,0 +1,233 @@
+"""The OpenAPI 3.0 document of the model service's own endpoints (the lean ASGI app in app.py).
+
+BentoML documents only its ``@bentoml.api`` endpoints (``/docs.json``); the endpoints clients use
+here are a raw ASGI app mounted at ``/``, so BentoML knows nothing about them and its document is
+shadowed by the mount. ``openapi_document`` describes them for one served model (its name,
+feature and class names and the request limits): ``/predict``, ``/v1/models/{name}:predict``,
+``/v2/models/{name}/infer``, ``/feedback``, the v2 health and metadata routes and ``/metrics``.
+Every request body schema says what the parser in ``bentos/parsing.py`` accepts; every 4xx is the
+``Error`` object. Who calls it: the service fuzz test (schemathesis, tests/integration/
+test_fuzz_service.py), and anyone who wants a client (``python -m bentos.openapi iris:v1``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+JSON = "application/json"
+
+
+def _error() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "request_id": {"type": "string"},
+            "model": {"type": "string"},
+            "version": {"type": "string"},
+        },
+    }
+
+
+def _responses(ok: dict[str, Any], *client_errors: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"200": {"description": "OK", "content": {JSON: {"schema": ok}}}}
+    for status in client_errors:
+        out[str(status)] = {
+            "description": "client error",
+            "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+        }
+    return out
+
+
+def _body(ref: str) -> dict[str, Any]:
+    return {"required": True, "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def openapi_document(
+    name: str,
+    version: str,
+    feature_names: list[str],
+    class_names: list[str],
+    max_batch: int = 1000,
+) -> dict[str, Any]:
+    """The OpenAPI 3.0.3 document for a server of model ``name``."""
+    n = len(feature_names)
+    number = {"type": "number"}
+    row = {"type": "array", "items": number, "minItems": n, "maxItems": n}
+    record = {
+        "type": "object",
+        "required": list(feature_names),
+        "properties": {f: number for f in feature_names},
+        "additionalProperties": False,
+    }
+    instances = {"minItems": 1, "maxItems": max_batch}
+    predict = {
+        "type": "object",
+        "required": ["instances"],
+        "properties": {
+            "instances": {
+                "oneOf": [
+                    {"type": "array", "items": row, **instances},
+                    {"type": "array", "items": record, **instances},
+                ]
+            }
+        },
+    }
+    tensor = {
+        "type": "object",
+        "required": ["name", "shape", "datatype", "data"],
+        "properties": {
+            "name": {"type": "string"},
+            "shape": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1, "maximum": max_batch},
+                "minItems": 2,
+                "maxItems": 2,
+            },  # fmt: skip
+            "datatype": {"type": "string", "enum": ["FP32", "FP64", "INT32", "INT64"]},
+            "data": {"type": "array", "items": number, "minItems": 1},
+        },
+    }
+    infer = {
+        "type": "object",
+        "required": ["inputs"],
+        "properties": {
+            "id": {"type": "string"},
+            "inputs": {"type": "array", "items": tensor, "minItems": 1, "maxItems": 1},
+        },
+    }
+    label = {"oneOf": [{"type": "string", "enum": list(class_names)},
+                       {"type": "integer", "minimum": 0, "maximum": len(class_names) - 1}]}  # fmt: skip
+    feedback = {
+        "type": "object",
+        "required": ["request_id", "label"],
+        "properties": {
+            "request_id": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$"},
+            "label": label,
+        },
+    }
+    prediction = {
+        "type": "object",
+        "required": ["predictions", "probabilities", "model", "version", "request_id"],
+        "properties": {
+            "predictions": {"type": "array", "items": {"type": "string", "enum": list(class_names)}},
+            "probabilities": {"type": "array", "items": {"type": "array", "items": number}},
+            "model": {"type": "string"},
+            "version": {"type": "string"},
+            "request_id": {"type": "string"},
+        },
+    }
+    inferred = {
+        "type": "object",
+        "required": ["model_name", "outputs"],
+        "properties": {
+            "model_name": {"type": "string"},
+            "model_version": {"type": "string"},
+            "id": {"type": "string"},
+            "outputs": {"type": "array"},
+        },  # fmt: skip
+    }
+    received = {
+        "type": "object",
+        "required": ["request_id", "received", "correct"],
+        "properties": {
+            "request_id": {"type": "string"},
+            "received": {"type": "integer"},
+            "correct": {"type": "integer"},
+        },  # fmt: skip
+    }
+    name_param = {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "enum": [name]},
+    }
+    ok_object = {"type": "object"}
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": f"model {name}",
+            "version": version,
+            "description": "bento-rollout model server (OIP v2, KServe v1, /predict, /feedback)",
+        },  # fmt: skip
+        "paths": {
+            "/predict": {
+                "post": {
+                    "operationId": "predict",
+                    "requestBody": _body("PredictRequest"),
+                    "responses": _responses(prediction, 400, 413, 422),
+                }  # fmt: skip
+            },
+            f"/v1/models/{name}:predict": {
+                "post": {
+                    "operationId": "predictV1",
+                    "requestBody": _body("PredictRequest"),
+                    "responses": _responses(prediction, 400, 413, 422),
+                }  # fmt: skip
+            },
+            "/v2/models/{name}/infer": {
+                "post": {
+                    "operationId": "infer",
+                    "parameters": [name_param],
+                    "requestBody": _body("InferRequest"),
+                    "responses": _responses(inferred, 400, 404, 413, 422),
+                }  # fmt: skip
+            },
+            "/feedback": {
+                "post": {
+                    "operationId": "feedback",
+                    "requestBody": _body("Feedback"),
+                    "responses": _responses(received, 400, 404, 409, 413, 422),
+                }  # fmt: skip
+            },
+            "/v2/models/{name}": {
+                "get": {
+                    "operationId": "modelMetadata",
+                    "parameters": [name_param],
+                    "responses": _responses(ok_object, 404),
+                }  # fmt: skip
+            },
+            "/v2/health/live": {"get": {"operationId": "live", "responses": _responses(ok_object)}},
+            "/v2/health/ready": {"get": {"operationId": "ready", "responses": _responses(ok_object)}},
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "responses": {
+                        "200": {
+                            "description": "Prometheus text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
+                    },
+                }  # fmt: skip
+            },
+        },
+        "components": {
+            "schemas": {
+                "PredictRequest": predict,
+                "InferRequest": infer,
+                "Feedback": feedback,
+                "Error": _error(),
+            }
+        },
+    }
+
+
+def main() -> None:
+    """Print the document for a model tag of the local model store."""
+    from rollout.registry import get_record
+
+    record = get_record(sys.argv[1] if len(sys.argv) > 1 else "iris:v1")
+    meta = record.metadata
+    doc = openapi_document(record.name, record.version, list(meta.feature_names), list(meta.class_names))
+    print(json.dumps(doc, indent=1))
+
+
+if __name__ == "__main__":
+    main()
