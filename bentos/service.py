@@ -50,10 +50,41 @@ LIMITS = Limits(
 # paths answered by the mounted app: no tracing spans for them
 APP_PATHS = ["/predict", "/v1/models/", "/v2", "/feedback", "/shadow/", "/metrics"]
 
+
+def _accept_one_connection_per_wakeup() -> None:
+    """Share new connections between the workers.
+
+    The workers of a server all accept on one listening socket (circus passes its fd). asyncio
+    accepts up to ``backlog`` (BentoML: 2048) pending connections per wake-up, so the first worker
+    to wake takes a whole burst — wrk's or nginx's keep-alive pool all land on one worker while the
+    other idles (seen in the metrics files: 1808 requests against 0). Accepting one connection per
+    wake-up (as gunicorn's workers do) lets the other workers take the next ones. The listen
+    backlog itself is unchanged. Worker processes only.
+    """
+    from asyncio import selector_events
+
+    original = selector_events.BaseSelectorEventLoop._accept_connection
+    if getattr(original, "__accepts_one__", False):
+        return
+
+    def accept_one(self: Any, protocol_factory: Any, sock: Any, *args: Any, **kwargs: Any) -> Any:
+        # called as (protocol_factory, sock, sslcontext, server, backlog, ...): backlog -> 1
+        if len(args) >= 3:
+            args = (*args[:2], 1, *args[3:])
+        else:
+            kwargs["backlog"] = 1
+        return original(self, protocol_factory, sock, *args, **kwargs)
+
+    accept_one.__accepts_one__ = True  # type: ignore[attr-defined]
+    selector_events.BaseSelectorEventLoop._accept_connection = accept_one  # type: ignore[method-assign]
+
+
 if server_context.worker_index is not None:
     # in a worker process: route prometheus_client to this server's directory before any metric
     # exists (the supervisor has no worker index and must not touch it)
     use_server_metrics_dir()
+    if WORKERS > 1:
+        _accept_one_connection_per_wakeup()
 elif os.environ.get(MODEL_TAG_ENV):
     # in `bentoml serve`'s supervisor: fail fast, before any worker starts, on a missing or
     # tampered model (workers would otherwise be restarted over and over)

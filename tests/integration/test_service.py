@@ -9,6 +9,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -141,11 +142,42 @@ def test_open_inference_protocol_v2(server: BentoServer) -> None:
         assert client.get("/v2/models/iris/versions/v1").status_code == 404
 
 
+def predicts_per_worker(server: BentoServer) -> dict[str, float]:
+    """model_requests_total{endpoint="predict"} as each worker process wrote it (its own file)."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    (metrics_dir,) = METRICS_BASE.glob(f"{server.pid}-*")
+    counts: dict[str, float] = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        total = 0.0
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            if '"model_requests_total"' in key and '"predict"' in key:
+                total += value
+        counts[path.stem.split("_")[-1]] = total
+    return counts
+
+
 def test_metrics_count_every_request_across_workers(server: BentoServer) -> None:
     before = settled(server)
-    n = 24
-    for i in range(n):
+    before_per_worker = predicts_per_worker(server)
+    sent = 0
+
+    # new connections until both workers have answered some (bounded), then 24 more
+    def one(i: int) -> int:
+        return post(server, "/predict", {"instances": [SETOSA if i % 2 else VIRGINICA]}).status_code
+
+    while sent < 320:
+        # concurrent new connections: a sequential client's connections all go to one idle worker
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assert list(pool.map(one, range(16))) == [200] * 16
+        sent += 16
+        time.sleep(0.6)  # let the workers write their buffers
+        now = predicts_per_worker(server)
+        if len(now) == 2 and all(now[pid] > before_per_worker.get(pid, 0) for pid in now):
+            break
+    for i in range(24):
         assert post(server, "/predict", {"instances": [SETOSA if i % 2 else VIRGINICA]}).status_code == 200
+    n = sent + 24
     after = settled(server)
 
     def delta(name: str, **labels: str) -> float:
@@ -162,9 +194,10 @@ def test_metrics_count_every_request_across_workers(server: BentoServer) -> None
     # z-scores use the training mean/std: setosa's short petals are far below the mean
     assert delta("model_feature_zscore_bucket", feature="petal_length", le="-1.0", **mv) == n / 2
     assert metric(after, "model_info", **mv) == 1
-    # both workers answered and both are in the aggregate
-    (metrics_dir,) = METRICS_BASE.glob(f"{server.pid}-*")
-    assert len({p.name.split("_")[-1] for p in metrics_dir.glob("counter_*.db")}) == 2
+    # both workers answered, and /metrics (served by one of them) holds the sum of both
+    per_worker = predicts_per_worker(server)
+    assert len(per_worker) == 2
+    assert all(per_worker[pid] > before_per_worker.get(pid, 0) for pid in per_worker)
 
 
 def test_feedback_joins_predictions_answered_by_any_worker(server: BentoServer) -> None:
