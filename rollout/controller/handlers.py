@@ -100,6 +100,9 @@ def build_registry(
         settings.posting.enabled = False  # our Events come from the engine's transitions
         settings.watching.server_timeout = 60
         settings.networking.request_timeout = 60
+        # on delete, kopf waits for the running timer to exit before our finalizer runs; recheck
+        # every second instead of kopf's default minute
+        settings.background.cancellation_polling = 1.0
         if elector is not None:
             log.info("%s waiting for the Lease %s/%s", elector.identity, elector.namespace, elector.name)
             if not await asyncio.to_thread(elector.acquire, stop):

@@ -175,7 +175,8 @@ def test_canary_runs_to_promotion_with_status_and_events(kube, k8s_namespace, co
     wait_for("Promoted", phase_is(kube, ns, "iris-canary", "Promoted"), timeout=180)
     st = status(kube, ns, "iris-canary")
     assert st["weights"] == {"stable": 0, "candidate": 100, "mirror": 0}
-    assert vs_weights(kube, ns) == {"stable": 0, "candidate": 100}
+    # the status is persisted before the routes are applied: the routes follow within a reconcile
+    wait_for("all traffic to the candidate", lambda: vs_weights(kube, ns) == {"stable": 0, "candidate": 100})
     reasons = [h["reason"] for h in st["history"]]
     assert reasons[0] == "RolloutStarted" and reasons[-1] == "Promoted"
     conds = {c["type"]: c["status"] for c in st["conditions"]}
@@ -217,14 +218,21 @@ def test_killed_controller_resumes_without_double_step_and_commands_apply_once(
     assert res.exit_code == 0, res.output
     wait_for("the second wait", lambda: status(kube, ns, "iris-resume").get("currentStep") == 3)
     after = status(kube, ns, "iris-resume")
-    assert vs_weights(kube, ns) == {"stable": 50, "candidate": 50}
+    wait_for("50% to the candidate", lambda: vs_weights(kube, ns) == {"stable": 50, "candidate": 50})
     # one StepStarted per step: nothing was done twice across the restart
     started = [h["message"] for h in after["history"] if h["reason"] == "StepStarted"]
     assert len(started) == len(set(started)), started
     assert after["revision"] > before["revision"]
+
     # the command annotation is removed once applied, and applying it again is impossible
-    annotations = kube.get(MODEL_ROLLOUT, ns, "iris-resume")["metadata"].get("annotations") or {}
-    assert not [k for k in annotations if k.startswith("command.bento-rollout.io/")]
+    def no_commands_left() -> bool:
+        annotations = kube.get(MODEL_ROLLOUT, ns, "iris-resume")["metadata"].get("annotations") or {}
+        return not [k for k in annotations if k.startswith("command.bento-rollout.io/")]
+
+    wait_for("the applied command's annotation to be removed", no_commands_left, timeout=30)
+    hist = status(kube, ns, "iris-resume")["history"]
+    # the command was applied once: one revision carries it
+    assert len({h["revision"] for h in hist if h["reason"] == "PromoteRequested"}) == 1, hist
     res = runner.invoke(cli, ["status", "iris-resume", *args])
     assert res.exit_code == 0 and "stable 50%  candidate 50%" in res.output
 
@@ -278,7 +286,7 @@ def test_prometheus_unreachable_never_promotes_and_rolls_back(kube, k8s_namespac
     st = status(kube, ns, "iris-noprom")
     assert st["phase"] == "RolledBack" and st["reason"] == "MetricsUnavailable"
     assert [m["errors"] for m in st["analysis"]] == [4]  # past errorLimit 3
-    assert vs_weights(kube, ns) == {"stable": 100, "candidate": 0}
+    wait_for("all traffic back to stable", lambda: vs_weights(kube, ns) == {"stable": 100, "candidate": 0})
     assert "Promoted" not in [h["reason"] for h in st["history"]]
 
 
@@ -311,22 +319,33 @@ def _holder(kube: KubeClient, ns: str) -> str | None:
     return lease.spec.holder_identity
 
 
+def _chart_rbac(ns: str) -> list[dict[str, Any]]:
+    """The controller's ServiceAccount, Role and RoleBinding as the Helm chart renders them (istio
+    routing), with Helm's own engine (the helm binary `make tools` builds)."""
+    helm = ROOT / ".cache" / "bin" / "helm"
+    out = subprocess.run(
+        [str(helm), "template", "r", str(ROOT / "helm" / "bento-rollout"), "--namespace", ns,
+         "--set", "routing.mode=istio", "--show-only", "templates/controller-rbac.yaml"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
 def _service_account_kubeconfig(k8s_cluster: Any, ns: str, path: Path) -> Path:
-    """Apply the shipped least-privilege RBAC (k8s/base/controller-rbac.yaml) in ``ns`` and write a
-    kubeconfig holding a token of its ServiceAccount (TokenRequest API)."""
+    """Apply the chart's least-privilege RBAC in ``ns`` and write a kubeconfig holding a token of
+    its ServiceAccount (TokenRequest API)."""
     paths = {
         "ServiceAccount": f"/api/v1/namespaces/{ns}/serviceaccounts",
         "Role": f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
         "RoleBinding": f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
     }
+    docs = _chart_rbac(ns)
+    assert sorted(d["kind"] for d in docs) == ["Role", "RoleBinding", "ServiceAccount"]
+    sa = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
     with k8s_cluster.http() as http:
-        for doc in yaml.safe_load_all((ROOT / "k8s" / "base" / "controller-rbac.yaml").read_text()):
-            if doc["kind"] == "RoleBinding":
-                for subject in doc["subjects"]:
-                    subject["namespace"] = ns
+        for doc in docs:
             resp = http.post(paths[doc["kind"]], json=doc)
             assert resp.status_code == 201, resp.text
-        sa = "bento-rollout-controller"
         resp = http.post(
             f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token",
             json={
@@ -376,7 +395,9 @@ def test_controller_runs_with_the_least_privilege_service_account(
     ctl = Controller(kubeconfig, ns, tmp_path / "controller-sa.log", "sa")
     try:
         wait_for("Promoted", phase_is(kube, ns, "iris-sa", "Promoted"), timeout=180)
-        assert vs_weights(kube, ns) == {"stable": 0, "candidate": 100}
+        wait_for(
+            "all traffic to the candidate", lambda: vs_weights(kube, ns) == {"stable": 0, "candidate": 100}
+        )
     finally:
         ctl.kill(signal.SIGTERM)
         print(ctl.log.read_text(errors="replace")[-3000:])
@@ -443,7 +464,7 @@ def _kserve_or_gateway_flow(
     )
     assert out.returncode == 0 and "promote requested" in out.stdout, out.stderr
     wait_for("Promoted", phase_is(kube, ns, "iris-" + provider, "Promoted"), timeout=120)
-    assert weight() == 100
+    wait_for("all traffic to the candidate", lambda: weight() == 100)
     res = CliRunner().invoke(
         cli, ["status", "iris-" + provider, *args, "--watch"]
     )  # returns: the rollout ended
