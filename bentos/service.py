@@ -79,9 +79,27 @@ def _accept_one_connection_per_wakeup() -> None:
     selector_events.BaseSelectorEventLoop._accept_connection = accept_one  # type: ignore[method-assign]
 
 
+def _die_with_the_supervisor() -> None:
+    """Circus starts each worker in a process group of its own, so a SIGKILL of the supervisor's
+    group (or of the supervisor) would leave the workers running, still holding the port. Ask
+    Linux to send SIGTERM to this worker when its parent dies (PR_SET_PDEATHSIG); elsewhere a no-op."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the supervisor died before the request took effect
+        os._exit(1)
+
+
 if server_context.worker_index is not None:
     # in a worker process: route prometheus_client to this server's directory before any metric
     # exists (the supervisor has no worker index and must not touch it)
+    _die_with_the_supervisor()
     use_server_metrics_dir()
     if WORKERS > 1:
         _accept_one_connection_per_wakeup()

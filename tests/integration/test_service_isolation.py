@@ -4,6 +4,7 @@ to start on a tampered model artifact."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from collections.abc import Callable
@@ -83,3 +84,27 @@ def test_gate_on_the_trained_store(bentoml_home: Path) -> None:
     assert results["iris:slow"][0] == 0
     assert results["iris:poisoned"][0] == 3
     assert "holdout_accuracy" in results["iris:poisoned"][1]
+
+
+def test_workers_exit_when_the_supervisor_is_killed(bentoml_home: Path, tmp_path: Path) -> None:
+    """Circus gives workers their own process groups; a SIGKILLed supervisor must not leave them
+    serving on the port."""
+    import os
+    import signal
+
+    import psutil
+
+    server = start_bento_server(
+        "iris:v1", free_port(), 2, bentoml_home=bentoml_home, log_path=tmp_path / "serve.log", timeout=180
+    )
+    workers = psutil.Process(server.pid).children(recursive=True)
+    assert len(workers) == 2
+    try:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.process.wait(timeout=30)
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        for worker in workers:
+            with contextlib.suppress(psutil.Error):
+                worker.kill()
