@@ -234,6 +234,14 @@ def _command(kind: str, help_text: str) -> click.Command:
     "--health-port", envvar="ROLLOUT_HEALTH_PORT", type=int, default=None, help="serve /healthz on this port"
 )
 @click.option("--log-level", envvar="ROLLOUT_LOG_LEVEL", default="info", show_default=True)
+@click.option(
+    "--router",
+    envvar="ROLLOUT_ROUTER",
+    type=click.Choice(["kserve", "istio", "gateway-api"]),
+    default="kserve",
+    show_default=True,
+    help="router for rollouts whose spec names none (spec.router.provider left at nginx)",
+)
 def controller_cmd(
     namespace: str | None,
     kubeconfig: str | None,
@@ -247,6 +255,7 @@ def controller_cmd(
     identity: str,
     health_port: int | None,
     log_level: str,
+    router: str,
 ) -> None:
     """Run the ModelRollout operator (kopf): reconcile rollouts with the same engine as local mode."""
     import logging
@@ -268,6 +277,7 @@ def controller_cmd(
         identity=identity,
         health_host="0.0.0.0" if in_pod else "127.0.0.1",  # the kubelet probes the pod IP
         health_port=health_port,
+        router=router,
     )
     run(cfg)
 

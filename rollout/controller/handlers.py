@@ -51,6 +51,7 @@ class ControllerConfig:
     identity: str = ""
     health_host: str = "127.0.0.1"
     health_port: int | None = None
+    router: str = "kserve"  # for ModelRollouts that name no cluster router (spec.router.provider nginx)
 
 
 def _metrics_factory(default_url: str | None) -> Any:
@@ -147,7 +148,7 @@ def run(
     if cfg.leader_election:
         lease_ns = cfg.lease_namespace or cfg.namespace or os.environ.get("POD_NAMESPACE") or "default"
         elector = LeaderElector(client, lease_ns, cfg.lease_name, identity, cfg.lease_duration)
-    reconciler = Reconciler(client, _metrics_factory(cfg.metrics_address))
+    reconciler = Reconciler(client, _metrics_factory(cfg.metrics_address), default_provider=cfg.router)
     registry = build_registry(reconciler, cfg, elector, stop)
     liveness = f"http://{cfg.health_host}:{cfg.health_port}/healthz" if cfg.health_port else None
     try:

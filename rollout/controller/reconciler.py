@@ -42,7 +42,7 @@ from rollout.model import EventType, Reason, RolloutState
 from rollout.routers.base import Backend, Routes, RouteTarget, TrafficRouter
 from rollout.routers.kserve import candidate_readiness
 from rollout.routers.registry import make_router
-from rollout.spec import RolloutSpec, parse_rollout
+from rollout.spec import RolloutSpec, RouterProvider, parse_rollout
 
 from .status import applied_command_keys, commands_from_annotations, state_from_status, status_from_state
 
@@ -102,7 +102,20 @@ class Reconciler:
     metrics: MetricsFactory
     router_factory: RouterFactory = default_router
     clock: Callable[[], float] = time.time
+    # provider for specs that leave router.provider at the local default ("nginx")
+    default_provider: str = "kserve"
     memory: dict[tuple[str, str], _Memory] = field(default_factory=dict)
+
+    def _cluster_spec(self, spec: RolloutSpec) -> RolloutSpec:
+        """``spec`` with a cluster router: the nginx router is the local mode's, never the cluster's."""
+        if spec.router.provider != RouterProvider.NGINX:
+            return spec
+        if self.default_provider == RouterProvider.NGINX.value:
+            raise PermanentError(
+                "router.provider nginx is the local data plane; use kserve, istio or gateway-api"
+            )
+        router = spec.router.model_copy(update={"provider": RouterProvider(self.default_provider)})
+        return spec.model_copy(update={"router": router})
 
     # --- helpers -----------------------------------------------------------------------------------
 
@@ -173,8 +186,8 @@ class Reconciler:
         key = (namespace, name)
         mem = self.memory.setdefault(key, _Memory())
         try:
-            spec = parse_rollout(obj).spec
-        except SpecError as exc:
+            spec = self._cluster_spec(parse_rollout(obj).spec)
+        except (SpecError, PermanentError) as exc:
             self._invalid(obj, str(exc))
             return None
         state = state_from_status(obj.get("status"))
@@ -241,8 +254,8 @@ class Reconciler:
     def finalize(self, namespace: str, obj: Obj) -> str:
         """On delete: a rollout still in flight sends all traffic back to stable. Returns what it did."""
         try:
-            spec = parse_rollout({**obj, "status": None}).spec
-        except SpecError:
+            spec = self._cluster_spec(parse_rollout({**obj, "status": None}).spec)
+        except (SpecError, PermanentError):
             return "invalid spec: routing left as it is"
         state = state_from_status(obj.get("status"))
         self.memory.pop((namespace, obj["metadata"]["name"]), None)

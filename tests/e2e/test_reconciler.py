@@ -13,7 +13,7 @@ import pytest
 
 from rollout.controller.reconciler import Reconciler
 from rollout.controller.status import command_annotation, status_from_state
-from rollout.errors import ConflictError, MetricsUnavailableError
+from rollout.errors import ConflictError, MetricsUnavailableError, PermanentError
 from rollout.k8s.client import MODEL_ROLLOUT, KubeClient
 from rollout.model import Phase
 from rollout.spec import RolloutSpec
@@ -103,3 +103,21 @@ def test_status_of_a_fresh_state_is_accepted_by_the_crd(kube: KubeClient, k8s_na
     obj["status"] = status_from_state(new_rollout(spec), now=1.0, generation=1)
     out = kube.replace_status(MODEL_ROLLOUT, k8s_namespace, obj)
     assert out["status"]["phase"] == "Pending" and out["status"]["state"]["candidate"] == "iris:v2"
+
+
+def test_a_spec_without_cluster_router_uses_the_controllers_default(
+    kube: KubeClient, k8s_namespace: str
+) -> None:
+    """``router.provider`` defaults to nginx (local mode); in the cluster the controller's --router applies."""
+    ns = k8s_namespace
+    isvc(kube, ns, "iris-stable")
+    isvc(kube, ns, "iris-candidate")
+    body = rollout("plain", [{"setWeight": 10}, {"pause": {}}])
+    del body["spec"]["router"]
+    kube.create(MODEL_ROLLOUT, ns, body)
+    state = Reconciler(kube, _no_metrics, clock=Clock(), default_provider="istio").reconcile(ns, "plain")
+    assert state is not None and state.desired_routes.candidate_weight == 10
+    assert vs_weights(kube, ns) == {"stable": 90, "candidate": 10}
+    with pytest.raises(PermanentError, match="local data plane"):
+        Reconciler(kube, _no_metrics, default_provider="nginx").reconcile(ns, "plain")
+    assert kube.get(MODEL_ROLLOUT, ns, "plain")["status"]["phase"] == "Invalid"
