@@ -224,6 +224,8 @@ class ModelMetrics:
             c.inc(0)
         self._feedback.inc(0)
         self._correct.inc(0)
+        self._compared.inc(0)  # visible at 0 before the first comparison, so increase() counts it
+        self._agreed.inc(0)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)

@@ -172,7 +172,7 @@ class LocalRunner:
                 self._starting = threading.Thread(target=self._start_candidate, daemon=True)
                 self._starting.start()
             return False, None
-        ready = http_ok(f"http://{cand.address}/v2/health/ready")()
+        ready = http_ok(f"http://{cand.address}/v2/health/ready")() and self._scraped(cand)
         if ready:
             if not self._candidate_was_ready:
                 stable = self._backend(self.spec.stable.model)
@@ -181,6 +181,15 @@ class LocalRunner:
                 self.router.ensure(RouteTarget(self.spec.service, stable, cand))
             self._candidate_was_ready = True
         return ready, None
+
+    def _scraped(self, backend: Backend) -> bool:
+        """Prometheus has scraped the backend at least once, so that the counters it starts at 0
+        are seen at 0 before traffic arrives (else ``increase()`` misses the first requests).
+        When Prometheus is away the analysis holds the rollout anyway: do not block on it here."""
+        try:
+            return bool(self.provider.query_vector(f'up{{backend="{backend.name}"}} == 1'))
+        except RolloutError:
+            return True
 
     def _start_candidate(self) -> None:
         try:

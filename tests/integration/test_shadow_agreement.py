@@ -48,6 +48,12 @@ def test_poisoned_shadow_disagrees_and_the_gate_sees_it(stack: LocalStack) -> No
     router = stack.router("iris")
     router.ensure(RouteTarget("iris", stable, shadow))
     router.set_routes(Routes(mirror_percent=100))
+    # as in a rollout, Prometheus scrapes the candidate before its traffic starts (counters must
+    # be seen at 0 first for increase() to count them)
+    deadline = time.monotonic() + 60
+    while stack.metrics().query_vector('up{backend="iris-poisoned"} == 1') == {}:
+        assert time.monotonic() < deadline, "Prometheus never scraped the candidate"
+        time.sleep(0.5)
     seen: Counter[str] = Counter()
     with httpx.Client(timeout=10) as c:
         for i in range(80):
