@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rollout.local.bento import bento_server_command
+from rollout.local.bento import start_bento_server
 from rollout.local.processes import free_port
 from rollout.local.stack import LocalStack
 from rollout.metrics.sampler import SampleContext, collect
@@ -77,33 +77,26 @@ def test_poisoned_shadow_disagrees_and_the_gate_sees_it(stack: LocalStack) -> No
     )
 
 
-def test_fault_injection_fails_that_share_of_predictions(bentoml_home: Path, tmp_path: Path) -> None:
-    port = free_port()
-    argv, env = bento_server_command("iris:v2", port, 1, {"BENTO_FAULT_ERROR_RATE": "0.5"}, bentoml_home)
-    proc = subprocess.Popen(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+def test_fault_injection_fails_that_share_of_predictions(bentoml_home: Path) -> None:
+    server = start_bento_server(
+        "iris:v2",
+        free_port(),
+        1,
+        extra_env={"BENTO_FAULT_ERROR_RATE": "0.5"},
+        bentoml_home=bentoml_home,
+        timeout=180,
     )
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        codes = Counter()
+        codes: Counter[int] = Counter()
         with httpx.Client(timeout=10) as c:
             for _ in range(200):
-                r = c.post(url + "/predict", json={"instances": [ROWS[0]]})
+                r = c.post(server.url + "/predict", json={"instances": [ROWS[0]]})
                 codes[r.status_code] += 1
                 if r.status_code == 500:
                     assert r.json()["error"]["code"] == "injected_fault"
         assert set(codes) == {200, 500} and 60 < codes[500] < 140, codes
     finally:
-        os.killpg(proc.pid, 9)
-        proc.wait()
+        server.stop()  # SIGTERM first: BentoML's workers are in process groups of their own
 
 
 def test_a_bad_fault_rate_stops_the_server_with_a_clear_error(bentoml_home: Path) -> None:
