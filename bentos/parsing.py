@@ -51,6 +51,15 @@ class Schema:
         return len(self.feature_names)
 
 
+def _brief(value: Any) -> str:
+    """A short description of a JSON value for an error message: never the repr of a nested array
+    (``repr`` of one nested ~1000 levels deep raises RecursionError), never a long one."""
+    if isinstance(value, list | dict):
+        return f"(a JSON {'array' if isinstance(value, list) else 'object'})"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def load_json(body: bytes) -> Any:
     try:
         return orjson.loads(body)
@@ -113,7 +122,7 @@ def _rows_to_matrix(rows: list[Any], schema: Schema) -> np.ndarray:
             )
         for value in row:
             if type(value) is not float and type(value) is not int:
-                raise BadRequest(422, "non_numeric_value", f"feature value {value!r} is not a number")
+                raise BadRequest(422, "non_numeric_value", f"feature value {_brief(value)} is not a number")
     n = schema.n_features
     for i, row in enumerate(rows):
         if len(row) != n:
@@ -147,7 +156,7 @@ def _records_to_matrix(records: list[Any], schema: Schema) -> np.ndarray:
         row = [record[n] for n in names]
         for value in row:
             if type(value) is not float and type(value) is not int:
-                raise BadRequest(422, "non_numeric_value", f"feature value {value!r} is not a number")
+                raise BadRequest(422, "non_numeric_value", f"feature value {_brief(value)} is not a number")
         rows.append(row)
     return _finish(np.array(rows, dtype=np.float64), schema)
 
@@ -183,9 +192,11 @@ def parse_v2_infer(body: bytes, schema: Schema) -> tuple[np.ndarray, str | None]
     shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
     if type(shape) is not list or not shape or not all(type(d) is int and d >= 0 for d in shape):
         raise BadRequest(422, "bad_shape", "input shape must be a list of non-negative integers, e.g. [1, 4]")
-    if datatype not in V2_NUMERIC_TYPES:
+    if type(datatype) is not str or datatype not in V2_NUMERIC_TYPES:  # a list is unhashable
         raise BadRequest(
-            422, "bad_datatype", f"datatype {datatype!r} is not supported; use FP32, FP64 or an INT type"
+            422,
+            "bad_datatype",
+            f"datatype {_brief(datatype)} is not supported; use FP32, FP64 or an INT type",
         )
     if type(data) is not list:
         raise BadRequest(422, "bad_data", "input data must be a list of numbers")
@@ -201,7 +212,7 @@ def parse_v2_infer(body: bytes, schema: Schema) -> tuple[np.ndarray, str | None]
     )
     for value in flat:
         if type(value) is not float and type(value) is not int:
-            raise BadRequest(422, "non_numeric_value", f"feature value {value!r} is not a number")
+            raise BadRequest(422, "non_numeric_value", f"feature value {_brief(value)} is not a number")
     if len(flat) != shape[0] * shape[1]:
         raise BadRequest(
             422, "bad_shape", f"shape {shape} needs {shape[0] * shape[1]} values, data has {len(flat)}"
@@ -244,7 +255,9 @@ def _label_index(value: Any, class_names: list[str]) -> int:
         return class_names.index(value)
     if type(value) is int and 0 <= value < len(class_names):
         return value
-    raise BadRequest(422, "bad_label", f"label {value!r} is not one of {class_names} (or their indices)")
+    raise BadRequest(
+        422, "bad_label", f"label {_brief(value)} is not one of {class_names} (or their indices)"
+    )
 
 
 def valid_request_id(value: str) -> bool:

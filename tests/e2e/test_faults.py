@@ -4,7 +4,7 @@ Given iris:v1 serving all traffic through the real nginx router, Prometheus scra
 a candidate iris:v2, when a rollout runs and
 - the candidate's server is killed (SIGKILL) mid-canary under Locust load: the runner sees it,
   rolls back, and no client request fails (nginx retries a refused connection once on stable);
-- Prometheus is stopped mid-rollout: nothing is promoted and the weights hold while it is away
+- Prometheus crashes (SIGKILL) mid-rollout: nothing is promoted and the weights hold while it is away
   (phase Paused, reason MetricsUnavailable); past ``analysis.errorLimit`` the rollout is rolled
   back; if Prometheus comes back in time, the rollout goes on to promotion;
 - nginx is reloaded 50 times under Locust load: no HTTP error, and connection errors for at most
@@ -245,9 +245,11 @@ def observe_while(
 
 def prometheus_drill(stack: LocalStack, servers: dict[str, BentoServer], tmp_path: Path, name: str,
                      error_limit: int, away: float | None) -> tuple[RolloutState, list, dict]:  # fmt: skip
-    """Kill Prometheus once the analysis at 20% has passed once; start it again after ``away`` s."""
+    """Kill Prometheus once the analysis at 20% has measured once; start it again after ``away`` s."""
     reset(stack, servers)
-    steps = [{"setWeight": 20}, {"analysis": {"intervals": 10}}, {"setWeight": 100}]
+    # the analysis step lasts 4 intervals: it would be over while Prometheus is away, so only the
+    # gate (no Successful result while away) stands between the rollout and a blind promotion
+    steps = [{"setWeight": 20}, {"analysis": {"intervals": 4}}, {"setWeight": 100}]
     runner = LocalRunner(make_rollout(name, steps, [ERROR_RATE], "1s", error_limit), stack)
     summary = tmp_path / "load.json"
     try:
@@ -255,8 +257,8 @@ def prometheus_drill(stack: LocalStack, servers: dict[str, BentoServer], tmp_pat
             locust(stack.service_url(SERVICE), summary, 3, 300, tmp_path / "locust.log"),
             running(runner, 200) as out,
         ):
-            observe_while(stack, name, lambda s: any(m.measurements and m.measurements[-1].verdict == "Successful"
-                                                     for m in s.metrics.values()), 120)  # fmt: skip
+            observe_while(stack, name, lambda s: s.desired_routes.candidate_weight == 20
+                          and any(m.measurements for m in s.metrics.values()), 120)  # fmt: skip
             os.kill(stack.prometheus.proc.pid, signal.SIGKILL)  # it crashes: away at once
             stopped = time.time()
             stack.stop_prometheus()  # the stack's bookkeeping: reap it, forget its pid
@@ -365,7 +367,7 @@ def crash_and_resume(stack: LocalStack, servers: dict[str, BentoServer], tmp_pat
         if rng.random() > 0.2:
             wait_for("the rollout starts", lambda f=state_file, p=proc: f.exists() or p.poll() is not None,
                      180, 0.02)  # fmt: skip
-        delay = rng.uniform(0.0, 4.5)
+        delay = rng.uniform(0.0, 6.0)  # to past the end: kills during finalize too
         try:
             proc.wait(timeout=delay)
             killed_in.append("after the end")

@@ -182,7 +182,7 @@ def near_valid(draw: st.DrawFn, path: str) -> Any:
             ]
     elif path.endswith("/infer"):
         body = {"inputs": [{"name": draw(scalars), "shape": draw(st.lists(st.integers(-3, 2**40), max_size=3)),
-                            "datatype": draw(st.sampled_from(["FP64", "FP32", "BYTES", "INT8", "fp64"]) | scalars),
+                            "datatype": draw(st.sampled_from(["FP64", "FP32", "BYTES", "INT8", "fp64"]) | json_docs),
                             "data": draw(st.sampled_from([rows, sum(rows, [])]))}]}  # fmt: skip
         if draw(st.booleans()):
             body["id"] = draw(scalars)
@@ -200,6 +200,12 @@ def raw_bodies() -> st.SearchStrategy[bytes]:
         st.integers(1, 20_000).map(lambda n: b"[" * n + b"]" * n),  # deep nesting, up to 20k levels
         st.integers(1, 20_000).map(lambda n: b'{"instances":' + b"[" * n + b"1" + b"]" * n + b"}"),
         st.integers(1, 5_000).map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
+        # nesting just under the parser's limit, where a value is shown in an error message
+        st.integers(900, 1030).map(lambda n: b'{"instances":[[' + b"[" * n + b"]" * n + b"]]}"),
+        st.integers(900, 1030).map(
+            lambda n: b'{"inputs":[{"shape":[1,4],"datatype":' + b"[" * n + b"]" * n + b',"data":[1,2,3,4]}]}'
+        ),
+        st.integers(900, 1030).map(lambda n: b'{"request_id":"r-1","label":' + b"[" * n + b"]" * n + b"}"),
         st.sampled_from(
             [
                 b'{"instances": [[NaN, 1, 2, 3]]}',
