@@ -3,7 +3,8 @@
 A real stack (nginx, Prometheus, `bentoml serve` of iris:v1 as stable) under Locust load; the
 candidate is the same service with 10 % of its predictions failing with HTTP 500 (the service's
 fault-injection setting ``BENTO_FAULT_ERROR_RATE``, as a bad release would). A canary with a 5 %
-first step and a sequential error-rate gate runs until it is rolled back. Measured per run: seconds
+first step and two error-rate gates (a threshold tripwire for gross failures, failing at more than
+5 % over 30+ requests, and a sequential test for subtle ones) runs until it is rolled back. Measured per run: seconds
 from the candidate's first traffic to the rollback, the share of all client requests that failed
 (hurt), and the share the bad version answered. Three runs; medians in bench/results/rollback.json.
 Targets (issue 3): rollback within 30 s of the bad version receiving traffic, under 0.5 % of all
@@ -57,7 +58,17 @@ def bad_canary(name: str) -> ModelRollout:
                 },  # fmt: skip
                 "analysis": {
                     "interval": "2s",
+                    "window": "10s",
                     "metrics": [
+                        # a tripwire for gross failures: more than 5 % errors over 30+ requests
+                        {
+                            "name": "error-rate-gross",
+                            "template": "error-rate",
+                            "threshold": {"max": 0.05},
+                            "judge": {"kind": "threshold", "minSamples": 30},
+                            "failureLimit": 0,
+                        },
+                        # and the sequential test for subtle regressions (valid at every look)
                         {
                             "name": "error-rate",
                             "template": "error-rate",
@@ -67,7 +78,7 @@ def bad_canary(name: str) -> ModelRollout:
                                 "alpha": 0.01,
                                 "minSamples": 20,
                             },
-                        }
+                        },
                     ],
                 },
             },
@@ -129,7 +140,7 @@ def main() -> None:
     med_s = statistics.median(secs) if secs else None
     med_h = statistics.median(hurt) if hurt else None
     doc = {
-        "description": f"bad canary ({ERROR_RATE:.0%} of its predictions fail), 5% first step, sequential error-rate gate",
+        "description": f"bad canary ({ERROR_RATE:.0%} of its predictions fail), 5% first step, threshold tripwire + sequential error-rate gates",
         "users": USERS,
         "runs": runs,
         "all_rolled_back": all(r["outcome"] == "RolledBack" for r in runs),

@@ -15,7 +15,13 @@ import click
 from rollout.errors import RolloutError
 
 # one module per command group; each defines register(cli: click.Group) -> None
-COMMAND_MODULES: list[str] = ["rollout.cli.models", "rollout.cli.local", "rollout.cli.demo", "rollout.cli.simulate", "rollout.cli.cluster"]  # cluster last: it merges same-named commands
+COMMAND_MODULES: list[str] = [
+    "rollout.cli.models",
+    "rollout.cli.local",
+    "rollout.cli.demo",
+    "rollout.cli.simulate",
+    "rollout.cli.cluster",
+]  # cluster last: it merges same-named commands
 
 
 class RolloutGroup(click.Group):
