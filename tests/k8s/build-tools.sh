@@ -4,8 +4,8 @@
 # tests/k8s/helm/go.mod (helm). Called by `make tools` (so by `make setup`, `make test`, .ci/run).
 #
 # Cached: each binary is built as .cache/bin/NAME-VERSION with .cache/bin/NAME a symlink to it; a
-# rerun skips a binary whose pinned version is already there. The module and build caches live in
-# .cache/go, so a rebuild after a version bump is incremental.
+# rerun skips a binary whose pinned version is already there. Go's own module and build caches
+# are used, so a rebuild after a version bump (or in a fresh clone) is incremental.
 #
 # Adding a tool: one `build_tool` line at the bottom (a module dir holding a go.mod that requires
 # it, the package path, the module whose version names the binary, and optional -ldflags).
@@ -16,16 +16,18 @@ HERE="$ROOT/tests/k8s"
 BIN="$ROOT/.cache/bin"
 mkdir -p "$BIN" "$ROOT/.cache/go"
 
-export GOMODCACHE="$ROOT/.cache/go/mod"
-export GOCACHE="$ROOT/.cache/go/build"
-export GOFLAGS="-trimpath -mod=readonly -buildvcs=false"
-export GOTOOLCHAIN=local
-export CGO_ENABLED=0
-
 if ! command -v go >/dev/null 2>&1; then
   echo "build-tools: 'go' is not on PATH; install Go >= 1.24 to build kube-apiserver, etcd and helm" >&2
   exit 1
 fi
+# Go's module and build caches: the user's (shared by every clone on the machine, so a fresh
+# clone, e.g. CI's, rebuilds incrementally) unless the caller sets them.
+export GOMODCACHE="${GOMODCACHE:-$(go env GOMODCACHE)}"
+export GOCACHE="${GOCACHE:-$(go env GOCACHE)}"
+export GOFLAGS="-trimpath -mod=readonly -buildvcs=false"
+export GOTOOLCHAIN=local
+export CGO_ENABLED=0
+
 
 # One build at a time (two `make` runs in parallel would otherwise race on the same output).
 exec 9>"$BIN/.build-tools.lock"
