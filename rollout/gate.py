@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 from rollout.actions import Measure, MetricResult
 from rollout.analysis.base import HistogramSample, Judge, Measurement, ProportionSample, Verdict
+from rollout.analysis.experiment import ExperimentTest, decide
 from rollout.analysis.registry import make_judge, template_of
 from rollout.analysis.threshold import headline, sample_size
 from rollout.errors import RolloutError
@@ -162,7 +163,9 @@ def ingest(
         before = st.latest
         m = _judge(judge_of, metric, r)
         _record(st, m, r, interval_of(spec, metric))
-        if r.sample is not None and (cmp := compare(metric, r.sample)) is not None:
+        ab = spec.strategy.ab_test
+        confidence = ab.confidence if ab is not None and ab.metric == metric.name else None
+        if r.sample is not None and (cmp := compare(metric, r.sample, confidence)) is not None:
             comparisons[metric.name] = cmp
         if m.verdict == Verdict.FAILED:
             notes.append(
@@ -314,10 +317,12 @@ def gate(spec: RolloutSpec, state: RolloutState) -> Gate:
     return Gate.HOLDING if any(v in bad for v in latest) else Gate.PASSING
 
 
-def compare(metric: MetricSpec, sample: object) -> Comparison | None:
+def compare(metric: MetricSpec, sample: object, confidence: float | None = None) -> Comparison | None:
     """Candidate and stable reduced to the metric's headline number (the one the threshold judge
-    shows: error rate, accuracy, p99...), for the A/B test to pick a winner by ``direction``.
-    None for samples without a per-version headline (a raw value, distribution shifts)."""
+    shows: error rate, accuracy, p99...), for the A/B test, by ``direction``. With a
+    ``confidence``, also the A/B significance test (``rollout.analysis.experiment``): the winner
+    only once the difference is proven at that confidence. None for samples without a
+    per-version headline (a raw value, distribution shifts)."""
     try:
         template = template_of(metric)
     except RolloutError:
@@ -331,9 +336,20 @@ def compare(metric: MetricSpec, sample: object) -> Comparison | None:
     else:
         return None
     n_c, n_s = sample_size(sample)
+    higher = metric.direction == Direction.HIGHER_IS_BETTER
+    result = None
+    if confidence is not None and template is not None:
+        test = ExperimentTest(template, metric.judge.min_effect, higher, confidence)
+        result = decide(test, sample)
     return Comparison(
         samples=min(n_c, n_s),
         candidate=headline(template, sample),
         stable=headline(template, swapped),
-        higher_is_better=metric.direction == Direction.HIGHER_IS_BETTER,
+        higher_is_better=higher,
+        tested=result is not None,
+        winner=None if result is None else result.winner,
+        lower=None if result is None else result.lower,
+        upper=None if result is None else result.upper,
+        confidence=confidence,
+        interval="" if result is None else result.describe(),
     )

@@ -137,6 +137,11 @@ class Experiment(_Data):
     candidate_value: float | None = None
     stable_value: float | None = None
     leader: str | None = None  # "candidate" | "stable" | None (tie / no data)
+    # the version proven better at the A/B confidence (None until the difference is significant)
+    winner: str | None = None
+    # always-valid interval of candidate - stable on the headline's scale (None: no test)
+    lower: float | None = None
+    upper: float | None = None
     at: float | None = None
 
 

@@ -7,7 +7,9 @@ over them as the engine does (``rollout.simulator.drive``). Per judge and cell i
 false-rollback rate (good candidates rolled back), the missed-regression rate (bad candidates not
 rolled back: promoted, or undecided at the horizon), the median seconds and candidate requests to
 a decision, and the requests hurt (bad requests beyond baseline served by a bad candidate until
-it is rolled back, or until the horizon when it is not; every request for a latency regression). It also calibrates the threshold judge's error-rate limit to the sequential judge's
+it is rolled back, or until the horizon when it is not; every request for a latency regression). With
+``ab`` it also runs the A/B cells (``rollout.simulator.abtest``: false winners between equal
+versions, time to the right winner). It also calibrates the threshold judge's error-rate limit to the sequential judge's
 false-rollback rate, so the two can be compared at equal false rollbacks, and checks the targets.
 Who calls it: ``rollout simulate`` (rollout.cli.simulate) and ``bench/judges.py``.
 """
@@ -20,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from rollout.analysis.stats import histogram_quantile
+from rollout.simulator.abtest import simulate_ab
 from rollout.simulator.drive import (
     ROLLED_BACK,
     UNDECIDED,
@@ -50,6 +53,7 @@ class SimulationConfig:
     stable_ratio: float = 1.0  # stable requests per candidate request over the same window
     seed: int = 20261122
     calibrate: bool = True
+    ab: bool = True  # also the A/B cells (rollout.simulator.abtest), under "ab_rows"
 
 
 def _row(label: str, scenario: Scenario, rps: float, out: Outcomes) -> dict[str, object]:
@@ -178,6 +182,7 @@ def simulate(cfg: SimulationConfig) -> dict[str, object]:
         if cfg.calibrate:
             rows.extend(_calibrate(rows, traffic, rps, cfg, setups["error-rate"][0]))
         del traffic
+    ab_rows = simulate_ab(cfg.rps, cfg.runs, cfg.horizon_seconds, cfg.seed + 1) if cfg.ab else []
     return {
         "config": {**asdict(cfg), "latency_p99_threshold_seconds": p99_max, "tick_seconds": TICK_SECONDS},
         "judges": {
@@ -193,5 +198,6 @@ def simulate(cfg: SimulationConfig) -> dict[str, object]:
         },
         "rows": rows,
         "targets": targets(rows),
+        "ab_rows": ab_rows,
         "seconds": time.perf_counter() - started,
     }

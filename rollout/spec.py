@@ -287,6 +287,13 @@ class ShadowStrategy(_Model):
     promote_on_success: bool = False  # after a good shadow: switch to the candidate, or just report
 
 
+class InconclusiveOutcome(StrEnum):
+    """What an A/B test does when it ends without a significant difference."""
+
+    KEEP_STABLE = "keep-stable"
+    PROMOTE_CANDIDATE = "promote-candidate"
+
+
 class ABTestStrategy(_Model):
     weight: int = Field(default=50, ge=1, le=99)
     sticky: StickyKey | None = None
@@ -294,6 +301,27 @@ class ABTestStrategy(_Model):
     metric: str = Field(pattern=DNS_LABEL, description="name of the analysis metric that picks the winner")
     min_samples: int = Field(default=500, ge=1, le=100_000_000)
     max_duration: Duration = 600.0
+    # a winner only when the difference is significant at this confidence (an always-valid
+    # sequential test, so looking every interval does not inflate false winners)
+    confidence: float = Field(
+        default=0.95, ge=0.5, le=0.9999, description="confidence that the winner is really better"
+    )
+    max_samples: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000_000,
+        description="end the experiment at this many samples per version",
+    )
+    on_inconclusive: InconclusiveOutcome = Field(
+        default=InconclusiveOutcome.KEEP_STABLE,
+        description="outcome at maxDuration/maxSamples without a significant difference",
+    )
+
+    @model_validator(mode="after")
+    def _caps(self) -> ABTestStrategy:
+        if self.max_samples is not None and self.max_samples < self.min_samples:
+            raise ValueError(f"maxSamples ({self.max_samples}) is below minSamples ({self.min_samples})")
+        return self
 
 
 class Strategy(_Model):

@@ -38,6 +38,7 @@ from rollout.errors import UsageError
 @click.option(
     "--no-calibrate", is_flag=True, help="Skip calibrating the threshold judge to equal false rollbacks."
 )
+@click.option("--no-ab", is_flag=True, help="Skip the A/B cells (false winners and time to a winner).")
 @click.option(
     "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the results here."
 )
@@ -51,10 +52,12 @@ def simulate_command(
     stable_ratio: float,
     seed: int,
     no_calibrate: bool,
+    no_ab: bool,
     json_path: Path | None,
     plot_path: Path | None,
 ) -> None:
-    """Compare the threshold, comparative and sequential judges on simulated rollouts."""
+    """Compare the threshold, comparative and sequential judges on simulated rollouts (and the
+    A/B test's rule against picking the leader)."""
     from rollout.simulate import SimulationConfig, simulate
     from rollout.simulator.report import plot, table, write_json
 
@@ -73,6 +76,7 @@ def simulate_command(
         stable_ratio=stable_ratio,
         seed=seed,
         calibrate=not no_calibrate,
+        ab=not no_ab,
     )
     result = simulate(cfg)
     click.echo(table(result))

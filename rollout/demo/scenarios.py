@@ -55,7 +55,7 @@ SCENARIOS = (
     Scenario("canary-poisoned", "canary-poisoned.yaml", "RolledBack"),
     Scenario("shadow-slow", "shadow-slow.yaml", "RolledBack"),
     Scenario("bluegreen", "bluegreen.yaml", "Promoted"),
-    Scenario("abtest", "abtest.yaml", "Promoted"),
+    Scenario("abtest", "abtest.yaml", "Promoted", timeout=360.0),
 )
 
 

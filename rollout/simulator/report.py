@@ -60,12 +60,40 @@ def table(result: dict[str, object]) -> str:
             )
             line += f" | {cell:<22}"
         lines.append(line)
+    lines.extend(ab_table(result.get("ab_rows") or []))  # type: ignore[arg-type]
     lines.append("")
     for name, t in result["targets"].items():  # type: ignore[union-attr]
         if isinstance(t, dict) and "met" in t:
             figures = ", ".join(f"{k}={v:.4g}" for k, v in t.items() if k != "met" and isinstance(v, float))
             lines.append(f"target {name}: {'MET' if t['met'] else 'NOT MET'} ({figures})")
     return "\n".join(lines)
+
+
+def ab_table(rows: list[dict[str, object]]) -> list[str]:
+    """The A/B cells: per rule, how often each version won, and the median time and labels."""
+    if not rows:
+        return []
+    rules = list(dict.fromkeys(str(r["rule"]) for r in rows))
+    head = f"{'req/s':>5} {'scenario':<20}" + "".join(f" | {rule[:30]:<30}" for rule in rules)
+    lines = [
+        "",
+        "A/B: candidate won % / stable won % / no winner % / median s / median labels per version",
+        head,
+        "-" * len(head),
+    ]
+    cells = list(dict.fromkeys((float(r["rps"]), str(r["scenario"])) for r in rows))  # type: ignore[arg-type]
+    for rps, scenario in cells:
+        line = f"{rps:>5g} {scenario:<20}"
+        for rule in rules:
+            r = next(x for x in rows if x["rule"] == rule and x["scenario"] == scenario and x["rps"] == rps)
+            cell = (
+                f"{100 * float(r['candidate_won']):5.1f} {100 * float(r['stable_won']):5.1f} "  # type: ignore[arg-type]
+                f"{100 * float(r['no_winner']):5.1f} {float(r['median_seconds_to_decision']):5.0f}s "  # type: ignore[arg-type]
+                f"{float(r['median_labels_per_version']):6.0f}"  # type: ignore[arg-type]
+            )
+            line += f" | {cell:<30}"
+        lines.append(line)
+    return lines
 
 
 def write_json(result: dict[str, object], path: Path) -> None:

@@ -1,16 +1,19 @@
-"""A/B test: split users between the versions, then promote whichever wins on one metric.
+"""A/B test: split users between the versions, then promote the one *proven* better on one metric.
 
 One step: ``weight`` percent of users go to the candidate — sticky per user when ``sticky`` names
 a header or cookie (the router hashes it), and requests matching ``match`` always go to the
 candidate. Once the router reports the split applied, the analysis runs; the deciding metric
 (``abTest.metric``) is measured over everything since the experiment started, and the engine
-reduces each sample to a number per version (its headline: error rate, accuracy, p99 ...).
-When both versions have at least ``minSamples`` observations, the better one by the metric's
-``direction`` wins: the candidate -> Promoted (CandidateWon); stable -> RolledBack (StableWon,
-"stable won"). A tie keeps the experiment going. At ``maxDuration`` without a winner (too few
-samples, a tie, or a sample with no per-version number) it ends RolledBack with reason
-ExperimentInconclusive. The other metrics guard as usual (failures roll back), and no decision is
-taken while the gate holds. `promote` picks the candidate.
+reduces each sample to a number per version (its headline: error rate, accuracy, p99 ...) and
+runs the significance test of ``rollout.analysis.experiment``: an always-valid sequential test at
+``confidence`` (0.95 by default), so looking at every interval does not inflate false winners.
+Once both versions have ``minSamples`` observations and the test proves a difference, the better
+version by the metric's ``direction`` wins: the candidate -> Promoted (CandidateWon); stable ->
+RolledBack (StableWon). Until then the experiment goes on, whoever leads. At ``maxDuration`` (or
+``maxSamples`` per version) without a proven winner it ends by ``onInconclusive`` (keep-stable:
+RolledBack; promote-candidate: Promoted), reason ExperimentInconclusive, and the message says
+"no significant difference". The other metrics guard as usual (failures roll back), and no
+decision is taken while the gate holds. `promote` picks the candidate.
 Who calls it: the engine, through the strategy registry.
 """
 
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 from rollout.model import EventType, Experiment, Reason
 from rollout.routers.base import Routes
-from rollout.spec import ABTestStrategy, RolloutSpec, format_duration
+from rollout.spec import ABTestStrategy, InconclusiveOutcome, RolloutSpec, format_duration
 from rollout.strategies.base import (
     Context,
     Decision,
@@ -44,6 +47,12 @@ def _summary(e: Experiment) -> str:
     )
 
 
+def _evidence(e: Experiment, confidence: float) -> str:
+    if e.lower is None or e.upper is None:
+        return ""
+    return f"; candidate - stable in [{e.lower:+.4g}, {e.upper:+.4g}] ({100 * confidence:.4g}% always-valid)"
+
+
 class ABTestPlanner:
     name = "ab_test"
 
@@ -53,9 +62,12 @@ class ABTestPlanner:
         how = f"{ab.weight}% to the candidate" + (" (sticky)" if ab.sticky else "")
         if ab.match:
             how += f", {len(ab.match)} header/cookie match(es)"
+        cap = format_duration(ab.max_duration)
+        if ab.max_samples is not None:
+            cap += f" or {ab.max_samples} samples"
         return [
-            f"experiment: {how}; winner on {ab.metric} after {ab.min_samples} samples, "
-            f"at most {format_duration(ab.max_duration)}"
+            f"experiment: {how}; winner on {ab.metric} when significant at {100 * ab.confidence:.4g}% "
+            f"(after {ab.min_samples} samples), at most {cap}"
         ]
 
     def routes(self, ab: ABTestStrategy) -> Routes:
@@ -84,34 +96,20 @@ class ABTestPlanner:
             progress = progress.model_copy(update={"experiment": exp})
         decision = None
         enough = exp is not None and exp.samples >= ab.min_samples
+        capped = ab.max_samples is not None and exp is not None and exp.samples >= ab.max_samples
         if ctx.promote_requested and running:
             summary = _summary(exp) if exp is not None else "no samples yet"
             decision = Decision(
                 DecisionKind.PROMOTE, Reason.PROMOTED, f"candidate promoted by the user ({summary})"
             )
-        elif running and enough and ctx.gate == Gate.PASSING and exp is not None and exp.leader is not None:
-            if exp.leader == "candidate":
-                decision = Decision(
-                    DecisionKind.PROMOTE, Reason.CANDIDATE_WON, f"candidate won on {_summary(exp)}"
-                )
+        elif running and enough and ctx.gate == Gate.PASSING and exp is not None and exp.winner is not None:
+            why = f"{_summary(exp)}{_evidence(exp, ab.confidence)}"
+            if exp.winner == "candidate":
+                decision = Decision(DecisionKind.PROMOTE, Reason.CANDIDATE_WON, f"candidate won on {why}")
             else:
-                decision = Decision(
-                    DecisionKind.ROLL_BACK, Reason.STABLE_WON, f"stable won on {_summary(exp)}"
-                )
-        elif running and since_applied(ctx, progress) >= ab.max_duration:
-            if exp is None:
-                why = f"no comparable samples of {ab.metric}"
-            elif not enough:
-                why = f"only {exp.samples:.0f} of {ab.min_samples} samples ({_summary(exp)})"
-            elif exp.leader is None:
-                why = f"no difference ({_summary(exp)})"
-            else:
-                why = f"the analysis still holds ({_summary(exp)})"
-            decision = Decision(
-                DecisionKind.ROLL_BACK,
-                Reason.EXPERIMENT_INCONCLUSIVE,
-                f"no winner after maxDuration {format_duration(ab.max_duration)}: {why}",
-            )
+                decision = Decision(DecisionKind.ROLL_BACK, Reason.STABLE_WON, f"stable won on {why}")
+        elif running and (since_applied(ctx, progress) >= ab.max_duration or capped):
+            decision = self._inconclusive(ab, exp, capped, ctx.gate == Gate.PASSING)
         return Plan(
             progress=progress,
             routes=routes,
@@ -119,3 +117,23 @@ class ABTestPlanner:
             decision=decision,
             notes=tuple(notes),
         )
+
+    def _inconclusive(
+        self, ab: ABTestStrategy, exp: Experiment | None, capped: bool, passing: bool
+    ) -> Decision:
+        """The end without a proven winner, as ``onInconclusive`` says (never promoting while
+        another metric holds the gate)."""
+        if exp is None:
+            why = f"no comparable samples of {ab.metric}"
+        elif exp.samples < ab.min_samples:
+            why = f"only {exp.samples:.0f} of {ab.min_samples} samples ({_summary(exp)})"
+        elif exp.winner is None:
+            why = f"no significant difference at {100 * ab.confidence:.4g}% ({_summary(exp)}{_evidence(exp, ab.confidence)})"
+        else:
+            why = f"the analysis still holds ({_summary(exp)})"
+        cap = f"maxSamples {ab.max_samples}" if capped else f"maxDuration {format_duration(ab.max_duration)}"
+        if ab.on_inconclusive == InconclusiveOutcome.PROMOTE_CANDIDATE and passing:
+            kind, outcome = DecisionKind.PROMOTE, "candidate promoted (onInconclusive: promote-candidate)"
+        else:
+            kind, outcome = DecisionKind.ROLL_BACK, "stable kept"
+        return Decision(kind, Reason.EXPERIMENT_INCONCLUSIVE, f"no winner after {cap}: {why}; {outcome}")

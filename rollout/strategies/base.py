@@ -56,6 +56,15 @@ class Comparison:
     candidate: float | None
     stable: float | None
     higher_is_better: bool
+    # the A/B significance test (``rollout.analysis.experiment``, run by the engine): the proven
+    # winner (None until significant) and the always-valid interval of candidate - stable on the
+    # headline's scale at ``confidence``; ``tested`` False where the sample has no test
+    tested: bool = False
+    winner: str | None = None
+    lower: float | None = None
+    upper: float | None = None
+    confidence: float | None = None
+    interval: str = ""  # the interval in words, for events and status messages
 
     @property
     def leader(self) -> str | None:
@@ -168,5 +177,8 @@ def experiment_from(metric: str, cmp: Comparison, now: float) -> Experiment:
         candidate_value=cmp.candidate,
         stable_value=cmp.stable,
         leader=cmp.leader,
+        winner=cmp.winner,
+        lower=cmp.lower,
+        upper=cmp.upper,
         at=now,
     )

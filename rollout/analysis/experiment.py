@@ -1,0 +1,109 @@
+"""The A/B test's decision: is one version better on the deciding metric, and is it proven?
+
+An A/B experiment is looked at every analysis interval on cumulative data, so a fixed-sample
+test (or "whichever leads once minSamples are in") picks a winner between two equal versions far
+more often than its nominal rate. Here the difference ``theta`` (candidate minus stable, on the
+scale of the metric's headline) gets the same always-valid confidence sequence as the sequential
+judge (the mSPRT of ``stats.log_mixture_ratio``, mixing scale ``tau`` = the metric's
+``judge.minEffect``): with ``alpha = 1 - confidence``, the chance that it *ever* excludes the true
+difference, over any number of looks, is at most alpha. A winner is declared only once the
+sequence excludes 0; so between two equal versions a false winner is declared in at most
+``1 - confidence`` of experiments, however often they are looked at.
+
+Scales: for proportions (error rate, accuracy from feedback labels) the difference of bad rates,
+sign-flipped for a good-rate headline (accuracy: +0.02 = candidate two points more accurate);
+for latency histograms the mean of log-latency (+0.1 = about 10 % slower), since a quantile has
+no simple variance. Other samples (raw values, distribution shifts) have no test: no winner.
+Who calls it: ``rollout.gate.compare`` (the engine, for the A/B deciding metric) and the
+simulator's A/B cells (``rollout.simulator.abtest``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from rollout.analysis import stats
+from rollout.analysis.batch import Batch, HistogramBatch, ProportionBatch, to_batch
+from rollout.analysis.sequential import log_mean_difference, proportion_difference
+from rollout.metrics.templates import Headline, Template
+
+NO_WINNER, CANDIDATE_WINS, STABLE_WINS = 0, 1, 2
+WINNER_OF_CODE = (None, "candidate", "stable")
+
+
+@dataclass(frozen=True)
+class ExperimentTest:
+    """How to test the deciding metric: the mixing scale and the confidence."""
+
+    template: Template
+    min_effect: float  # the metric's judge.minEffect: absolute for rates, relative for latency
+    higher_is_better: bool
+    confidence: float = 0.95
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - self.confidence
+
+    def difference(self, batch: Batch) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """(candidate - stable on the headline's scale, its variance, tau), or None (no test)."""
+        if isinstance(batch, ProportionBatch):
+            est, var = proportion_difference(batch)
+            sign = -1.0 if self.template.headline == Headline.GOOD_RATE else 1.0
+            return sign * est, var, self.min_effect
+        if isinstance(batch, HistogramBatch) and self.template.headline == Headline.QUANTILE:
+            est, var = log_mean_difference(batch)
+            return est, var, math.log1p(self.min_effect)
+        return None
+
+    def codes(self, batch: Batch) -> np.ndarray:
+        """NO_WINNER / CANDIDATE_WINS / STABLE_WINS for every sample of the batch (no minimum
+        sample count here: the strategy applies ``minSamples``)."""
+        diff = self.difference(batch)
+        if diff is None:
+            return np.zeros(np.shape(batch.sizes[0]), dtype=np.int8)
+        est, var, tau = diff
+        with np.errstate(invalid="ignore", divide="ignore"):
+            proven = stats.log_mixture_ratio(est, var, tau) >= math.log(1 / self.alpha)
+        n_c, n_s = batch.sizes
+        proven &= (n_c > 0) & (n_s > 0) & (est != 0)
+        candidate_better = (est > 0) == self.higher_is_better
+        code = np.where(proven, np.where(candidate_better, CANDIDATE_WINS, STABLE_WINS), NO_WINNER)
+        return code.astype(np.int8)
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """One look at the experiment: the winner (None until proven) and the always-valid interval
+    of the difference candidate - stable on the headline's scale (``what`` names the scale)."""
+
+    winner: str | None
+    difference: float
+    lower: float
+    upper: float
+    confidence: float
+    what: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.what} {self.difference:+.4g}, [{self.lower:+.4g}, {self.upper:+.4g}] "
+            f"({100 * self.confidence:.4g}% always-valid)"
+        )
+
+
+def decide(test: ExperimentTest, sample: object) -> ExperimentResult | None:
+    """The experiment's state for one cumulative sample; None when the sample cannot be tested."""
+    batch = to_batch(sample)  # type: ignore[arg-type]
+    if batch is None:
+        return None
+    diff = test.difference(batch)
+    n_c, n_s = (float(x) for x in batch.sizes)
+    if diff is None or n_c <= 0 or n_s <= 0:
+        return None
+    est, var, tau = float(diff[0]), float(diff[1]), diff[2]
+    h = stats.half_width(var, tau, test.alpha)
+    what = "log-latency difference" if isinstance(batch, HistogramBatch) else "difference"
+    code = int(test.codes(batch))
+    return ExperimentResult(WINNER_OF_CODE[code], est, est - h, est + h, test.confidence, what)
