@@ -1,7 +1,8 @@
 """Decision quality, measured: thousands of simulated rollouts with known truth, judged side by side.
 
 For every traffic level (candidate requests per second) and scenario (good candidates; error rate
-+1 and +5 points over a 1 % baseline; latency +20 %; accuracy -3 points), ``simulate`` draws the
++1 and +5 points over a 1 % baseline; latency +20 %; a tail-only latency regression, p99 doubled
+with the median unchanged; accuracy -3 points), ``simulate`` draws the
 counters' increases for ``runs`` rollouts (``rollout.simulator.traffic``) and drives each judge
 over them as the engine does (``rollout.simulator.drive``). Per judge and cell it reports the
 false-rollback rate (good candidates rolled back), the missed-regression rate (bad candidates not

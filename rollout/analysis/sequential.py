@@ -18,6 +18,16 @@ Differences: bad rates (absolute) for error rate and accuracy; the mean of log-l
 buckets for latency (``minEffect: 0.2`` = 20 % slower, i.e. log 1.2). Variances use +1/+2
 pseudo-counts so a run of zero errors does not look like certainty. The sample must be cumulative
 since the analysis started (the engine asks for that window for sequential metrics).
+
+Latency also gets a tail test alongside, because a mean of log-latency misses a candidate whose
+p99 doubles while its median stays put: the bucket bound where stable's cumulative share is
+nearest the template's quantile ``q`` (0.99 for latency-p99) splits each version's requests into
+"slower than that" or not, and the same mSPRT runs on the difference of those shares — candidate's
+against *stable's own share at that bound* (not the nominal 1 - q, so coarse buckets do not bias
+it), mixing scale ``1 - q``. Latency is Failed when either test proves a regression, each at
+``alpha / 2`` (so the false-rollback rate stays <= alpha), and Successful only when the mean is
+proven within ``minEffect`` and the tail share is proven at most ``1 - q`` above stable's (at
+most 2 % of requests slower than stable's p99 where stable has 1 %).
 Who calls it: ``registry.make_judge`` (the engine) and the simulator (``verdicts``).
 """
 
@@ -83,6 +93,19 @@ def log_mean_difference(b: HistogramBatch) -> tuple[np.ndarray, np.ndarray]:
     return mc - ms, vc + vs
 
 
+def tail_exceedance(b: HistogramBatch, q: float) -> tuple[ProportionBatch, np.ndarray]:
+    """Per version, the requests slower than the finite bucket bound where stable's cumulative
+    share is nearest ``q`` (as 'bad' out of all requests), and that bound (seconds)."""
+    bounds = np.asarray(b.bounds, dtype=float)
+    cum_c, cum_s = np.cumsum(b.candidate_counts, axis=-1), np.cumsum(b.stable_counts, axis=-1)
+    n_c, n_s = cum_c[..., -1], cum_s[..., -1]
+    share_below = cum_s / np.maximum(n_s, 1e-12)[..., None]
+    k = np.argmin(np.where(np.isfinite(bounds), np.abs(share_below - q), np.inf), axis=-1)
+    below_c = np.take_along_axis(cum_c, k[..., None], -1)[..., 0]
+    below_s = np.take_along_axis(cum_s, k[..., None], -1)[..., 0]
+    return ProportionBatch(n_c - below_c, n_c, n_s - below_s, n_s), bounds[k]
+
+
 class SequentialJudge:
     def __init__(self, spec: MetricSpec, template: Template | None) -> None:
         if template is None:
@@ -91,6 +114,10 @@ class SequentialJudge:
         self.alpha = spec.judge.alpha
         self.min_effect = spec.judge.min_effect
         self.min_samples = spec.judge.min_samples
+        # the tail test (latency): the quantile whose bound splits "slow", and the tail share the
+        # candidate may add before it is not proven fine (1 - q: 1 point over stable's p99 share)
+        self.tail_q = template.quantile if template.quantile is not None else 0.99
+        self.tail_effect = 1.0 - self.tail_q
 
     def _difference(self, batch: Batch) -> tuple[np.ndarray, np.ndarray, float, str]:
         """(estimate, variance, the effect that matters on the same scale, what it measures)."""
@@ -105,20 +132,39 @@ class SequentialJudge:
     def verdicts(self, batch: Batch) -> Verdicts:
         n_c, n_s = batch.sizes
         est, var, effect, _ = self._difference(batch)
-        threshold = math.log(1 / self.alpha)
+        tail = isinstance(batch, HistogramBatch)
+        # with two tests (latency: mean and tail) each may fail at alpha / 2
+        fail_at = math.log((2 if tail else 1) / self.alpha)
+        ok_at = math.log(1 / self.alpha)
         # the CS is {theta0 : |est - theta0| < h}: lower > 0 <=> est > 0 and Lambda(0) >= 1/alpha
         log_l0 = stats.log_mixture_ratio(est, var, effect)
         log_le = stats.log_mixture_ratio(est - effect, var, effect)
-        failed = (est > 0) & (log_l0 >= threshold)
-        proven_ok = (est < effect) & (log_le >= threshold)
+        failed = (est > 0) & (log_l0 >= fail_at)
+        proven_ok = (est < effect) & (log_le >= ok_at)
+        p0 = np.minimum(1.0, np.exp(-np.maximum(log_l0, 0.0)))
+        details = {"effect": est, "p_value": p0}
+        if isinstance(batch, HistogramBatch):
+            exceed, bound = tail_exceedance(batch, self.tail_q)
+            t_est, t_var = proportion_difference(exceed)
+            t_l0 = stats.log_mixture_ratio(t_est, t_var, self.tail_effect)
+            t_le = stats.log_mixture_ratio(t_est - self.tail_effect, t_var, self.tail_effect)
+            tail_failed = (t_est > 0) & (t_l0 >= fail_at)
+            failed = failed | tail_failed
+            proven_ok = proven_ok & (t_est < self.tail_effect) & (t_le >= ok_at)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                details.update(
+                    tail_bound=bound,
+                    tail_candidate=exceed.candidate_bad / exceed.candidate_total,
+                    tail_stable=exceed.stable_bad / exceed.stable_total,
+                    tail_effect=t_est,
+                    tail_failed=tail_failed.astype(float),
+                    tail_p_value=np.minimum(1.0, np.exp(-np.maximum(t_l0, 0.0))),
+                )
         few = (n_c < self.min_samples) | (n_s < self.min_samples)
         code = np.where(
             few, INCONCLUSIVE, np.where(failed, FAILED, np.where(proven_ok, SUCCESSFUL, INCONCLUSIVE))
         )
-        p0 = np.minimum(1.0, np.exp(-np.maximum(log_l0, 0.0)))
-        return Verdicts(
-            code.astype(np.int8), headline_batch(self.template, batch), {"effect": est, "p_value": p0}
-        )
+        return Verdicts(code.astype(np.int8), headline_batch(self.template, batch), details)
 
     def judge(self, metric: str, sample: Sample, now: float) -> Measurement:
         n_c, n_s = sample_size(sample)
@@ -146,10 +192,21 @@ class SequentialJudge:
         }
         verdict = VERDICT_OF_CODE[int(v.code)]
         ci = f"[{est - h:.4g}, {est + h:.4g}] ({1 - self.alpha:.0%} always-valid)"
-        if verdict == Verdict.FAILED:
+        tail = ""
+        if "tail_bound" in v.details:
+            for key in ("tail_bound", "tail_candidate", "tail_stable", "tail_effect", "tail_p_value"):
+                details[key] = float(v.details[key])
+            tail = (
+                f"{details['tail_candidate']:.2%} of candidate requests slower than "
+                f"{details['tail_bound']:g} s (the bound nearest stable's p{100 * self.tail_q:g}) "
+                f"vs {details['tail_stable']:.2%} of stable's"
+            )
+        if verdict == Verdict.FAILED and tail and float(v.details["tail_failed"]):
+            msg = f"tail regression proven: {tail}, p={details['tail_p_value']:.2g}"
+        elif verdict == Verdict.FAILED:
             msg = f"regression proven: {what} {ci}, p={p_value:.2g}"
         elif verdict == Verdict.SUCCESSFUL:
-            msg = f"{what} {ci} is below {effect:.4g}"
+            msg = f"{what} {ci} is below {effect:.4g}" + (f"; tail: {tail}" if tail else "")
         else:
-            msg = f"{what} {ci}: not decided yet"
+            msg = f"{what} {ci}: not decided yet" + (f"; tail: {tail}" if tail else "")
         return Measurement(metric, verdict, value, now, msg, details)

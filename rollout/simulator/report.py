@@ -39,14 +39,15 @@ def table(result: dict[str, object]) -> str:
     rows: list[dict[str, object]] = result["rows"]  # type: ignore[assignment]
     judges = _judges(rows)
     cells = _cells(rows, None)
-    head = f"{'req/s':>5} {'scenario':<17}" + "".join(f" | {j[:22]:<22}" for j in judges)
+    width = max([17, *(len(scenario) for _, scenario in cells)])
+    head = f"{'req/s':>5} {'scenario':<{width}}" + "".join(f" | {j[:22]:<22}" for j in judges)
     lines = [
         "rolled back % (undecided %) / median seconds / median candidate requests to decision",
         head,
         "-" * len(head),
     ]
     for rps, scenario in cells:
-        line = f"{rps:>5g} {scenario:<17}"
+        line = f"{rps:>5g} {scenario:<{width}}"
         for j in judges:
             r = next(
                 (x for x in rows if x["judge"] == j and x["scenario"] == scenario and x["rps"] == rps), None

@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import brentq
 from scipy.stats import norm
 
 from rollout.metrics.names import LATENCY_BUCKETS
@@ -25,15 +26,19 @@ FEEDBACK_SHARE = 0.5  # share of requests that later get a feedback label
 LATENCY_MEDIAN_SECONDS = 0.02
 LATENCY_LOG_SIGMA = 0.5
 BOUNDS: tuple[float, ...] = (*LATENCY_BUCKETS, math.inf)
+TAIL_SHARE = 0.02  # tail regressions: the share of requests that take the slow path
 
 
 @dataclass(frozen=True)
 class Scenario:
     """``metric``: error-rate | latency | accuracy. ``regression``: absolute for rates (+0.05 = five
-    points more errors, -0.03 = three points less accurate), relative for latency (0.2 = 20 % slower)."""
+    points more errors, -0.03 = three points less accurate), relative for latency (0.2 = 20 % slower).
+    ``tail`` (latency): only ``TAIL_SHARE`` of the requests get slower (a slow path), by as much as
+    makes the p99 ``regression`` higher (1.0 = p99 doubles) while the median barely moves."""
 
     metric: str
     regression: float = 0.0
+    tail: bool = False
 
     @property
     def good(self) -> bool:
@@ -43,17 +48,20 @@ class Scenario:
     def name(self) -> str:
         if self.good:
             return f"{self.metric} good"
+        if self.metric == "latency" and self.tail:
+            return f"latency tail p99 +{self.regression:.0%}"
         if self.metric == "latency":
             return f"latency +{self.regression:.0%}"
         return f"{self.metric} {self.regression * 100:+.0f}%"
 
     @property
     def hurt_per_request(self) -> float:
-        """Bad requests beyond baseline per candidate request (every request is slower for latency)."""
+        """Bad requests beyond baseline per candidate request (every request is slower for latency,
+        the slow-path share for a tail regression)."""
         if self.good:
             return 0.0
         if self.metric == "latency":
-            return 1.0
+            return TAIL_SHARE if self.tail else 1.0
         return abs(self.regression)  # extra errors, or extra wrong answers (labelled or not)
 
 
@@ -63,6 +71,7 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("error-rate", 0.05),
     Scenario("latency"),
     Scenario("latency", 0.2),
+    Scenario("latency", 1.0, tail=True),
     Scenario("accuracy"),
     Scenario("accuracy", -0.03),
 )
@@ -73,6 +82,25 @@ def latency_bucket_probabilities(median: float, sigma: float = LATENCY_LOG_SIGMA
     finite = np.asarray(BOUNDS[:-1])
     cdf = norm.cdf((np.log(finite) - math.log(median)) / sigma)
     return np.diff(np.concatenate([[0.0], cdf, [1.0]]))
+
+
+def tail_slowdown(p99_increase: float, sigma: float = LATENCY_LOG_SIGMA) -> float:
+    """How much slower the ``TAIL_SHARE`` slow path must be for the p99 to rise by ``p99_increase``."""
+    z99 = norm.ppf(0.99)
+    target = (1 + p99_increase) * math.exp(sigma * z99)  # the new p99, in medians
+
+    def over(m: float) -> float:  # share above the target, minus 1 %
+        fast = norm.sf(math.log(target) / sigma)
+        slow = norm.sf((math.log(target) - math.log(m)) / sigma)
+        return (1 - TAIL_SHARE) * fast + TAIL_SHARE * slow - 0.01
+
+    return float(brentq(over, 1.0, 1e4))
+
+
+def tail_bucket_probabilities(median: float, p99_increase: float) -> np.ndarray:
+    """``BOUNDS`` bucket probabilities of the tail regression: a log-normal mixture."""
+    slow = latency_bucket_probabilities(median * tail_slowdown(p99_increase))
+    return (1 - TAIL_SHARE) * latency_bucket_probabilities(median) + TAIL_SHARE * slow
 
 
 @dataclass
@@ -114,7 +142,10 @@ def generate(
     t = Traffic(scenario, rps, cand_n.astype(float))
     if scenario.metric == "latency":
         p_s = latency_bucket_probabilities(LATENCY_MEDIAN_SECONDS)
-        p_c = latency_bucket_probabilities(LATENCY_MEDIAN_SECONDS * (1 + scenario.regression))
+        if scenario.tail:
+            p_c = tail_bucket_probabilities(LATENCY_MEDIAN_SECONDS, scenario.regression)
+        else:
+            p_c = latency_bucket_probabilities(LATENCY_MEDIAN_SECONDS * (1 + scenario.regression))
         t.candidate_buckets = rng.multinomial(cand_n, p_c).astype(float)
         t.stable_buckets = rng.multinomial(stab_n, p_s).astype(float)
         return t
