@@ -233,6 +233,20 @@ def _command(kind: str, help_text: str) -> click.Command:
 @click.option(
     "--health-port", envvar="ROLLOUT_HEALTH_PORT", type=int, default=None, help="serve /healthz on this port"
 )
+@click.option(
+    "--metrics-port",
+    envvar="ROLLOUT_METRICS_PORT",
+    type=int,
+    default=None,
+    help="serve the rollout_* series (phase, weight, rollbacks) at /metrics on this port",
+)
+@click.option(
+    "--metrics-host",
+    envvar="ROLLOUT_METRICS_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="address of --metrics-port (the Helm chart sets 0.0.0.0 so Prometheus reaches the Pod)",
+)
 @click.option("--log-level", envvar="ROLLOUT_LOG_LEVEL", default="info", show_default=True)
 @click.option(
     "--router",
@@ -254,6 +268,8 @@ def controller_cmd(
     lease_duration: float,
     identity: str,
     health_port: int | None,
+    metrics_port: int | None,
+    metrics_host: str,
     log_level: str,
     router: str,
 ) -> None:
@@ -278,6 +294,8 @@ def controller_cmd(
         health_host="0.0.0.0" if in_pod else "127.0.0.1",  # the kubelet probes the pod IP
         health_port=health_port,
         router=router,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
     run(cfg)
 

@@ -9,7 +9,10 @@
 - **leader election**: the startup handler blocks until this replica holds the Lease
   (``rollout.k8s.lease``), so a standby replica watches nothing and acts on nothing; a leader that
   loses its Lease stops the operator (the Deployment restarts it, as a standby). kopf's own peering
-  is off (it would need its cluster-wide peering CRDs and more RBAC).
+  is off (it would need its cluster-wide peering CRDs and more RBAC);
+- **metrics**: with ``metrics_port`` set, the rollout_* series (rollout/exporter.py) of every
+  rollout this replica reconciles are served on ``metrics_host:metrics_port`` (127.0.0.1 unless
+  the chart sets ROLLOUT_METRICS_HOST), refreshed on every reconcile. A standby serves none.
 Who calls it: ``rollout controller`` (rollout/cli/cluster.py) and the controller e2e tests.
 """
 
@@ -26,6 +29,7 @@ from typing import Any
 import kopf
 
 from rollout.errors import PermanentError, RolloutError, TemporaryError
+from rollout.exporter import MetricsServer, RolloutCollector
 from rollout.k8s.client import MODEL_ROLLOUT, KubeClient
 from rollout.k8s.lease import LeaderElector
 from rollout.metrics.base import MetricProvider
@@ -52,6 +56,8 @@ class ControllerConfig:
     health_host: str = "127.0.0.1"
     health_port: int | None = None
     router: str = "kserve"  # for ModelRollouts that name no cluster router (spec.router.provider nginx)
+    metrics_host: str = "127.0.0.1"  # the rollout_* series; the chart sets 0.0.0.0 in a Pod
+    metrics_port: int | None = None  # None: not served
 
 
 def _metrics_factory(default_url: str | None) -> Any:
@@ -148,7 +154,14 @@ def run(
     if cfg.leader_election:
         lease_ns = cfg.lease_namespace or cfg.namespace or os.environ.get("POD_NAMESPACE") or "default"
         elector = LeaderElector(client, lease_ns, cfg.lease_name, identity, cfg.lease_duration)
-    reconciler = Reconciler(client, _metrics_factory(cfg.metrics_address), default_provider=cfg.router)
+    exporter = RolloutCollector()
+    server = None
+    if cfg.metrics_port is not None:
+        server = MetricsServer(exporter, cfg.metrics_host, cfg.metrics_port).start()
+        log.info("rollout metrics on http://%s/metrics", server.address)
+    reconciler = Reconciler(
+        client, _metrics_factory(cfg.metrics_address), default_provider=cfg.router, exporter=exporter
+    )
     registry = build_registry(reconciler, cfg, elector, stop)
     liveness = f"http://{cfg.health_host}:{cfg.health_port}/healthz" if cfg.health_port else None
     try:
@@ -166,4 +179,6 @@ def run(
     finally:
         if elector is not None:
             elector.release()
+        if server is not None:
+            server.stop()
         client.close()

@@ -35,6 +35,7 @@ from rollout.actions import (
 )
 from rollout.engine import new_rollout, step
 from rollout.errors import NotFoundError, PermanentError, RolloutError, SpecError
+from rollout.exporter import RolloutCollector
 from rollout.k8s.client import INFERENCE_SERVICE, MODEL_ROLLOUT, KubeClient, Obj
 from rollout.metrics.base import MetricProvider
 from rollout.metrics.sampler import SampleContext, collect
@@ -105,6 +106,8 @@ class Reconciler:
     # provider for specs that leave router.provider at the local default ("nginx")
     default_provider: str = "kserve"
     memory: dict[tuple[str, str], _Memory] = field(default_factory=dict)
+    # the rollout_* series: refreshed with every state this reconciler reads or writes
+    exporter: RolloutCollector | None = None
 
     def _cluster_spec(self, spec: RolloutSpec) -> RolloutSpec:
         """``spec`` with a cluster router: the nginx router is the local mode's, never the cluster's."""
@@ -216,6 +219,7 @@ class Reconciler:
                 self._events(obj, t)
             mem.results = ()
             state = t.state
+            self._export(namespace, name, state)
             if not ready and not state.done:
                 log.info("%s/%s: candidate not ready: %s", namespace, name, why)
             try:
@@ -246,7 +250,16 @@ class Reconciler:
         router.set_routes(wanted)
         return True
 
+    def _export(self, namespace: str, name: str, state: RolloutState | None) -> None:
+        if self.exporter is None:
+            return
+        if state is None:
+            self.exporter.remove(name, namespace)
+        else:
+            self.exporter.update(name, state, namespace)
+
     def _invalid(self, obj: Obj, message: str) -> None:
+        self._export(obj["metadata"]["namespace"], obj["metadata"]["name"], None)
         status = {"phase": "Invalid", "reason": "InvalidSpec", "message": message}
         self.client.patch_status(MODEL_ROLLOUT, obj["metadata"]["namespace"], obj["metadata"]["name"], status)
         raise PermanentError(f"ModelRollout {obj['metadata']['name']}: {message}")
@@ -259,6 +272,7 @@ class Reconciler:
             return "invalid spec: routing left as it is"
         state = state_from_status(obj.get("status"))
         self.memory.pop((namespace, obj["metadata"]["name"]), None)
+        self._export(namespace, obj["metadata"]["name"], None)
         if state is not None and state.done:
             return f"rollout already {state.phase.value}: routing left as it is"
         target = route_target(spec)

@@ -11,6 +11,10 @@ Files under ``<home>/rollouts/<name>/``: ``state.json`` (the engine state), ``co
 commands written by ``rollout promote|abort|pause|resume``, one JSON file each, removed once the
 engine lists their id as applied), ``timeline.jsonl`` (one line per change: weights, phase, new
 measurements; the demo plots it).
+While it runs, the runner serves its rollout's rollout_* series (rollout/exporter.py) on a free
+127.0.0.1 port, registered with the stack's Prometheus as target ``rollout-<name>`` (label
+component="rollout"); before it returns it waits (a few seconds at most) for one scrape of the
+final state, so ``increase(rollout_rollbacks_total[...])`` sees the end, then unregisters.
 Who calls it: ``rollout run`` (rollout/cli/local.py) and the demo.
 """
 
@@ -36,7 +40,8 @@ from rollout.actions import (
 )
 from rollout.engine import new_rollout, step
 from rollout.errors import NotFoundError, RolloutError, StateError
-from rollout.local.processes import http_ok
+from rollout.exporter import MetricsServer, RolloutCollector
+from rollout.local.processes import LOOPBACK, http_ok
 from rollout.local.stack import LocalStack, default_home
 from rollout.metrics.sampler import SampleContext, collect
 from rollout.model import RolloutState
@@ -45,6 +50,7 @@ from rollout.spec import ModelRollout
 from rollout.state import StateStore, save_text
 
 TICK_SECONDS = 0.5
+FINAL_SCRAPE_TIMEOUT = 10.0  # file_sd picks a new target up within 5 s; Prometheus scrapes every 1 s
 
 
 def rollout_dir(name: str, home: Path | None = None) -> Path:
@@ -121,6 +127,8 @@ class LocalRunner:
         self._start_error: str | None = None
         self._candidate_was_ready = False
         self._stop = threading.Event()
+        self.exporter = RolloutCollector()
+        self.metrics_server: MetricsServer | None = None
 
     # --- backends --------------------------------------------------------------------------------
 
@@ -262,6 +270,14 @@ class LocalRunner:
         if state is None:
             state = new_rollout(self.spec)
             self.store.save(state)
+        self.exporter.update(self.rollout.metadata.name, state)
+        self._serve_metrics()
+        try:
+            return self._loop(state, timeout)
+        finally:
+            self._stop_metrics()
+
+    def _loop(self, state: RolloutState, timeout: float | None) -> RolloutState:
         if not state.done:
             self.ensure_stable()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -273,6 +289,7 @@ class LocalRunner:
                 self._timeline(t.state, now)
             self.execute(t.state, t.actions, now)  # ... then act
             state = t.state
+            self.exporter.update(self.rollout.metadata.name, state)
             self.commands.drop(state.applied_commands)
             if self.on_step is not None:
                 self.on_step(state)
@@ -281,6 +298,30 @@ class LocalRunner:
             if self._stop.is_set() or (deadline is not None and time.monotonic() > deadline):
                 return state
             self._stop.wait(self.tick)
+
+    # --- the rollout_* series --------------------------------------------------------------------
+
+    @property
+    def metrics_target(self) -> str:
+        return f"rollout-{self.rollout.metadata.name}"[:100]
+
+    def _serve_metrics(self) -> None:
+        self.metrics_server = MetricsServer(self.exporter, LOOPBACK, 0).start()
+        self.stack.prometheus.add_target(
+            self.metrics_target, self.metrics_server.address, {"component": "rollout"}
+        )
+
+    def _stop_metrics(self) -> None:
+        """Let Prometheus scrape the last state (when it runs), then stop serving and unregister."""
+        server, self.metrics_server = self.metrics_server, None
+        if server is None:
+            return
+        try:
+            if http_ok(self.stack.prometheus_url + "/-/ready")():
+                server.wait_scraped(time.time(), FINAL_SCRAPE_TIMEOUT)
+        finally:
+            self.stack.prometheus.remove_target(self.metrics_target)
+            server.stop()
 
     def _timeline(self, state: RolloutState, now: float) -> None:
         row: dict[str, Any] = {

@@ -51,7 +51,8 @@ CONFIDENCE_BUCKETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 ZSCORE_BUCKETS = (-3.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
 
 # --- rollout progress (exported by the rollout controller / local runner; read by alerts and
-# dashboards in rollout/k8s/). Labels: ``rollout`` (the ModelRollout name) and ``service``.
+# dashboards in rollout/k8s/, built by rollout/exporter.py). Labels: ``rollout`` (the ModelRollout
+# name), ``service`` and ``namespace`` (the ModelRollout's; empty in local mode).
 # gauge {rollout, service, phase}: 1 for the rollout's current phase (Progressing, Paused, Promoted,
 # RolledBack, ...), 0 for the others
 ROLLOUT_PHASE = "rollout_phase"
