@@ -318,7 +318,7 @@ def main() -> None:
                 "unit": f"of {plain_reloads.get('requests', 0):.0f}",
             },
             {
-                "name": f"failed requests over {reloads['changes']:.0f} drained reloads (Connection: close first)",
+                "name": f"failed requests over {reloads['changes']:.0f} drained reloads (nginx closes keep-alive first)",
                 "value": reloads["errors"],
                 "unit": f"of {reloads.get('requests', 0):.0f}",
             },

@@ -5,7 +5,8 @@ admin port. Everything that changes during a rollout — weights, header/cookie 
 mirror percent and even the backend addresses — lives in a Lua shared dict that the admin server
 changes without a reload (see lua/rollout_router.lua and rollout/routers/nginx.py). A graceful
 reload (SIGHUP, after ``nginx -t``) is only needed when the set of services changes; it drains
-keep-alive connections first (``Connection: close`` for half a second), because a plain reload
+keep-alive connections first (for half a second every request runs in a twin location with
+``keepalive_timeout 0``, so nginx answers ``Connection: close`` and closes), because a plain reload
 under load cuts idle keep-alive connections under clients' next requests (bench/router.py).
 Admin server (127.0.0.1 only): GET/POST /routes/<service>, POST/DELETE /drain, GET /metrics
 (rollout_router_requests_total{service,routed_to,code}, rollout_router_mirrored_total,
@@ -147,8 +148,14 @@ _PROXY = """
             proxy_hide_header X-Routed-To;
             add_header X-Request-ID $rollout_rid always;
             add_header X-Routed-To $rollout_to always;
-            header_filter_by_lua_block { require("rollout_router").header_filter() }
             log_by_lua_block { require("rollout_router").log() }"""
+
+
+_MIRRORED = """
+            mirror /_rollout_mirror;
+            mirror_request_body on;
+            # stable's answer goes to the candidate for the shadow agreement metric
+            body_filter_by_lua_block { require("rollout_router").capture() }"""
 
 
 def _service_server(name: str, port: int) -> str:
@@ -175,11 +182,15 @@ def _service_server(name: str, port: int) -> str:
             set $rollout_retried "";
             access_by_lua_block {{ require("rollout_router").route() }}{_PROXY}
         }}
-        location @rollout_mirrored {{
-            mirror /_rollout_mirror;
-            mirror_request_body on;
-            # stable's answer goes to the candidate for the shadow agreement metric
-            body_filter_by_lua_block {{ require("rollout_router").capture() }}{_PROXY}
+        location @rollout_mirrored {{{_MIRRORED}{_PROXY}
+        }}
+        # the drain twins (see NginxServer.reload): same proxying, but nginx closes the client
+        # connection after the response ("Connection: close", r->keepalive off)
+        location @rollout_drain {{
+            keepalive_timeout 0;{_PROXY}
+        }}
+        location @rollout_mirrored_drain {{
+            keepalive_timeout 0;{_MIRRORED}{_PROXY}
         }}
     }}"""
 
@@ -248,8 +259,12 @@ class NginxServer:
 
         In-flight requests finish on the old workers, but idle keep-alive connections of the old
         workers are closed when they exit, and a client that sends its next request on one at that
-        moment gets a connection error. So for ``drain`` seconds first, every response carries
-        ``Connection: close`` (clients reconnect cleanly, to the new workers after the reload).
+        moment gets a connection error. So for ``drain`` seconds first, the Lua router sends every
+        request to the ``@rollout_drain`` twin of its location, where ``keepalive_timeout 0`` makes
+        nginx itself answer ``Connection: close`` and close the connection after the response
+        (adding the header from Lua is not enough: nginx would still write its own
+        ``Connection: keep-alive`` first, and python-requests obeys the first one). Clients
+        reconnect cleanly, to the new workers after the reload.
         Routing changes never come here: they go through the Lua admin API.
         """
         self.write_config()

@@ -199,6 +199,38 @@ def test_graceful_reloads_under_load_fail_no_request(routed: Plane) -> None:
     assert res.failures == [], res.failures[:5]
 
 
+@pytest.mark.parametrize(
+    "routes", [Routes(candidate_weight=50), Routes(mirror_percent=100)], ids=["split", "shadow"]
+)
+def test_while_draining_nginx_itself_says_close_and_closes(routed: Plane, routes: Routes) -> None:
+    """During a drain a keep-alive client is told once, by nginx, to close; then nginx closes.
+
+    python-requests / http.client obey the first Connection header only, so a second
+    "Connection: close" after nginx's own "keep-alive" would not do (that was the reload gap).
+    """
+    import http.client
+
+    routed.router.set_routes(routes)
+    host, port = routed.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("POST", "/predict", body=b'{"x": 1}', headers={"Content-Type": "application/json"})
+        first = conn.getresponse()
+        first.read()
+        assert first.getheader("Connection") != "close", "keep-alive outside a drain"
+        httpx.post(routed.nginx.admin_url + "/drain?seconds=30", timeout=5).raise_for_status()
+        conn.request("POST", "/predict", body=b'{"x": 1}', headers={"Content-Type": "application/json"})
+        draining = conn.getresponse()
+        draining.read()
+        assert draining.status == 200
+        assert [v for k, v in draining.getheaders() if k.lower() == "connection"] == ["close"]
+        assert conn.sock is None or conn.sock.recv(1) == b"", "nginx closed the connection"
+    finally:
+        conn.close()
+        httpx.delete(routed.nginx.admin_url + "/drain", timeout=5).raise_for_status()
+    assert routed.send(3).total() == 3, "after the drain, requests are served as before"
+
+
 def test_plain_reload_without_drain_still_serves(routed: Plane) -> None:
     """The undrained SIGHUP path works too (its cost under load is measured in bench/router.py)."""
     routed.router.set_routes(Routes(candidate_weight=100))

@@ -114,6 +114,19 @@ local function persist()
     os.rename(tmp, state_file)
 end
 
+-- Where a routed request goes next. While a reload is being prepared ("drain" set by the admin
+-- API) requests jump to the *_drain twin of their location, whose keepalive_timeout is 0: nginx
+-- itself then answers "Connection: close" and closes the connection after the response, so no idle
+-- keep-alive connection is left on the old workers to be cut under a client's next request.
+local function proceed(to, mirrored)
+    ngx.var.rollout_to = to
+    local draining = dict:get("drain")
+    if mirrored then
+        return ngx.exec(draining and "@rollout_mirrored_drain" or "@rollout_mirrored")
+    end
+    if draining then return ngx.exec("@rollout_drain") end
+end
+
 -- access_by_lua in a service location: decide stable or candidate, and whether to mirror.
 function M.route()
     local service = ngx.var.rollout_service
@@ -129,12 +142,10 @@ function M.route()
     -- X-Model-Version of their prediction) goes back to that version while it serves
     local answered = ngx.var.http_x_model_version
     if answered and cfg.candidate and answered == cfg.versions.candidate then
-        ngx.var.rollout_to = "candidate"
-        return
+        return proceed("candidate", false)
     end
     if answered and answered == cfg.versions.stable then
-        ngx.var.rollout_to = "stable"
-        return
+        return proceed("stable", false)
     end
     if cfg.candidate then
         for i = 1, #cfg.match do
@@ -156,12 +167,11 @@ function M.route()
         end
         if to == "stable" and cfg.mirror > 0 and math.random(1, 100) <= cfg.mirror then
             ngx.var.rollout_mirror = "1"
-            ngx.var.rollout_to = to
             dict:incr("m:" .. service, 1, 0)
-            return ngx.exec("@rollout_mirrored")
+            return proceed(to, true)
         end
     end
-    ngx.var.rollout_to = to
+    return proceed(to, false)
 end
 
 -- balancer_by_lua of the upstream that serves clients: the chosen backend; on a connection
@@ -195,15 +205,6 @@ function M.balance_mirror()
     if not ok then
         ngx.log(ngx.ERR, "rollout: cannot set mirror peer: ", err)
         return ngx.exit(502)
-    end
-end
-
--- header_filter_by_lua: while a reload is being prepared ("drain" set by the admin API), every
--- response asks the client to close its connection, so that no idle keep-alive connection is left
--- on the old workers to be cut under a client's next request when they exit.
-function M.header_filter()
-    if dict:get("drain") then
-        ngx.header["Connection"] = "close"
     end
 end
 
