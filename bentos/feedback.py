@@ -75,10 +75,13 @@ class FeedbackStore:
             if not batch:
                 return
             try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO predictions (request_id, predicted, label, ts) VALUES (?, ?, NULL, ?)",
-                    batch,
-                )
+                # one transaction per batch (autocommit would commit, and write the WAL, per row)
+                with self._db:
+                    self._db.execute("BEGIN")
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO predictions (request_id, predicted, label, ts) VALUES (?, ?, NULL, ?)",
+                        batch,
+                    )
             except sqlite3.Error as exc:
                 logger.warning("dropped %d predictions from the feedback store: %s", len(batch), exc)
 

@@ -130,12 +130,16 @@ class ModelService:
         loaded = load_model(tag)
         # our parser rejects NaN/inf before predict, so skip sklearn's own finiteness scan
         sklearn.set_config(assume_finite=True)
-        self.feedback = FeedbackStore(metrics_dir / "feedback.sqlite3")
+        self.feedback = FeedbackStore(
+            metrics_dir / "feedback.sqlite3",
+            flush_interval=float(os.environ.get("BENTO_FEEDBACK_FLUSH_SECONDS", "0.05")),
+        )
         self.feedback.start()
         served = Served(loaded, LIMITS, metrics_dir, self.feedback)
         warm = np.asarray([loaded.record.metadata.feature_means], dtype=np.float64)
         for _ in range(3):
             served.estimator.predict_proba(warm)
+        served.metrics.flush_interval = float(os.environ.get("BENTO_METRICS_FLUSH_SECONDS", "0.5"))
         served.metrics.start()
         self.served = served
         APP.bind(served)
