@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import log_ndtr
 from scipy.stats import chi2, kstwo, norm
 
 # pseudo-count added to every category before taking logs in PSI, so an empty category is finite
@@ -207,3 +208,17 @@ def half_width(variance: float, tau: float, alpha: float) -> float:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if _log_mixture_ratio_scalar(mid, variance, tau) < target else (lo, mid)
     return hi
+
+
+def log_one_sided_ratio(distance: np.ndarray, variance: np.ndarray, tau: float, side: float) -> np.ndarray:
+    """log of the mixture likelihood ratio for an estimate ``distance`` away from the hypothesis,
+    the estimate ~ N(theta, variance), with a half-normal prior of scale ``tau`` on one side only
+    (``side`` +1: alternatives above the hypothesis, -1: below). A one-sided test of the
+    hypothesis: where the estimate lies on that side the ratio is about twice the two-sided one;
+    it is a martingale under the hypothesis, so ``>= 1/alpha`` at any look happens with
+    probability at most alpha."""
+    d, v = _f(distance), _f(variance)
+    t2 = tau * tau
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = side * d * tau / np.sqrt(v * (v + t2))
+        return 0.5 * np.log(v / (v + t2)) + d * d * t2 / (2 * v * (v + t2)) + math.log(2.0) + log_ndtr(z)
