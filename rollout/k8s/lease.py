@@ -112,8 +112,15 @@ class LeaderElector:
             stop.wait(poll if poll is not None else max(self.duration / 3, 0.2))
         return False
 
-    def start_renewing(self, on_lost: Callable[[], None]) -> None:
-        """Renew every ``duration / 3`` in a daemon thread; call ``on_lost`` once leadership is gone."""
+    def start_renewing(self, on_lost: Callable[[], None] | None = None) -> None:
+        """Renew every ``duration / 3`` in a daemon thread.
+
+        When leadership is lost (another holder took the Lease, or the API server could not be
+        reached for longer than the Lease duration) the process stands by instead of exiting:
+        ``is_leader`` turns false, so handlers act on nothing, ``on_lost`` is called, and the thread
+        keeps trying to acquire the Lease; once it does, ``is_leader`` is true again. Acting twice is
+        impossible either way: the reconciler writes status with the object's resourceVersion.
+        """
 
         def loop() -> None:
             while not self._stop.wait(max(self.duration / 3, 0.2)):
@@ -122,10 +129,19 @@ class LeaderElector:
                 except RolloutError as exc:
                     log.warning("lease renewal failed: %s", exc)
                     held = self.is_leader
-                if not held:
-                    log.error("%s lost the Lease %s/%s: stopping", self.identity, self.namespace, self.name)
+                if held:
+                    continue
+                log.error(
+                    "%s lost the Lease %s/%s: standing by until it can be acquired again",
+                    self.identity,
+                    self.namespace,
+                    self.name,
+                )
+                self._renewed_at = None
+                if on_lost is not None:
                     on_lost()
-                    return
+                if self.acquire(self._stop):
+                    log.info("%s leads again (Lease %s/%s)", self.identity, self.namespace, self.name)
 
         self._thread = threading.Thread(target=loop, name="lease-renewal", daemon=True)
         self._thread.start()

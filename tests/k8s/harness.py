@@ -173,6 +173,22 @@ class ControlPlane:
             if proc.poll() is not None:
                 raise ProcessError(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
 
+    def restart_apiserver(self, down: float = 0.0, timeout: float = 240.0) -> None:
+        """Kill kube-apiserver (SIGKILL, no graceful shutdown), keep it down ``down`` seconds, start it
+        again on the same port with the same etcd, and return once /readyz answers: an API outage
+        as clients see it (connections reset, then refused, then back with the same data)."""
+        _kill_group(self.procs["kube-apiserver"], grace=0.0)
+        time.sleep(down)
+        port = int(self.server.rsplit(":", 1)[1])
+        self.procs["kube-apiserver"] = _spawn("kube-apiserver", _apiserver_args(self, port), self.workdir)
+        with self.http(timeout=10) as http:
+            _wait(
+                self,
+                "kube-apiserver /readyz after a restart",
+                lambda: http.get("/readyz").status_code == 200,
+                timeout,
+            )
+
     def stop(self) -> None:
         """Stop every process (SIGTERM, then SIGKILL to the group) and remove the work directory
         (only etcd's data when the caller gave the directory, so that the logs stay for debugging)."""
@@ -186,15 +202,21 @@ class ControlPlane:
 
 
 def _kill_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if proc.poll() is None:
-        try:
+    """SIGTERM, then SIGKILL after ``grace`` seconds (``grace`` 0: SIGKILL at once)."""
+    if proc.poll() is not None:
+        return
+    try:
+        if grace > 0:
             os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(grace)
-        except ProcessLookupError:
-            pass
+            try:
+                proc.wait(grace)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    except ProcessLookupError:
+        pass
 
 
 def _die_with_parent() -> None:
@@ -203,7 +225,9 @@ def _die_with_parent() -> None:
 
 
 def _spawn(name: str, args: list[str], workdir: Path) -> subprocess.Popen[bytes]:
-    log = open(workdir / f"{name}.log", "wb")  # the child keeps its own copy of the fd
+    log = open(
+        workdir / f"{name}.log", "ab"
+    )  # the child keeps its own copy of the fd; "ab": a restart appends
     try:
         return subprocess.Popen(
             args,
