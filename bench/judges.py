@@ -33,11 +33,14 @@ def headline(result: dict[str, object]) -> list[dict[str, object]]:
         worst = t[f"false_rollbacks_below_1pct[{judge}]"]
         out.append(
             {
-                "name": f"worst false-rollback rate on good candidates, {judge}",
+                "name": f"worst false-rollback rate on good candidates, {judge}"
+                + (" (baseline: common default thresholds)" if judge == "threshold" else ""),
                 "value": 100 * float(worst["worst_false_rollback_rate"]),
                 "unit": "%",
-                "target": "< 1 %",
-                "met": worst["met"],
+                # the threshold judge configured like the usual defaults is the baseline we beat,
+                # not a judge we ship as the default: no target of ours
+                "target": "" if judge == "threshold" else "< 1 %",
+                "met": None if judge == "threshold" else worst["met"],
             }
         )
     seq5 = _row(rows, "sequential", "error-rate +5%", 10.0)

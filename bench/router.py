@@ -202,7 +202,9 @@ def main() -> None:
                 "--port",
                 str(port),
             ]
-            argv += ["--log-level", "warning", "--no-access-log"]
+            # keep-alive longer than nginx's upstream pool keeps a connection idle (60 s), as the
+            # model servers do (rollout/local/bento.py)
+            argv += ["--log-level", "warning", "--no-access-log", "--timeout-keep-alive", "75"]
             proc = sup.start(
                 f"backend{i}", argv, tmp / f"backend{i}.log", cwd=Path(__file__).resolve().parent.parent
             )

@@ -32,6 +32,9 @@ SERVICE = "bentos.service:ModelService"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+KEEP_ALIVE_SECONDS = 75
+
+
 def bento_server_command(
     model_tag: str,
     port: int,
@@ -49,6 +52,11 @@ def bento_server_command(
         LOOPBACK,
         "--port",
         str(port),
+        # idle keep-alive connections live 75 s, longer than any client of ours keeps one idle
+        # (nginx's upstream pool: 60 s), so the server never closes a connection under a request
+        # the client is sending on it (uvicorn's default is 5 s)
+        "--timeout-keep-alive",
+        str(KEEP_ALIVE_SECONDS),
     ]
     env = dict(os.environ)
     env.update(

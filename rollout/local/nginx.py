@@ -105,14 +105,14 @@ http {{
         server 0.0.0.1:1;  # placeholder; balancer_by_lua picks the real peer per request
         balancer_by_lua_block {{ require("rollout_router").balance() }}
         keepalive {cfg.upstream_keepalive};
-        keepalive_timeout 4s;  # below uvicorn's 5 s so nginx never reuses a connection being closed
+        keepalive_timeout 60s;  # below the model server's 75 s (rollout/local/bento.py): never reuses a connection being closed
         keepalive_requests 100000;
     }}
     upstream rollout_mirror {{
         server 0.0.0.1:1;
         balancer_by_lua_block {{ require("rollout_router").balance_mirror() }}
         keepalive {cfg.upstream_keepalive};
-        keepalive_timeout 4s;
+        keepalive_timeout 60s;
     }}
 
     server {{
