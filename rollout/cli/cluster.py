@@ -73,6 +73,9 @@ def render_status(obj: dict[str, Any]) -> str:
             f"  traffic    stable {w.get('stable', 100)}%  candidate {w.get('candidate', 0)}%"
             + (f"  mirror {w['mirror']}%" if w.get("mirror") else "")
         )
+    if st.get("handoff"):  # istio / gateway-api after a promotion: stable takes the model over
+        h = st["handoff"]
+        lines.append(f"  handoff    {h.get('phase')}: {h.get('message', '')}")
     if st.get("analysis"):
         lines.append("  analysis")
         for m in st["analysis"]:

@@ -13,6 +13,8 @@ Cluster conventions (the Helm chart's): InferenceServices are ``<service>`` (kse
 InferenceService's status (``routers.kserve.candidate_readiness``) before any traffic moves.
 ``KeepWarm`` needs no action here (the chart keeps both InferenceServices running), and
 ``Finalize`` only sets the routes: scaling the old version down is left to the deployer (GitOps).
+After a promotion in istio / gateway-api mode the stable InferenceService takes the candidate's
+model over and traffic returns to stable (``handoff.py``, recorded in ``.status.handoff``).
 Who calls it: rollout.controller.handlers (kopf timer and delete handlers) and tests.
 """
 
@@ -45,6 +47,7 @@ from rollout.routers.kserve import candidate_readiness
 from rollout.routers.registry import make_router
 from rollout.spec import RolloutSpec, RouterProvider, parse_rollout
 
+from . import handoff
 from .status import applied_command_keys, commands_from_annotations, state_from_status, status_from_state
 
 log = logging.getLogger("rollout.controller")
@@ -223,13 +226,16 @@ class Reconciler:
             if not ready and not state.done:
                 log.info("%s/%s: candidate not ready: %s", namespace, name, why)
             try:
-                moved = self._act(t, router)
+                moved = self._act(t, router, handoff.hold_routes(obj.get("status"), state))
             except PermanentError as exc:  # e.g. a route feature the provider cannot express
                 self.client.emit_event(obj, "RouterFailed", str(exc), "Warning")
                 raise
             mem.results = self._measure(spec, state, t.of(Measure))
             if not (t.changed or moved or mem.results) or state.done:
                 break
+        if handoff.applies(spec, state):
+            names = (isvc_name(spec, "stable"), isvc_name(spec, "candidate"))
+            handoff.HandOff(self.client, self.clock).advance(obj, spec, state, router, names)
         stale = applied_command_keys(annotations, state)
         if stale:
             self.client.patch(
@@ -237,12 +243,13 @@ class Reconciler:
             )
         return state
 
-    def _act(self, t: Transition, router: TrafficRouter) -> bool:
-        """Execute SetRoutes/Finalize. Returns True when the routes changed."""
+    def _act(self, t: Transition, router: TrafficRouter, hold: Routes | None = None) -> bool:
+        """Execute SetRoutes/Finalize (``hold``: these routes instead, after a promotion's hand-off).
+        Returns True when the routes changed."""
         wanted: Routes | None = None
         for a in t.actions:
             if isinstance(a, SetRoutes | Finalize):
-                wanted = a.routes
+                wanted = hold or a.routes
             elif isinstance(a, EnsureBackend):
                 pass  # the InferenceServices are deployed by the chart; readiness is observed each step
         if wanted is None or router.get_routes() == _normal(wanted):

@@ -144,6 +144,9 @@ def status_from_state(
         "finishedAt": iso(state.finished_at),
         "state": state.model_dump(mode="json"),
     }
+    handoff = (old or {}).get("handoff")  # written by handoff.py; kept while it is this rollout's
+    if handoff and state.phase == Phase.PROMOTED and handoff.get("model") == state.candidate:
+        out["handoff"] = handoff
     if generation is not None:
         out["observedGeneration"] = generation
     return out

@@ -175,8 +175,14 @@ def test_canary_runs_to_promotion_with_status_and_events(kube, k8s_namespace, co
     wait_for("Promoted", phase_is(kube, ns, "iris-canary", "Promoted"), timeout=180)
     st = status(kube, ns, "iris-canary")
     assert st["weights"] == {"stable": 0, "candidate": 100, "mirror": 0}
-    # the status is persisted before the routes are applied: the routes follow within a reconcile
-    wait_for("all traffic to the candidate", lambda: vs_weights(kube, ns) == {"stable": 0, "candidate": 100})
+    # then the hand-off (tests/e2e/test_handoff.py): stable takes the candidate's model over and all
+    # traffic returns to stable (here at once: both InferenceServices have the same predictor, so
+    # stable's generation does not change and it is already observed)
+    wait_for(
+        "the hand-off", lambda: status(kube, ns, "iris-canary").get("handoff", {}).get("phase") == "Complete"
+    )
+    wait_for("all traffic back to stable", lambda: vs_weights(kube, ns) == {"stable": 100, "candidate": 0})
+    st = status(kube, ns, "iris-canary")
     reasons = [h["reason"] for h in st["history"]]
     assert reasons[0] == "RolloutStarted" and reasons[-1] == "Promoted"
     conds = {c["type"]: c["status"] for c in st["conditions"]}
@@ -395,9 +401,16 @@ def test_controller_runs_with_the_least_privilege_service_account(
     ctl = Controller(kubeconfig, ns, tmp_path / "controller-sa.log", "sa")
     try:
         wait_for("Promoted", phase_is(kube, ns, "iris-sa", "Promoted"), timeout=180)
+        # the hand-off patches the stable InferenceService: the chart's Role allows it
         wait_for(
-            "all traffic to the candidate", lambda: vs_weights(kube, ns) == {"stable": 0, "candidate": 100}
+            "all traffic back to stable after the hand-off",
+            lambda: (
+                vs_weights(kube, ns) == {"stable": 100, "candidate": 0}
+                and status(kube, ns, "iris-sa").get("handoff", {}).get("phase") == "Complete"
+            ),
         )
+        stable = kube.get(INFERENCE_SERVICE, ns, "iris-stable")
+        assert stable["metadata"]["annotations"]["bento-rollout.io/model"] == "iris:v2"
     finally:
         ctl.kill(signal.SIGTERM)
         print(ctl.log.read_text(errors="replace")[-3000:])
@@ -464,7 +477,10 @@ def _kserve_or_gateway_flow(
     )
     assert out.returncode == 0 and "promote requested" in out.stdout, out.stderr
     wait_for("Promoted", phase_is(kube, ns, "iris-" + provider, "Promoted"), timeout=120)
-    wait_for("all traffic to the candidate", lambda: weight() == 100)
+    if provider == "kserve":  # KServe promotes its latest revision itself
+        wait_for("all traffic to the candidate", lambda: weight() == 100)
+    else:  # the hand-off: stable takes the candidate's model over, then gets all traffic back
+        wait_for("all traffic back to stable", lambda: weight() == 0, timeout=60)
     res = CliRunner().invoke(
         cli, ["status", "iris-" + provider, *args, "--watch"]
     )  # returns: the rollout ended

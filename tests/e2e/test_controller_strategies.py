@@ -222,13 +222,14 @@ def test_four_strategies_gated_on_prometheus(kube, k8s_namespace, controllers, p
     assert phases["ab"][0] == "Promoted"
 
     # the routing objects went through exactly the expected states (stable%, candidate%, mirror%, match)
-    assert seen["cgood"] == [(100, 0, 0, False), (75, 25, 0, False), (0, 100, 0, False)]
+    # ... (100, 0, 0, False) at the end of a promotion: the hand-off to stable (controller/handoff.py)
+    assert seen["cgood"] == [(100, 0, 0, False), (75, 25, 0, False), (0, 100, 0, False), (100, 0, 0, False)]
     assert seen["cbad"] == [(100, 0, 0, False), (75, 25, 0, False), (100, 0, 0, False)]
-    assert seen["bg"][0] == (100, 0, 0, False) and seen["bg"][-1] == (0, 100, 0, False)
+    assert seen["bg"][0] == (100, 0, 0, False) and seen["bg"][-2:] == [(0, 100, 0, False), (100, 0, 0, False)]
     # blue/green never splits user traffic: preview is a header match + mirror, then one switch
     assert all((s[0], s[1]) in ((100, 0), (0, 100)) for s in seen["bg"])
     assert (100, 0, 100, True) in seen["bg"]
     assert (100, 0, 100, False) in seen["shadow"] and seen["shadow"][-1] == (100, 0, 0, False)
-    assert (50, 50, 0, False) in seen["ab"] and seen["ab"][-1] == (0, 100, 0, False)
+    assert (50, 50, 0, False) in seen["ab"] and seen["ab"][-2:] == [(0, 100, 0, False), (100, 0, 0, False)]
     cbad = status(kube, ns, "cbad")["analysis"][0]
     assert cbad["latest"] == "Failed" and cbad["value"] > 0.05
