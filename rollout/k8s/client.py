@@ -1,7 +1,9 @@
 """The only code that talks to the Kubernetes API server: a thin wrapper over the ``kubernetes`` client.
 
-Objects are plain dicts (as on the wire). Every call goes through ``_call``, which translates the
-client's exceptions once, at this boundary, into ``rollout.errors`` (as httpx maps httpcore's):
+Objects are plain dicts (as on the wire). Every custom-object verb goes through ``_call`` (the
+group/version/namespace/plural prefix and our field manager), and every request through ``call``,
+which translates the client's exceptions once, at this boundary, into ``rollout.errors`` (as httpx
+maps httpcore's):
 
     404            -> NotFoundError
     409            -> ConflictError        (Temporary: re-read and retry; ``update`` does it for you)
@@ -153,58 +155,51 @@ class KubeClient:
 
     # --- custom objects ----------------------------------------------------------------------------
 
+    def _call(
+        self,
+        what: str,
+        fn: Callable[..., Any],
+        kind: Kind,
+        namespace: str,
+        *args: Any,
+        manager: bool = False,
+        strict: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """One custom-object request ``fn(group, version, namespace, plural, *args)`` through ``call``
+        (errors translated there). ``manager``: a write by our field manager; ``strict``: also
+        ``fieldValidation=Strict``."""
+        if manager or strict:
+            kwargs["field_manager"] = self.field_manager
+        if strict:
+            kwargs["field_validation"] = "Strict"
+        return self.call(what, fn, kind.group, kind.version, namespace, kind.plural, *args, **kwargs)
+
     def get(self, kind: Kind, namespace: str, name: str) -> Obj:
-        return self.call(
-            self._what(kind, namespace, name),
-            self.custom.get_namespaced_custom_object,
-            kind.group,
-            kind.version,
-            namespace,
-            kind.plural,
-            name,
-        )
+        what = self._what(kind, namespace, name)
+        return self._call(what, self.custom.get_namespaced_custom_object, kind, namespace, name)
 
     def list(self, kind: Kind, namespace: str, label_selector: str | None = None) -> list[Obj]:
-        out = self.call(
+        out = self._call(
             f"list {kind.plural} in {namespace}",
             self.custom.list_namespaced_custom_object,
-            kind.group,
-            kind.version,
+            kind,
             namespace,
-            kind.plural,
             label_selector=label_selector,
         )
         return list(out.get("items", []))
 
     def create(self, kind: Kind, namespace: str, body: Obj) -> Obj:
         body = {"apiVersion": kind.api_version, "kind": kind.kind, **body}
-        return self.call(
-            self._what(kind, namespace, body.get("metadata", {}).get("name")),
-            self.custom.create_namespaced_custom_object,
-            kind.group,
-            kind.version,
-            namespace,
-            kind.plural,
-            body,
-            field_manager=self.field_manager,
-            field_validation="Strict",
-        )
+        what = self._what(kind, namespace, body.get("metadata", {}).get("name"))
+        fn = self.custom.create_namespaced_custom_object
+        return self._call(what, fn, kind, namespace, body, strict=True)
 
     def replace(self, kind: Kind, namespace: str, body: Obj) -> Obj:
         """PUT the whole object; ``metadata.resourceVersion`` in ``body`` makes it conditional (409)."""
         name = body["metadata"]["name"]
-        return self.call(
-            self._what(kind, namespace, name),
-            self.custom.replace_namespaced_custom_object,
-            kind.group,
-            kind.version,
-            namespace,
-            kind.plural,
-            name,
-            body,
-            field_manager=self.field_manager,
-            field_validation="Strict",
-        )
+        fn = self.custom.replace_namespaced_custom_object
+        return self._call(self._what(kind, namespace, name), fn, kind, namespace, name, body, strict=True)
 
     def patch(
         self, kind: Kind, namespace: str, name: str, patch: Obj, resource_version: str | None = None
@@ -212,64 +207,32 @@ class KubeClient:
         """JSON merge patch (lists are replaced whole); with ``resource_version`` it is conditional."""
         if resource_version is not None:
             patch = {**patch, "metadata": {**patch.get("metadata", {}), "resourceVersion": resource_version}}
-        return self.call(
-            self._what(kind, namespace, name),
-            self.custom.patch_namespaced_custom_object,
-            kind.group,
-            kind.version,
-            namespace,
-            kind.plural,
-            name,
-            patch,
-            field_manager=self.field_manager,
-            field_validation="Strict",
-            _content_type="application/merge-patch+json",
-        )
+        return self._patch(kind, namespace, name, patch, "application/merge-patch+json")
 
     def apply(self, kind: Kind, namespace: str, body: Obj, force: bool = True) -> Obj:
         """Server-side apply: we own the fields we send; ``force`` takes them from other managers."""
         body = {"apiVersion": kind.api_version, "kind": kind.kind, **body}
-        name = body["metadata"]["name"]
-        return self.call(
-            self._what(kind, namespace, name),
-            self.custom.patch_namespaced_custom_object,
-            kind.group,
-            kind.version,
-            namespace,
-            kind.plural,
-            name,
-            body,
-            field_manager=self.field_manager,
-            field_validation="Strict",
-            force=force,
-            _content_type="application/apply-patch+yaml",
+        return self._patch(
+            kind, namespace, body["metadata"]["name"], body, "application/apply-patch+yaml", force=force
+        )
+
+    def _patch(self, kind: Kind, namespace: str, name: str, body: Obj, content_type: str, **kw: Any) -> Obj:
+        fn = self.custom.patch_namespaced_custom_object
+        what = self._what(kind, namespace, name)
+        return self._call(
+            what, fn, kind, namespace, name, body, strict=True, _content_type=content_type, **kw
         )
 
     def delete(self, kind: Kind, namespace: str, name: str) -> None:
-        self.call(
-            self._what(kind, namespace, name),
-            self.custom.delete_namespaced_custom_object,
-            kind.group,
-            kind.version,
-            namespace,
-            kind.plural,
-            name,
-        )
+        what = self._what(kind, namespace, name)
+        self._call(what, self.custom.delete_namespaced_custom_object, kind, namespace, name)
 
     def replace_status(self, kind: Kind, namespace: str, body: Obj) -> Obj:
         """PUT the status subresource; conditional on ``metadata.resourceVersion`` in ``body``."""
         name = body["metadata"]["name"]
-        return self.call(
-            self._what(kind, namespace, name) + " status",
-            self.custom.replace_namespaced_custom_object_status,
-            kind.group,
-            kind.version,
-            namespace,
-            kind.plural,
-            name,
-            body,
-            field_manager=self.field_manager,
-        )
+        what = self._what(kind, namespace, name) + " status"
+        fn = self.custom.replace_namespaced_custom_object_status
+        return self._call(what, fn, kind, namespace, name, body, manager=True)
 
     def patch_status(
         self, kind: Kind, namespace: str, name: str, status: Obj, resource_version: str | None = None
@@ -277,16 +240,14 @@ class KubeClient:
         patch: Obj = {"status": status}
         if resource_version is not None:
             patch["metadata"] = {"resourceVersion": resource_version}
-        return self.call(
+        return self._call(
             self._what(kind, namespace, name) + " status",
             self.custom.patch_namespaced_custom_object_status,
-            kind.group,
-            kind.version,
+            kind,
             namespace,
-            kind.plural,
             name,
             patch,
-            field_manager=self.field_manager,
+            manager=True,
             _content_type="application/merge-patch+json",
         )
 

@@ -17,19 +17,20 @@ is given. Who calls it: the controller through ``registry.make_router("gateway-a
 
 from __future__ import annotations
 
-from rollout.errors import InvalidObjectError, NotFoundError, RouterError
+from rollout.errors import InvalidObjectError, RouterError
 from rollout.k8s.client import HTTP_ROUTE, KubeClient, Obj
 from rollout.routers.base import Backend, Routes, RouteTarget
 from rollout.routers.matching import (
-    COOKIE_HEADER,
     MANAGED_BY,
-    cookie_regex,
-    match_from_header,
-    normalize_routes,
+    RouteObjectRouter,
+    header_conditions,
+    matches_from_headers,
+    routed_candidate,
     target_annotations,
-    target_from_annotations,
 )
 from rollout.spec import StickyKey
+
+_MATCH_TYPE = {"exact": "Exact", "regex": "RegularExpression"}
 
 
 def _ref(backend: Backend, port: int, weight: int | None = None) -> Obj:
@@ -41,24 +42,14 @@ def _ref(backend: Backend, port: int, weight: int | None = None) -> Obj:
 
 def http_route_rules(target: RouteTarget, routes: Routes, port: int = 80) -> list[Obj]:
     """The HTTPRoute ``spec.rules`` for ``routes``. Pure."""
-    cand = target.candidate
-    if cand is None and (routes.candidate_weight or routes.mirror_percent or routes.match):
-        raise RouterError(f"routes send traffic to a candidate but {target.service} has none")
+    cand = routed_candidate(target, routes)
     rules: list[Obj] = []
     if routes.match:
         assert cand is not None
-        matches = []
-        for m in routes.match:
-            if m.header is not None:
-                cond = {"type": "Exact", "name": m.header.lower(), "value": m.value}
-            else:
-                assert m.cookie is not None
-                cond = {
-                    "type": "RegularExpression",
-                    "name": COOKIE_HEADER,
-                    "value": cookie_regex(m.cookie, m.value),
-                }
-            matches.append({"headers": [cond]})
+        matches = [
+            {"headers": [{"type": _MATCH_TYPE[op], "name": name, "value": value}]}
+            for name, op, value in header_conditions(routes.match)
+        ]
         rules.append({"matches": matches, "backendRefs": [_ref(cand, port, 1)]})
     refs = [_ref(target.stable, port, routes.stable_weight)]
     if cand is not None:
@@ -125,85 +116,47 @@ def routes_from_http_route(route: Obj, target: RouteTarget) -> Routes:
     if sp := rule.get("sessionPersistence"):
         name = sp.get("sessionName")
         sticky = StickyKey(header=name) if sp.get("type") == "Header" else StickyKey(cookie=name)
-    matches = []
-    for r in rules:
-        for h in _header_conditions(r):
-            kind = h.get("type", "Exact")
-            m = match_from_header(
-                h["name"],
-                h["value"] if kind == "Exact" else None,
-                h["value"] if kind == "RegularExpression" else None,
-            )
-            if m is not None:
-                matches.append(m)
-    return Routes(
-        candidate_weight=candidate_weight, mirror_percent=mirror, match=tuple(matches), sticky=sticky
+    matches = matches_from_headers(
+        (
+            h["name"],
+            h["value"] if h.get("type", "Exact") == "Exact" else None,
+            h["value"] if h.get("type", "Exact") == "RegularExpression" else None,
+        )
+        for r in rules
+        for h in _header_conditions(r)
     )
+    return Routes(candidate_weight=candidate_weight, mirror_percent=mirror, match=matches, sticky=sticky)
 
 
-class GatewayApiRouter:
+class GatewayApiRouter(RouteObjectRouter):
     """TrafficRouter over one HTTPRoute in one namespace."""
+
+    kind = HTTP_ROUTE
 
     def __init__(
         self, client: KubeClient, namespace: str, name: str, gateway: str | None = None, port: int = 80
     ) -> None:
-        self.client, self.namespace, self.name = client, namespace, name
+        super().__init__(client, namespace, name)
         self.gateway, self.port = gateway, port
-        self.target: RouteTarget | None = None
 
-    def _target(self) -> RouteTarget:
-        if self.target is None:
-            obj = self.client.get(HTTP_ROUTE, self.namespace, self.name)
-            self.target = target_from_annotations(self.name, obj["metadata"].get("annotations"))
-            if self.target is None:
-                raise RouterError(f"HTTPRoute {self.namespace}/{self.name} is not managed yet: call ensure()")
-        return self.target
+    def new_object(self, target: RouteTarget, routes: Routes) -> Obj:
+        return http_route(self.name, target, routes, self.gateway, self.port)
 
-    def ensure(self, target: RouteTarget) -> None:
-        """Create the HTTPRoute (all traffic to stable) or adopt the existing one, keeping its routes
-        if they are ours."""
-        self.target = target
-        try:
-            current = self.client.get(HTTP_ROUTE, self.namespace, self.name)
-        except NotFoundError:
-            self.client.create(
-                HTTP_ROUTE, self.namespace, http_route(self.name, target, Routes(), self.gateway, self.port)
-            )
-            return
-        try:
-            routes = routes_from_http_route(current, target)
-        except (RouterError, KeyError, TypeError, ValueError):
-            routes = Routes.all_stable()
-        self._write(target, routes)
+    def spec_fields(self, target: RouteTarget, routes: Routes) -> Obj:
+        fields: Obj = {"rules": http_route_rules(target, routes, self.port)}
+        if self.gateway:
+            fields["parentRefs"] = [{"name": self.gateway}]
+        return fields
+
+    def read_routes(self, obj: Obj, target: RouteTarget) -> Routes:
+        return routes_from_http_route(obj, target)
 
     def _write(self, target: RouteTarget, routes: Routes) -> None:
-        rules = http_route_rules(target, routes, self.port)
-
-        def mutate(obj: Obj) -> Obj:
-            meta = obj["metadata"]
-            meta.setdefault("annotations", {}).update(target_annotations(target))
-            meta.setdefault("labels", {}).update(MANAGED_BY)
-            obj["spec"]["rules"] = rules
-            if self.gateway:
-                obj["spec"]["parentRefs"] = [{"name": self.gateway}]
-            return obj
-
         try:
-            self.client.update(HTTP_ROUTE, self.namespace, self.name, mutate)
+            super()._write(target, routes)
         except InvalidObjectError as exc:
             if routes.mirror_percent or routes.sticky:
                 raise InvalidObjectError(
                     f"{exc} (mirror percent and sessionPersistence need Gateway API's experimental-channel CRDs)"
                 ) from None
             raise
-
-    def set_routes(self, routes: Routes) -> None:
-        self._write(self._target(), routes)
-
-    def get_routes(self) -> Routes:
-        obj = self.client.get(HTTP_ROUTE, self.namespace, self.name)
-        return normalize_routes(routes_from_http_route(obj, self._target()))
-
-    def finalize(self, target: RouteTarget) -> None:
-        self.target = target
-        self._write(target, Routes.all_stable())

@@ -20,17 +20,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollout.errors import NotFoundError, RouterError, UnsupportedRouteError
+from rollout.errors import RouterError, UnsupportedRouteError
 from rollout.k8s.client import VIRTUAL_SERVICE, KubeClient, Obj
 from rollout.routers.base import Backend, Routes, RouteTarget
 from rollout.routers.matching import (
-    COOKIE_HEADER,
     MANAGED_BY,
-    cookie_regex,
-    match_from_header,
-    normalize_routes,
+    RouteObjectRouter,
+    header_conditions,
+    matches_from_headers,
+    routed_candidate,
     target_annotations,
-    target_from_annotations,
 )
 
 MATCH_ROUTE = "candidate-match"
@@ -51,19 +50,11 @@ def http_routes(target: RouteTarget, routes: Routes, port: int | None = None) ->
             "Istio cannot keep a user on one version of a weighted split (consistentHash balances "
             "endpoints inside one destination, after the weighted choice); use a header or cookie match"
         )
-    cand = target.candidate
-    if cand is None and (routes.candidate_weight or routes.mirror_percent or routes.match):
-        raise RouterError(f"routes send traffic to a candidate but {target.service} has none")
+    cand = routed_candidate(target, routes)
     out: list[Obj] = []
     if routes.match:
         assert cand is not None
-        conditions = []
-        for m in routes.match:
-            if m.header is not None:
-                conditions.append({"headers": {m.header.lower(): {"exact": m.value}}})
-            else:
-                assert m.cookie is not None
-                conditions.append({"headers": {COOKIE_HEADER: {"regex": cookie_regex(m.cookie, m.value)}}})
+        conditions = [{"headers": {name: {op: value}}} for name, op, value in header_conditions(routes.match)]
         out.append(
             {"name": MATCH_ROUTE, "match": conditions, "route": [{"destination": _destination(cand, port)}]}
         )
@@ -113,17 +104,18 @@ def routes_from_virtual_service(vs: Obj, target: RouteTarget) -> Routes:
     mirror = 0
     if cand_host is not None and primary.get("mirror", {}).get("host") == cand_host:
         mirror = round(float(primary.get("mirrorPercentage", {}).get("value", 100.0)))
-    matches = []
-    for cond in by_name.get(MATCH_ROUTE, {}).get("match", []):
-        for header, rule in cond.get("headers", {}).items():
-            m = match_from_header(header, rule.get("exact"), rule.get("regex"))
-            if m is not None:
-                matches.append(m)
-    return Routes(candidate_weight=weight, mirror_percent=mirror, match=tuple(matches))
+    matches = matches_from_headers(
+        (header, rule.get("exact"), rule.get("regex"))
+        for cond in by_name.get(MATCH_ROUTE, {}).get("match", [])
+        for header, rule in cond.get("headers", {}).items()
+    )
+    return Routes(candidate_weight=weight, mirror_percent=mirror, match=matches)
 
 
-class IstioRouter:
+class IstioRouter(RouteObjectRouter):
     """TrafficRouter over one VirtualService in one namespace."""
+
+    kind = VIRTUAL_SERVICE
 
     def __init__(
         self,
@@ -134,65 +126,20 @@ class IstioRouter:
         hosts: list[str] | None = None,
         port: int | None = None,
     ) -> None:
-        self.client, self.namespace, self.name = client, namespace, name
+        super().__init__(client, namespace, name)
         self.gateways = [gateway] if gateway else None
         self.hosts, self.port = hosts, port
-        self.target: RouteTarget | None = None
 
-    def _target(self) -> RouteTarget:
-        if self.target is not None:
-            return self.target
-        vs = self.client.get(VIRTUAL_SERVICE, self.namespace, self.name)
-        found = target_from_annotations(self.name, vs["metadata"].get("annotations"))
-        if found is None:
-            raise RouterError(
-                f"VirtualService {self.namespace}/{self.name} is not managed yet: call ensure()"
-            )
-        self.target = found
-        return found
+    def new_object(self, target: RouteTarget, routes: Routes) -> Obj:
+        return virtual_service(self.name, target, routes, self.hosts, self.gateways, self.port)
 
-    def ensure(self, target: RouteTarget) -> None:
-        """Create the VirtualService (all traffic to stable) or adopt the existing one."""
-        self.target = target
-        try:
-            current = self.client.get(VIRTUAL_SERVICE, self.namespace, self.name)
-        except NotFoundError:
-            body = virtual_service(
-                self.name, target, Routes.all_stable(), self.hosts, self.gateways, self.port
-            )
-            self.client.create(VIRTUAL_SERVICE, self.namespace, body)
-            return
-        # adopt: keep the live routes if they are ours, else start from all-stable
-        try:
-            routes = routes_from_virtual_service(current, target)
-        except (RouterError, KeyError, TypeError, ValueError):
-            routes = Routes.all_stable()
-        self._write(target, routes)
+    def spec_fields(self, target: RouteTarget, routes: Routes) -> Obj:
+        fields: Obj = {"http": http_routes(target, routes, self.port)}
+        if self.hosts:
+            fields["hosts"] = self.hosts
+        if self.gateways:
+            fields["gateways"] = self.gateways
+        return fields
 
-    def _write(self, target: RouteTarget, routes: Routes) -> None:
-        http = http_routes(target, routes, self.port)
-
-        def mutate(vs: Obj) -> Obj:
-            meta = vs["metadata"]
-            meta.setdefault("annotations", {}).update(target_annotations(target))
-            meta.setdefault("labels", {}).update(MANAGED_BY)
-            vs["spec"]["http"] = http
-            if self.hosts:
-                vs["spec"]["hosts"] = self.hosts
-            if self.gateways:
-                vs["spec"]["gateways"] = self.gateways
-            return vs
-
-        self.client.update(VIRTUAL_SERVICE, self.namespace, self.name, mutate)
-
-    def set_routes(self, routes: Routes) -> None:
-        self._write(self._target(), routes)
-
-    def get_routes(self) -> Routes:
-        vs = self.client.get(VIRTUAL_SERVICE, self.namespace, self.name)
-        return normalize_routes(routes_from_virtual_service(vs, self._target()))
-
-    def finalize(self, target: RouteTarget) -> None:
-        """Everything to stable; the candidate stays listed at weight 0 so routes read back cleanly."""
-        self.target = target
-        self._write(target, Routes.all_stable())
+    def read_routes(self, obj: Obj, target: RouteTarget) -> Routes:
+        return routes_from_virtual_service(obj, target)

@@ -1,5 +1,7 @@
 """Helpers shared by the cluster routers (istio.py, gateway_api.py, kserve.py): cookie matches as
-header regexes, and the annotations that remember which backend is stable and which is candidate.
+header regexes, the annotations that remember which backend is stable and which is candidate, and
+``RouteObjectRouter``, the TrafficRouter over one annotated routing object that istio.py and
+gateway_api.py both are (they only say how their object is built and read back).
 
 Istio and Gateway API can match a header's value exactly but have no cookie match, so a cookie
 match ``name=value`` becomes a regular expression on the ``Cookie`` header. Envoy evaluates it with
@@ -11,8 +13,11 @@ API object compare equal to the routes that were set.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import replace
 
+from rollout.errors import NotFoundError, RouterError
+from rollout.k8s.client import Kind, KubeClient, Obj
 from rollout.routers.base import Backend, Routes, RouteTarget
 from rollout.spec import HeaderMatch, StickyKey
 
@@ -50,6 +55,34 @@ def match_from_header(name: str, exact: str | None, regex: str | None) -> Header
     return None
 
 
+def routed_candidate(target: RouteTarget, routes: Routes) -> Backend | None:
+    """The target's candidate; RouterError when ``routes`` send it traffic but there is none."""
+    if target.candidate is None and (routes.candidate_weight or routes.mirror_percent or routes.match):
+        raise RouterError(f"routes send traffic to a candidate but {target.service} has none")
+    return target.candidate
+
+
+def header_conditions(match: Iterable[HeaderMatch]) -> list[tuple[str, str, str]]:
+    """(header name, "exact" | "regex", value) per match, as the cluster routers write them: a header
+    match is an exact, lower-cased header; a cookie match a regex on the Cookie header. The inverse of
+    ``matches_from_headers``."""
+    out = []
+    for m in match:
+        if m.header is not None:
+            out.append((m.header.lower(), "exact", m.value))
+        else:
+            assert m.cookie is not None
+            out.append((COOKIE_HEADER, "regex", cookie_regex(m.cookie, m.value)))
+    return out
+
+
+def matches_from_headers(conditions: Iterable[tuple[str, str | None, str | None]]) -> tuple[HeaderMatch, ...]:
+    """HeaderMatches from (header name, exact value, regex) conditions read back from an API object;
+    conditions that are not ours are skipped."""
+    found = (match_from_header(name, exact, regex) for name, exact, regex in conditions)
+    return tuple(m for m in found if m is not None)
+
+
 def normalize_routes(routes: Routes) -> Routes:
     """``routes`` with header names lower-cased, as the cluster routers write them and read them back
     (HTTP header names are case-insensitive; Istio requires lower case)."""
@@ -83,3 +116,78 @@ def target_from_annotations(service: str, annotations: dict[str, str] | None) ->
     return RouteTarget(
         service=service, stable=backend(ann[STABLE_ANNOTATION]), candidate=backend(cand) if cand else None
     )
+
+
+class RouteObjectRouter:
+    """A TrafficRouter over one routing object of ``kind`` that records its target in annotations.
+
+    Subclasses say how their object is built (``new_object``), which ``spec`` fields they own
+    (``spec_fields``; computed before any API call, so a route the provider cannot express is
+    refused without writing) and how routes are read back (``read_routes``). ``ensure`` creates the
+    object (all traffic to stable) or adopts an existing one, keeping its routes if they are ours;
+    writes go through ``KubeClient.update`` (re-read and retried on a 409).
+    """
+
+    kind: Kind
+
+    def __init__(self, client: KubeClient, namespace: str, name: str) -> None:
+        self.client, self.namespace, self.name = client, namespace, name
+        self.target: RouteTarget | None = None
+
+    def new_object(self, target: RouteTarget, routes: Routes) -> Obj:
+        raise NotImplementedError
+
+    def spec_fields(self, target: RouteTarget, routes: Routes) -> Obj:
+        raise NotImplementedError
+
+    def read_routes(self, obj: Obj, target: RouteTarget) -> Routes:
+        raise NotImplementedError
+
+    def _target(self) -> RouteTarget:
+        if self.target is None:
+            obj = self.client.get(self.kind, self.namespace, self.name)
+            self.target = target_from_annotations(self.name, obj["metadata"].get("annotations"))
+            if self.target is None:
+                raise RouterError(
+                    f"{self.kind.kind} {self.namespace}/{self.name} is not managed yet: call ensure()"
+                )
+        return self.target
+
+    def ensure(self, target: RouteTarget) -> None:
+        """Create the object (all traffic to stable) or adopt the existing one."""
+        self.target = target
+        try:
+            current = self.client.get(self.kind, self.namespace, self.name)
+        except NotFoundError:
+            self.client.create(self.kind, self.namespace, self.new_object(target, Routes.all_stable()))
+            return
+        # adopt: keep the live routes if they are ours, else start from all-stable
+        try:
+            routes = self.read_routes(current, target)
+        except (RouterError, KeyError, TypeError, ValueError):
+            routes = Routes.all_stable()
+        self._write(target, routes)
+
+    def _write(self, target: RouteTarget, routes: Routes) -> None:
+        fields = self.spec_fields(target, routes)
+
+        def mutate(obj: Obj) -> Obj:
+            meta = obj["metadata"]
+            meta.setdefault("annotations", {}).update(target_annotations(target))
+            meta.setdefault("labels", {}).update(MANAGED_BY)
+            obj["spec"].update(fields)
+            return obj
+
+        self.client.update(self.kind, self.namespace, self.name, mutate)
+
+    def set_routes(self, routes: Routes) -> None:
+        self._write(self._target(), routes)
+
+    def get_routes(self) -> Routes:
+        obj = self.client.get(self.kind, self.namespace, self.name)
+        return normalize_routes(self.read_routes(obj, self._target()))
+
+    def finalize(self, target: RouteTarget) -> None:
+        """Everything to stable; the candidate stays listed at weight 0 so routes read back cleanly."""
+        self.target = target
+        self._write(target, Routes.all_stable())
