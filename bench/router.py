@@ -221,7 +221,7 @@ def main() -> None:
             "plain-nginx", [NGINX_BIN, "-p", str(plain_prefix), "-c", "nginx.conf"], tmp / "plain.log"
         )
         sup.wait_ready(plain, http_ok(f"http://127.0.0.1:{plain_port}/"), timeout=30)
-        router = NginxRouter(nginx.admin_url, "bench")
+        router = NginxRouter(nginx.admin_url, "bench", token=nginx.admin_token)
         stable, candidate = (
             Backend(n, n, f"127.0.0.1:{p}") for n, p in zip(("stable", "candidate"), ports, strict=True)
         )

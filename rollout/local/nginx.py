@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import time
@@ -49,6 +50,8 @@ class NginxConfig:
     upstream_keepalive: int = 64
     access_log: bool = False
     client_max_body_size: str = "1m"
+    # bearer token of the admin API; None: read from (or first written to) <prefix>/admin-token
+    admin_token: str | None = None
 
 
 def render_config(cfg: NginxConfig) -> str:
@@ -117,6 +120,7 @@ http {{
 
     server {{
         listen {LOOPBACK}:{cfg.admin_port};
+        set $rollout_admin_token "{cfg.admin_token or ""}";
         location = /healthz {{ return 200 "ok\\n"; }}
         location = /metrics {{ content_by_lua_block {{ require("rollout_router").metrics() }} }}
         location = /drain {{ content_by_lua_block {{ require("rollout_router").admin_drain() }} }}
@@ -195,6 +199,26 @@ def _service_server(name: str, port: int) -> str:
     }}"""
 
 
+TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
+
+
+def load_admin_token(prefix: Path) -> str:
+    """The admin token kept in ``<prefix>/admin-token`` (mode 0600), created on first use."""
+    path = prefix / "admin-token"
+    prefix.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        token = path.read_text().strip()
+    else:
+        token = secrets.token_urlsafe(32)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+    if not TOKEN.fullmatch(token):
+        raise RouterError(f"{path} does not hold a valid admin token: delete it to get a new one", delay=0)
+    return token
+
+
 class NginxServer:
     """One nginx master with its own prefix directory; started and stopped by a Supervisor."""
 
@@ -203,6 +227,16 @@ class NginxServer:
         self.cfg = cfg
         self.name = name
         self.proc: ManagedProcess | None = None
+        if cfg.admin_token is None:
+            cfg.admin_token = load_admin_token(cfg.prefix)
+        elif not TOKEN.fullmatch(cfg.admin_token):
+            raise RouterError("the nginx admin token must be 16-128 characters of A-Z a-z 0-9 _ -", delay=0)
+
+    @property
+    def admin_token(self) -> str:
+        """The admin API's bearer token (NginxRouter and ``reload`` send it)."""
+        assert self.cfg.admin_token is not None
+        return self.cfg.admin_token
 
     @property
     def conf_path(self) -> Path:
@@ -221,6 +255,7 @@ class NginxServer:
             (p / d).mkdir(parents=True, exist_ok=True)
         tmp = self.conf_path.with_suffix(".conf.tmp")
         tmp.write_text(render_config(self.cfg))
+        tmp.chmod(0o600)  # it holds the admin token
         self.test_config(tmp)
         tmp.replace(self.conf_path)
 
@@ -293,7 +328,12 @@ class NginxServer:
 
     def _admin(self, method: str, path: str) -> None:
         try:
-            httpx.request(method, self.admin_url + path, timeout=5).raise_for_status()
+            httpx.request(
+                method,
+                self.admin_url + path,
+                headers={"Authorization": f"Bearer {self.admin_token}"},
+                timeout=5,
+            ).raise_for_status()
         except httpx.HTTPError as exc:
             raise RouterError(f"nginx admin API {method} {path} failed: {exc}") from exc
 

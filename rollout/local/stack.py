@@ -308,7 +308,7 @@ class LocalStack:
 
     def router(self, service: str) -> NginxRouter:
         self.service_url(service)  # NotFoundError for an unknown service
-        return NginxRouter(self.nginx.admin_url, service)
+        return NginxRouter(self.nginx.admin_url, service, token=self.nginx.admin_token)
 
     def metrics(self) -> PrometheusProvider:
         return PrometheusProvider(self.prometheus.url)

@@ -12,6 +12,7 @@ Who calls it: the local runner (via rollout/routers/registry.py or LocalStack.ro
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import httpx
@@ -19,6 +20,8 @@ import httpx
 from rollout.errors import RouterError
 from rollout.routers.base import Backend, Routes, RouteTarget
 from rollout.spec import HeaderMatch, StickyKey
+
+TOKEN_ENV = "ROLLOUT_NGINX_ADMIN_TOKEN"  # the admin API's bearer token when not passed in
 
 
 def routes_to_wire(routes: Routes) -> dict[str, Any]:
@@ -48,10 +51,12 @@ def routes_from_wire(doc: dict[str, Any]) -> Routes:
 class NginxRouter:
     """TrafficRouter for one service behind the local nginx (its admin URL, e.g. http://127.0.0.1:PORT)."""
 
-    def __init__(self, admin_url: str, service: str, timeout: float = 5.0) -> None:
+    def __init__(self, admin_url: str, service: str, timeout: float = 5.0, token: str | None = None) -> None:
         self.admin_url = admin_url.rstrip("/")
         self.service = service
-        self._client = httpx.Client(timeout=timeout)
+        token = token or os.environ.get(TOKEN_ENV)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(timeout=timeout, headers=headers)
         self._target: RouteTarget | None = None
 
     def _url(self) -> str:

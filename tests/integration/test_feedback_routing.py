@@ -33,7 +33,7 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NginxRout
             sup, NginxConfig(prefix=tmp / "p", admin_port=free_port(), services={"iris": free_port()})
         )
         nginx.start()
-        router = NginxRouter(nginx.admin_url, "iris")
+        router = NginxRouter(nginx.admin_url, "iris", token=nginx.admin_token)
         router.ensure(RouteTarget("iris", stable, cand))
         yield router, nginx.service_url("iris"), stable, cand
     finally:

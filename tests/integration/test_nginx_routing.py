@@ -30,7 +30,7 @@ SERVICE = "iris"
 class Plane:
     def __init__(self, sup: Supervisor, nginx: NginxServer, stable: Backend, candidate: Backend) -> None:
         self.sup, self.nginx, self.stable, self.candidate = sup, nginx, stable, candidate
-        self.router = NginxRouter(nginx.admin_url, SERVICE)
+        self.router = NginxRouter(nginx.admin_url, SERVICE, token=nginx.admin_token)
         self.url = nginx.service_url(SERVICE)
         self.target = RouteTarget(SERVICE, stable, candidate)
 
@@ -44,6 +44,10 @@ class Plane:
                 assert r.status_code == 200, r.text
                 seen[(r.headers["x-routed-to"], r.json()["server"])] += 1
         return seen
+
+
+def auth(plane: Plane) -> dict[str, str]:
+    return {"Authorization": f"Bearer {plane.nginx.admin_token}"}
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +222,9 @@ def test_while_draining_nginx_itself_says_close_and_closes(routed: Plane, routes
         first = conn.getresponse()
         first.read()
         assert first.getheader("Connection") != "close", "keep-alive outside a drain"
-        httpx.post(routed.nginx.admin_url + "/drain?seconds=30", timeout=5).raise_for_status()
+        httpx.post(
+            routed.nginx.admin_url + "/drain?seconds=30", headers=auth(routed), timeout=5
+        ).raise_for_status()
         conn.request("POST", "/predict", body=b'{"x": 1}', headers={"Content-Type": "application/json"})
         draining = conn.getresponse()
         draining.read()
@@ -227,7 +233,7 @@ def test_while_draining_nginx_itself_says_close_and_closes(routed: Plane, routes
         assert conn.sock is None or conn.sock.recv(1) == b"", "nginx closed the connection"
     finally:
         conn.close()
-        httpx.delete(routed.nginx.admin_url + "/drain", timeout=5).raise_for_status()
+        httpx.delete(routed.nginx.admin_url + "/drain", headers=auth(routed), timeout=5).raise_for_status()
     assert routed.send(3).total() == 3, "after the drain, requests are served as before"
 
 
@@ -265,9 +271,33 @@ def test_candidate_killed_mid_canary_gives_clients_no_errors(plane: Plane, tmp_p
     plane.router.finalize(RouteTarget(SERVICE, plane.stable))
 
 
+def test_admin_api_refuses_requests_without_the_token(routed: Plane) -> None:
+    """Another local user (or a web page posting to 127.0.0.1) cannot move traffic."""
+    routed.router.set_routes(Routes(candidate_weight=20))
+    url = f"{routed.nginx.admin_url}/routes/{SERVICE}"
+    for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": "Basic eDp5"}):
+        stolen = httpx.post(url, json={"routes": {"candidateWeight": 100}}, headers=headers)
+        assert stolen.status_code == 401, stolen.text
+        assert "Bearer" in stolen.json()["error"] and stolen.headers["www-authenticate"].startswith("Bearer")
+        assert httpx.get(url, headers=headers).status_code == 401
+        assert httpx.post(routed.nginx.admin_url + "/drain?seconds=60", headers=headers).status_code == 401
+    assert routed.router.get_routes() == Routes(candidate_weight=20), "routing unchanged"
+    token_file = routed.nginx.cfg.prefix / "admin-token"
+    assert token_file.read_text().strip() == routed.nginx.admin_token
+    assert token_file.stat().st_mode & 0o077 == 0, "the token file is readable by its owner only"
+    assert routed.nginx.conf_path.stat().st_mode & 0o077 == 0, "nginx.conf holds the token: owner only"
+    assert httpx.get(routed.nginx.admin_url + "/metrics").status_code == 200, (
+        "metrics stay open to Prometheus"
+    )
+
+
 def test_invalid_routes_are_refused_and_leave_routing_unchanged(routed: Plane) -> None:
     routed.router.set_routes(Routes(candidate_weight=20))
-    bad = httpx.post(f"{routed.nginx.admin_url}/routes/{SERVICE}", json={"routes": {"candidateWeight": 150}})
+    bad = httpx.post(
+        f"{routed.nginx.admin_url}/routes/{SERVICE}",
+        json={"routes": {"candidateWeight": 150}},
+        headers=auth(routed),
+    )
     assert bad.status_code == 400 and "candidateWeight" in bad.json()["error"]
     routed.router.finalize(RouteTarget(SERVICE, routed.stable))
     with pytest.raises(RouterError, match="candidate is not set"):
@@ -301,7 +331,9 @@ def test_router_metrics_count_decisions(routed: Plane) -> None:
 
 
 def test_registry_builds_nginx_router_and_refuses_unknown(plane: Plane) -> None:
-    router = make_router("nginx", admin_url=plane.nginx.admin_url, service=SERVICE)
+    router = make_router(
+        "nginx", admin_url=plane.nginx.admin_url, service=SERVICE, token=plane.nginx.admin_token
+    )
     assert isinstance(router, NginxRouter)
     with pytest.raises(UnknownProviderError, match="linkerd"):
         make_router("linkerd")

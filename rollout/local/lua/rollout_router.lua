@@ -308,9 +308,22 @@ local function reply(status, body)
     return ngx.exit(status)
 end
 
+-- The admin API changes where users' requests go, so it wants the bearer token that
+-- rollout/local/nginx.py generated for this nginx (a 0600 file in its prefix; set here as
+-- $rollout_admin_token): another local user or a browser page posting to 127.0.0.1 gets 401.
+local function authorized()
+    local want = ngx.var.rollout_admin_token
+    if want and want ~= "" and ngx.var.http_authorization == "Bearer " .. want then return true end
+    ngx.header["WWW-Authenticate"] = 'Bearer realm="rollout-router-admin"'
+    reply(401, { error = "the router's admin API needs 'Authorization: Bearer <token>' "
+        .. "(the token is in the nginx prefix's admin-token file)" })
+    return false
+end
+
 -- content_by_lua of the admin location /routes/<service>.
 -- GET: the applied document. POST: replace "routes" and/or "backends" (keys present in the body).
 function M.admin()
+    if not authorized() then return end
     local service = string.match(ngx.var.uri, "^/routes/([%w_.-]+)$")
     if not service then return reply(404, { error = "use /routes/<service>" }) end
     local method = ngx.req.get_method()
@@ -343,6 +356,7 @@ end
 -- content_by_lua of the admin location /drain: POST ?seconds=N starts draining (expires by
 -- itself after N seconds), DELETE stops it.
 function M.admin_drain()
+    if not authorized() then return end
     local method = ngx.req.get_method()
     if method == "POST" then
         local seconds = tonumber(ngx.var.arg_seconds) or 5
