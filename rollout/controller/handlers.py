@@ -115,7 +115,7 @@ def build_registry(
             if not await asyncio.to_thread(elector.acquire, stop):
                 return
             log.info("%s is the leader", elector.identity)
-            elector.start_renewing(on_lost=stop.set)
+            elector.start_renewing()
 
     @kopf.timer(group, version, plural, interval=cfg.interval, registry=registry)
     def tick(namespace: str, name: str, **_: Any) -> None:
