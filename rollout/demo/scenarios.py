@@ -48,6 +48,7 @@ class Scenario:
     spec_file: str
     expected: str  # final phase the scenario demonstrates
     timeout: float = 120.0
+    feedback_share: float = 0.5  # share of answers that get a delayed true label (Locust)
 
 
 SCENARIOS = (
@@ -55,7 +56,8 @@ SCENARIOS = (
     Scenario("canary-poisoned", "canary-poisoned.yaml", "RolledBack"),
     Scenario("shadow-slow", "shadow-slow.yaml", "RolledBack"),
     Scenario("bluegreen", "bluegreen.yaml", "Promoted"),
-    Scenario("abtest", "abtest.yaml", "Promoted", timeout=360.0),
+    # a 2-point accuracy gap needs ~1,200 labels per version to be significant: label every answer
+    Scenario("abtest", "abtest.yaml", "Promoted", timeout=360.0, feedback_share=1.0),
 )
 
 
@@ -77,10 +79,12 @@ def serve_only(stack: LocalStack, service: str, tag: str) -> Backend:
 
 @contextlib.contextmanager
 def locust(
-    url: str, summary: Path, users: int, seconds: float, log: Path
+    url: str, summary: Path, users: int, seconds: float, log: Path, feedback_share: float | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run Locust headless against ``url`` for at most ``seconds``; stop it gracefully on exit."""
     env = dict(os.environ, LOAD_SUMMARY=str(summary))
+    if feedback_share is not None:
+        env["LOAD_FEEDBACK_SHARE"] = str(feedback_share)
     argv = [
         str(Path(sys.executable).with_name("locust")),
         "-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r", str(users),
@@ -120,7 +124,12 @@ def run_scenario(
     serve_only(stack, spec.service, spec.stable.model)
     summary = report_dir / f"{sc.name}.locust.json"
     with locust(
-        stack.service_url(spec.service), summary, users, sc.timeout + 30, report_dir / f"{sc.name}.locust.log"
+        stack.service_url(spec.service),
+        summary,
+        users,
+        sc.timeout + 30,
+        report_dir / f"{sc.name}.locust.log",
+        feedback_share=sc.feedback_share,
     ):
         time.sleep(2.0)  # users spawned: the rollout starts under load
         runner = LocalRunner(rollout, stack, home=stack.home, on_step=_printer(echo, sc.name))
