@@ -12,25 +12,20 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import click
 
-from rollout.actions import CommandKind
 from rollout.errors import NotFoundError
-from rollout.local.runner import (
-    CommandQueue,
-    LocalRunner,
-    active_rollout,
-    list_rollouts,
-    load_state,
-    rollout_dir,
-)
-from rollout.local.stack import LocalStack
-from rollout.model import Phase, RolloutState
-from rollout.routers.base import RouteTarget
-from rollout.spec import load_rollout
 
-EXIT_BY_PHASE = {Phase.PROMOTED: 0, Phase.SUCCEEDED: 0, Phase.ROLLED_BACK: 1, Phase.ABORTED: 4}
+if TYPE_CHECKING:
+    from rollout.model import RolloutState
+
+# The engine, the data plane and the spec (scipy, numpy, pydantic, httpx...) are imported inside
+# the commands, so `rollout --help` and usage errors do not pay for them.
+
+# keyed by Phase value (Phase is a StrEnum: Phase.PROMOTED == "Promoted", same hash)
+EXIT_BY_PHASE = {"Promoted": 0, "Succeeded": 0, "RolledBack": 1, "Aborted": 4}
 
 
 def render_local(name: str, state: RolloutState) -> str:
@@ -55,7 +50,9 @@ def render_local(name: str, state: RolloutState) -> str:
 @click.option("--workers", type=int, default=1, show_default=True)
 def up_cmd(service: str, model_tag: str, workers: int) -> None:
     """Start nginx, Prometheus and the stable model server on 127.0.0.1 (stays up until `rollout down`)."""
+    from rollout.local.stack import LocalStack
     from rollout.registry import get_record
+    from rollout.routers.base import RouteTarget
 
     get_record(model_tag)  # ModelNotFoundError with a hint before anything starts
     stack = LocalStack.up(services=[service], detach=True)
@@ -74,6 +71,8 @@ def up_cmd(service: str, model_tag: str, workers: int) -> None:
 @click.command("down")
 def down_cmd() -> None:
     """Stop everything `rollout up` started."""
+    from rollout.local.stack import LocalStack
+
     click.echo("stopped the local stack" if LocalStack.down() else "no local stack was running")
 
 
@@ -84,6 +83,10 @@ def down_cmd() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="print only the outcome")
 def run_cmd(spec_path: str, timeout: float | None, fresh: bool, quiet: bool) -> None:
     """Run a rollout to the end on the local stack. Exit 0 promoted, 1 rolled back, 4 aborted."""
+    from rollout.local.runner import LocalRunner, rollout_dir
+    from rollout.local.stack import LocalStack
+    from rollout.spec import load_rollout
+
     rollout = load_rollout(spec_path)
     stack = LocalStack.attach()
     name = rollout.metadata.name
@@ -121,6 +124,8 @@ def run_cmd(spec_path: str, timeout: float | None, fresh: bool, quiet: bool) -> 
 @click.option("--interval", type=float, default=1.0, show_default=True)
 def status_cmd(name: str | None, watch: bool, output: str, interval: float) -> None:
     """Show a local rollout's phase, step, weights, analysis and recent events (all when no NAME)."""
+    from rollout.local.runner import active_rollout, list_rollouts, load_state
+
     if name is None and not watch:
         rollouts = list_rollouts()
         if not rollouts:
@@ -148,11 +153,16 @@ def status_cmd(name: str | None, watch: bool, output: str, interval: float) -> N
         time.sleep(interval)
 
 
-def _command(kind: CommandKind, help_text: str) -> click.Command:
-    @click.command(kind.value if kind != CommandKind.PROMOTE_FULL else "promote", help=help_text)
+def _command(kind: str, help_text: str) -> click.Command:
+    """A command that queues ``kind`` (a CommandKind value: promote, abort, pause, resume)."""
+
+    @click.command(kind, help=help_text)
     @click.argument("name", required=False)
     def cmd(name: str | None, **opts: bool) -> None:
-        real = CommandKind.PROMOTE_FULL if opts.get("full") else kind
+        from rollout.actions import CommandKind
+        from rollout.local.runner import CommandQueue, active_rollout, load_state, rollout_dir
+
+        real = CommandKind.PROMOTE_FULL if opts.get("full") else CommandKind(kind)
         name = name or active_rollout()
         state = load_state(name)
         if state.done:
@@ -164,7 +174,7 @@ def _command(kind: CommandKind, help_text: str) -> click.Command:
             f"{real.value} requested for {name} (command {c.id}); the running `rollout run` applies it"
         )
 
-    if kind == CommandKind.PROMOTE:
+    if kind == "promote":
         cmd = click.option("--full", is_flag=True, help="skip the remaining steps: promote now")(cmd)
     return cmd
 
@@ -172,9 +182,7 @@ def _command(kind: CommandKind, help_text: str) -> click.Command:
 def register(cli: click.Group) -> None:
     for c in (up_cmd, down_cmd, run_cmd, status_cmd):
         cli.add_command(c)
-    cli.add_command(
-        _command(CommandKind.PROMOTE, "Promote: end the current step or wait (--full: promote now).")
-    )
-    cli.add_command(_command(CommandKind.ABORT, "Abort: all traffic back to stable now."))
-    cli.add_command(_command(CommandKind.PAUSE, "Pause: hold the weights (analysis keeps running)."))
-    cli.add_command(_command(CommandKind.RESUME, "Resume a paused rollout."))
+    cli.add_command(_command("promote", "Promote: end the current step or wait (--full: promote now)."))
+    cli.add_command(_command("abort", "Abort: all traffic back to stable now."))
+    cli.add_command(_command("pause", "Pause: hold the weights (analysis keeps running)."))
+    cli.add_command(_command("resume", "Resume a paused rollout."))

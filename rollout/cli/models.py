@@ -22,14 +22,13 @@ from rollout.errors import GateFailedError, UsageError
 @click.option("--force", is_flag=True, help="Retrain even when the stored model is up to date.")
 def train_command(names: tuple[str, ...], all_: bool, force: bool) -> None:
     """Train model variants into the BentoML model store (idempotent)."""
-    from bentos.train import default_bentoml_home, train_many
-
-    default_bentoml_home()
-
     if all_ and names:
         raise UsageError("give variant names or --all, not both")
     if not all_ and not names:
         raise UsageError("name the variants to train (e.g. `rollout train v2`) or pass --all")
+    from bentos.train import default_bentoml_home, train_many  # sklearn, numpy: after the usage checks
+
+    default_bentoml_home()
     for result in train_many(list(names), force=force):
         meta = result.metadata
         state = "up to date" if result.skipped else "trained"

@@ -58,9 +58,6 @@ def simulate_command(
 ) -> None:
     """Compare the threshold, comparative and sequential judges on simulated rollouts (and the
     A/B test's rule against picking the leader)."""
-    from rollout.simulate import SimulationConfig, simulate
-    from rollout.simulator.report import plot, table, write_json
-
     if runs < 10 or runs > 200_000:
         raise UsageError(f"--runs must be between 10 and 200000, got {runs}")
     if any(r <= 0 for r in rps):
@@ -69,6 +66,9 @@ def simulate_command(
         raise UsageError(f"--horizon must be at least 60 seconds, got {horizon:g}")
     if stable_ratio <= 0:
         raise UsageError("--stable-ratio must be positive")
+    from rollout.simulate import SimulationConfig, simulate  # numpy, scipy: after the usage checks
+    from rollout.simulator.report import plot, table, write_json
+
     cfg = SimulationConfig(
         runs=runs,
         rps=tuple(rps) or (1.0, 10.0, 100.0),
