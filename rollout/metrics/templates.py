@@ -87,84 +87,154 @@ def _count(metric: str, extra: str = "") -> str:
     return f"sum(increase({_sel(metric, extra)}[{{{{window}}}}])) or vector(0)"
 
 
+def _sum_by(by: str, series: str, extra: str = "") -> str:
+    return f"sum by ({by}) (increase({_sel(series, extra)}[{{{{window}}}}]))"
+
+
 def _buckets(metric: str, by: str = "le", extra: str = "") -> str:
-    return f"sum by ({by}) (increase({_sel(metric + '_bucket', extra)}[{{{{window}}}}]))"
+    return _sum_by(by, metric + "_bucket", extra)
+
+
+# --- one factory per sample kind: a template is one call naming its series --------------------------
+
+
+def _proportion(
+    name: str,
+    description: str,
+    *,
+    total: str,
+    bad: str = "",
+    good: str = "",
+    where: str = "",
+    bad_where: str = "",
+    test: Test = Test.TWO_PROPORTION,
+) -> Template:
+    """``bad`` (headline: the bad rate) or ``good`` (the good rate) out of ``total``, counted over the
+    window; ``where`` narrows every count, ``bad_where`` only the bad one."""
+    if bool(bad) == bool(good):
+        raise ValueError(f"template {name}: a proportion counts either bad or good answers")
+    if bad:
+        queries = {
+            "bad": _count(bad, ",".join(filter(None, (where, bad_where)))),
+            "total": _count(total, where),
+        }
+    else:
+        queries = {"total": _count(total, where), "good": _count(good, where)}
+    return Template(
+        name=name,
+        kind=SampleKind.PROPORTION,
+        headline=Headline.BAD_RATE if bad else Headline.GOOD_RATE,
+        test=test,
+        queries=queries,
+        description=description,
+        series=tuple(dict.fromkeys((total, bad or good))),
+    )
+
+
+def _histogram(
+    name: str,
+    description: str,
+    metric: str,
+    *,
+    headline: Headline,
+    test: Test,
+    where: str = "",
+    quantile: float | None = None,
+) -> Template:
+    """The bucket counts of histogram ``metric`` over the window."""
+    return Template(
+        name=name,
+        kind=SampleKind.HISTOGRAM,
+        headline=headline,
+        test=test,
+        queries={"buckets": _buckets(metric, extra=where)},
+        quantile=quantile,
+        description=description,
+        series=(metric + "_bucket",),
+    )
+
+
+def _categorical(name: str, description: str, metric: str, by: str) -> Template:
+    """Counts of counter ``metric`` per value of label ``by``; PSI headline, chi-square test."""
+    return Template(
+        name=name,
+        kind=SampleKind.CATEGORICAL,
+        headline=Headline.PSI,
+        test=Test.CHI_SQUARE,
+        queries={"classes": _sum_by(by, metric)},
+        description=description,
+        series=(metric,),
+    )
+
+
+def _features(name: str, description: str, metric: str) -> Template:
+    """One histogram of ``metric`` per ``feature`` label; largest-PSI headline, per-feature chi-square."""
+    return Template(
+        name=name,
+        kind=SampleKind.FEATURES,
+        headline=Headline.MAX_PSI,
+        test=Test.FEATURE_CHI_SQUARE,
+        queries={
+            "features": _sum_by("feature", metric + "_count"),
+            # {{feature}} is filled in by the sampler for each feature found by the query above
+            "buckets": _buckets(metric, extra='feature="{{feature}}"'),
+        },
+        description=description,
+        series=(metric + "_bucket",),
+    )
 
 
 TEMPLATES: dict[str, Template] = {
     t.name: t
     for t in (
-        Template(
-            name="error-rate",
-            kind=SampleKind.PROPORTION,
-            headline=Headline.BAD_RATE,
-            test=Test.TWO_PROPORTION,
-            queries={
-                "bad": _count(n.REQUESTS_TOTAL, f'{PREDICT_ENDPOINTS},code=~"5.."'),
-                "total": _count(n.REQUESTS_TOTAL, PREDICT_ENDPOINTS),
-            },
-            description="share of prediction requests answered with a 5xx status",
-            series=(n.REQUESTS_TOTAL,),
+        _proportion(
+            "error-rate",
+            "share of prediction requests answered with a 5xx status",
+            total=n.REQUESTS_TOTAL,
+            bad=n.REQUESTS_TOTAL,
+            where=PREDICT_ENDPOINTS,
+            bad_where='code=~"5.."',
         ),
-        Template(
-            name="latency-p99",
-            kind=SampleKind.HISTOGRAM,
+        _histogram(
+            "latency-p99",
+            "99th percentile of server-side request duration (seconds)",
+            n.REQUEST_DURATION_SECONDS,
             headline=Headline.QUANTILE,
             test=Test.MANN_WHITNEY,
-            queries={"buckets": _buckets(n.REQUEST_DURATION_SECONDS, extra=PREDICT_ENDPOINTS)},
+            where=PREDICT_ENDPOINTS,
             quantile=0.99,
-            description="99th percentile of server-side request duration (seconds)",
-            series=(n.REQUEST_DURATION_SECONDS + "_bucket",),
         ),
-        Template(
-            name="accuracy",
-            kind=SampleKind.PROPORTION,
-            headline=Headline.GOOD_RATE,
-            test=Test.TWO_PROPORTION,
-            # bad = feedback_total - feedback_correct_total (wrong answers), computed by the sampler
-            queries={"total": _count(n.FEEDBACK_TOTAL), "good": _count(n.FEEDBACK_CORRECT_TOTAL)},
-            description="share of answers that matched the delayed feedback label (higher is better)",
-            series=(n.FEEDBACK_TOTAL, n.FEEDBACK_CORRECT_TOTAL),
+        # bad = feedback_total - feedback_correct_total (wrong answers), computed by the sampler
+        _proportion(
+            "accuracy",
+            "share of answers that matched the delayed feedback label (higher is better)",
+            total=n.FEEDBACK_TOTAL,
+            good=n.FEEDBACK_CORRECT_TOTAL,
         ),
-        Template(
-            name="prediction-shift",
-            kind=SampleKind.CATEGORICAL,
-            headline=Headline.PSI,
-            test=Test.CHI_SQUARE,
-            queries={"classes": f"sum by (class) (increase({_sel(n.PREDICTIONS_TOTAL)}[{{{{window}}}}]))"},
-            description="PSI of the predicted-class distribution, candidate against stable",
-            series=(n.PREDICTIONS_TOTAL,),
+        _categorical(
+            "prediction-shift",
+            "PSI of the predicted-class distribution, candidate against stable",
+            n.PREDICTIONS_TOTAL,
+            by="class",
         ),
-        Template(
-            name="confidence-shift",
-            kind=SampleKind.HISTOGRAM,
+        _histogram(
+            "confidence-shift",
+            "KS distance of the prediction-confidence distribution, candidate against stable",
+            n.PREDICTION_CONFIDENCE,
             headline=Headline.KS,
             test=Test.KS,
-            queries={"buckets": _buckets(n.PREDICTION_CONFIDENCE)},
-            description="KS distance of the prediction-confidence distribution, candidate against stable",
-            series=(n.PREDICTION_CONFIDENCE + "_bucket",),
         ),
-        Template(
-            name="feature-drift",
-            kind=SampleKind.FEATURES,
-            headline=Headline.MAX_PSI,
-            test=Test.FEATURE_CHI_SQUARE,
-            queries={
-                "features": f"sum by (feature) (increase({_sel(n.FEATURE_ZSCORE + '_count')}[{{{{window}}}}]))",
-                # {{feature}} is filled in by the sampler for each feature found by the query above
-                "buckets": _buckets(n.FEATURE_ZSCORE, extra='feature="{{feature}}"'),
-            },
-            description="largest per-feature PSI of input z-scores, candidate traffic against stable traffic",
-            series=(n.FEATURE_ZSCORE + "_bucket",),
+        _features(
+            "feature-drift",
+            "largest per-feature PSI of input z-scores, candidate traffic against stable traffic",
+            n.FEATURE_ZSCORE,
         ),
-        Template(
-            name="shadow-agreement",
-            kind=SampleKind.PROPORTION,
-            headline=Headline.GOOD_RATE,
+        _proportion(
+            "shadow-agreement",
+            "share of mirrored requests where the candidate gave the stable answer",
+            total=n.SHADOW_COMPARISONS_TOTAL,
+            good=n.SHADOW_AGREEMENTS_TOTAL,
             test=Test.NONE,
-            queries={"total": _count(n.SHADOW_COMPARISONS_TOTAL), "good": _count(n.SHADOW_AGREEMENTS_TOTAL)},
-            description="share of mirrored requests where the candidate gave the stable answer",
-            series=(n.SHADOW_COMPARISONS_TOTAL, n.SHADOW_AGREEMENTS_TOTAL),
         ),
     )
 }
