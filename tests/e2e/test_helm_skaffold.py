@@ -2,13 +2,16 @@
 Skaffold's own Go module (github.com/GoogleContainerTools/skaffold/v2, version pinned in
 tests/k8s/skaffold/go.mod), and, with the ``skaffold`` binary built from that module by
 tests/k8s/build-tools.sh, by ``skaffold diagnose`` and an offline ``skaffold render`` of each profile
-through the real helm binary."""
+through the real helm binary. The image tag prefix is checked with a throw-away git repo whose
+HEAD abbreviates to digits only: rendered, the tag is ``g<digits>``; without the prefix helm gets a
+number and the chart's values schema refuses it."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -92,7 +95,7 @@ def skaffold_binary() -> Path:
     return path
 
 
-def run_skaffold(args: list[str], home: Path) -> subprocess.CompletedProcess[str]:
+def run_skaffold(args: list[str], home: Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     helm_binary()
     env = helm_env(home)
     env.update(
@@ -106,7 +109,7 @@ def run_skaffold(args: list[str], home: Path) -> subprocess.CompletedProcess[str
     subprocess.run(opt_out, env=env, capture_output=True, text=True, timeout=60, check=True)
     return subprocess.run(
         [str(skaffold_binary()), *args],
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -143,3 +146,95 @@ def test_skaffold_render_offline_renders_the_chart(tmp_path: Path, profile: str)
     (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
     image = isvc["spec"]["predictor"]["containers"][0]["image"]
     assert image.startswith("bento-rollout/iris-service:"), "the chart deploys the image skaffold builds"
+
+
+# --- an all-digit short SHA ----------------------------------------------------------------------
+
+# what skaffold's AbbrevCommitSha tagger runs (pkg/skaffold/tag/git_commit.go in the pinned module)
+ABBREV_COMMIT = ["rev-list", "-1", "HEAD", "--abbrev-commit"]
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(repo: Path, *args: str) -> str:
+    env = {**os.environ, **GIT_ENV, "HOME": str(repo.parent)}
+    proc = subprocess.run(
+        ["git", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
+    return proc.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def digit_sha_repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A throw-away repo with skaffold.yaml and the chart whose HEAD abbreviates to digits only.
+
+    A 7-hex-digit SHA is all digits with probability (10/16)**7, about 1 in 27, so empty commits
+    are made until one is (at most 2000: missing all of them has probability below 1e-30). The
+    copy of skaffold.yaml without ``prefix`` is git-ignored, so both configs see the same clean
+    tree (a dirty one would get a ``-dirty`` suffix, which is never a number)."""
+    repo = tmp_path_factory.mktemp("digits") / "repo"
+    repo.mkdir()
+    for part in ("helm/bento-rollout", "k8s/build"):
+        shutil.copytree(ROOT / part, repo / part)
+    for name in ("skaffold.yaml", "bentofile.yaml"):
+        shutil.copy2(ROOT / name, repo / name)
+    config = (ROOT / "skaffold.yaml").read_text()
+    unprefixed = re.sub(r"^\s*prefix:.*\n", "", config, flags=re.M)
+    assert unprefixed != config, "skaffold.yaml has no tag prefix line to take out"
+    (repo / "skaffold-unprefixed.yaml").write_text(unprefixed)
+    (repo / ".gitignore").write_text("skaffold-unprefixed.yaml\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "chart and skaffold.yaml")
+    for attempt in range(2000):
+        sha = git(repo, *ABBREV_COMMIT)
+        if sha.isdigit():
+            break
+        git(repo, "commit", "-q", "--allow-empty", "-m", f"try {attempt}")
+    else:
+        pytest.fail("no all-digit abbreviated SHA in 2000 commits")
+    assert git(repo, "status", "--porcelain") == ""
+    return repo, sha
+
+
+def render_in(repo: Path, config: str, home: Path) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = home / "out.yaml"
+    args = ["render", "-f", config, "-p", "local", "--offline=true", "--digest-source=tag", "-o", str(out)]
+    return run_skaffold(args, home, cwd=repo), out
+
+
+def test_an_all_digit_short_sha_reaches_helm_as_a_string_tag(
+    digit_sha_repo: tuple[Path, str], tmp_path: Path
+) -> None:
+    """skaffold's own git tagger names the images (``--tag`` would bypass it, and the prefix with
+    it); the real helm then renders the chart, checking the values schema (tags are strings)."""
+    repo, sha = digit_sha_repo
+    result, out = render_in(repo, "skaffold.yaml", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
+    (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    assert isvc["spec"]["predictor"]["containers"][0]["image"] == f"bento-rollout/iris-service:g{sha}"
+    images = {
+        c["image"]
+        for d in docs
+        if d["kind"] == "Deployment"
+        for c in d["spec"]["template"]["spec"]["containers"]
+    }
+    assert images == {f"bento-rollout/controller:g{sha}"}
+
+
+def test_without_the_prefix_the_same_sha_is_refused_by_the_chart(
+    digit_sha_repo: tuple[Path, str], tmp_path: Path
+) -> None:
+    """Why the prefix is there: helm reads the bare digits as a number and the schema says no."""
+    repo, sha = digit_sha_repo
+    result, _ = render_in(repo, "skaffold-unprefixed.yaml", tmp_path)
+    assert result.returncode != 0
+    assert "'/image/tag': got number, want string" in result.stderr, result.stderr
