@@ -168,6 +168,8 @@ def test_every_pod_runs_restricted_with_oip_v2_probes(home: Path, mode: str) -> 
         assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
         assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
         assert container["ports"][0]["containerPort"] == 3000
+        # `bentoml serve` keeps idle connections longer than the proxies in front pool them
+        assert container["args"] == ["--timeout-keep-alive", "75"]
 
 
 def test_controller_runs_rollout_controller_with_leader_election(home: Path) -> None:

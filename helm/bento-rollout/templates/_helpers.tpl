@@ -121,6 +121,11 @@ containers:
   - name: kserve-container
     image: {{ include "bento-rollout.image" $v.image | quote }}
     imagePullPolicy: {{ $v.image.pullPolicy }}
+    # The Bento image's entrypoint runs `bentoml serve <flags> $BENTO_PATH` when the args start with a
+    # flag. Idle keep-alive connections live 75 s, not uvicorn's 5 s, so a proxy in front (the
+    # queue-proxy, an Envoy sidecar, the gateway) that pools connections does not reuse one the
+    # server is closing (a reset under a request; rollout/local/bento.py does the same locally).
+    args: ["--timeout-keep-alive", "75"]
     env:
       - name: BENTO_MODEL_TAG
         value: {{ $tag | quote }}
