@@ -175,7 +175,7 @@ def test_canary_runs_to_promotion_with_status_and_events(kube, k8s_namespace, co
     wait_for("Promoted", phase_is(kube, ns, "iris-canary", "Promoted"), timeout=180)
     st = status(kube, ns, "iris-canary")
     assert st["weights"] == {"stable": 0, "candidate": 100, "mirror": 0}
-    # then the hand-off (tests/e2e/test_handoff.py): stable takes the candidate's model over and all
+    # then the hand-off (tests/e2e/test_cluster_handoff.py): stable takes the candidate's model over and all
     # traffic returns to stable (here at once: both InferenceServices have the same predictor, so
     # stable's generation does not change and it is already observed)
     wait_for(
