@@ -423,7 +423,9 @@ def parse_rollout(data: Any) -> ModelRollout:
             "a rollout spec is a mapping with apiVersion, kind, metadata and spec", field="(document)"
         )
     try:
-        return ModelRollout.model_validate(data)
+        # the wire speaks camelCase only (as the CRD does): a snake_case key is an unknown field,
+        # named in the error, not a second spelling that silently overrides the camelCase one
+        return ModelRollout.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise spec_error(exc) from None
 

@@ -288,3 +288,21 @@ def test_examples_name_the_exact_field(where: Path_, value: Any, path: str) -> N
         parse_rollout(doc)
     assert str(err.value).startswith(path + ": "), str(err.value)
     assert err.value.field == path
+
+
+def test_a_snake_case_key_is_an_unknown_field_not_a_second_spelling() -> None:
+    """Found by the fuzzer: `set_weight` next to `setWeight` used to be read as the same field (and
+    the error named `setWeight`); the wire is camelCase only, as in the CRD."""
+    canary = next(s for s in SEEDS if "canary" in s["spec"]["strategy"])
+    doc = copy.deepcopy(canary)
+    step = doc["spec"]["strategy"]["canary"]["steps"][0]
+    assert "setWeight" in step, "the first seed starts with a weight step"
+    step["set_weight"] = "x"
+    with pytest.raises(SpecError) as err:
+        parse_rollout(doc)
+    assert "steps[0].set_weight" in str(err.value)
+    only_snake = copy.deepcopy(canary)
+    first = only_snake["spec"]["strategy"]["canary"]["steps"][0]
+    first["set_weight"] = first.pop("setWeight")
+    with pytest.raises(SpecError, match="set_weight"):
+        parse_rollout(only_snake)
