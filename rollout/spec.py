@@ -388,20 +388,17 @@ class ModelRollout(_Model):
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
-def _field_path(loc: tuple[Any, ...], extra: bool = False) -> str:
-    # pydantic names a field by its snake_case name when the user wrote it that way: show the
-    # camelCase wire name; any other key (unknown, a label) exactly as the user wrote it
-    fields = {n for model in _Model.__subclasses__() for n in model.model_fields}
+def _field_path(loc: tuple[Any, ...]) -> str:
+    # the wire is validated by alias only, so pydantic's loc already holds the keys as the user
+    # wrote them: camelCase field names, and free-form keys (labels, unknown fields) verbatim
     out = ""
-    for i, part in enumerate(loc):
-        if extra and i == len(loc) - 1:
-            fields = set()  # an extra key is the user's own, even if it looks like a field name
+    for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         elif not _PLAIN_KEY.match(key := str(part)):
             out += f"[{json.dumps(key, ensure_ascii=False)}]"
         else:
-            out += ("." if out else "") + (to_camel(key) if key in fields else key)
+            out += ("." if out else "") + key
     return out or "(document)"
 
 
@@ -411,7 +408,7 @@ def spec_error(exc: ValidationError) -> SpecError:
     for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         msg = err["msg"].removeprefix("Value error, ")
-        problems.append((_field_path(loc, err["type"] == "extra_forbidden"), msg))
+        problems.append((_field_path(loc), msg))
     if len(problems) == 1:
         return SpecError(problems[0][1], field=problems[0][0])
     return SpecError("; ".join(f"{path}: {msg}" for path, msg in problems) or str(exc), field=None)

@@ -159,12 +159,14 @@ def mutation(draw: st.DrawFn, doc: dict[str, Any]) -> tuple[str, Path_]:
         name = draw(unknown_keys)
         container[name] = draw(json_values)
         return kind, (*base, name)
+    # sampled_from hands out the same object every time: copy the mutable ones, or a later mutation
+    # would change the strategy's own value (and can nest a dict inside itself)
     elif kind == "number":
         parent[key] = draw(bad_numbers)
     elif kind == "duration":
-        parent[key] = draw(bad_durations)
+        parent[key] = copy.deepcopy(draw(bad_durations))
     elif kind == "empty":
-        parent[key] = draw(st.sampled_from([{}, [], "", None]))
+        parent[key] = copy.deepcopy(draw(st.sampled_from([{}, [], "", None])))
     else:
         parent[key] = draw(json_values)
     return kind, path
