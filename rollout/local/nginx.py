@@ -111,12 +111,6 @@ http {{
         keepalive_timeout 60s;  # below the model server's 75 s (rollout/local/bento.py): never reuses a connection being closed
         keepalive_requests 100000;
     }}
-    upstream rollout_mirror {{
-        server 0.0.0.1:1;
-        balancer_by_lua_block {{ require("rollout_router").balance_mirror() }}
-        keepalive {cfg.upstream_keepalive};
-        keepalive_timeout 60s;
-    }}
 
     server {{
         listen {LOOPBACK}:{cfg.admin_port};
@@ -135,7 +129,7 @@ http {{
 """
 
 
-_PROXY = """
+_PROXY_TEMPLATE = """
             proxy_pass http://rollout_backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -144,7 +138,7 @@ _PROXY = """
             proxy_set_header X-Routed-To $rollout_to;
             # a connection error (candidate killed, stale keep-alive) retries once on stable;
             # predictions are side-effect free, so this holds for POST too
-            proxy_next_upstream error non_idempotent;
+            proxy_next_upstream error{retry_5xx} non_idempotent;
             proxy_next_upstream_tries 2;
             proxy_connect_timeout 2s;
             proxy_read_timeout 60s;
@@ -152,34 +146,28 @@ _PROXY = """
             proxy_hide_header X-Routed-To;
             add_header X-Request-ID $rollout_rid always;
             add_header X-Routed-To $rollout_to always;
-            log_by_lua_block { require("rollout_router").log() }"""
+            log_by_lua_block {{ require("rollout_router").log() }}"""
+_PROXY = _PROXY_TEMPLATE.format(retry_5xx="")
+# requests the split sends to the candidate: its 5xx answers are retried once on stable too
+_PROXY_SHIELDED = _PROXY_TEMPLATE.format(retry_5xx=" http_500 http_502 http_503 http_504")
 
 
 _MIRRORED = """
-            mirror /_rollout_mirror;
-            mirror_request_body on;
-            # stable's answer goes to the candidate for the shadow agreement metric
+            # the copy for the candidate is sent from a timer once the client has its answer (not
+            # nginx's `mirror`, which holds a keep-alive client's next request until the copy is
+            # answered); stable's answer then goes to the candidate for the shadow agreement metric
+            client_body_buffer_size 64k;
+            rewrite_by_lua_block { require("rollout_router").read_for_mirror() }
             body_filter_by_lua_block { require("rollout_router").capture() }"""
 
 
 def _service_server(name: str, port: int) -> str:
-    # Requests the Lua router picks for shadowing jump to @rollout_mirrored, the only location
-    # with ``mirror``: the others pay nothing for the mirror subrequest.
+    # Requests the Lua router picks for shadowing jump to @rollout_mirrored, the only location that
+    # keeps the body and stable's answer for the copy: the others pay nothing for shadowing.
     return f"""
     server {{
         listen {LOOPBACK}:{port} reuseport;
         set $rollout_service "{name}";
-        location = /_rollout_mirror {{
-            internal;
-            proxy_pass http://rollout_mirror$request_uri;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $host;
-            proxy_set_header X-Request-ID $rollout_rid;
-            proxy_set_header X-Rollout-Mirror "1";
-            proxy_next_upstream off;
-            proxy_connect_timeout 1s;
-        }}
         location / {{
             set $rollout_to "";
             set $rollout_mirror "";
@@ -195,6 +183,11 @@ def _service_server(name: str, port: int) -> str:
         }}
         location @rollout_mirrored_drain {{
             keepalive_timeout 0;{_MIRRORED}{_PROXY}
+        }}
+        location @rollout_candidate {{{_PROXY_SHIELDED}
+        }}
+        location @rollout_candidate_drain {{
+            keepalive_timeout 0;{_PROXY_SHIELDED}
         }}
     }}"""
 

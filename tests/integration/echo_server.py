@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 NAME = sys.argv[1] if len(sys.argv) > 1 else "backend"
 DELAY = float(os.environ.get("ECHO_DELAY_MS", "0")) / 1000  # a slow model: every answer waits this long
+FAIL = int(os.environ.get("ECHO_FAIL_STATUS", "0"))  # a broken model: every answer has this status
 SEEN: list[dict[str, object]] = []
 LOCK = threading.Lock()
 
@@ -53,7 +54,8 @@ class Handler(BaseHTTPRequestHandler):
             body = json.dumps({"server": NAME, "requestId": rid, "mirror": mirror}).encode()
             if DELAY and self.path != "/readyz":
                 time.sleep(DELAY)
-        self.send_response(200)
+        failing = FAIL and self.path not in ("/readyz", "/metrics", "/_seen")
+        self.send_response(FAIL if failing else 200)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -69,7 +71,9 @@ if __name__ == "__main__":
     server.serve_forever()
 
 
-def start_echo(supervisor: object, name: str, log_dir: object, delay_ms: float = 0) -> int:
+def start_echo(
+    supervisor: object, name: str, log_dir: object, delay_ms: float = 0, fail_status: int = 0
+) -> int:
     """Start this server as a supervised process named ``name``; its port once it is ready."""
     from pathlib import Path
 
@@ -77,8 +81,9 @@ def start_echo(supervisor: object, name: str, log_dir: object, delay_ms: float =
 
     assert isinstance(supervisor, Supervisor)
     port = free_port()
+    env = {**os.environ, "ECHO_DELAY_MS": str(delay_ms), "ECHO_FAIL_STATUS": str(fail_status)}
     proc = supervisor.start(
-        name, [sys.executable, __file__, name, str(port)], Path(str(log_dir)) / f"{name}.log"
+        name, [sys.executable, __file__, name, str(port)], Path(str(log_dir)) / f"{name}.log", env=env
     )
     supervisor.wait_ready(proc, http_ok(f"http://127.0.0.1:{port}/readyz"), timeout=30)
     return port

@@ -364,3 +364,29 @@ def test_shadow_of_a_slow_candidate_does_not_slow_clients(plane: Plane, tmp_path
     plane.sup.stop("sluggish")
     assert len(mirrored) >= 25
     assert statistics.median(latencies) < 0.15, f"clients waited for the 300 ms shadow: {latencies}"
+
+
+def test_a_failing_candidates_5xx_is_answered_by_stable(plane: Plane, tmp_path: Path) -> None:
+    """A request the split sends to a candidate that answers 500 gets stable's answer (one retry,
+    predictions have no side effects); the candidate still saw it, so its own error metrics, which
+    the gates read, count the failure. A feedback label pinned to the candidate's version is not
+    retried elsewhere: it gets the candidate's own answer."""
+    port = start_echo(plane.sup, "broken", tmp_path, fail_status=500)
+    broken = Backend("broken", "v5", f"127.0.0.1:{port}")
+    plane.router.ensure(RouteTarget(SERVICE, plane.stable, broken))
+    plane.router.set_routes(Routes(candidate_weight=100))
+    try:
+        with httpx.Client(timeout=10) as c:
+            answers = [c.post(plane.url + "/predict", json={"x": 1}) for _ in range(20)]
+            pinned = c.post(plane.url + "/feedback", json={}, headers={"X-Model-Version": "v5"})
+        assert [r.status_code for r in answers] == [200] * 20
+        assert {(r.headers["x-routed-to"], r.json()["server"]) for r in answers} == {("stable", "stable")}
+        seen = [m for m in httpx.get(f"http://{broken.address}/_seen").json() if m["path"] == "/predict"]
+        assert len(seen) == 20, "every request reached the candidate first"
+        assert pinned.status_code == 500, "a label for the candidate's answer goes to the candidate only"
+        metrics = httpx.get(plane.nginx.admin_url + "/metrics").text
+        retried = [ln for ln in metrics.splitlines() if ln.startswith("rollout_router_retries_total{")]
+        assert any('failed="candidate"' in ln and float(ln.split()[-1]) >= 20 for ln in retried), retried
+    finally:
+        plane.router.finalize(RouteTarget(SERVICE, plane.stable))
+        plane.sup.stop("broken")

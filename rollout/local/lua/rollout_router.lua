@@ -114,15 +114,21 @@ local function persist()
     os.rename(tmp, state_file)
 end
 
--- Where a routed request goes next. While a reload is being prepared ("drain" set by the admin
--- API) requests jump to the *_drain twin of their location, whose keepalive_timeout is 0: nginx
--- itself then answers "Connection: close" and closes the connection after the response, so no idle
--- keep-alive connection is left on the old workers to be cut under a client's next request.
-local function proceed(to, mirrored)
+-- Where a routed request goes next. A request the split sends to the candidate runs in
+-- @rollout_candidate, where a 5xx answer of the candidate is retried once on stable (predictions
+-- have no side effects): the user gets stable's answer, while the candidate's own metrics, which
+-- the gates read, still count its failure. While a reload is being prepared ("drain" set by the
+-- admin API) requests jump to the *_drain twin of their location, whose keepalive_timeout is 0:
+-- nginx itself then answers "Connection: close" and closes the connection after the response, so
+-- no idle keep-alive connection is left on the old workers to be cut under a client's next request.
+local function proceed(to, mirrored, shielded)
     ngx.var.rollout_to = to
     local draining = dict:get("drain")
     if mirrored then
         return ngx.exec(draining and "@rollout_mirrored_drain" or "@rollout_mirrored")
+    end
+    if shielded then
+        return ngx.exec(draining and "@rollout_candidate_drain" or "@rollout_candidate")
     end
     if draining then return ngx.exec("@rollout_drain") end
 end
@@ -142,10 +148,10 @@ function M.route()
     -- X-Model-Version of their prediction) goes back to that version while it serves
     local answered = ngx.var.http_x_model_version
     if answered and cfg.candidate and answered == cfg.versions.candidate then
-        return proceed("candidate", false)
+        return proceed("candidate", false, false) -- a label for the candidate's answer: no retry
     end
     if answered and answered == cfg.versions.stable then
-        return proceed("stable", false)
+        return proceed("stable", false, false)
     end
     if cfg.candidate then
         for i = 1, #cfg.match do
@@ -168,14 +174,14 @@ function M.route()
         if to == "stable" and cfg.mirror > 0 and math.random(1, 100) <= cfg.mirror then
             ngx.var.rollout_mirror = "1"
             dict:incr("m:" .. service, 1, 0)
-            return proceed(to, true)
+            return proceed(to, true, false)
         end
     end
-    return proceed(to, false)
+    return proceed(to, false, to == "candidate")
 end
 
 -- balancer_by_lua of the upstream that serves clients: the chosen backend; on a connection
--- failure of the candidate (or of a stale keep-alive connection) one more try goes to stable.
+-- failure (or, in @rollout_candidate, a 5xx of the candidate) one more try goes to stable.
 function M.balance()
     local service = ngx.var.rollout_service
     local cfg = load(service)
@@ -197,17 +203,6 @@ function M.balance()
     end
 end
 
--- balancer_by_lua of the mirror upstream: always the candidate.
-function M.balance_mirror()
-    local cfg = load(ngx.var.rollout_service)
-    if not cfg or not cfg.candidate then return ngx.exit(502) end
-    local ok, err = balancer.set_current_peer(cfg.candidate.host, cfg.candidate.port)
-    if not ok then
-        ngx.log(ngx.ERR, "rollout: cannot set mirror peer: ", err)
-        return ngx.exit(502)
-    end
-end
-
 -- log_by_lua: count what the router did, for /metrics.
 function M.log()
     local to = ngx.var.rollout_to
@@ -215,14 +210,13 @@ function M.log()
     local key = "c:" .. ngx.var.rollout_service .. "|" .. to .. "|" .. ngx.var.status
     dict:incr(key, 1, 0)
     local ctx = ngx.ctx
-    if ctx.shadow_buf and to == "stable" and ngx.status == 200 then M.compare_later(ctx) end
+    if ctx.mirror_body then M.mirror_later(ctx, to == "stable" and ngx.status == 200) end
 end
 
 -- Shadow agreement: stable's answer to a mirrored request is sent to the candidate
 -- (POST /shadow/compare), which joins it by request id with its own answer to the mirror copy
 -- and counts model_shadow_comparisons_total / model_shadow_agreements_total.
 local SHADOW_MAX_BODY = 65536
-local SHADOW_DELAY = 1.0 -- seconds: the candidate has answered the mirror copy by then
 
 -- body_filter_by_lua of mirrored requests: keep stable's (small JSON) answer.
 function M.capture()
@@ -250,33 +244,70 @@ local function answer_labels(doc)
     return nil
 end
 
-local function send_compare(premature, host, port, rid, labels)
-    if premature then return end
-    local body = cjson.encode({ request_id = rid, labels = labels })
+local MIRROR_MAX_INFLIGHT = 128 -- mirror copies on their way at once; more are dropped (counted)
+
+-- One HTTP/1.1 request on a fresh connection; the status code as a string, or "error".
+local function post(host, port, uri, ctype, body, extra)
     local sock = ngx.socket.tcp()
-    sock:settimeouts(1000, 1000, 3000)
+    sock:settimeouts(1000, 5000, 10000)
     local ok = sock:connect(host, port)
-    local status = "error"
-    if ok then
-        local sent = sock:send("POST /shadow/compare HTTP/1.1\r\nHost: " .. host .. "\r\n"
-            .. "Content-Type: application/json\r\nContent-Length: " .. #body .. "\r\n"
-            .. "X-Rollout-Mirror: 1\r\nConnection: close\r\n\r\n" .. body)
-        local line = sent and sock:receive("*l")
-        status = line and string.match(line, "^HTTP/1%.%d (%d+)") or "error"
-        sock:close()
-    end
-    dict:incr("s:" .. status, 1, 0)
+    if not ok then return "error" end
+    local sent = sock:send("POST " .. uri .. " HTTP/1.1\r\nHost: " .. host .. "\r\n"
+        .. "Content-Type: " .. ctype .. "\r\nContent-Length: " .. #body .. "\r\n"
+        .. extra .. "X-Rollout-Mirror: 1\r\nConnection: close\r\n\r\n" .. body)
+    local line = sent and sock:receive("*l")
+    sock:close()
+    return line and string.match(line, "^HTTP/1%.%d (%d+)") or "error"
 end
 
-function M.compare_later(ctx)
-    if ctx.shadow_len > SHADOW_MAX_BODY then return end
+-- ngx.timer callback, detached from the client's request: the mirror copy goes to the candidate
+-- (which keeps its answer by request id), then stable's answer to /shadow/compare.
+local function send_mirror(premature, host, port, uri, ctype, body, rid, labels)
+    if not premature then
+        local status = post(host, port, uri, ctype, body, "X-Request-ID: " .. rid .. "\r\n")
+        dict:incr("mr:" .. status, 1, 0)
+        if labels and status == "200" then
+            local doc = cjson.encode({ request_id = rid, labels = labels })
+            dict:incr("s:" .. post(host, port, "/shadow/compare", "application/json", doc, ""), 1, 0)
+        end
+    end
+    dict:incr("mirror_inflight", -1, 0)
+end
+
+-- rewrite_by_lua of @rollout_mirrored: read the body now, for the copy sent after the answer.
+function M.read_for_mirror()
+    ngx.req.read_body()
+    local body = ngx.req.get_body_data()
+    if body == nil and ngx.req.get_body_file() ~= nil then
+        dict:incr("mirror_skipped", 1, 0) -- larger than client_body_buffer_size: not copied
+        return
+    end
+    ngx.ctx.mirror_body = body or ""
+    ngx.ctx.mirror_uri = ngx.var.request_uri
+    ngx.ctx.mirror_ctype = ngx.var.content_type or "application/json"
+end
+
+-- Called from log_by_lua once the client has its answer: the shadow never slows a client (nginx's
+-- own `mirror` holds the next request of a keep-alive connection until the copy is answered).
+function M.mirror_later(ctx, answered)
     local cfg = load(ngx.var.rollout_service)
     if not cfg or not cfg.candidate then return end
-    local labels = answer_labels(cjson.decode(table.concat(ctx.shadow_buf)))
-    if not labels then return end
-    local ok, err = ngx.timer.at(SHADOW_DELAY, send_compare, cfg.candidate.host, cfg.candidate.port,
-        ngx.var.rollout_rid, labels)
-    if not ok then ngx.log(ngx.WARN, "rollout: cannot schedule a shadow comparison: ", err) end
+    if dict:incr("mirror_inflight", 1, 0) > MIRROR_MAX_INFLIGHT then
+        dict:incr("mirror_inflight", -1, 0)
+        dict:incr("mirror_dropped", 1, 0)
+        return
+    end
+    local labels = nil
+    if answered and ctx.shadow_buf and ctx.shadow_len <= SHADOW_MAX_BODY then
+        labels = answer_labels(cjson.decode(table.concat(ctx.shadow_buf)))
+    end
+    local ok, err = ngx.timer.at(0, send_mirror, cfg.candidate.host, cfg.candidate.port, ctx.mirror_uri,
+        ctx.mirror_ctype, ctx.mirror_body, ngx.var.rollout_rid, labels)
+    if not ok then
+        dict:incr("mirror_inflight", -1, 0)
+        dict:incr("mirror_dropped", 1, 0)
+        ngx.log(ngx.WARN, "rollout: cannot schedule a mirror copy: ", err)
+    end
 end
 
 local function valid_percent(v)
@@ -403,13 +434,24 @@ function M.metrics()
         "# HELP rollout_router_shadow_comparisons_sent_total Stable answers sent to the candidate for comparison, by the candidate's status.",
         "# TYPE rollout_router_shadow_comparisons_sent_total counter",
     }
+    local copies = {
+        "# HELP rollout_router_mirror_copies_total Mirror copies sent to the candidate after the client's answer, by the candidate's status (dropped: over the in-flight cap; skipped: body too large).",
+        "# TYPE rollout_router_mirror_copies_total counter",
+    }
     for _, key in ipairs(dict:get_keys(0)) do
         local status = string.match(key, "^s:(%w+)$")
         if status then
             compared[#compared + 1] = string.format('rollout_router_shadow_comparisons_sent_total{status="%s"} %d',
                 status, dict:get(key))
         end
+        local mstatus = string.match(key, "^mr:(%w+)$") or string.match(key, "^mirror_(dropped)$")
+            or string.match(key, "^mirror_(skipped)$")
+        if mstatus then
+            copies[#copies + 1] = string.format('rollout_router_mirror_copies_total{status="%s"} %d',
+                mstatus, dict:get(key))
+        end
     end
+    for _, line in ipairs(copies) do compared[#compared + 1] = line end
     for _, line in ipairs(mirrored) do out[#out + 1] = line end
     for _, line in ipairs(retries) do out[#out + 1] = line end
     for _, line in ipairs(compared) do out[#out + 1] = line end
