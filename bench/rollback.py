@@ -140,7 +140,7 @@ def main() -> None:
     med_s = statistics.median(secs) if secs else None
     med_h = statistics.median(hurt) if hurt else None
     doc = {
-        "description": f"bad canary ({ERROR_RATE:.0%} of its predictions fail), 5% first step, threshold tripwire + sequential error-rate gates",
+        "description": f"bad canary ({ERROR_RATE:.0%} of its predictions fail), 5% first step, threshold tripwire + sequential error-rate gates; the router retries a candidate's 5xx once on stable, so a failure hurts a user only when stable fails too (the gates read the candidate's own error counts)",
         "users": USERS,
         "runs": runs,
         "all_rolled_back": all(r["outcome"] == "RolledBack" for r in runs),
