@@ -45,12 +45,17 @@ def _handed_off(kube: KubeClient, ns: str, name: str) -> None:
     wait_for("all traffic back to stable", lambda: vs_weights(kube, ns) == {"stable": 100, "candidate": 0})
 
 
+def _canary(kube: KubeClient, ns: str, name: str, steps: list[dict[str, Any]]) -> None:
+    """Stable and candidate InferenceServices (ready), and a canary ModelRollout over them."""
+    for role in ("stable", "candidate"):
+        isvc(kube, ns, f"iris-{role}")
+    kube.create(tc.MODEL_ROLLOUT, ns, rollout(name, steps))
+
+
 def test_api_server_outage_mid_canary_loses_no_step(
     kube: KubeClient, k8s_namespace: str, controllers: Any, k8s_cluster: Any
 ) -> None:
     ns = k8s_namespace
-    isvc(kube, ns, "iris-stable")
-    isvc(kube, ns, "iris-candidate")
     steps = [
         {"setWeight": 20},
         {"pause": {}},
@@ -58,7 +63,7 @@ def test_api_server_outage_mid_canary_loses_no_step(
         {"pause": {"duration": "2s"}},
         {"setWeight": 100},
     ]
-    kube.create(tc.MODEL_ROLLOUT, ns, rollout("iris-outage", steps))
+    _canary(kube, ns, "iris-outage", steps)
     ctl = controllers("a")
     wait_for("the wait for promotion at 20%", phase_is(kube, ns, "iris-outage", "Paused"), timeout=180)
     before = status(kube, ns, "iris-outage")
@@ -98,10 +103,7 @@ def test_api_server_outage_during_a_timed_pause_skips_nothing(
     kube: KubeClient, k8s_namespace: str, controllers: Any, k8s_cluster: Any
 ) -> None:
     ns = k8s_namespace
-    isvc(kube, ns, "iris-stable")
-    isvc(kube, ns, "iris-candidate")
-    steps = [{"setWeight": 30}, {"pause": {"duration": "30s"}}, {"setWeight": 100}]
-    kube.create(tc.MODEL_ROLLOUT, ns, rollout("iris-pause", steps))
+    _canary(kube, ns, "iris-pause", [{"setWeight": 30}, {"pause": {"duration": "30s"}}, {"setWeight": 100}])
     ctl = controllers("a")
     wait_for(
         "30% to the candidate", lambda: vs_weights(kube, ns) == {"stable": 70, "candidate": 30}, timeout=180
