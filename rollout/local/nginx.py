@@ -8,7 +8,8 @@ reload (SIGHUP, after ``nginx -t``) is only needed when the set of services chan
 keep-alive connections first (for half a second every request runs in a twin location with
 ``keepalive_timeout 0``, so nginx answers ``Connection: close`` and closes), because a plain reload
 under load cuts idle keep-alive connections under clients' next requests (bench/router.py).
-Admin server (127.0.0.1 only): GET/POST /routes/<service>, POST/DELETE /drain, GET /metrics
+Admin server (127.0.0.1 only; /routes and /drain want ``Authorization: Bearer <token>``, the token
+in ``<prefix>/admin-token``): GET/POST /routes/<service>, POST/DELETE /drain, GET /metrics
 (rollout_router_requests_total{service,routed_to,code}, rollout_router_mirrored_total,
 rollout_router_retries_total), GET /healthz.
 
