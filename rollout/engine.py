@@ -63,7 +63,9 @@ changed (no need to write); ``revision`` grows by one with every change.
 Analysis rules (per metric, "past the limit" means more consecutive results than the limit):
 Failed past ``failureLimit`` -> roll back (AnalysisFailed); Error (provider unreachable or query
 failed) past ``analysis.errorLimit`` -> roll back (MetricsUnavailable); Inconclusive past a
-non-zero ``inconclusiveLimit`` -> pause for a human (InconclusiveLimit). While any metric's newest
+non-zero ``inconclusiveLimit`` -> pause for a human (InconclusiveLimit). Held by itself (gate
+holding, candidate not ready) longer than ``progressDeadline`` -> roll back
+(ProgressDeadlineExceeded): with no traffic at all a rollout ends, it does not wait forever. While any metric's newest
 verdict is not Successful the gate HOLDS: no step completes, weights stay, nothing is promoted;
 while a metric's newest measurement is an Error the phase is Paused (reason MetricsUnavailable)
 and it goes back to Progressing by itself when the provider answers again. Metrics that compare
@@ -106,11 +108,11 @@ from rollout.model import (
     Reason,
     RolloutState,
 )
-from rollout.spec import RolloutSpec
+from rollout.spec import RolloutSpec, format_duration
 from rollout.strategies import get_planner
 from rollout.strategies.base import Context, Decision, DecisionKind, Note
 
-__all__ = ["new_rollout", "step", "finalize_action"]
+__all__ = ["new_rollout", "step", "finalize_action", "hold_on_error"]
 
 _OUTCOME = {
     Phase.PROMOTED: Outcome.PROMOTED,
@@ -359,8 +361,57 @@ def step(
     if not s.done and s.pause is None and s.candidate_ready:
         _plan(w, spec, obs, promote, comparisons)
     if not s.done:
+        _deadline(spec, w)
+    if not s.done:
         _set_phase(spec, w)
     return _commit(spec, state, w)
+
+
+def _deadline(spec: RolloutSpec, w: _Step) -> None:
+    """Roll back a rollout that has held by itself longer than ``spec.progressDeadline``: the gate
+    holding (a metric Inconclusive, Failed under its limit, or unmeasurable), or the candidate not
+    ready. A human's pause or a step waiting for ``promote`` does not count, and a clock that went
+    backwards starts the count again."""
+    s = w.s
+    why = None
+    if s.pause is None and not s.progress.awaiting_promotion:
+        held = gates.holding(spec, s)
+        why = held[0] if held else None
+        if why is None and not s.candidate_ready:
+            why = f"candidate {s.candidate} is not ready"
+    if why is None:
+        s.held_since = None
+        return
+    if s.held_since is None or s.held_since > w.now:
+        s.held_since = w.now
+    if spec.progress_deadline and w.now - s.held_since > spec.progress_deadline:
+        w.finish(
+            Phase.ROLLED_BACK,
+            Reason.PROGRESS_DEADLINE,
+            f"no progress for {format_duration(round(w.now - s.held_since))} "
+            f"(progressDeadline {format_duration(spec.progress_deadline)}): {why}",
+        )
+
+
+def hold_on_error(state: RolloutState, message: str, now: float) -> Transition:
+    """The edge's last line of defence: something failed unexpectedly inside one reconcile (a bug,
+    an answer nobody foresaw). The rollout holds: phase Paused (reason ReconcileError), weights as
+    they are, no action; a Warning event says what failed (once while the same error repeats).
+    The next step that goes through returns it to Progressing. A finished rollout keeps its phase."""
+    last = next((e for e in reversed(state.events) if e.reason == Reason.RECONCILE_ERROR), None)
+    paused = state.done or (state.phase == Phase.PAUSED and state.reason == Reason.RECONCILE_ERROR)
+    if paused and last is not None and last.message == message:
+        return Transition(state=state, actions=(), changed=False)
+    s = state.model_copy()
+    s.revision, s.updated_at = state.revision + 1, now
+    event = Event(
+        at=now, type=EventType.WARNING, reason=Reason.RECONCILE_ERROR, message=message, revision=s.revision
+    )
+    s.events = [*state.events, event][-MAX_EVENTS:]
+    if not s.done:
+        s.phase, s.reason = Phase.PAUSED, Reason.RECONCILE_ERROR
+        s.message = f"held: {message}"
+    return Transition(state=s, actions=(), events=(event,), changed=True)
 
 
 def _set_phase(spec: RolloutSpec, w: _Step) -> None:
@@ -384,6 +435,8 @@ def _set_phase(spec: RolloutSpec, w: _Step) -> None:
             reason, message = Reason.RESUMED, f"progressing: {s.progress.step_name}"
             if s.reason == Reason.METRICS_UNAVAILABLE:
                 w.note(EventType.NORMAL, Reason.RESUMED, "metrics can be measured again; progressing")
+            elif s.reason == Reason.RECONCILE_ERROR:
+                w.note(EventType.NORMAL, Reason.RESUMED, "the edge reconciles again; progressing")
     if phase != s.phase or (phase == Phase.PAUSED and reason != s.reason):
         if reason == Reason.METRICS_UNAVAILABLE:
             w.note(EventType.WARNING, Reason.METRICS_UNAVAILABLE, message)

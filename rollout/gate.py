@@ -308,6 +308,22 @@ def reset_inconclusive(state: RolloutState) -> None:
         st.consecutive_inconclusive = 0
 
 
+def holding(spec: RolloutSpec, state: RolloutState) -> list[str]:
+    """Why the gate holds: one line per metric whose newest verdict is not Successful. An A/B
+    test's deciding metric is left out: the experiment's own horizon (maxDuration) decides there."""
+    if state.analysis_started_at is None:
+        return []
+    ab = spec.strategy.ab_test
+    out = []
+    for m in spec.analysis.metrics:
+        st = state.metrics.get(m.name)
+        if st is None or st.latest in (None, SUCCESSFUL) or (ab is not None and ab.metric == m.name):
+            continue
+        last = st.measurements[-1].message if st.measurements else ""
+        out.append(f"metric {m.name} is {st.latest}" + (f": {last}" if last else ""))
+    return out
+
+
 def gate(spec: RolloutSpec, state: RolloutState) -> Gate:
     """HOLDING while any metric's newest verdict (of the running analysis) is not Successful."""
     if state.analysis_started_at is None:

@@ -79,6 +79,8 @@ class Reason:
     CANDIDATE_WON = "CandidateWon"
     STABLE_WON = "StableWon"
     EXPERIMENT_INCONCLUSIVE = "ExperimentInconclusive"
+    PROGRESS_DEADLINE = "ProgressDeadlineExceeded"  # held by itself longer than spec.progressDeadline
+    RECONCILE_ERROR = "ReconcileError"  # the edge failed unexpectedly inside one reconcile: held
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
     ABORTED = "Aborted"
@@ -188,6 +190,9 @@ class RolloutState(_Data):
     metrics: dict[str, MetricStatus] = Field(default_factory=dict)
     progress: Progress = Field(default_factory=Progress)
     pause: PauseInfo | None = None  # user pause or inconclusive-limit pause (cleared by resume)
+    # since when the rollout holds by itself (gate holding, candidate not ready, metrics
+    # unavailable) without a pause of a human's; past spec.progressDeadline it is rolled back
+    held_since: float | None = None
     applied_commands: list[str] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
 

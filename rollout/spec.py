@@ -356,6 +356,14 @@ class RolloutSpec(_Model):
     metrics_address: str | None = Field(
         default=None, description="Prometheus URL; default: the local stack's"
     )
+    progress_deadline: Duration = Field(
+        default=600.0,
+        description=(
+            "longest the rollout may hold by itself (analysis inconclusive or unmeasurable, candidate "
+            "not ready) before it is rolled back (ProgressDeadlineExceeded); 0: no deadline. Human "
+            "pauses and waits for promote do not count"
+        ),
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RolloutSpec:
@@ -427,6 +435,28 @@ def parse_rollout(data: Any) -> ModelRollout:
         raise spec_error(exc) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key twice in one mapping (as Kubernetes' strict decoding
+    does): PyYAML keeps the last value silently, so ``service:`` written twice would win unseen."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        self.flatten_mapping(node)
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+                seen[key] = line
+            except TypeError:
+                continue  # an unhashable key: the base constructor reports it
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} on line {line} (first on line {first})"
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_rollout(path: str | Path) -> ModelRollout:
     """Read a ModelRollout YAML file. Raises SpecError naming the field on any problem."""
     p = Path(path)
@@ -437,7 +467,9 @@ def load_rollout(path: str | Path) -> ModelRollout:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"cannot read {p}: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.constructor.ConstructorError as exc:
+        raise SpecError(f"{p}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{p} is not valid YAML: {exc}".replace("\n", " ")) from None
     return parse_rollout(data)
