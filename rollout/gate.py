@@ -38,14 +38,17 @@ from rollout.strategies.base import Comparison, Decision, DecisionKind, Gate, No
 
 JudgeFactory = Callable[[MetricSpec], Judge]
 
-_judges: dict[MetricSpec, Judge] = {}
+_judges: dict[tuple[MetricSpec, frozenset[str]], Judge] = {}
 
 
 def default_judge(metric: MetricSpec) -> Judge:
-    """The registry's judge for the metric, cached (judges are pure and configured by the spec)."""
-    judge = _judges.get(metric)
+    """The registry's judge for the metric, cached (judges are pure and configured by the spec).
+    Keyed also by the judge fields the user wrote: equal specs can differ there (a minSamples
+    written out is honoured by the threshold judge, the default is not)."""
+    key = (metric, frozenset(metric.judge.model_fields_set))
+    judge = _judges.get(key)
     if judge is None:
-        judge = _judges[metric] = make_judge(metric)
+        judge = _judges[key] = make_judge(metric)
     return judge
 
 
