@@ -1,20 +1,34 @@
 """PrometheusProvider: the MetricProvider over Prometheus' HTTP API (instant queries, httpx).
 
-Errors are translated once, here: Prometheus unreachable, timing out or answering 5xx ->
-``MetricsUnavailableError`` (temporary: the rollout pauses, it never promotes); a query Prometheus
-rejects (bad PromQL, 400/422) or one that yields no value, several values or NaN ->
-``MetricQueryError``. Who calls it: the local runner and the controller (for analysis
-measurements), the demo's plots (``query_range``).
+Errors are translated once, here: Prometheus unreachable, timing out, answering 5xx or answering
+with something that is not its API's JSON envelope -> ``MetricsUnavailableError`` (temporary: the
+rollout pauses, it never promotes); a query Prometheus rejects (bad PromQL, 400/422), one that yields
+no value, several values or NaN, or a result that is not made of numbers -> ``MetricQueryError``.
+Nothing else escapes a query (no KeyError / ValueError / TypeError from an odd body).
+
+A hung Prometheus (stopped, swapping, stuck on a query) must cost an analysis round at most about one
+``timeout``, not one per query: every wait (connect, read, write, pool) is bounded by ``timeout``
+(2 s), and once a query finds Prometheus unavailable every query fails at once with the same
+message for ``hold_off`` seconds (a small circuit breaker); the first query after that tries again.
+Who calls it: the local runner and the controller (for analysis measurements), the demo's plots
+(``query_range``).
 """
 
 from __future__ import annotations
 
 import math
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
 from rollout.errors import MetricQueryError, MetricsUnavailableError
+
+DEFAULT_TIMEOUT = 2.0  # seconds per connect / read / write wait: a hang is noticed within one interval
+DEFAULT_HOLD_OFF = 2.0  # seconds queries fail fast after Prometheus was found unavailable
+_NO_PROMOTION = "no promotion until it answers"
 
 
 def series_key(labels: dict[str, str]) -> str:
@@ -25,57 +39,158 @@ def series_key(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-class PrometheusProvider:
-    """Instant (and range) queries against one Prometheus, e.g. ``http://127.0.0.1:9090``."""
+def _malformed(query: str, what: str) -> MetricQueryError:
+    return MetricQueryError(f"Prometheus answered with a malformed result ({what}): {query}")
 
-    def __init__(self, url: str, timeout: float = 5.0) -> None:
+
+def _number(raw: Any, query: str) -> float:
+    """A sample value as Prometheus encodes it (a string: "1.5", "NaN", "+Inf") -> float."""
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise _malformed(query, f"value {raw!r} is not a number")
+    try:
+        return float(raw)
+    except ValueError:
+        raise _malformed(query, f"value {raw!r} is not a number") from None
+
+
+def _point(raw: Any, query: str) -> tuple[float, float]:
+    """``[<unix time>, "<value>"]`` -> (time, value)."""
+    if not isinstance(raw, list | tuple) or len(raw) != 2:
+        raise _malformed(query, f"sample {raw!r} is not [time, value]")
+    return _number(raw[0], query), _number(raw[1], query)
+
+
+def _series(result: Any, query: str) -> list[tuple[dict[str, str], dict[str, Any]]]:
+    """An instant vector's or a matrix's ``result`` -> (labels, series) pairs, checked."""
+    if not isinstance(result, list):
+        raise _malformed(query, f"result {result!r} is not a list of series")
+    out = []
+    for item in result:
+        labels = item.get("metric", {}) if isinstance(item, dict) else None
+        if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+            raise _malformed(query, f"series {item!r} has no label set")
+        out.append((labels, item))
+    return out
+
+
+class PrometheusProvider:
+    """Instant (and range) queries against one Prometheus, e.g. ``http://127.0.0.1:9090``.
+
+    ``timeout`` bounds each connect / read / write wait of a request; ``hold_off`` is how long
+    queries fail fast after one found Prometheus unavailable; ``clock`` is monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        hold_off: float = DEFAULT_HOLD_OFF,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
-        self._client = httpx.Client(timeout=timeout)
+        self.hold_off = hold_off
+        self._clock = clock
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout))
+        self._lock = threading.Lock()
+        self._down: str | None = None  # the message of the failure that opened the breaker
+        self._down_until = 0.0
+
+    # --- the circuit breaker ---------------------------------------------------------------------
+
+    def _fail_fast(self) -> None:
+        with self._lock:
+            if self._down is None:
+                return
+            left = self._down_until - self._clock()
+            message = self._down
+        if left > 0:
+            raise MetricsUnavailableError(message, delay=left)
+
+    def _opened(self, exc: MetricsUnavailableError) -> None:
+        with self._lock:
+            self._down, self._down_until = exc.message, self._clock() + self.hold_off
+
+    def _closed(self) -> None:
+        with self._lock:
+            self._down = None
+
+    # --- HTTP ------------------------------------------------------------------------------------
 
     def _api(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        """The ``data`` of a successful answer; the errors of the module docstring otherwise."""
+        self._fail_fast()
+        try:
+            data = self._request(path, params)
+        except MetricsUnavailableError as exc:
+            self._opened(exc)
+            raise
+        except MetricQueryError:
+            self._closed()  # it answered
+            raise
+        self._closed()
+        return data
+
+    def _request(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
         try:
             resp = self._client.post(f"{self.url}{path}", data=params)
+        except httpx.TimeoutException as exc:
+            raise MetricsUnavailableError(
+                f"Prometheus at {self.url} is unreachable (no answer within {self.timeout:g} s: "
+                f"{type(exc).__name__}); {_NO_PROMOTION}",
+                delay=self.hold_off,
+            ) from exc
         except httpx.HTTPError as exc:
             raise MetricsUnavailableError(
-                f"Prometheus at {self.url} is unreachable ({type(exc).__name__}: {exc}); "
-                "no promotion until it answers",
-                delay=2.0,
+                f"Prometheus at {self.url} is unreachable ({type(exc).__name__}: {exc}); {_NO_PROMOTION}",
+                delay=self.hold_off,
             ) from exc
         try:
             body = resp.json()
-        except ValueError:
-            body = {}
+        except ValueError:  # not JSON (also not UTF-8)
+            body = None
+        error = body.get("error") if isinstance(body, dict) else None
         if resp.status_code in (400, 422):
             raise MetricQueryError(
-                f"Prometheus rejected the query {params.get('query')!r}: {body.get('error', resp.text)}"
+                f"Prometheus rejected the query {params.get('query')!r}: {error or resp.text[:200]}"
             )
-        if resp.status_code != 200 or body.get("status") != "success":
+        if resp.status_code != 200 or not isinstance(body, dict) or body.get("status") != "success":
             raise MetricsUnavailableError(
-                f"Prometheus at {self.url} answered {resp.status_code}: {body.get('error', resp.text[:200])}",
-                delay=2.0,
+                f"Prometheus at {self.url} answered {resp.status_code}: {error or resp.text[:200]!r}; "
+                f"{_NO_PROMOTION}",
+                delay=self.hold_off,
             )
-        return dict(body["data"])
+        data = body.get("data")
+        if not isinstance(data, dict) or not isinstance(data.get("resultType"), str) or "result" not in data:
+            raise MetricsUnavailableError(
+                f"Prometheus at {self.url} answered without a result (not its query API?): "
+                f"{resp.text[:200]!r}; {_NO_PROMOTION}",
+                delay=self.hold_off,
+            )
+        return data
 
-    def _instant(self, query: str) -> dict[str, Any]:
-        return self._api("/api/v1/query", {"query": query})
+    def _instant(self, query: str) -> tuple[str, Any]:
+        data = self._api("/api/v1/query", {"query": query})
+        return data["resultType"], data["result"]
+
+    # --- MetricProvider --------------------------------------------------------------------------
 
     def run_query(self, query: str) -> float:
         """The single number ``query`` yields now. MetricQueryError for none, several or NaN."""
-        data = self._instant(query)
-        kind, result = data["resultType"], data["result"]
+        kind, result = self._instant(query)
         if kind == "scalar":
-            value = float(result[1])
+            value = _point(result, query)[1]
         elif kind == "vector":
-            if not result:
+            series = _series(result, query)
+            if not series:
                 raise MetricQueryError(f"query returned no value (no matching series yet?): {query}")
-            if len(result) > 1:
-                names = ", ".join("{" + series_key(r["metric"]) + "}" for r in result[:5])
+            if len(series) > 1:
+                names = ", ".join("{" + series_key(labels) + "}" for labels, _ in series[:5])
                 raise MetricQueryError(
-                    f"query returned {len(result)} values where one was expected ({names}); "
+                    f"query returned {len(series)} values where one was expected ({names}); "
                     f"aggregate it, e.g. sum(...): {query}"
                 )
-            value = float(result[0]["value"][1])
+            value = _point(series[0][1].get("value"), query)[1]
         else:
             raise MetricQueryError(f"query returned a {kind}, not a number: {query}")
         if math.isnan(value):
@@ -83,20 +198,22 @@ class PrometheusProvider:
         return value
 
     def query_vector(self, query: str) -> dict[str, float]:
-        """Every series of an instant vector, keyed by ``series_key``; empty when there is none."""
-        data = self._instant(query)
-        if data["resultType"] == "scalar":
-            return {"": float(data["result"][1])}
-        if data["resultType"] != "vector":
-            raise MetricQueryError(f"query returned a {data['resultType']}, not a vector: {query}")
+        """Every series of an instant vector, keyed by ``series_key``; empty when there is none.
+
+        A NaN sample stays NaN (Prometheus' value of 0/0; the sampler reads it as 0)."""
+        kind, result = self._instant(query)
+        if kind == "scalar":
+            return {"": _point(result, query)[1]}
+        if kind != "vector":
+            raise MetricQueryError(f"query returned a {kind}, not a vector: {query}")
         out: dict[str, float] = {}
-        for r in data["result"]:
-            key = series_key(r["metric"])
+        for labels, r in _series(result, query):
+            key = series_key(labels)
             if key in out:
                 raise MetricQueryError(
                     f"two series share the key {key!r}; aggregate by fewer labels: {query}"
                 )
-            out[key] = float(r["value"][1])
+            out[key] = _point(r.get("value"), query)[1]
         return out
 
     def query_range(
@@ -104,9 +221,13 @@ class PrometheusProvider:
     ) -> dict[str, list[tuple[float, float]]]:
         """Series of (unix time, value) between ``start`` and ``end`` (unix seconds), for plots."""
         data = self._api("/api/v1/query_range", {"query": query, "start": start, "end": end, "step": step})
-        return {
-            series_key(r["metric"]): [(float(t), float(v)) for t, v in r["values"]] for r in data["result"]
-        }
+        out: dict[str, list[tuple[float, float]]] = {}
+        for labels, r in _series(data["result"], query):
+            values = r.get("values")
+            if not isinstance(values, list):
+                raise _malformed(query, f"series {r!r} has no values")
+            out[series_key(labels)] = [_point(v, query) for v in values]
+        return out
 
     def is_online(self) -> bool:
         try:
