@@ -169,11 +169,19 @@ def _service_server(name: str, port: int) -> str:
     server {{
         listen {LOOPBACK}:{port} reuseport;
         set $rollout_service "{name}";
+        # errors the router answers itself are JSON (the OIP shape on /v2), never nginx's HTML
+        error_page 502 503 504 = @rollout_error;
         location / {{
             set $rollout_to "";
             set $rollout_mirror "";
             set $rollout_retried "";
+            set $rollout_pinned "";
+            set $rollout_error "";
             access_by_lua_block {{ require("rollout_router").route() }}{_PROXY}
+        }}
+        location @rollout_error {{
+            content_by_lua_block {{ require("rollout_router").error_page() }}
+            log_by_lua_block {{ require("rollout_router").log() }}
         }}
         location @rollout_mirrored {{{_MIRRORED}{_PROXY}
         }}

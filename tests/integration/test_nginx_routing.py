@@ -278,7 +278,11 @@ def test_candidate_killed_mid_canary_gives_clients_no_errors(plane: Plane, tmp_p
     assert after == Counter({("stable", "stable"): 30})
     metrics = httpx.get(plane.nginx.admin_url + "/metrics").text
     retried = [line for line in metrics.splitlines() if line.startswith("rollout_router_retries_total{")]
-    assert retried and 'failed="candidate"' in retried[0] and float(retried[0].split()[-1]) >= 10
+    assert retried and 'failed="candidate"' in retried[0] and float(retried[0].split()[-1]) >= 3
+    # after a few failed connections the dead candidate is marked down (passive health check):
+    # its share goes straight to stable, without a failed try first
+    failovers = [ln for ln in metrics.splitlines() if ln.startswith("rollout_router_failovers_total{")]
+    assert any('down="candidate"' in ln and float(ln.split()[-1]) >= 10 for ln in failovers), failovers
     plane.router.finalize(RouteTarget(SERVICE, plane.stable))
 
 
@@ -401,3 +405,62 @@ def test_a_failing_candidates_5xx_is_answered_by_stable(plane: Plane, tmp_path: 
     finally:
         plane.router.finalize(RouteTarget(SERVICE, plane.stable))
         plane.sup.stop("broken")
+
+
+def test_stable_killed_mid_canary_its_users_are_answered_by_the_candidate(
+    plane: Plane, tmp_path: Path
+) -> None:
+    """Stable SIGKILLed under load at a 10 % canary: a failed try is retried on the candidate, and
+    after a few failures stable is marked down (passive health check) so its share goes straight to
+    the candidate until it is back. No client sees an error."""
+    from tests.integration.loadkit import run_load
+
+    port = start_echo(plane.sup, "mortal", tmp_path)
+    mortal = Backend("mortal", "v6", f"127.0.0.1:{port}")
+    plane.router.ensure(RouteTarget(SERVICE, mortal, plane.candidate))
+    plane.router.set_routes(Routes(candidate_weight=10))
+
+    def kill(stop: object) -> None:
+        import signal
+        import time
+
+        time.sleep(1.5)
+        plane.sup.stop("mortal", sig=signal.SIGKILL)
+
+    try:
+        res = run_load(plane.url, threads=4, seconds=4, max_requests=6000, during=kill)
+        print(f"stable SIGKILLed under load: {res.total} requests, {len(res.failures)} failed, {res.servers}")
+        assert res.failures == [], res.failures[:5]
+        assert res.servers["mortal"] > 0 and res.servers["candidate"] > res.servers["mortal"] / 9
+        metrics = httpx.get(plane.nginx.admin_url + "/metrics").text
+        failovers = [ln for ln in metrics.splitlines() if ln.startswith("rollout_router_failovers_total{")]
+        assert any('down="stable"' in ln and float(ln.split()[-1]) >= 10 for ln in failovers), failovers
+    finally:
+        plane.router.finalize(RouteTarget(SERVICE, plane.stable))
+
+
+def test_errors_the_router_answers_itself_are_json_and_oip_shaped_on_v2(plane: Plane, tmp_path: Path) -> None:
+    """Every version unreachable: a JSON 503 naming the problem (the OIP
+    ``{"error": "..."}`` on /v2), with Retry-After; never nginx's HTML page. A feedback label for a
+    version that is down is refused with a retryable 503 and is not handed to the other version."""
+    nowhere = Backend("gone", "v7", f"127.0.0.1:{free_port()}")
+    alive = plane.stable
+    with httpx.Client(timeout=10) as c:
+        plane.router.finalize(RouteTarget(SERVICE, nowhere))
+        for path, oip in (("/predict", False), ("/v2/models/iris/infer", True)):
+            r = c.post(plane.url + path, json={"x": 1})
+            assert r.status_code == 503 and r.headers["content-type"] == "application/json", r.text
+            assert r.headers["retry-after"] == "2"
+            if oip:
+                assert isinstance(r.json()["error"], str) and "could answer" in r.json()["error"]
+            else:
+                body = r.json()
+                assert body["error"]["code"] == "upstream_unavailable", body
+                assert body["request_id"] == r.headers["x-request-id"]
+        plane.router.ensure(RouteTarget(SERVICE, alive, nowhere))
+        before = len(httpx.get(f"http://{alive.address}/_seen").json())
+        r = c.post(plane.url + "/feedback", json={}, headers={"X-Model-Version": "v7"})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "version_unavailable", r.text
+        assert "retry" in r.json()["error"]["message"] and r.headers["retry-after"]
+        assert len(httpx.get(f"http://{alive.address}/_seen").json()) == before, "label given to stable"
+        plane.router.finalize(RouteTarget(SERVICE, plane.stable))

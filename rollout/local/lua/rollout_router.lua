@@ -114,6 +114,35 @@ local function persist()
     os.rename(tmp, state_file)
 end
 
+-- Passive health: a backend that refused or dropped FAILS_TO_DOWN connections within a second is
+-- "down" for DOWN_SECONDS; requests for it go to the other version while it is (a supervised
+-- server is restarted by rollout/local/stack.py meanwhile).
+local FAILS_TO_DOWN, DOWN_SECONDS = 3, 2
+
+local function peer_key(peer) return peer.host .. ":" .. peer.port end
+
+local function note_failure(peer)
+    if not peer then return end
+    local key = peer_key(peer)
+    local n = dict:incr("f:" .. key, 1, 0, 1)
+    if n and n >= FAILS_TO_DOWN then dict:set("down:" .. key, true, DOWN_SECONDS) end
+end
+
+local function is_down(peer)
+    return peer ~= nil and dict:get("down:" .. peer_key(peer)) ~= nil
+end
+
+-- The version that serves a request the split gave to ``to``: ``to``, unless it is down and the
+-- other version is not (then the other, counted as a failover).
+local function healthy_choice(service, cfg, to)
+    local other = to == "stable" and "candidate" or "stable"
+    if is_down(cfg[to]) and cfg[other] and not is_down(cfg[other]) then
+        dict:incr("o:" .. to .. "|" .. service, 1, 0)
+        return other
+    end
+    return to
+end
+
 -- Where a routed request goes next. A request the split sends to the candidate runs in
 -- @rollout_candidate, where a 5xx answer of the candidate is retried once on stable (predictions
 -- have no side effects): the user gets stable's answer, while the candidate's own metrics, which
@@ -138,19 +167,21 @@ function M.route()
     local service = ngx.var.rollout_service
     local cfg = load(service)
     if not cfg or not cfg.stable then
-        ngx.header["X-Routed-To"] = "none"
-        ngx.status = 503
-        ngx.say("no backend registered for service ", service)
+        ngx.var.rollout_error = "no model server is registered for service " .. service
         return ngx.exit(503)
     end
     local to = "stable"
     -- a request that names the version that answered it (feedback labels carry the
     -- X-Model-Version of their prediction) goes back to that version while it serves
+    -- (pinned: never retried on the other version, which cannot join it; a pinned request for a
+    -- version that is down gets a retryable 503 from @rollout_error instead of being lost)
     local answered = ngx.var.http_x_model_version
     if answered and cfg.candidate and answered == cfg.versions.candidate then
-        return proceed("candidate", false, false) -- a label for the candidate's answer: no retry
+        ngx.var.rollout_pinned = "1"
+        return proceed("candidate", false, false)
     end
     if answered and answered == cfg.versions.stable then
+        ngx.var.rollout_pinned = "1"
         return proceed("stable", false, false)
     end
     if cfg.candidate then
@@ -171,6 +202,8 @@ function M.route()
             end
             if bucket < cfg.weight then to = "candidate" end
         end
+        local healthy = healthy_choice(service, cfg, to)
+        if healthy ~= to then return proceed(healthy, false, false) end
         if to == "stable" and cfg.mirror > 0 and math.random(1, 100) <= cfg.mirror then
             ngx.var.rollout_mirror = "1"
             dict:incr("m:" .. service, 1, 0)
@@ -180,27 +213,75 @@ function M.route()
     return proceed(to, false, to == "candidate")
 end
 
--- balancer_by_lua of the upstream that serves clients: the chosen backend; on a connection
--- failure (or, in @rollout_candidate, a 5xx of the candidate) one more try goes to stable.
+-- balancer_by_lua of the upstream that serves clients: the chosen backend. On a failure one more
+-- try goes to the other version when there is one (a dead stable's users are answered by the
+-- candidate and the other way round; a 5xx of the candidate in @rollout_candidate goes to stable),
+-- else to the same backend again (a stale keep-alive connection). A pinned request is not retried.
+-- Connection failures are counted per backend: FAILS_TO_DOWN within a second mark it down for
+-- DOWN_SECONDS (passive health check), and route() sends its share to the other version meanwhile.
 function M.balance()
     local service = ngx.var.rollout_service
     local cfg = load(service)
     if not cfg or not cfg.stable then return ngx.exit(503) end
-    local peer
-    if balancer.get_last_failure() then
+    local to = ngx.var.rollout_to
+    local state, status = balancer.get_last_failure()
+    if state then
+        -- a connection-level failure (nginx's own 502/504), not a 5xx the backend answered: only
+        -- those count towards "down", so a failing candidate still sees its share (the gates read it)
+        if state == "failed" and (status == 502 or status == 504) then note_failure(cfg[to]) end
+        local other = to == "stable" and "candidate" or "stable"
+        if cfg[other] then to = other end
         dict:incr("r:" .. ngx.var.rollout_to .. "|" .. service, 1, 0)
-        peer = cfg.stable
-        ngx.var.rollout_to = "stable"
+        ngx.var.rollout_to = to
         ngx.var.rollout_retried = "1"
-    else
+    elseif ngx.var.rollout_pinned ~= "1" then
         balancer.set_more_tries(1)
-        peer = (ngx.var.rollout_to == "candidate" and cfg.candidate) or cfg.stable
     end
+    local peer = cfg[to] or cfg.stable
     local ok, err = balancer.set_current_peer(peer.host, peer.port)
     if not ok then
         ngx.log(ngx.ERR, "rollout: cannot set peer: ", err)
         return ngx.exit(502)
     end
+end
+
+-- content_by_lua of @rollout_error, nginx's error_page for the 502/503/504 the router itself
+-- answers (no backend registered, every try failed, a timeout): the project's JSON error shape,
+-- {"error": {"code", "message"}, "request_id"}, and on /v2 the Open Inference Protocol's
+-- {"error": "message"}; never nginx's HTML. A request pinned to a version that is down (a feedback
+-- label for its answer) gets a retryable 503 with Retry-After: nothing was recorded, send it again.
+-- (Backends' own error answers pass through untouched: proxy_intercept_errors is off.)
+function M.error_page()
+    local code = ngx.status
+    local to = ngx.var.rollout_to
+    if to == nil or to == "" then to = "none" end
+    local kind, message
+    if ngx.var.rollout_error ~= "" then
+        kind, message = "no_backend", ngx.var.rollout_error
+    elseif ngx.var.rollout_pinned == "1" then
+        code, kind = 503, "version_unavailable"
+        message = "model version " .. (ngx.var.http_x_model_version or "?")
+            .. " is not reachable right now; nothing was recorded: retry later"
+    elseif code == 504 then
+        kind, message = "upstream_timeout", "the model server (" .. to .. ") did not answer in time"
+    else
+        code, kind = 503, "upstream_unavailable"
+        message = "no model server of service " .. ngx.var.rollout_service .. " could answer (last tried: "
+            .. to .. "); retry later"
+    end
+    ngx.status = code
+    ngx.header["Content-Type"] = "application/json"
+    ngx.header["Retry-After"] = "2"
+    ngx.header["X-Request-ID"] = ngx.var.rollout_rid
+    ngx.header["X-Routed-To"] = to
+    local body
+    if string.sub(ngx.var.uri, 1, 4) == "/v2/" or ngx.var.uri == "/v2" then
+        body = { error = message }
+    else
+        body = { error = { code = kind, message = message }, request_id = ngx.var.rollout_rid }
+    end
+    ngx.say(cjson.encode(body))
+    return ngx.exit(code)
 end
 
 -- log_by_lua: count what the router did, for /metrics.
@@ -411,14 +492,21 @@ function M.metrics()
         "# TYPE rollout_router_mirrored_total counter",
     }
     local retries = {
-        "# HELP rollout_router_retries_total Requests retried on stable after a connection error.",
+        "# HELP rollout_router_retries_total Requests retried on the other version after a failed try.",
         "# TYPE rollout_router_retries_total counter",
+        "# HELP rollout_router_failovers_total Requests sent to the other version because theirs was down.",
+        "# TYPE rollout_router_failovers_total counter",
     }
     for _, key in ipairs(dict:get_keys(0)) do
         local from, rs = string.match(key, "^r:(%a+)|(.+)$")
         if from then
             retries[#retries + 1] = string.format('rollout_router_retries_total{service="%s",failed="%s"} %d',
                 rs, from, dict:get(key))
+        end
+        local down, os_ = string.match(key, "^o:(%a+)|(.+)$")
+        if down then
+            retries[#retries + 1] = string.format('rollout_router_failovers_total{service="%s",down="%s"} %d',
+                os_, down, dict:get(key))
         end
         local service, to, code = string.match(key, "^c:(.+)|(%a+)|(%d+)$")
         if service then
