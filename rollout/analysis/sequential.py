@@ -116,6 +116,9 @@ def tail_exceedance(b: HistogramBatch, q: float) -> tuple[ProportionBatch, np.nd
     """Per version, the requests slower than the finite bucket bound where stable's cumulative
     share is nearest ``q`` (as 'bad' out of all requests), and that bound (seconds)."""
     bounds = np.asarray(b.bounds, dtype=float)
+    if bounds.size == 0:  # no buckets: nobody is slower than anything
+        zero = np.zeros(np.shape(b.candidate_counts)[:-1])
+        return ProportionBatch(zero, zero, zero, zero), np.full(zero.shape, np.nan)
     cum_c, cum_s = np.cumsum(b.candidate_counts, axis=-1), np.cumsum(b.stable_counts, axis=-1)
     n_c, n_s = cum_c[..., -1], cum_s[..., -1]
     share_below = cum_s / np.maximum(n_s, 1e-12)[..., None]

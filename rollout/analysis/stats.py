@@ -40,10 +40,13 @@ def cumulative_to_counts(cumulative: np.ndarray) -> np.ndarray:
 def histogram_quantile_v(q: float, bounds: tuple[float, ...], counts: np.ndarray) -> np.ndarray:
     """Quantile ``q`` of bucketed data (last axis), interpolated linearly inside its bucket, as
     Prometheus' ``histogram_quantile``: the first bucket starts at 0 (or at its bound when that is
-    negative), a quantile in the +Inf bucket is the largest finite bound; NaN without observations.
+    negative), a quantile in the +Inf bucket is the largest finite bound; NaN without observations
+    and without buckets.
     """
     c = _f(counts)
     b = _f(bounds)
+    if b.ndim != 1 or b.size == 0 or c.ndim == 0 or c.shape[-1] != b.size:
+        return np.full(c.shape[:-1], np.nan)  # no buckets (or not one count per bucket): no quantile
     finite = b[np.isfinite(b)]
     last_finite = finite[-1] if finite.size else np.nan
     lowers = np.concatenate([[min(0.0, b[0])], b[:-1]])
@@ -133,7 +136,8 @@ def chi_square(candidate: np.ndarray, stable: np.ndarray) -> TestResult:
     if table.shape[1] < 2 or np.any(table.sum(axis=1) <= 0):
         return TestResult(0.0, 1.0)
     expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
-    stat = float(np.sum((table - expected) ** 2 / expected))
+    with np.errstate(invalid="ignore", divide="ignore", under="ignore"):  # subnormal counts: NaN, p NaN
+        stat = float(np.sum((table - expected) ** 2 / expected))
     return TestResult(stat, float(chi2.sf(stat, table.shape[1] - 1)))
 
 
@@ -143,7 +147,7 @@ def ks_distance_v(candidate: np.ndarray, stable: np.ndarray) -> np.ndarray:
     nc, ns = c.sum(axis=-1, keepdims=True), s.sum(axis=-1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         gap = np.abs(np.cumsum(c, axis=-1) / nc - np.cumsum(s, axis=-1) / ns)
-    d = np.max(gap, axis=-1)
+    d = np.max(gap, axis=-1, initial=0.0)  # initial: no buckets at all is no gap
     return np.where((nc[..., 0] > 0) & (ns[..., 0] > 0), d, 0.0)
 
 
@@ -200,6 +204,8 @@ def _log_mixture_ratio_scalar(d: float, v: float, tau: float) -> float:
 def half_width(variance: float, tau: float, alpha: float) -> float:
     """Half-width of the always-valid (1 - alpha) confidence sequence around the estimate: the
     distance at which the mixture ratio reaches 1/alpha (it grows with the distance)."""
+    if not (0.0 < variance < math.inf):
+        return math.nan  # no spread to build a sequence from (only on data the judges refuse)
     target = math.log(1 / alpha)
     lo, hi = 0.0, math.sqrt(variance)
     while _log_mixture_ratio_scalar(hi, variance, tau) < target:
