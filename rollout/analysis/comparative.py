@@ -8,7 +8,9 @@ The template picks the test (``rollout.metrics.templates.Test``):
 - predicted classes: chi-square, effect = PSI; confidence: two-sample KS, effect = KS distance;
 - input features: chi-square per feature (Bonferroni over features), effect = that feature's PSI.
 Failed only when the regression is significant at ``alpha`` AND at least ``minEffect``;
-Inconclusive while either version has fewer than ``minSamples`` observations; Successful otherwise.
+Inconclusive while either version has fewer than ``minSamples`` observations (never Successful
+while stable has none); Successful otherwise. A malformed sample (``checks.check_sample``) is an
+Error naming what is wrong.
 Each check is a fixed-sample test of one window: checking it every interval on cumulative data
 inflates the false-positive rate (use the sequential judge for that).
 Who calls it: ``registry.make_judge`` (the engine) and the simulator (``verdicts``).
@@ -32,6 +34,7 @@ from rollout.analysis.batch import (
     scalar,
     to_batch,
 )
+from rollout.analysis.checks import screen
 from rollout.analysis.drift import Drift, feature_drift, prediction_shift
 from rollout.analysis.threshold import headline, headline_batch, sample_size
 from rollout.metrics.templates import Template, Test
@@ -77,7 +80,8 @@ class ComparativeJudge:
         raise TypeError(f"template {self.template.name!r} ({test.value}) cannot judge {type(batch).__name__}")
 
     def _codes(self, n_c: np.ndarray, n_s: np.ndarray, effect: np.ndarray, p: np.ndarray) -> np.ndarray:
-        few = (n_c < self.min_samples) | (n_s < self.min_samples)
+        # no verdict without observations of both versions (NaN sizes too), whatever minSamples says
+        few = ~((n_c >= self.min_samples) & (n_s >= self.min_samples) & (n_c > 0) & (n_s > 0))
         failed = (p < self.alpha) & (effect >= self.min_effect)
         return np.where(few, INCONCLUSIVE, np.where(failed, FAILED, SUCCESSFUL)).astype(np.int8)
 
@@ -89,6 +93,9 @@ class ComparativeJudge:
 
     def judge(self, metric: str, sample: Sample, now: float) -> Measurement:
         n_c, n_s = sample_size(sample)
+        early, sample = screen(metric, sample, self.template, now, comparative=True, sizes=(n_c, n_s))
+        if early is not None:
+            return early
         value = headline(self.template, sample)
         if n_c < self.min_samples or n_s < self.min_samples:
             msg = f"too few samples: candidate {n_c:.0f}, stable {n_s:.0f} (need {self.min_samples} each)"

@@ -27,6 +27,7 @@ import numpy as np
 
 from rollout.analysis import stats
 from rollout.analysis.batch import Batch, HistogramBatch, ProportionBatch, to_batch
+from rollout.analysis.checks import check_sample, complete
 from rollout.analysis.sequential import log_mean_difference, proportion_difference
 from rollout.metrics.templates import Headline, Template
 
@@ -94,8 +95,11 @@ class ExperimentResult:
 
 
 def decide(test: ExperimentTest, sample: object) -> ExperimentResult | None:
-    """The experiment's state for one cumulative sample; None when the sample cannot be tested."""
-    batch = to_batch(sample)  # type: ignore[arg-type]
+    """The experiment's state for one cumulative sample; None when the sample cannot be tested
+    (no test for its kind, no observations of a version, or malformed: ``checks.check_sample``)."""
+    if check_sample(sample, test.template) is not None:
+        return None
+    batch = to_batch(complete(sample))  # type: ignore[arg-type]
     if batch is None:
         return None
     diff = test.difference(batch)

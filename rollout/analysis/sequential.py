@@ -19,7 +19,9 @@ difference, over any number of checks, is at most alpha. At every check:
   pooled counts, shifted apart by it: the score test's restricted estimate). With the observed
   rates instead, a 10 % canary whose candidate has few errors looks more certain than it is: a
   candidate 1 point worse was promoted 2.4 % of the time at alpha 1 %;
-- Inconclusive otherwise, and while either side has fewer than ``minSamples`` observations.
+- Inconclusive otherwise, and while either side has fewer than ``minSamples`` observations (so
+  never Successful while stable has none). A malformed sample (``checks.check_sample``) is an
+  Error naming what is wrong.
 
 Differences: bad rates (absolute) for error rate and accuracy; the mean of log-latency from the
 buckets for latency (``minEffect: 0.2`` = 20 % slower, i.e. log 1.2). Variances use +1/+2
@@ -57,6 +59,7 @@ from rollout.analysis.batch import (
     Verdicts,
     to_batch,
 )
+from rollout.analysis.checks import screen
 from rollout.analysis.threshold import headline, headline_batch, sample_size
 from rollout.metrics.templates import Template
 from rollout.spec import MetricSpec
@@ -186,7 +189,8 @@ class SequentialJudge:
                     tail_failed=tail_failed.astype(float),
                     tail_p_value=np.minimum(1.0, np.exp(-np.maximum(t_l0, 0.0))),
                 )
-        few = (n_c < self.min_samples) | (n_s < self.min_samples)
+        # no verdict without observations of both versions (NaN sizes too), whatever minSamples says
+        few = ~((n_c >= self.min_samples) & (n_s >= self.min_samples) & (n_c > 0) & (n_s > 0))
         code = np.where(
             few, INCONCLUSIVE, np.where(failed, FAILED, np.where(proven_ok, SUCCESSFUL, INCONCLUSIVE))
         )
@@ -194,6 +198,9 @@ class SequentialJudge:
 
     def judge(self, metric: str, sample: Sample, now: float) -> Measurement:
         n_c, n_s = sample_size(sample)
+        early, sample = screen(metric, sample, self.template, now, comparative=True, sizes=(n_c, n_s))
+        if early is not None:
+            return early
         value = headline(self.template, sample)
         if n_c < self.min_samples or n_s < self.min_samples:
             msg = f"too few samples: candidate {n_c:.0f}, stable {n_s:.0f} (need {self.min_samples} each)"

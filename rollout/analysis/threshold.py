@@ -4,7 +4,9 @@ The headline of a sample depends on its template (``rollout.metrics.templates``)
 bad rate for error-rate, its good rate for accuracy and shadow agreement, the template's quantile
 (p99) interpolated from latency buckets, PSI of predicted classes against stable, KS distance of
 confidence, the largest per-feature PSI; a raw query's value as it is. No data is Inconclusive,
-never a pass; so is a candidate sample smaller than ``judge.minSamples`` when the user set one. Who calls it: ``registry.make_judge`` (the engine) and the simulator (``verdicts``).
+never a pass; so is a candidate sample smaller than ``judge.minSamples`` when the user set one.
+A malformed sample (``checks.check_sample``) is an Error naming what is wrong, never an exception.
+Who calls it: ``registry.make_judge`` (the engine) and the simulator (``verdicts``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from rollout.analysis.batch import (
     scalar,
     to_batch,
 )
+from rollout.analysis.checks import check_sample, complete, screen
 from rollout.analysis.drift import feature_drift, prediction_shift
 from rollout.metrics.templates import Headline, Template
 from rollout.spec import MetricSpec
@@ -59,7 +62,11 @@ def headline_batch(template: Template | None, batch: Batch) -> np.ndarray:
 
 
 def headline(template: Template | None, sample: Sample) -> float | None:
-    """The one number that stands for a sample; None when there is no data to compute it from."""
+    """The one number that stands for a sample; None when there is no data to compute it from,
+    or the sample is malformed (``checks.check_sample``)."""
+    if check_sample(sample, template) is not None:
+        return None
+    sample = complete(sample)
     batch = to_batch(sample)
     if batch is not None:
         return scalar(headline_batch(template, batch))
@@ -76,7 +83,10 @@ def headline(template: Template | None, sample: Sample) -> float | None:
 
 
 def sample_size(sample: Sample) -> tuple[float, float]:
-    """(candidate, stable) number of observations behind a sample (1, 0 for a raw value)."""
+    """(candidate, stable) number of observations behind a sample (1, 0 for a raw value; NaN, NaN
+    for a malformed one: ``checks.check_sample``)."""
+    if check_sample(sample) is not None:
+        return math.nan, math.nan
     match sample:
         case ValueSample():
             return 1.0, 0.0
@@ -124,8 +134,11 @@ class ThresholdJudge:
         return Verdicts(code, value)
 
     def judge(self, metric: str, sample: Sample, now: float) -> Measurement:
-        value = headline(self.template, sample)
         n_c, n_s = sample_size(sample)
+        early, sample = screen(metric, sample, self.template, now, comparative=False, sizes=(n_c, n_s))
+        if early is not None:
+            return early
+        value = headline(self.template, sample)
         details = {"candidate_n": n_c, "stable_n": n_s}
         verdict = VERDICT_OF_CODE[int(self._codes(np.asarray(np.nan if value is None else value)))]
         if verdict == Verdict.INCONCLUSIVE or value is None:
