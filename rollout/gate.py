@@ -105,9 +105,10 @@ def _judge(judge_of: JudgeFactory, metric: MetricSpec, result: MetricResult) -> 
         return Measurement(metric=metric.name, verdict=Verdict.ERROR, at=result.at, message=result.error)
     try:
         return judge_of(metric).judge(metric.name, result.sample, result.at)
-    except (RolloutError, ValueError, ArithmeticError, TypeError) as exc:
+    except Exception as exc:  # the last line of defence: judges are total, a bug must not stop the loop
+        what = str(exc) if isinstance(exc, RolloutError) else f"{type(exc).__name__}: {exc}"
         return Measurement(
-            metric=metric.name, verdict=Verdict.ERROR, at=result.at, message=f"judge failed: {exc}"
+            metric=metric.name, verdict=Verdict.ERROR, at=result.at, message=f"judge failed: {what}"
         )
 
 
@@ -149,10 +150,13 @@ def ingest(
     state: RolloutState,
     results: Iterable[MetricResult],
     judge_of: JudgeFactory,
+    *,
+    baseline: bool = True,
 ) -> tuple[list[Note], dict[str, Comparison]]:
     """Judge the results and update each metric's status. Returns events and per-version
     comparisons of the fresh samples. Results for unknown metrics, or arriving while no analysis
-    runs, are ignored."""
+    runs, are ignored. Without a ``baseline`` (stable does not serve) a metric that compares with
+    stable is Inconclusive whatever its sample says: its stable side is data from before."""
     notes: list[Note] = []
     comparisons: dict[str, Comparison] = {}
     if state.analysis_started_at is None:
@@ -164,11 +168,24 @@ def ingest(
             continue
         st = state.metrics.setdefault(metric.name, MetricStatus(name=metric.name))
         before = st.latest
-        m = _judge(judge_of, metric, r)
+        no_baseline = not baseline and needs_stable(metric)
+        if no_baseline:
+            m = Measurement(
+                metric.name,
+                Verdict.INCONCLUSIVE,
+                at=r.at,
+                message="stable is not serving: no baseline to compare with",
+            )
+        else:
+            m = _judge(judge_of, metric, r)
         _record(st, m, r, interval_of(spec, metric))
         ab = spec.strategy.ab_test
         confidence = ab.confidence if ab is not None and ab.metric == metric.name else None
-        if r.sample is not None and (cmp := compare(metric, r.sample, confidence)) is not None:
+        if (
+            r.sample is not None
+            and not no_baseline
+            and (cmp := compare(metric, r.sample, confidence)) is not None
+        ):
             comparisons[metric.name] = cmp
         if m.verdict == Verdict.FAILED:
             notes.append(
@@ -341,34 +358,43 @@ def compare(metric: MetricSpec, sample: object, confidence: float | None = None)
     shows: error rate, accuracy, p99...), for the A/B test, by ``direction``. With a
     ``confidence``, also the A/B significance test (``rollout.analysis.experiment``): the winner
     only once the difference is proven at that confidence. None for samples without a
-    per-version headline (a raw value, distribution shifts)."""
+    per-version headline (a raw value, distribution shifts) and for a malformed sample (which the
+    metric's judge reports as an Error measurement)."""
+    from rollout.analysis.checks import check_sample, complete  # could join the imports at the top
+
     try:
         template = template_of(metric)
     except RolloutError:
         return None
-    if isinstance(sample, ProportionSample):
-        swapped: object = ProportionSample(
-            sample.stable_bad, sample.stable_total, sample.candidate_bad, sample.candidate_total
-        )
-    elif isinstance(sample, HistogramSample) and (template is None or template.headline != Headline.KS):
-        swapped = HistogramSample(sample.bounds, sample.stable_counts, sample.candidate_counts)
-    else:
+    if check_sample(sample, template) is not None:
         return None
-    n_c, n_s = sample_size(sample)
-    higher = metric.direction == Direction.HIGHER_IS_BETTER
-    result = None
-    if confidence is not None and template is not None:
-        test = ExperimentTest(template, metric.judge.min_effect, higher, confidence)
-        result = decide(test, sample)
-    return Comparison(
-        samples=min(n_c, n_s),
-        candidate=headline(template, sample),
-        stable=headline(template, swapped),
-        higher_is_better=higher,
-        tested=result is not None,
-        winner=None if result is None else result.winner,
-        lower=None if result is None else result.lower,
-        upper=None if result is None else result.upper,
-        confidence=confidence,
-        interval="" if result is None else result.describe(),
-    )
+    try:
+        sample = complete(sample)  # type: ignore[arg-type]
+        if isinstance(sample, ProportionSample):
+            swapped: object = ProportionSample(
+                sample.stable_bad, sample.stable_total, sample.candidate_bad, sample.candidate_total
+            )
+        elif isinstance(sample, HistogramSample) and (template is None or template.headline != Headline.KS):
+            swapped = HistogramSample(sample.bounds, sample.stable_counts, sample.candidate_counts)
+        else:
+            return None
+        n_c, n_s = sample_size(sample)
+        higher = metric.direction == Direction.HIGHER_IS_BETTER
+        result = None
+        if confidence is not None and template is not None:
+            test = ExperimentTest(template, metric.judge.min_effect, higher, confidence)
+            result = decide(test, sample)
+        return Comparison(
+            samples=min(n_c, n_s),
+            candidate=headline(template, sample),
+            stable=headline(template, swapped),
+            higher_is_better=higher,
+            tested=result is not None,
+            winner=None if result is None else result.winner,
+            lower=None if result is None else result.lower,
+            upper=None if result is None else result.upper,
+            confidence=confidence,
+            interval="" if result is None else result.describe(),
+        )
+    except Exception:  # the last line of defence, as in _judge: no comparison this time
+        return None
