@@ -64,6 +64,8 @@ class Observations:
 
     candidate_ready: bool | None = None  # None: not checked this time
     candidate_error: str | None = None  # the candidate cannot run (crashed, failed to start)
+    stable_ready: bool | None = None  # stable answers its readiness check (None: not checked)
+    notices: tuple[str, ...] = ()  # what the edge did by itself (a server restarted): events
     routes: Routes | None = None  # routes applied now, read back from the router; None: unknown
     metrics: tuple[MetricResult, ...] = ()
     commands: tuple[Command, ...] = ()

@@ -26,6 +26,11 @@ The contract with the edge (the local runner, the Kubernetes controller, the sim
 Observations (``rollout.actions.Observations``) — what the edge saw since the last step:
 - ``candidate_ready``: the candidate backend answers its readiness check (None: not checked);
   ``candidate_error``: it cannot run (crashed, failed to start) -> roll back (CandidateFailed);
+- ``stable_ready``: stable answers its readiness check (None: not checked). While it is False the
+  rollout holds (Paused, StableUnavailable): no step completes, metrics that compare with stable
+  are Inconclusive (no baseline), the step's timer stops; past ``progressDeadline`` it is rolled
+  back (a supervised stable is being restarted meanwhile);
+- ``notices``: what the edge did by itself (a supervised server restarted), recorded as events;
 - ``routes``: the routes applied now, read back from the router (``get_routes``). Steps that
   change traffic are only complete once the router reports them applied (compared with ``==``,
   so read back exactly what ``set_routes`` applied: weights, mirror, match, sticky); report them
@@ -271,6 +276,30 @@ def _candidate(w: _Step, obs: Observations) -> None:
         )
 
 
+def _stable(w: _Step, obs: Observations) -> None:
+    """Stable stopped serving (killed, crashed): hold - no step completes, no comparison with it is
+    judged (there is no baseline), the step's timer stops - until it serves again."""
+    s = w.s
+    if obs.stable_ready is False and s.stable_down_since is None:
+        s.stable_down_since = w.now
+        w.note(
+            EventType.WARNING,
+            Reason.STABLE_UNAVAILABLE,
+            f"stable {s.stable} is not serving: holding (no step completes, nothing is compared "
+            "with it) until it serves again",
+        )
+    elif obs.stable_ready is True and s.stable_down_since is not None:
+        down = max(0.0, w.now - s.stable_down_since)
+        if s.progress.step_started_at is not None:
+            s.progress = s.progress.model_copy(update={"step_started_at": s.progress.step_started_at + down})
+        s.stable_down_since = None
+        w.note(
+            EventType.NORMAL,
+            Reason.STABLE_RECOVERED,
+            f"stable {s.stable} serves again after {format_duration(round(down))}; progressing",
+        )
+
+
 def _plan(w: _Step, spec: RolloutSpec, obs: Observations, promote: bool, comparisons: dict) -> None:
     s = w.s
     planner = get_planner(spec.strategy.name)
@@ -347,18 +376,23 @@ def step(
         s.reason, s.message = Reason.STARTED, f"{s.strategy} of {s.candidate} against {s.stable}"
         w.note(EventType.NORMAL, Reason.STARTED, s.message)
     promote = _commands(w, obs.commands)
+    for notice in obs.notices:
+        w.note(EventType.WARNING, Reason.RESTARTED, notice)
     if not s.done:
         _candidate(w, obs)
+        _stable(w, obs)
     comparisons: dict = {}
     if not s.done:
-        notes, comparisons = gates.ingest(spec, s, obs.metrics, judge_of or gates.default_judge)
+        notes, comparisons = gates.ingest(
+            spec, s, obs.metrics, judge_of or gates.default_judge, baseline=s.stable_down_since is None
+        )
         w.notes.extend(notes)
         if (d := gates.verdict_limits(spec, s)) is not None:
             w.decide(d)
     if not s.done and s.pause is None and (msg := gates.inconclusive_limit(spec, s)) is not None:
         s.pause = PauseInfo(reason=Reason.INCONCLUSIVE_LIMIT, message=msg, since=now)
         w.note(EventType.WARNING, Reason.INCONCLUSIVE_LIMIT, msg)
-    if not s.done and s.pause is None and s.candidate_ready:
+    if not s.done and s.pause is None and s.candidate_ready and s.stable_down_since is None:
         _plan(w, spec, obs, promote, comparisons)
     if not s.done:
         _deadline(spec, w)
@@ -377,6 +411,8 @@ def _deadline(spec: RolloutSpec, w: _Step) -> None:
     if s.pause is None and not s.progress.awaiting_promotion:
         held = gates.holding(spec, s)
         why = held[0] if held else None
+        if s.stable_down_since is not None:
+            why = f"stable {s.stable} is not serving"
         if why is None and not s.candidate_ready:
             why = f"candidate {s.candidate} is not ready"
     if why is None:
@@ -427,6 +463,9 @@ def _set_phase(spec: RolloutSpec, w: _Step) -> None:
             Reason.WAITING_FOR_PROMOTION,
             f"{s.progress.step_name}: waiting for promote",
         )
+    elif s.stable_down_since is not None:
+        phase, reason = Phase.PAUSED, Reason.STABLE_UNAVAILABLE
+        message = f"paused: stable {s.stable} is not serving; resumes by itself when it is back"
     elif unavailable is not None:
         phase, reason, message = Phase.PAUSED, Reason.METRICS_UNAVAILABLE, unavailable
     else:
@@ -435,6 +474,8 @@ def _set_phase(spec: RolloutSpec, w: _Step) -> None:
             reason, message = Reason.RESUMED, f"progressing: {s.progress.step_name}"
             if s.reason == Reason.METRICS_UNAVAILABLE:
                 w.note(EventType.NORMAL, Reason.RESUMED, "metrics can be measured again; progressing")
+            elif s.reason == Reason.STABLE_UNAVAILABLE:
+                pass  # StableRecovered said it
             elif s.reason == Reason.RECONCILE_ERROR:
                 w.note(EventType.NORMAL, Reason.RESUMED, "the edge reconciles again; progressing")
     if phase != s.phase or (phase == Phase.PAUSED and reason != s.reason):

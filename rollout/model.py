@@ -81,6 +81,9 @@ class Reason:
     EXPERIMENT_INCONCLUSIVE = "ExperimentInconclusive"
     PROGRESS_DEADLINE = "ProgressDeadlineExceeded"  # held by itself longer than spec.progressDeadline
     RECONCILE_ERROR = "ReconcileError"  # the edge failed unexpectedly inside one reconcile: held
+    STABLE_UNAVAILABLE = "StableUnavailable"  # stable does not serve: no step, no comparison judged
+    STABLE_RECOVERED = "StableRecovered"
+    RESTARTED = "Restarted"  # the edge restarted a server that died (the local supervisor)
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
     ABORTED = "Aborted"
@@ -193,6 +196,7 @@ class RolloutState(_Data):
     # since when the rollout holds by itself (gate holding, candidate not ready, metrics
     # unavailable) without a pause of a human's; past spec.progressDeadline it is rolled back
     held_since: float | None = None
+    stable_down_since: float | None = None  # stable reported not ready since then (held meanwhile)
     applied_commands: list[str] = Field(default_factory=list)
     events: list[Event] = Field(default_factory=list)
 
