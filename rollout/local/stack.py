@@ -31,11 +31,13 @@ import fcntl
 import json
 import os
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rollout.errors import NotFoundError, ProcessError, StateError
 from rollout.local.nginx import NginxConfig, NginxServer
@@ -53,6 +55,9 @@ from rollout.metrics.prometheus import PrometheusProvider
 from rollout.routers.base import Backend
 from rollout.routers.nginx import NginxRouter
 
+if TYPE_CHECKING:
+    from rollout.local.watchdog import Watchdog
+
 STATE_NAME = "stack.json"
 
 
@@ -69,6 +74,7 @@ class LocalStack:
         self.supervisor = supervisor
         self.state = state
         self._thread_lock = threading.RLock()  # the runner starts backends from a thread
+        self.watchdog: Watchdog | None = None
         ng = state["nginx"]
         self.nginx = NginxServer(
             supervisor,
@@ -83,9 +89,16 @@ class LocalStack:
 
     @classmethod
     def up(
-        cls, home: Path | None = None, services: Sequence[str] = ("iris",), detach: bool = False
+        cls,
+        home: Path | None = None,
+        services: Sequence[str] = ("iris",),
+        detach: bool = False,
+        supervise: bool = False,
     ) -> LocalStack:
-        """Start nginx and Prometheus (and nothing else); ProcessError if a stack already runs here."""
+        """Start nginx and Prometheus (and nothing else); ProcessError if a stack already runs here.
+
+        ``supervise``: restart whatever of the stack dies (rollout/local/watchdog.py): a thread of
+        this process, or with ``detach`` a daemon that outlives it (``rollout up``)."""
         home = (home or default_home()).resolve()
         existing = _read_state(home)
         if existing and _alive(existing.get("nginx", {})):
@@ -122,18 +135,36 @@ class LocalStack:
             stack.prometheus.add_target(
                 "router", f"{LOOPBACK}:{state['nginx']['adminPort']}", {"component": "router"}
             )
+            stack._save()
+            if supervise:
+                stack.supervise(daemon=detach)
         except BaseException:
             stack.supervisor.stop_all()
             raise
-        stack._save()
         return stack
+
+    def supervise(self, daemon: bool = False) -> None:
+        """Restart what dies: a watchdog thread here, or (``daemon``) a detached watchdog process,
+        recorded in the state as ``watchdog`` so that ``down()`` stops it before anything else."""
+        from rollout.local.watchdog import Watchdog
+
+        if not daemon:
+            self.watchdog = Watchdog(self).start()
+            return
+        argv = [sys.executable, "-m", "rollout.local.watchdog", str(self.home)]
+        proc = self.supervisor.start("watchdog", argv, self.dir / "watchdog.log")
+        info: dict[str, Any] = {}
+        self._record_process(info, proc)
+        with self._locked():
+            self.state["watchdog"] = info
 
     @classmethod
     def attach(cls, home: Path | None = None) -> LocalStack:
-        """The stack another process brought up; NotFoundError when none is running."""
+        """The stack another process brought up; NotFoundError when none is running (its nginx
+        is gone and no watchdog is there to bring it back)."""
         home = (home or default_home()).resolve()
         state = _read_state(home)
-        if not state or not _alive(state.get("nginx", {})):
+        if not state or not (_alive(state.get("nginx", {})) or _alive(state.get("watchdog", {}))):
             raise NotFoundError(f"no local stack is running under {home}; start one with `rollout up`")
         stack = cls(home, Supervisor(cleanup_on_exit=False), state)
         stack.nginx.proc = _foreign("nginx", state["nginx"])
@@ -148,6 +179,9 @@ class LocalStack:
         if not state:
             return False
         was_running = False
+        watchdog = state.get("watchdog", {})
+        if watchdog.get("pid") and _alive(watchdog):  # first, or it would restart what is stopped
+            stop_pid(watchdog["pid"], watchdog.get("startTime"), timeout=15)
         for info in list(state.get("backends", {}).values()) + [
             state.get("prometheus", {}),
             state.get("nginx", {}),
@@ -161,6 +195,9 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop the backends, Prometheus and nginx of this stack and forget its state."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
         for name in list(self.state["backends"]):
             self.stop_backend(name)
         self.prometheus.stop()
@@ -169,22 +206,60 @@ class LocalStack:
 
     def stop_prometheus(self) -> None:
         """Stop Prometheus only (fault drills: the rollout must not promote while it is away)."""
+        with self._locked():
+            self.state["prometheus"]["stopped"] = True  # on purpose: the watchdog leaves it
         _stop_component(self.prometheus.name, self.prometheus.proc, self.supervisor, timeout=15)
         self.prometheus.proc = None
 
     def start_prometheus(self) -> None:
         """Start Prometheus again on the same port, data and targets; records its new pid."""
+        _kill_group(self.state["prometheus"])
+        self.supervisor.processes.pop(self.prometheus.name, None)
         self.prometheus.start()
         with self._locked():
             self._record_process(self.state["prometheus"], self.prometheus.proc)
+            self.state["prometheus"].pop("stopped", None)
 
     def restart_nginx(self) -> None:
         """Stop and start nginx (e.g. after a crash); routes come back from its routes file."""
         _stop_component(self.nginx.name, self.nginx.proc, self.supervisor, timeout=10)
+        _kill_group(self.state["nginx"])  # workers of a killed master would keep its ports
         self.nginx.proc = None
         self.nginx.start()
         with self._locked():
             self._record_process(self.state["nginx"], self.nginx.proc)
+
+    def restart_backend(self, name: str, timeout: float = 180.0) -> Backend:
+        """Start a model server that died again, on its address with its command (the watchdog)."""
+        info = self.state["backends"].get(name)
+        if info is None or not info.get("argv"):
+            raise NotFoundError(f"backend {name!r} was not started by this stack; cannot restart it")
+        _kill_group(info)
+        self.supervisor.processes.pop(f"backend:{name}", None)
+        proc = self.supervisor.start(f"backend:{name}", info["argv"], Path(info["log"]), env=info.get("env"))
+        with self._locked():
+            self._record_process(self.state["backends"][name], proc)
+        self.supervisor.wait_ready(proc, http_ok(f"http://{info['address']}{info['readyPath']}"), timeout)
+        return Backend(name=name, version=info["version"], address=info["address"])
+
+    def reload(self) -> dict[str, Any]:
+        """Read the state file again (another process, the watchdog, may have restarted something):
+        pids of nginx, Prometheus and the backends as recorded now. Returns the state."""
+        disk = _read_state(self.home) or {}
+        with self._thread_lock:
+            for component in ("nginx", "prometheus", "watchdog"):
+                if component in disk:
+                    self.state.setdefault(component, {}).update(disk[component])
+                    if "stopped" not in disk[component]:
+                        self.state[component].pop("stopped", None)
+            if "backends" in disk:
+                self.state["backends"] = disk["backends"]
+            for server in (self.nginx, self.prometheus):
+                info = self.state[server.name]
+                proc = server.proc
+                if proc is not None and proc.popen is None and info.get("pid") != proc.pid:
+                    server.proc = _foreign(server.name, info)
+            return self.state
 
     def detach(self) -> None:
         """Leave every process running after this Python process exits (``rollout up``)."""
@@ -260,7 +335,17 @@ class LocalStack:
         log = self.dir / "backends" / f"{name}.log"
         proc = self.supervisor.start(f"backend:{name}", argv, log, env=env)
         address = f"{LOOPBACK}:{port}"
-        info: dict[str, Any] = {"service": service, "version": version, "address": address, "log": str(log)}
+        # what a restart needs: the command and the environment it adds (not the whole environment)
+        added = {k: v for k, v in env.items() if os.environ.get(k) != v}
+        info: dict[str, Any] = {
+            "service": service,
+            "version": version,
+            "address": address,
+            "log": str(log),
+            "argv": list(argv),
+            "env": added,
+            "readyPath": ready_path,
+        }
         self._record_process(info, proc)
         with self._locked():
             self.state["backends"][name] = info
@@ -296,6 +381,9 @@ class LocalStack:
         info = self.state["backends"].get(name)
         if info is None:
             return
+        with self._locked():
+            if name in self.state["backends"]:
+                self.state["backends"][name]["stopping"] = True  # on purpose: the watchdog leaves it
         self.prometheus.remove_target(name)
         if f"backend:{name}" in self.supervisor.processes:
             self.supervisor.stop(f"backend:{name}", timeout=timeout)
@@ -391,6 +479,16 @@ def _stop_component(name: str, proc: ManagedProcess | None, supervisor: Supervis
         supervisor.stop(name, timeout=timeout)
     elif proc is not None:  # started by another process (attached stack)
         stop_pid(proc.pid, proc.start_time, timeout=timeout)
+
+
+def _kill_group(info: dict[str, Any]) -> None:
+    """SIGKILL what is left of the process group of a recorded process whose leader died (its
+    workers would keep its ports). The group id is the leader's pid, which no other process can
+    take while the group has members; a group with none left is ESRCH."""
+    pid = info.get("pid")
+    if pid and not _alive(info):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(int(pid), signal.SIGKILL)
 
 
 def _remove_data(state: dict[str, Any]) -> None:

@@ -1,0 +1,146 @@
+"""The local stack restarts what dies, as a kubelet would: model servers, nginx, Prometheus.
+
+Real nginx, Prometheus and stand-in model servers (tests/integration/echo_server.py) under a stack
+brought up with ``supervise=True``. Each is SIGKILLed and must come back on its address, with one
+line in the stack's events file; what was stopped on purpose (``stop_backend``,
+``stop_prometheus``) and what is frozen (SIGSTOP, alive) is left alone; a server that keeps dying
+is restarted with a growing back-off; ``rollout down`` of a detached stack stops the watchdog
+daemon first and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rollout.local.processes import is_running
+from rollout.local.stack import LocalStack
+from rollout.local.watchdog import _History, read_events
+from rollout.routers.base import RouteTarget
+
+pytestmark = pytest.mark.integration
+ECHO = str(Path(__file__).with_name("echo_server.py"))
+
+
+def wait_for(what: str, check: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting until {what}")
+
+
+def ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    s = LocalStack.up(home=tmp_path_factory.mktemp("watchdog"), services=["iris"], supervise=True)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def echo(stack: LocalStack, name: str, version: str) -> object:
+    return stack.start_backend("iris", name, version, [sys.executable, ECHO, name, "{port}"])
+
+
+def pid_of(stack: LocalStack, component: str) -> int:
+    state = stack.reload()
+    info = state["backends"][component] if component not in ("nginx", "prometheus") else state[component]
+    return int(info["pid"])
+
+
+def events(stack: LocalStack) -> list[dict]:
+    return read_events(stack.home)[0]
+
+
+def test_a_killed_model_server_comes_back_on_its_address_and_says_so(stack: LocalStack) -> None:
+    b = echo(stack, "iris-v1", "v1")
+    stack.router("iris").ensure(RouteTarget("iris", b))
+    old = pid_of(stack, "iris-v1")
+    os.kill(old, signal.SIGKILL)
+    wait_for(
+        "iris-v1 is restarted", lambda: pid_of(stack, "iris-v1") != old and ok(f"http://{b.address}/readyz")
+    )
+    r = httpx.post(stack.service_url("iris") + "/predict", json={})
+    assert r.status_code == 200 and r.json()["server"] == "iris-v1"
+    last = [e for e in events(stack) if e["component"] == "backend:iris-v1"][-1]
+    assert last["version"] == "v1" and last["service"] == "iris" and f"pid {old}" in last["message"]
+
+
+def test_nginx_and_prometheus_come_back_with_their_routes_and_series(stack: LocalStack) -> None:
+    for component in ("nginx", "prometheus"):
+        old = pid_of(stack, component)
+        os.kill(old, signal.SIGKILL)
+        wait_for(f"{component} is restarted", lambda c=component, o=old: pid_of(stack, c) != o, 60)
+    wait_for("prometheus answers", lambda: ok(stack.prometheus_url + "/-/ready"), 60)
+    wait_for("nginx routes iris again", lambda: ok(stack.nginx.admin_url + "/healthz"))
+    r = httpx.post(stack.service_url("iris") + "/predict", json={})
+    assert r.status_code == 200, "routes were lost with nginx"
+    assert {"nginx", "prometheus"} <= {e["component"] for e in events(stack)}
+
+
+def test_what_is_stopped_on_purpose_or_frozen_is_left_alone(stack: LocalStack) -> None:
+    echo(stack, "iris-gone", "v9")
+    stack.stop_backend("iris-gone")
+    stack.stop_prometheus()
+    try:
+        frozen = echo(stack, "iris-frozen", "v8")
+        pid = pid_of(stack, "iris-frozen")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(2.5)  # five looks of the watchdog
+            assert is_running(pid), "a frozen server was restarted"
+            assert "iris-gone" not in stack.reload()["backends"]
+            assert not ok(stack.prometheus_url + "/-/ready"), "Prometheus was started against the user's will"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert ok(f"http://{frozen.address}/readyz")
+        stack.stop_backend("iris-frozen")
+    finally:
+        stack.start_prometheus()
+    mentioned = {e["component"] for e in events(stack)}
+    assert "backend:iris-gone" not in mentioned and "backend:iris-frozen" not in mentioned
+
+
+def test_a_server_that_keeps_dying_is_restarted_with_a_growing_back_off() -> None:
+    h = _History()
+    waits = []
+    now = 0.0
+    for _ in range(8):
+        waits.append(h.wait(now))
+        now += waits[-1]
+        h.restarts.append(now)
+    assert waits == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert h.wait(now + 301) == 0.0, "an old crash no longer slows the next restart"
+
+
+def test_a_detached_stack_is_watched_by_a_daemon_that_down_stops_first(tmp_path: Path) -> None:
+    s = LocalStack.up(home=tmp_path, services=["iris"], detach=True, supervise=True)
+    s.detach()
+    state = s.reload()
+    dog = state["watchdog"]
+    try:
+        assert is_running(dog["pid"], dog["startTime"])
+        old = state["nginx"]["pid"]
+        os.kill(old, signal.SIGKILL)
+        wait_for("the daemon restarts nginx", lambda: s.reload()["nginx"]["pid"] != old, 30)
+        pids = [dog["pid"], s.reload()["nginx"]["pid"], s.reload()["prometheus"]["pid"]]
+    finally:
+        assert LocalStack.down(tmp_path)
+    time.sleep(1.5)  # a watchdog still alive would have restarted nginx by now
+    assert not any(is_running(p) for p in pids), "down() left a process behind"
