@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 from rollout.actions import Measure, MetricResult
 from rollout.analysis.base import HistogramSample, Judge, Measurement, ProportionSample, Verdict
+from rollout.analysis.checks import STABLE_HEADLINES, check_sample, complete
 from rollout.analysis.experiment import ExperimentTest, decide
 from rollout.analysis.registry import make_judge, template_of
 from rollout.analysis.threshold import headline, sample_size
@@ -276,9 +277,6 @@ def unavailable(spec: RolloutSpec, state: RolloutState) -> str | None:
     return None
 
 
-_STABLE_HEADLINES = {Headline.PSI, Headline.KS, Headline.MAX_PSI}
-
-
 def needs_stable(metric: MetricSpec) -> bool:
     """The metric compares the candidate with stable (a comparative or sequential judge, or a
     shift/drift headline), so it needs traffic on both."""
@@ -288,7 +286,7 @@ def needs_stable(metric: MetricSpec) -> bool:
         template = template_of(metric)
     except RolloutError:
         return False
-    return template is not None and template.headline in _STABLE_HEADLINES
+    return template is not None and template.headline in STABLE_HEADLINES
 
 
 def active(spec: RolloutSpec, routes: Routes) -> tuple[str, ...]:
@@ -360,7 +358,6 @@ def compare(metric: MetricSpec, sample: object, confidence: float | None = None)
     only once the difference is proven at that confidence. None for samples without a
     per-version headline (a raw value, distribution shifts) and for a malformed sample (which the
     metric's judge reports as an Error measurement)."""
-    from rollout.analysis.checks import check_sample, complete  # could join the imports at the top
 
     try:
         template = template_of(metric)
