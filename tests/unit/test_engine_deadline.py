@@ -23,7 +23,9 @@ def no_traffic(_m: str, _t: float, _r: object) -> ProportionSample:
 
 def with_deadline(deadline: str) -> RolloutSpec:
     """The canary with ``progressDeadline: <deadline>``, read as a user's YAML would be."""
-    doc = make_spec(CANARY, [ERROR_RATE_TEMPLATE], interval="5s").model_dump(by_alias=True, mode="json", exclude_unset=True)
+    doc = make_spec(CANARY, [ERROR_RATE_TEMPLATE], interval="5s").model_dump(
+        by_alias=True, mode="json", exclude_unset=True
+    )
     doc["progressDeadline"] = deadline
     wire = {"apiVersion": "bento-rollout.io/v1alpha1", "kind": "ModelRollout", "metadata": {"name": "x"}}
     return parse_rollout({**wire, "spec": doc}).spec
