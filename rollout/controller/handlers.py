@@ -2,14 +2,18 @@
 
 - a **timer** (every ``interval`` seconds, per ModelRollout) runs ``Reconciler.reconcile``; our
   errors become kopf's (``TemporaryError`` -> retried after its delay; ``PermanentError`` -> logged,
-  not retried until the next tick). kopf runs one timer per object at a time, so a rollout is never
-  stepped twice concurrently;
+  not retried until the next tick). Any other exception never reaches kopf as it is: the reconciler
+  holds the rollout (Paused, ReconcileError, one Event) and raises ``HeldError``, and whatever
+  escapes even that is logged once (defence.py) and retried with the same growing delay - never a
+  hot loop with a traceback per tick. kopf runs one timer per object at a time, so a rollout is
+  never stepped twice concurrently;
 - an **on-delete** handler is a finalizer (``bento-rollout.io/finalizer``): deleting a rollout that
-  is still in flight sends all traffic back to stable before the object goes away;
+  is still in flight sends all traffic back to stable before the object goes away (one that was
+  waiting for another rollout of its service leaves the routes alone: ownership.py);
 - **leader election**: the startup handler blocks until this replica holds the Lease
   (``rollout.k8s.lease``), so a standby replica watches nothing and acts on nothing; a leader that
-  loses its Lease stops the operator (the Deployment restarts it, as a standby). kopf's own peering
-  is off (it would need its cluster-wide peering CRDs and more RBAC);
+  loses its Lease stands by (its handlers act on nothing) until it holds the Lease again. kopf's
+  own peering is off (it would need its cluster-wide peering CRDs and more RBAC);
 - **metrics**: with ``metrics_port`` set, the rollout_* series (rollout/exporter.py) of every
   rollout this replica reconciles are served on ``metrics_host:metrics_port`` (127.0.0.1 unless
   the chart sets ROLLOUT_METRICS_HOST), refreshed on every reconcile. A standby serves none.
@@ -30,12 +34,13 @@ import kopf
 
 from rollout.errors import PermanentError, RolloutError, TemporaryError
 from rollout.exporter import MetricsServer, RolloutCollector
+from rollout.gate import JudgeFactory
 from rollout.k8s.client import MODEL_ROLLOUT, KubeClient
 from rollout.k8s.lease import LeaderElector
 from rollout.metrics.base import MetricProvider
 from rollout.spec import RolloutSpec
 
-from .reconciler import Reconciler
+from .reconciler import MetricsFactory, Reconciler, RouterFactory, default_router
 
 log = logging.getLogger("rollout.controller")
 FINALIZER = "bento-rollout.io/finalizer"
@@ -129,6 +134,8 @@ def build_registry(
             raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
         except RolloutError as exc:
             raise kopf.PermanentError(str(exc)) from None
+        except Exception as exc:  # escaped the reconciler's own defence: once in the log, backed off
+            raise _retry(reconciler, namespace, name, exc, "reconcile failed") from None
 
     @kopf.on.delete(group, version, plural, registry=registry)
     def deleted(namespace: str, name: str, body: kopf.Body, **_: Any) -> None:
@@ -138,15 +145,36 @@ def build_registry(
             outcome = reconciler.finalize(namespace, dict(body))
         except TemporaryError as exc:
             raise kopf.TemporaryError(str(exc), delay=exc.delay) from None
+        except RolloutError:
+            raise
+        except Exception as exc:
+            raise _retry(reconciler, namespace, name, exc, "finalizer failed") from None
         log.info("%s/%s deleted: %s", namespace, name, outcome)
 
     return registry
 
 
+def _retry(
+    reconciler: Reconciler, namespace: str, name: str, exc: Exception, what: str
+) -> kopf.TemporaryError:
+    message, delay = reconciler.errors.record((namespace, name), exc, f"{namespace}/{name}: {what}")
+    return kopf.TemporaryError(f"{what}: {message}", delay=delay)
+
+
 def run(
-    cfg: ControllerConfig, stop: threading.Event | None = None, ready: threading.Event | None = None
+    cfg: ControllerConfig,
+    stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
+    *,
+    metrics: MetricsFactory | None = None,
+    router_factory: RouterFactory | None = None,
+    judge_of: JudgeFactory | None = None,
 ) -> None:
-    """Run the operator until ``stop`` is set (or SIGINT/SIGTERM). Blocks."""
+    """Run the operator until ``stop`` is set (or SIGINT/SIGTERM). Blocks.
+
+    ``metrics``, ``router_factory`` and ``judge_of`` replace the Reconciler's defaults (Prometheus
+    at the spec's address, the spec's router, the analysis registry's judges): seams for embedders
+    and for the fault drills of tests/e2e."""
     client = KubeClient.auto(cfg.kubeconfig, cfg.context)
     stop = stop or threading.Event()
     identity = cfg.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
@@ -160,7 +188,12 @@ def run(
         server = MetricsServer(exporter, cfg.metrics_host, cfg.metrics_port).start()
         log.info("rollout metrics on http://%s/metrics", server.address)
     reconciler = Reconciler(
-        client, _metrics_factory(cfg.metrics_address), default_provider=cfg.router, exporter=exporter
+        client,
+        metrics or _metrics_factory(cfg.metrics_address),
+        router_factory=router_factory or default_router,
+        default_provider=cfg.router,
+        exporter=exporter,
+        judge_of=judge_of,
     )
     registry = build_registry(reconciler, cfg, elector, stop)
     liveness = f"http://{cfg.health_host}:{cfg.health_port}/healthz" if cfg.health_port else None

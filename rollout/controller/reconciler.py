@@ -6,27 +6,33 @@ writer causes a 409 -> ``ConflictError`` -> the whole reconcile is retried on fr
 lost and nothing acted on) *before* any action runs. Actions are level-based, so a controller
 killed between the write and the action repeats the action on restart, and never a step.
 
-Cluster conventions (the Helm chart's): InferenceServices are ``<service>`` (kserve routing) or
-``<service>-stable`` / ``<service>-candidate`` (istio, gateway-api), whose predictor Services
-``<isvc>-predictor`` (port 80) are the route backends; the routing object is named
-``spec.router.name`` or ``<service>``. Candidate readiness comes from the candidate
+Cluster conventions (the Helm chart's names, in ``conventions.py``): InferenceServices
+``<service>`` or ``<service>-stable`` / ``<service>-candidate``, predictor Services as route
+backends. Candidate readiness comes from the candidate
 InferenceService's status (``routers.kserve.candidate_readiness``) before any traffic moves.
 ``KeepWarm`` needs no action here (the chart keeps both InferenceServices running), and
 ``Finalize`` only sets the routes: scaling the old version down is left to the deployer (GitOps).
 After a promotion in istio / gateway-api mode the stable InferenceService takes the candidate's
 model over and traffic returns to stable (``handoff.py``, recorded in ``.status.handoff``).
+
+One rollout per service (``ownership.py``): a rollout whose service another ModelRollout is
+rolling out waits (Paused, ServiceBusy) and moves nothing, unless it supersedes it. An unexpected
+exception inside a reconcile holds the rollout (Paused, ReconcileError, one Event) and is retried
+with a growing delay (``defence.py``); a measurement's is a measurement in phase Error.
 Who calls it: rollout.controller.handlers (kopf timer and delete handlers) and tests.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from rollout.actions import (
+    Command,
+    CommandKind,
     EnsureBackend,
     Finalize,
     Measure,
@@ -35,59 +41,30 @@ from rollout.actions import (
     SetRoutes,
     Transition,
 )
-from rollout.engine import new_rollout, step
+from rollout.engine import hold_on_error, new_rollout, step
 from rollout.errors import NotFoundError, PermanentError, RolloutError, SpecError
 from rollout.exporter import RolloutCollector
+from rollout.gate import JudgeFactory
 from rollout.k8s.client import INFERENCE_SERVICE, MODEL_ROLLOUT, KubeClient, Obj
 from rollout.metrics.base import MetricProvider
 from rollout.metrics.sampler import SampleContext, collect
 from rollout.model import EventType, Reason, RolloutState
-from rollout.routers.base import Backend, Routes, RouteTarget, TrafficRouter
+from rollout.routers.base import Routes, RouteTarget, TrafficRouter
 from rollout.routers.kserve import candidate_readiness
-from rollout.routers.registry import make_router
 from rollout.spec import RolloutSpec, RouterProvider, parse_rollout
 
-from . import handoff
+from . import handoff, ownership
+from .conventions import default_router, isvc_name, route_target
+from .defence import ErrorLog, HeldError
+from .ownership import Turn, TurnKind
 from .status import applied_command_keys, commands_from_annotations, state_from_status, status_from_state
 
 log = logging.getLogger("rollout.controller")
-BACKEND_PORT = 80
 MAX_STEPS_PER_RECONCILE = 4
 
 MetricsFactory = Callable[[RolloutSpec], MetricProvider]
 RouterFactory = Callable[[RolloutSpec, str, KubeClient], TrafficRouter]
-
-
-def isvc_name(spec: RolloutSpec, role: str) -> str:
-    if spec.router.provider.value == "kserve":
-        return spec.router.name or spec.service
-    return f"{spec.service}-{role}"
-
-
-def route_target(spec: RolloutSpec) -> RouteTarget:
-    """Backends of the rollout, named as the chart names the predictor Services."""
-    if spec.router.provider.value == "kserve":
-        name = isvc_name(spec, "candidate")
-        return RouteTarget(
-            spec.service, Backend(name, spec.stable.model), Backend(name, spec.candidate.model)
-        )
-    return RouteTarget(
-        spec.service,
-        Backend(f"{isvc_name(spec, 'stable')}-predictor", spec.stable.model),
-        Backend(f"{isvc_name(spec, 'candidate')}-predictor", spec.candidate.model),
-    )
-
-
-def default_router(spec: RolloutSpec, namespace: str, client: KubeClient) -> TrafficRouter:
-    provider = spec.router.provider.value
-    kwargs: dict[str, Any] = {
-        "client": client,
-        "namespace": namespace,
-        "name": spec.router.name or spec.service,
-    }
-    if provider in ("istio", "gateway-api"):
-        kwargs.update(gateway=spec.router.gateway, port=BACKEND_PORT)
-    return make_router(provider, **kwargs)
+__all__ = ["MetricsFactory", "Reconciler", "RouterFactory", "default_router", "isvc_name", "route_target"]
 
 
 @dataclass
@@ -111,6 +88,12 @@ class Reconciler:
     memory: dict[tuple[str, str], _Memory] = field(default_factory=dict)
     # the rollout_* series: refreshed with every state this reconciler reads or writes
     exporter: RolloutCollector | None = None
+    # the judge of a metric (None: the analysis registry's); a seam for embedders and fault drills
+    judge_of: JudgeFactory | None = None
+    errors: ErrorLog = field(default_factory=ErrorLog)  # unexpected errors per rollout
+    measure_errors: ErrorLog = field(default_factory=ErrorLog)  # ... per rollout and metric
+    _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, repr=False)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _cluster_spec(self, spec: RolloutSpec) -> RolloutSpec:
         """``spec`` with a cluster router: the nginx router is the local mode's, never the cluster's."""
@@ -142,8 +125,11 @@ class Reconciler:
         return r.ready, r.reason
 
     def _measure(
-        self, spec: RolloutSpec, state: RolloutState, actions: list[Measure]
+        self, namespace: str, name: str, spec: RolloutSpec, state: RolloutState, actions: list[Measure]
     ) -> tuple[MetricResult, ...]:
+        """Run the Measure actions. Every failure is a measurement in phase Error, never raised:
+        ours (Prometheus unreachable, no value) as they are, any other exception (a bug, an answer
+        nobody foresaw) with its type, logged with its traceback once while it repeats."""
         if not actions:
             return ()
         provider = self.metrics(spec)
@@ -153,14 +139,26 @@ class Reconciler:
             started = self.clock()
             elapsed = started - state.analysis_started_at if state.analysis_started_at else None
             ctx = SampleContext(spec.service, spec.stable.model, spec.candidate.model, a.window, elapsed)
+            key = (namespace, name, a.metric)
             try:
                 sample = collect(by_name[a.metric], provider, ctx)
-                out.append(MetricResult(a.metric, at=started, sample=sample, elapsed=self.clock() - started))
             except RolloutError as exc:  # unreachable Prometheus, no value: a measurement in phase Error
-                out.append(MetricResult(a.metric, at=started, error=str(exc), elapsed=self.clock() - started))
+                error = str(exc)
+            except Exception as exc:
+                error, _ = self.measure_errors.record(key, exc, f"{namespace}/{name}: measuring {a.metric}")
+            else:
+                self.measure_errors.clear(key)
+                out.append(MetricResult(a.metric, at=started, sample=sample, elapsed=self.clock() - started))
+                continue
+            out.append(MetricResult(a.metric, at=started, error=error, elapsed=self.clock() - started))
         return tuple(out)
 
-    def _save(self, obj: Obj, state: RolloutState, now: float) -> Obj:
+    def _save(self, obj: Obj, state: RolloutState, now: float, busy: Turn | None = None) -> Obj:
+        """Write ``state`` to ``.status``, conditional on ``obj``'s resourceVersion (409: ConflictError).
+        ``busy``: overlaid with that ServiceBusy hold."""
+        status = status_from_state(state, now, obj["metadata"].get("generation"), obj.get("status"))
+        if busy is not None:
+            status = ownership.busy_status(status, busy)
         body = {
             "apiVersion": obj["apiVersion"],
             "kind": obj["kind"],
@@ -169,7 +167,7 @@ class Reconciler:
                 "namespace": obj["metadata"]["namespace"],
                 "resourceVersion": obj["metadata"]["resourceVersion"],
             },
-            "status": status_from_state(state, now, obj["metadata"].get("generation"), obj.get("status")),
+            "status": status,
         }
         return self.client.replace_status(MODEL_ROLLOUT, obj["metadata"]["namespace"], body)
 
@@ -185,19 +183,33 @@ class Reconciler:
     # --- the reconcile -----------------------------------------------------------------------------
 
     def reconcile(self, namespace: str, name: str) -> RolloutState | None:
-        """Run up to a few engine steps for one ModelRollout. Returns the state (None: invalid spec)."""
+        """Run up to a few engine steps for one ModelRollout. Returns the state (None: invalid spec).
+
+        Our errors keep their retry policy; any other exception holds the rollout (defence.py)
+        and raises ``HeldError`` with a growing delay."""
         obj = self.client.get(MODEL_ROLLOUT, namespace, name)
         if obj["metadata"].get("deletionTimestamp"):
             return None
-        key = (namespace, name)
-        mem = self.memory.setdefault(key, _Memory())
         try:
             spec = self._cluster_spec(parse_rollout(obj).spec)
         except (SpecError, PermanentError) as exc:
             self._invalid(obj, str(exc))
             return None
+        key = (namespace, name)
+        with self._service_lock(namespace, spec.service):
+            try:
+                state = self._reconcile(obj, spec, self.memory.setdefault(key, _Memory()))
+            except RolloutError:
+                raise
+            except Exception as exc:  # the last line of defence: held, one event, backed off
+                raise self._hold(namespace, name, spec, exc) from None
+        self.errors.clear(key)
+        return state
+
+    def _reconcile(self, obj: Obj, spec: RolloutSpec, mem: _Memory) -> RolloutState:
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         state = state_from_status(obj.get("status"))
-        if state is None or state.candidate != spec.candidate.model or state.strategy != spec.strategy.name:
+        if not _same_rollout(state, spec):
             if state is not None:
                 self.client.emit_event(
                     obj,
@@ -207,22 +219,56 @@ class Reconciler:
                 )
             state = new_rollout(spec)
             mem.results = ()
-        router = self._router(mem, spec, namespace)
         annotations = obj["metadata"].get("annotations") or {}
         commands = commands_from_annotations(annotations)
+        others = ownership.claims_on(spec.service, self.client.list(MODEL_ROLLOUT, namespace), name)
+        turn = ownership.turn(ownership.claim_of(obj, state), others, spec.service)
+        if turn.kind == TurnKind.WAIT:
+            state = self._wait(obj, spec, state, turn, commands)
+        else:
+            if turn.kind == TurnKind.SUPERSEDED:
+                commands = (*commands, ownership.abort_command(turn))
+            state = self._steps(obj, spec, state, mem, commands, act=turn.kind != TurnKind.QUIET)
+        stale = applied_command_keys(annotations, state)
+        if stale:
+            self.client.patch(
+                MODEL_ROLLOUT, namespace, name, {"metadata": {"annotations": dict.fromkeys(stale)}}
+            )
+        return state
+
+    def _steps(
+        self,
+        obj: Obj,
+        spec: RolloutSpec,
+        state: RolloutState,
+        mem: _Memory,
+        commands: tuple[Command, ...],
+        act: bool = True,
+    ) -> RolloutState:
+        """Observe, step, persist, act - up to a few times. ``act`` False: persist only (a quiet or
+        waiting rollout touches no routing object)."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        router = self._router(mem, spec, namespace) if act else None
+        force = ownership.is_busy(obj.get("status"))  # a ServiceBusy status is rewritten from the state
         for _ in range(MAX_STEPS_PER_RECONCILE):
-            ready, why = self._readiness(spec, namespace)
+            ready, why = self._readiness(spec, namespace) if router is not None else (None, "")
             now = self.clock()
             obs = Observations(
-                candidate_ready=ready, routes=router.get_routes(), metrics=mem.results, commands=commands
+                candidate_ready=ready,
+                routes=router.get_routes() if router is not None else None,
+                metrics=mem.results,
+                commands=commands,
             )
-            t = step(spec, state, obs, now)
-            if t.changed:
+            t = step(spec, state, obs, now, judge_of=self.judge_of)
+            if t.changed or force:
                 obj = self._save(obj, t.state, now)  # persist first; a 409 aborts before any action
                 self._events(obj, t)
+                force = False
             mem.results = ()
             state = t.state
             self._export(namespace, name, state)
+            if router is None:
+                break
             if not ready and not state.done:
                 log.info("%s/%s: candidate not ready: %s", namespace, name, why)
             try:
@@ -230,18 +276,58 @@ class Reconciler:
             except PermanentError as exc:  # e.g. a route feature the provider cannot express
                 self.client.emit_event(obj, "RouterFailed", str(exc), "Warning")
                 raise
-            mem.results = self._measure(spec, state, t.of(Measure))
+            mem.results = self._measure(namespace, name, spec, state, t.of(Measure))
             if not (t.changed or moved or mem.results) or state.done:
                 break
-        if handoff.applies(spec, state):
+        if router is not None and handoff.applies(spec, state):
             names = (isvc_name(spec, "stable"), isvc_name(spec, "candidate"))
             handoff.HandOff(self.client, self.clock).advance(obj, spec, state, router, names)
-        stale = applied_command_keys(annotations, state)
-        if stale:
-            self.client.patch(
-                MODEL_ROLLOUT, namespace, name, {"metadata": {"annotations": dict.fromkeys(stale)}}
-            )
         return state
+
+    def _wait(
+        self, obj: Obj, spec: RolloutSpec, state: RolloutState, turn: Turn, commands: tuple[Command, ...]
+    ) -> RolloutState:
+        """Another rollout owns the service: write the ServiceBusy hold (once per distinct message,
+        with one event), move nothing. An ``abort`` still ends this rollout (without traffic)."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        aborts = tuple(
+            c for c in commands if c.kind == CommandKind.ABORT and c.id not in state.applied_commands
+        )
+        if aborts:
+            return self._steps(obj, spec, state, _Memory(), aborts, act=False)
+        self._export(namespace, name, state)
+        old = obj.get("status") or {}
+        if ownership.is_busy(old) and old.get("message") == turn.message and old.get("state"):
+            return state
+        obj = self._save(obj, state, self.clock(), busy=turn)
+        try:
+            self.client.emit_event(obj, ownership.SERVICE_BUSY, turn.message, "Normal")
+        except RolloutError as exc:
+            log.warning("could not record event %s: %s", ownership.SERVICE_BUSY, exc)
+        log.info("%s/%s: %s", namespace, name, turn.message)
+        return state
+
+    def _hold(self, namespace: str, name: str, spec: RolloutSpec, exc: Exception) -> HeldError:
+        """Hold the rollout on an unexpected error (``engine.hold_on_error``), written like every
+        state: on a fresh read, conditional on its resourceVersion. Returns the error to raise."""
+        message, delay = self.errors.record((namespace, name), exc, f"{namespace}/{name}: reconcile failed")
+        obj = self.client.get(MODEL_ROLLOUT, namespace, name)
+        state = state_from_status(obj.get("status"))
+        if not _same_rollout(state, spec):
+            state = new_rollout(spec)
+        assert state is not None
+        now = self.clock()
+        t = hold_on_error(state, message, now)
+        if t.changed:
+            obj = self._save(obj, t.state, now)
+            self._events(obj, t)
+        self._export(namespace, name, t.state)
+        return HeldError(f"{namespace}/{name} held: {message}", delay=delay)
+
+    def _service_lock(self, namespace: str, service: str) -> threading.Lock:
+        """One reconcile at a time per service, so ownership is decided and acted on atomically."""
+        with self._locks_guard:
+            return self._locks.setdefault((namespace, service), threading.Lock())
 
     def _act(self, t: Transition, router: TrafficRouter, hold: Routes | None = None) -> bool:
         """Execute SetRoutes/Finalize (``hold``: these routes instead, after a promotion's hand-off).
@@ -277,11 +363,20 @@ class Reconciler:
             spec = self._cluster_spec(parse_rollout({**obj, "status": None}).spec)
         except (SpecError, PermanentError):
             return "invalid spec: routing left as it is"
+        name = obj["metadata"]["name"]
         state = state_from_status(obj.get("status"))
-        self.memory.pop((namespace, obj["metadata"]["name"]), None)
-        self._export(namespace, obj["metadata"]["name"], None)
+        self.memory.pop((namespace, name), None)
+        self._export(namespace, name, None)
         if state is not None and state.done:
             return f"rollout already {state.phase.value}: routing left as it is"
+        with self._service_lock(namespace, spec.service):
+            others = ownership.claims_on(spec.service, self.client.list(MODEL_ROLLOUT, namespace), name)
+            turn = ownership.turn(ownership.claim_of(obj), others, spec.service)
+            if turn.kind == TurnKind.WAIT:  # it never moved traffic: the owner's routes stay
+                return f"it waited for ModelRollout {turn.other}: routing left as it is"
+            return self._restore_stable(namespace, obj, spec)
+
+    def _restore_stable(self, namespace: str, obj: Obj, spec: RolloutSpec) -> str:
         target = route_target(spec)
         router = self.router_factory(spec, namespace, self.client)
         try:
@@ -295,6 +390,13 @@ class Reconciler:
         except RolloutError:
             pass
         return "all traffic back to stable"
+
+
+def _same_rollout(state: RolloutState | None, spec: RolloutSpec) -> bool:
+    """True when ``state`` is this spec's rollout (a new candidate or strategy starts a new one)."""
+    return (
+        state is not None and state.candidate == spec.candidate.model and state.strategy == spec.strategy.name
+    )
 
 
 def _normal(routes: Routes) -> Routes:

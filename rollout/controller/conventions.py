@@ -1,0 +1,51 @@
+"""Cluster conventions: the names the Helm chart gives what a ModelRollout routes between.
+
+InferenceServices are ``<service>`` (or ``spec.router.name``; kserve routing, one object whose
+latest revision is the candidate) or ``<service>-stable`` / ``<service>-candidate`` (istio,
+gateway-api), whose predictor Services ``<isvc>-predictor`` (port 80) are the route backends; the
+routing object is named ``spec.router.name`` or ``<service>``.
+Who calls it: rollout.controller.reconciler (and through it handlers and tests).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rollout.k8s.client import KubeClient
+from rollout.routers.base import Backend, RouteTarget, TrafficRouter
+from rollout.routers.registry import make_router
+from rollout.spec import RolloutSpec
+
+BACKEND_PORT = 80
+
+
+def isvc_name(spec: RolloutSpec, role: str) -> str:
+    if spec.router.provider.value == "kserve":
+        return spec.router.name or spec.service
+    return f"{spec.service}-{role}"
+
+
+def route_target(spec: RolloutSpec) -> RouteTarget:
+    """Backends of the rollout, named as the chart names the predictor Services."""
+    if spec.router.provider.value == "kserve":
+        name = isvc_name(spec, "candidate")
+        return RouteTarget(
+            spec.service, Backend(name, spec.stable.model), Backend(name, spec.candidate.model)
+        )
+    return RouteTarget(
+        spec.service,
+        Backend(f"{isvc_name(spec, 'stable')}-predictor", spec.stable.model),
+        Backend(f"{isvc_name(spec, 'candidate')}-predictor", spec.candidate.model),
+    )
+
+
+def default_router(spec: RolloutSpec, namespace: str, client: KubeClient) -> TrafficRouter:
+    provider = spec.router.provider.value
+    kwargs: dict[str, Any] = {
+        "client": client,
+        "namespace": namespace,
+        "name": spec.router.name or spec.service,
+    }
+    if provider in ("istio", "gateway-api"):
+        kwargs.update(gateway=spec.router.gateway, port=BACKEND_PORT)
+    return make_router(provider, **kwargs)
