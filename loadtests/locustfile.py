@@ -12,7 +12,8 @@ Settings (environment):
   LOAD_WAIT             seconds each user waits between requests (default 0.1)
   LOAD_SHAPE            "steady" (default: -u/-r from the command line) or "wave" (ramps up and down)
   LOAD_SUMMARY          path of a JSON summary written at the end: per-version answers, failures by
-                        kind, and a per-second time series (used for the demo report)
+                        kind (predictions and feedback labels), retried labels, and a per-second
+                        time series (used for the demo report)
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ FEEDBACK_SHARE = float(os.environ.get("LOAD_FEEDBACK_SHARE", "0.5"))
 FEEDBACK_DELAY = float(os.environ.get("LOAD_FEEDBACK_DELAY", "1.0"))
 WAIT = float(os.environ.get("LOAD_WAIT", "0.1"))
 SUMMARY_PATH = os.environ.get("LOAD_SUMMARY")
+FEEDBACK_TRIES = 5  # a retryable 503 on /feedback is sent again this many times at most
 
 _user_ids = count(1)
 _lock = threading.Lock()
 _by_version: Counter[str] = Counter()
 _failures: Counter[str] = Counter()
+_retried: Counter[str] = Counter()
 _series: dict[int, Counter[str]] = defaultdict(Counter)
 _versions_per_user: dict[str, set[str]] = defaultdict(set)
 _started = time.time()
@@ -84,13 +87,25 @@ class ModelUser(HttpUser):
         if request_id and random.random() < FEEDBACK_SHARE:
             gevent.spawn_later(FEEDBACK_DELAY, self._feedback, request_id, LABELS[i], version)
 
-    def _feedback(self, request_id: str, label: str, version: str | None) -> None:
+    def _feedback(self, request_id: str, label: str, version: str | None, attempt: int = 1) -> None:
+        """Post the label; a retryable 503 (the version that answered is down for a moment: the
+        router keeps the label rather than give it to another version) is sent again after its
+        Retry-After, up to FEEDBACK_TRIES times, as a labelling pipeline does."""
         headers = {"X-Model-Version": version} if version else {}
         with self.client.post(
             "/feedback", json={"request_id": request_id, "label": label}, headers=headers, catch_response=True
         ) as resp:
-            if resp.status_code >= 500 or resp.status_code == 0:
+            retry_after = resp.headers.get("Retry-After")
+            if resp.status_code == 503 and retry_after and attempt < FEEDBACK_TRIES:
+                resp.success()  # not lost: it is sent again
+                with _lock:
+                    _retried["feedback"] += 1
+                delay = min(float(retry_after), 10.0) if retry_after.isdigit() else 2.0
+                gevent.spawn_later(delay, self._feedback, request_id, label, version, attempt + 1)
+            elif resp.status_code >= 500 or resp.status_code == 0:
                 resp.failure(f"feedback {resp.status_code}")
+                with _lock:
+                    _failures[f"feedback_{resp.status_code or 'connection'}"] += 1
 
 
 if os.environ.get("LOAD_SHAPE") == "wave":
@@ -119,6 +134,7 @@ def _write_summary(**_: Any) -> None:
             "failures": dict(_failures),
             "total_failed": sum(_failures.values()),
             "total_answered": sum(_by_version.values()),
+            "retried": dict(_retried),  # retryable answers sent again (not failures)
             "users": len(_versions_per_user),
             "users_with_one_version": sticky_users,
             "series": {str(k): dict(v) for k, v in sorted(_series.items())},
