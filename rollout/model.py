@@ -117,7 +117,7 @@ class MetricStatus(_Data):
 
     name: str
     measurements: list[MeasurementRecord] = Field(default_factory=list)  # newest last, bounded
-    count: int = 0  # measurements taken over the whole rollout (marks are positions in this count)
+    count: int = 0  # measurements taken over the whole rollout
     successful: int = 0
     failed: int = 0
     inconclusive: int = 0
@@ -129,9 +129,15 @@ class MetricStatus(_Data):
     next_due: float | None = None  # when the next measurement is due; None while analysis is off
     last_elapsed: float | None = None  # seconds the edge took for the last measurement
 
+    @property
+    def evidence(self) -> int:
+        """Measurements that carried data (every verdict but Error); marks are positions in it."""
+        return self.count - self.errors
+
     def since(self, mark: int) -> int:
-        """How many measurements were taken after the mark (a value of ``count``)."""
-        return max(0, self.count - mark)
+        """How many measurements with data were taken after the mark (a value of ``evidence``):
+        an Error (Prometheus away) is not an interval of analysis."""
+        return max(0, self.evidence - mark)
 
 
 class Experiment(_Data):
@@ -156,7 +162,7 @@ class Progress(_Data):
     step_index: int = 0
     step_name: str = ""
     step_started_at: float | None = None
-    # analysis marks: MetricStatus.count of every metric when the current step started
+    # analysis marks: MetricStatus.evidence of every metric when the current step started
     marks: dict[str, int] = Field(default_factory=dict)
     awaiting_promotion: bool = False  # waiting for a `promote` command (phase Paused)
     applied_at: float | None = None  # when the router first reported this step's routes applied

@@ -95,7 +95,7 @@ class Context:
 
     def marks(self) -> dict[str, int]:
         """The current measurement counts, to remember at the start of a step."""
-        return {n: s.count for n, s in self.state.metrics.items()}
+        return {n: s.evidence for n, s in self.state.metrics.items()}
 
     def applied(self, routes: Routes) -> bool:
         return self.routes_applied is not None and self.routes_applied == routes

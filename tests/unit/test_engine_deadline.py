@@ -116,3 +116,20 @@ def test_an_edge_error_on_a_finished_rollout_keeps_its_outcome() -> None:
     t = hold_on_error(done, "boom", 1e9)
     assert t.state.phase == Phase.PROMOTED and t.state.events[-1].reason == Reason.RECONCILE_ERROR
     assert new_rollout(spec).held_since is None
+
+
+def test_errors_are_not_intervals_of_analysis() -> None:
+    """Prometheus away for three rounds, then one Successful: an `analysis: {intervals: 2}` step
+    still needs a second measurement with data (found by the hung-Prometheus drill)."""
+    spec = make_spec(CANARY, [ERROR_RATE_TEMPLATE], interval="5s", errorLimit=10)
+    answers = iter(["down", "down", "down"])
+
+    def source(m: str, t: float, r: object) -> object:
+        got = next(answers, None)
+        return "Prometheus timed out" if got else ProportionSample(0.0, 1000.0, 0.0, 1000.0)
+
+    edge = FakeEdge(source=source)
+    state = run(spec, edge, until=lambda s: s.metrics["error-rate"].successful >= 1)
+    assert state.desired_routes.candidate_weight == 10, "the step ended on one interval of data"
+    state = run(spec, edge, state)
+    assert state.phase == Phase.PROMOTED and state.metrics["error-rate"].successful >= 2
