@@ -183,7 +183,7 @@ def run_demo(
         )
     scenarios = [s for s in SCENARIOS if not only or s.name in only]
     home = report_dir / "state"
-    stack = LocalStack.up(home=home, services=["iris"])
+    stack = LocalStack.up(home=home, services=["iris"], supervise=True)
     results: list[ScenarioResult] = []
     try:
         echo(f"stack up: service {stack.service_url('iris')}, Prometheus {stack.prometheus_url}")
