@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Go tools of the Kubernetes test tier into .cache/bin, from their Go modules through
-# the Go module proxy, at the versions pinned in tests/k8s/go.mod (kube-apiserver, etcd) and
+# the Go module proxy, at the versions pinned in tests/k8s/go.mod (kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubelet, kube-proxy, etcd) and
 # tests/k8s/helm/go.mod (helm). Called by `make tools` (so by `make setup`, `make test`, .ci/run).
 #
 # Cached: each binary is built as .cache/bin/NAME-VERSION with .cache/bin/NAME a symlink to it; a
@@ -75,6 +76,11 @@ build_tool kube-apiserver "$HERE" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/ku
 
 # Namespace deletion, garbage collection and default ServiceAccounts need the controller manager.
 build_tool kube-controller-manager "$HERE" k8s.io/kubernetes/cmd/kube-controller-manager k8s.io/kubernetes "$kube_ldflags"
+
+# The node: scheduler, kubelet and kube-proxy make Pods run (tests/k8s/node.py), same pin and ldflags.
+build_tool kube-scheduler "$HERE" k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes "$kube_ldflags"
+build_tool kubelet "$HERE" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes "$kube_ldflags"
+build_tool kube-proxy "$HERE" k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes "$kube_ldflags"
 
 # etcd at the version kube-apiserver itself pins (go.etcd.io/etcd/server/v3 in the same go.mod).
 build_tool etcd "$HERE" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3
