@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project runs for real: nginx (+ Lua for reload-free routing),
-# Prometheus and promtool, wrk, etcd. Idempotent; never starts the packaged services.
+# Prometheus and promtool, wrk, etcd; and for the single-node cluster of tests/k8s (node.py):
+# containerd, runc, the CNI plugins, iptables, conntrack, busybox-static (the test images are built
+# from it) and socat. Idempotent.
+#
+# Never starts the packaged services and leaves the host as it was: a postinst must not start
+# nginx, prometheus or containerd on the machine's own ports, so for the duration of `apt-get
+# install` only, /usr/sbin/policy-rc.d answers 101 ("action forbidden") to invoke-rc.d. The file is
+# created only if absent and removed afterwards (on any exit); an existing one is left untouched.
+# No process is ever ended by name.
 set -euo pipefail
-pkgs=(nginx libnginx-mod-http-lua lua-resty-core lua-cjson prometheus wrk etcd-server curl ca-certificates openssl)
+pkgs=(nginx libnginx-mod-http-lua lua-resty-core lua-cjson prometheus wrk etcd-server curl ca-certificates openssl
+  containerd runc containernetworking-plugins iproute2 iptables conntrack socat busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
@@ -10,14 +19,13 @@ done
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-# Debian's postinst scripts would start nginx and prometheus on public ports: forbid it.
-if [ ! -e /usr/sbin/policy-rc.d ]; then
-  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
-  $SUDO chmod +x /usr/sbin/policy-rc.d
+POLICY_RC_D="${POLICY_RC_D:-/usr/sbin/policy-rc.d}"
+if [ ! -e "$POLICY_RC_D" ]; then
+  trap '$SUDO rm -f "$POLICY_RC_D"' EXIT
+  printf '#!/bin/sh\n# bento-rollout .ci/install-system.sh: no service starts during its apt-get install\nexit 101\n' |
+    $SUDO tee "$POLICY_RC_D" >/dev/null
+  $SUDO chmod +x "$POLICY_RC_D"
 fi
 echo "installing Debian packages: ${missing[*]}"
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-# Stop anything a postinst may have started anyway.
-$SUDO pkill -x nginx 2>/dev/null || true
-$SUDO pkill -x prometheus 2>/dev/null || true
