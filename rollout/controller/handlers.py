@@ -17,6 +17,9 @@
 - **metrics**: with ``metrics_port`` set, the rollout_* series (rollout/exporter.py) of every
   rollout this replica reconciles are served on ``metrics_host:metrics_port`` (127.0.0.1 unless
   the chart sets ROLLOUT_METRICS_HOST), refreshed on every reconcile. A standby serves none.
+- **shutdown**: SIGTERM or SIGINT (kopf's own handlers), or ``run``'s ``stop`` event, ends the
+  operator in well under a second with exit code 0; the Lease is released on the way out, so a
+  standby takes over at its next attempt (``_operate`` says why kopf is not given ``stop``).
 Who calls it: ``rollout controller`` (rollout/cli/cluster.py) and the controller e2e tests.
 """
 
@@ -44,6 +47,7 @@ from .reconciler import MetricsFactory, Reconciler, RouterFactory, default_route
 
 log = logging.getLogger("rollout.controller")
 FINALIZER = "bento-rollout.io/finalizer"
+STOP_POLL = 0.2  # seconds between looks at run()'s stop event
 
 
 @dataclass
@@ -199,12 +203,12 @@ def run(
     liveness = f"http://{cfg.health_host}:{cfg.health_port}/healthz" if cfg.health_port else None
     try:
         asyncio.run(
-            kopf.operator(
+            _operate(
+                stop,
                 registry=registry,
                 standalone=True,
                 clusterwide=cfg.namespace is None,
                 namespaces=[cfg.namespace] if cfg.namespace else (),
-                stop_flag=stop,
                 ready_flag=ready,
                 liveness_endpoint=liveness,
             )
@@ -215,3 +219,28 @@ def run(
         if server is not None:
             server.stop()
         client.close()
+
+
+async def _operate(stop: threading.Event, **operator_kwargs: Any) -> None:
+    """``kopf.operator`` until SIGINT/SIGTERM (kopf's own signal handlers) or until ``stop`` is set.
+
+    ``stop`` is not kopf's ``stop_flag``: kopf waits for a ``threading.Event`` flag in a worker
+    thread of the loop's default executor, and on a signal nothing sets it, so ``asyncio.run`` then
+    waited forever for that thread (SIGTERM never ended the process); with an asyncio flag, its
+    waiter is left pending and kopf gives it 5 s as a "hung task". So ``stop`` is polled here and
+    cancels the operator (kopf stops its tasks at once), and it is set on the way out, so whatever
+    still waits for it in a thread (a standby's ``LeaderElector.acquire``) returns."""
+    operator = asyncio.create_task(kopf.operator(**operator_kwargs), name="kopf operator")
+    try:
+        while not operator.done() and not stop.is_set():
+            await asyncio.wait({operator}, timeout=STOP_POLL)
+        if not operator.done():
+            operator.cancel()
+        try:
+            await operator
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # we are cancelled ourselves, not only the operator we stopped
+    finally:
+        stop.set()
