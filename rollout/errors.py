@@ -6,6 +6,7 @@ retry delay (like kopf's ``TemporaryError``); the CLI maps errors to exit codes 
 
     RolloutError                      base; exit code 1
     ├── UsageError                    bad command-line use; exit 2
+    │   └── RolloutBusyError          a live `rollout run` drives it, or the service has another rollout; exit 2
     ├── SpecError                     invalid rollout spec; names the field; exit 2
     ├── ModelError                    model store / registry problems
     │   ├── ModelNotFoundError        no such tag in the BentoML model store
@@ -45,6 +46,11 @@ class RolloutError(Exception):
 
 class UsageError(RolloutError):
     exit_code = 2
+
+
+class RolloutBusyError(UsageError):
+    """Refused: a live process already drives the rollout, or another rollout of its service is
+    in progress. The message names that process or rollout and how to proceed."""
 
 
 class SpecError(RolloutError):
