@@ -2,15 +2,19 @@
 
 ``up`` starts the embedded data plane (nginx + Prometheus on 127.0.0.1) and the stable model
 server, and leaves it running; ``run SPEC`` drives one rollout on it to the end (exit 0 promoted
-or shadow passed, 1 rolled back, 4 aborted, 2 bad spec); ``status`` shows the live view (the
-same one as ``rollout status NAME -n NS`` on a cluster); ``promote|abort|pause|resume`` queue a
-command that the running ``run`` applies once; ``down`` stops everything.
+or shadow passed, 1 rolled back, 4 aborted, 2 bad spec, or refused: another live ``run`` drives
+it, or another rollout of the service is in progress - ``--supersede`` aborts that one first);
+``status`` shows the live view (the same one as ``rollout status NAME -n NS`` on a cluster);
+``promote|abort|pause|resume`` queue a command that the running ``run`` applies once; with no
+live ``run``, ``abort`` acts at once and the others wait for the next ``run`` (it says so);
+``down`` stops everything. Who does what: rollout/local/control.py.
 State lives under ``$ROLLOUT_HOME`` (default ``.state``). Who calls it: rollout/cli/main.py.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -81,28 +85,30 @@ def down_cmd() -> None:
 @click.option("--timeout", type=float, default=None, help="give up waiting after this many seconds")
 @click.option("--fresh", is_flag=True, help="forget a saved state of this rollout and start over")
 @click.option("-q", "--quiet", is_flag=True, help="print only the outcome")
-def run_cmd(spec_path: str, timeout: float | None, fresh: bool, quiet: bool) -> None:
-    """Run a rollout to the end on the local stack. Exit 0 promoted, 1 rolled back, 4 aborted."""
-    from rollout.local.runner import LocalRunner, rollout_dir
+@click.option("--supersede", is_flag=True, help="abort another rollout of the service in progress first")
+def run_cmd(spec_path: str, timeout: float | None, fresh: bool, quiet: bool, supersede: bool) -> None:
+    """Run a rollout to the end on the local stack. Exit 0 promoted, 1 rolled back, 4 aborted,
+    2 refused (another `rollout run` drives it, or another rollout of the service is in progress)."""
+    from rollout.local.control import begin, event_line
+    from rollout.local.runner import LocalRunner
     from rollout.local.stack import LocalStack
     from rollout.spec import load_rollout
 
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     rollout = load_rollout(spec_path)
     stack = LocalStack.attach()
     name = rollout.metadata.name
-    if fresh:
-        (rollout_dir(name, stack.home) / "state.json").unlink(missing_ok=True)
     seen = [0]
 
     def report(state: RolloutState) -> None:
         if quiet:
             return
         for e in state.events[seen[0] :] if len(state.events) >= seen[0] else state.events:
-            stamp = time.strftime("%H:%M:%S", time.localtime(e.at))
-            click.echo(f"{stamp} {e.type.value:<7} {e.reason:<22} {e.message}")
+            click.echo(event_line(e))
         seen[0] = len(state.events)
 
     runner = LocalRunner(rollout, stack, on_step=report)
+    begin(runner, fresh=fresh, supersede=supersede, echo=click.echo)
     try:
         state = runner.run(timeout=timeout)
     except KeyboardInterrupt:
@@ -124,7 +130,7 @@ def run_cmd(spec_path: str, timeout: float | None, fresh: bool, quiet: bool) -> 
 @click.option("--interval", type=float, default=1.0, show_default=True)
 def status_cmd(name: str | None, watch: bool, output: str, interval: float) -> None:
     """Show a local rollout's phase, step, weights, analysis and recent events (all when no NAME)."""
-    from rollout.local.runner import active_rollout, list_rollouts, load_state
+    from rollout.local.control import active_rollout, list_rollouts, load_state
 
     if name is None and not watch:
         rollouts = list_rollouts()
@@ -154,25 +160,19 @@ def status_cmd(name: str | None, watch: bool, output: str, interval: float) -> N
 
 
 def _command(kind: str, help_text: str) -> click.Command:
-    """A command that queues ``kind`` (a CommandKind value: promote, abort, pause, resume)."""
+    """A command that gives ``kind`` (a CommandKind value: promote, abort, pause, resume) to a
+    rollout: applied by its live ``rollout run``; with none, ``abort`` acts at once, the others
+    wait for the next ``rollout run``."""
 
     @click.command(kind, help=help_text)
     @click.argument("name", required=False)
     def cmd(name: str | None, **opts: bool) -> None:
         from rollout.actions import CommandKind
-        from rollout.local.runner import CommandQueue, active_rollout, load_state, rollout_dir
+        from rollout.local.control import active_rollout, send
 
         real = CommandKind.PROMOTE_FULL if opts.get("full") else CommandKind(kind)
-        name = name or active_rollout()
-        state = load_state(name)
-        if state.done:
-            raise NotFoundError(
-                f"rollout {name!r} has already ended ({state.phase.value}); nothing to {real.value}"
-            )
-        c = CommandQueue(rollout_dir(name) / "commands").put(real)
-        click.echo(
-            f"{real.value} requested for {name} (command {c.id}); the running `rollout run` applies it"
-        )
+        for line in send(name or active_rollout(), real):
+            click.echo(line)
 
     if kind == "promote":
         cmd = click.option("--full", is_flag=True, help="skip the remaining steps: promote now")(cmd)

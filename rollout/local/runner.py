@@ -7,50 +7,58 @@ actions (start the candidate, set routes, measure, finalize). Persist-then-act a
 actions make it crash-safe: ``kill -9`` at any point and ``rollout run`` again resumes where it
 was, with no step applied twice.
 
-Files under ``<home>/rollouts/<name>/``: ``state.json`` (the engine state), ``commands/`` (user
-commands written by ``rollout promote|abort|pause|resume``, one JSON file each, removed once the
-engine lists their id as applied), ``timeline.jsonl`` (one line per change: weights, phase, new
-measurements; the demo plots it).
+One process drives a rollout at a time: ``run`` holds ``run.lock`` (rollout/local/lock.py) and
+a second driver is refused (RolloutBusyError naming the holder's pid).
+The last line of defence: an unexpected exception inside one iteration (a bug in a judge, an
+answer nobody foresaw) does not end the run. The rollout holds (``engine.hold_on_error``: phase
+Paused, reason ReconcileError, one Warning event per distinct error), the traceback is logged
+once (logger ``rollout.local``), and the loop retries after a back-off (1 s doubling to 30 s);
+the next clean step makes it progress again. Only a StateError (the state cannot be written or
+does not match the spec) ends the run: acting on a state that is not kept would break
+persist-then-act. A metric provider's failure of any kind is a measurement in phase Error.
+Files under ``<home>/rollouts/<name>/``: ``state.json`` (the engine state), ``rollout.json``
+(the ModelRollout being run, so that ``rollout abort`` can end it without the spec file),
+``run.lock``, ``commands/`` (user commands written by ``rollout promote|abort|pause|resume``, one
+JSON file each, removed once the engine lists their id as applied; rollout/local/commands.py),
+``timeline.jsonl`` (one line per change: weights, phase, new measurements; the demo plots it).
 While it runs, the runner serves its rollout's rollout_* series (rollout/exporter.py) on a free
 127.0.0.1 port, registered with the stack's Prometheus as target ``rollout-<name>`` (label
 component="rollout"); before it returns it waits (a few seconds at most) for one scrape of the
 final state, so ``increase(rollout_rollbacks_total[...])`` sees the end, then unregisters.
-Who calls it: ``rollout run`` (rollout/cli/local.py) and the demo.
+Who calls it: ``rollout run`` (rollout/cli/local.py), rollout/local/control.py, the demo.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rollout.actions import (
-    Command,
-    CommandKind,
-    EnsureBackend,
-    Finalize,
-    Measure,
-    MetricResult,
-    Observations,
-    SetRoutes,
-)
-from rollout.engine import new_rollout, step
+from rollout.actions import EnsureBackend, Finalize, Measure, MetricResult, Observations, SetRoutes
+from rollout.engine import hold_on_error, new_rollout, step
 from rollout.errors import NotFoundError, RolloutError, StateError
 from rollout.exporter import MetricsServer, RolloutCollector
+from rollout.local.commands import CommandQueue
+from rollout.local.lock import RunLock
 from rollout.local.processes import LOOPBACK, http_ok
 from rollout.local.stack import LocalStack, default_home
 from rollout.metrics.sampler import SampleContext, collect
-from rollout.model import RolloutState
-from rollout.routers.base import Backend, RouteTarget
+from rollout.model import Event, RolloutState
+from rollout.routers.base import Backend, Routes, RouteTarget
 from rollout.spec import ModelRollout
 from rollout.state import StateStore, save_text
 
+__all__ = ["CommandQueue", "LocalRunner", "rollout_dir", "version_of"]
+
+log = logging.getLogger("rollout.local")
 TICK_SECONDS = 0.5
 FINAL_SCRAPE_TIMEOUT = 10.0  # file_sd picks a new target up within 5 s; Prometheus scrapes every 1 s
+ERROR_BACKOFF = 1.0  # seconds before the first retry after an unexpected error; doubles ...
+MAX_ERROR_BACKOFF = 30.0  # ... up to this
 
 
 def rollout_dir(name: str, home: Path | None = None) -> Path:
@@ -59,40 +67,6 @@ def rollout_dir(name: str, home: Path | None = None) -> Path:
 
 def version_of(tag: str) -> str:
     return tag.partition(":")[2] or tag
-
-
-class CommandQueue:
-    """User commands for one rollout: files written by the CLI, read by the runner."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-
-    def put(self, kind: CommandKind, message: str = "") -> Command:
-        cmd = Command(id=uuid.uuid4().hex[:12], kind=kind, message=message)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        body = json.dumps({"id": cmd.id, "kind": cmd.kind.value, "message": message, "at": time.time()})
-        save_text(self.dir / f"{time.time_ns()}-{cmd.id}.json", body)
-        return cmd
-
-    def pending(self) -> tuple[Command, ...]:
-        if not self.dir.is_dir():
-            return ()
-        out = []
-        for path in sorted(self.dir.glob("*.json")):
-            try:
-                doc = json.loads(path.read_text(encoding="utf-8"))
-                out.append(
-                    Command(id=str(doc["id"]), kind=CommandKind(doc["kind"]), message=doc.get("message", ""))
-                )
-            except (OSError, ValueError, KeyError):
-                continue  # half-written or foreign file: ignored, never fatal
-        return tuple(out)
-
-    def drop(self, applied: list[str]) -> None:
-        done = set(applied)
-        for path in self.dir.glob("*.json") if self.dir.is_dir() else ():
-            if path.stem.split("-", 1)[-1] in done:
-                path.unlink(missing_ok=True)
 
 
 class LocalRunner:
@@ -108,14 +82,18 @@ class LocalRunner:
         clock: Callable[[], float] = time.time,
         on_step: Callable[[RolloutState], None] | None = None,
         workers: int = 1,
+        error_backoff: float = ERROR_BACKOFF,
     ) -> None:
         self.rollout = rollout
         self.spec = rollout.spec
         self.stack = stack
-        self.dir = rollout_dir(rollout.metadata.name, home or stack.home)
+        self.home = home or stack.home
+        self.dir = rollout_dir(rollout.metadata.name, self.home)
         self.store = StateStore(self.dir / "state.json")
         self.commands = CommandQueue(self.dir / "commands")
+        self.lock = RunLock(self.dir / "run.lock", rollout.metadata.name)
         self.tick = tick
+        self.error_backoff = error_backoff
         self.clock = clock
         self.on_step = on_step
         self.workers = workers
@@ -127,6 +105,9 @@ class LocalRunner:
         self._start_error: str | None = None
         self._candidate_was_ready = False
         self._stop = threading.Event()
+        self._logged: set[str] = set()  # errors whose traceback is logged already
+        self._spec_kept = False  # rollout.json written
+        self._saved: RolloutState | None = None  # the newest state saved by the loop
         self.exporter = RolloutCollector()
         self.metrics_server: MetricsServer | None = None
 
@@ -211,15 +192,11 @@ class LocalRunner:
         ready, error = (None, None)
         if not state.done:
             ready, error = self._ensure_candidate()
-        try:
-            routes = self.router.get_routes()
-        except RolloutError:
-            routes = None
         results, self._results = tuple(self._results), []
         return Observations(
             candidate_ready=ready,
             candidate_error=error,
-            routes=routes,
+            routes=self._routes(),
             metrics=results,
             commands=self.commands.pending(),
         )
@@ -244,60 +221,144 @@ class LocalRunner:
         t0 = time.monotonic()
         try:
             sample = collect(metric, self.provider, ctx)
-        except RolloutError as exc:
-            return MetricResult(action.metric, at=now, error=str(exc), elapsed=time.monotonic() - t0)
+        except Exception as exc:  # any failure is a measurement in phase Error, never a dead loop
+            if not isinstance(exc, RolloutError):  # a bug, not an unreachable provider
+                self._log_once(
+                    f"measuring {action.metric} failed (a measurement in Error): {describe(exc)}", exc
+                )
+            return MetricResult(action.metric, at=now, error=describe(exc), elapsed=time.monotonic() - t0)
         return MetricResult(action.metric, at=now, sample=sample, elapsed=time.monotonic() - t0)
 
-    def finalize(self, action: Finalize) -> None:
+    def finalize(self, action: Finalize) -> list[str]:
+        """Make the end true (routes, the version that stops); returns what it did, in words."""
         stable = self._backend(self.spec.stable.model)
         cand = self._backend(self.spec.candidate.model)
         keep, stop = (cand, stable) if action.promoted else (stable, cand)
+        did = []
         if keep is not None:
             self.router.finalize(RouteTarget(self.spec.service, keep))
+            did.append(f"all traffic of {self.spec.service} to {keep.version} ({keep.address})")
         elif action.promoted:
             raise NotFoundError(
                 f"cannot promote: candidate server {self.spec.candidate.model} is not running"
             )
         if stop is not None and stop is not keep:
             self.stack.stop_backend(stop.name)
+            did.append(f"stopped {stop.name} ({stop.version})")
+        return did
+
+    def _routes(self) -> Routes | None:
+        try:
+            return self.router.get_routes()
+        except RolloutError:
+            return None
 
     def request_stop(self) -> None:
         self._stop.set()
 
-    def run(self, timeout: float | None = None) -> RolloutState:
-        """Drive the rollout to its end (or until ``timeout`` seconds / ``request_stop``)."""
+    def claim(self) -> None:
+        """Become the rollout's one driver: take its run lock (RolloutBusyError naming the live
+        holder). ``run`` claims by itself when it was not done before."""
+        self.lock.acquire()
+
+    def start_state(self) -> RolloutState:
+        """The saved state, or a new one (saved) when the rollout has not started."""
         state = self.store.load()
         if state is None:
             state = new_rollout(self.spec)
             self.store.save(state)
-        self.exporter.update(self.rollout.metadata.name, state)
-        self._serve_metrics()
+        return state
+
+    def run(self, timeout: float | None = None) -> RolloutState:
+        """Drive the rollout to its end (or until ``timeout`` seconds / ``request_stop``)."""
+        claimed = not self.lock.held
+        if claimed:
+            self.claim()
         try:
-            return self._loop(state, timeout)
+            state = self.start_state()
+            self.exporter.update(self.rollout.metadata.name, state)
+            self._serve_metrics()
+            try:
+                return self._loop(state, timeout)
+            finally:
+                self._stop_metrics()
         finally:
-            self._stop_metrics()
+            if claimed:
+                self.lock.release()
 
     def _loop(self, state: RolloutState, timeout: float | None) -> RolloutState:
         if not state.done:
             self.ensure_stable()
         deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = self.error_backoff
         while True:
             now = self.clock()
-            t = step(self.spec, state, self.observe(state), now)
-            if t.changed:
-                self.store.save(t.state)  # persist first ...
-                self._timeline(t.state, now)
-            self.execute(t.state, t.actions, now)  # ... then act
-            state = t.state
-            self.exporter.update(self.rollout.metadata.name, state)
-            self.commands.drop(state.applied_commands)
+            finished, self._saved = False, state
+            try:
+                state, actions = self._iterate(state, now)
+                finished = state.done and not any(isinstance(a, Measure) for a in actions)
+                wait, backoff = self.tick, self.error_backoff
+            except StateError:
+                raise  # the state cannot be kept or does not fit the spec: acting on would be blind
+            except Exception as exc:  # the last line of defence: hold, say it once, retry later
+                state = self._hold(self._saved or state, exc, now)  # the newest saved: a step is never undone
+                wait, backoff = backoff, min(backoff * 2, MAX_ERROR_BACKOFF)
             if self.on_step is not None:
                 self.on_step(state)
-            if state.done and not any(isinstance(a, Measure) for a in t.actions):
+            if finished or self._stop.is_set() or (deadline is not None and time.monotonic() > deadline):
                 return state
-            if self._stop.is_set() or (deadline is not None and time.monotonic() > deadline):
-                return state
-            self._stop.wait(self.tick)
+            self._stop.wait(wait)
+
+    def _iterate(self, state: RolloutState, now: float) -> tuple[RolloutState, tuple[Any, ...]]:
+        """One turn of the edge contract: observe, step, persist, act. Returns the new state and
+        the actions executed."""
+        t = step(self.spec, state, self.observe(state), now)
+        if not self._spec_kept:  # the engine took the spec for this state: keep it beside it
+            body = self.rollout.model_dump_json(by_alias=True, exclude_none=True)
+            save_text(self.dir / "rollout.json", body)
+            self._spec_kept = True
+        if t.changed:
+            self.store.save(t.state)  # persist first ...
+            self._saved = t.state
+            self._timeline(t.state, now)
+        self.execute(t.state, t.actions, now)  # ... then act
+        self.exporter.update(self.rollout.metadata.name, t.state)
+        self.commands.drop(t.state.applied_commands)
+        return t.state, t.actions
+
+    def _hold(self, state: RolloutState, exc: Exception, now: float) -> RolloutState:
+        """An iteration failed unexpectedly: the rollout holds (persisted), the error is logged once."""
+        message = describe(exc)
+        self._log_once(f"holding on an unexpected error, retrying: {message}", exc)
+        t = hold_on_error(state, message, now)
+        if t.changed:
+            self.store.save(t.state)
+            self._timeline(t.state, now)
+        self.exporter.update(self.rollout.metadata.name, t.state)
+        return t.state
+
+    def _log_once(self, message: str, exc: BaseException) -> None:
+        if message in self._logged:
+            return
+        if len(self._logged) > 100:
+            self._logged.clear()
+        self._logged.add(message)
+        log.error("rollout %s: %s", self.rollout.metadata.name, message, exc_info=exc)
+
+    def apply_commands(self) -> tuple[RolloutState, tuple[Event, ...], list[str]]:
+        """One step outside the loop, for a rollout that no process drives (``rollout abort``):
+        apply the queued commands, persist, and execute the Finalize if the rollout has ended.
+        Returns the state, the step's events and what was done. Hold the lock (``claim``) first."""
+        state = self.start_state()
+        now = self.clock()
+        t = step(self.spec, state, Observations(routes=self._routes(), commands=self.commands.pending()), now)
+        if t.changed:
+            self.store.save(t.state)  # persist first ...
+            self._timeline(t.state, now)
+        did = [line for a in t.actions if isinstance(a, Finalize) for line in self.finalize(a)]
+        self.commands.drop(t.state.applied_commands)
+        self.stack.prometheus.remove_target(self.metrics_target)  # left by a killed `rollout run`
+        return t.state, t.events, did
 
     # --- the rollout_* series --------------------------------------------------------------------
 
@@ -347,29 +408,8 @@ class LocalRunner:
             raise StateError(f"cannot write {self.dir / 'timeline.jsonl'}: {exc.strerror or exc}") from None
 
 
-def load_state(name: str, home: Path | None = None) -> RolloutState:
-    state = StateStore(rollout_dir(name, home) / "state.json").load()
-    if state is None:
-        raise NotFoundError(f"no rollout named {name!r} under {home or default_home()}; see `rollout status`")
-    return state
-
-
-def list_rollouts(home: Path | None = None) -> list[tuple[str, RolloutState]]:
-    """All rollouts with a state file, newest first."""
-    base = (home or default_home()) / "rollouts"
-    out = []
-    for d in base.iterdir() if base.is_dir() else ():
-        state = StateStore(d / "state.json").load()
-        if state is not None:
-            out.append((d.name, state))
-    return sorted(out, key=lambda x: x[1].updated_at or 0, reverse=True)
-
-
-def active_rollout(home: Path | None = None) -> str:
-    """The name of the one rollout still running (for commands given without a name)."""
-    running = [name for name, s in list_rollouts(home) if not s.done]
-    if not running:
-        raise NotFoundError("no rollout is in progress; give its name, or start one with `rollout run SPEC`")
-    if len(running) > 1:
-        raise NotFoundError(f"several rollouts are in progress ({', '.join(running)}); give a name")
-    return running[0]
+def describe(exc: BaseException) -> str:
+    """One line for an error: our own errors say what failed; others also name their type."""
+    if isinstance(exc, RolloutError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

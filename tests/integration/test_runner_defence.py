@@ -1,0 +1,211 @@
+"""The local runner's last line of defence, on a real stack (nginx, Prometheus, echo model servers).
+
+Given a rollout at 50 % under ``rollout run``, when every iteration fails with an exception nobody
+foresaw (an IndexError injected into the engine call), then the process keeps running, the state
+shows Paused / ReconcileError with one Warning event, the traceback is logged once (stderr), the
+weights stay; and once the fault clears the rollout goes on by itself to its outcome.
+A metric provider's failure of any kind is a measurement in phase Error, and a StateError still
+ends the run (acting on a state that is not kept would break persist-then-act).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from rollout.actions import Measure
+from rollout.errors import StateError
+from rollout.local import runner as runner_module
+from rollout.local.runner import LocalRunner, rollout_dir
+from rollout.local.stack import LocalStack
+from rollout.model import Phase, Reason, RolloutState
+from rollout.routers.base import Routes, RouteTarget
+from rollout.spec import ModelRollout, parse_rollout
+from rollout.state import StateStore
+
+pytestmark = pytest.mark.integration
+ECHO = Path(__file__).resolve().parent / "echo_server.py"
+ROLLOUT = str(Path(sys.executable).with_name("rollout"))
+# `rollout run`, with every engine step failing while the file $FAULT_FILE exists
+FAULTY_RUN = """
+import os, sys
+from pathlib import Path
+import rollout.local.runner as r
+real = r.step
+def step(*args, **kwargs):
+    if Path(os.environ["FAULT_FILE"]).exists():
+        return [][0]  # IndexError: list index out of range, as a bug would raise it
+    return real(*args, **kwargs)
+r.step = step
+from rollout.cli.main import cli
+cli(prog_name="rollout", args=sys.argv[1:])
+"""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    s = LocalStack.up(home=tmp_path_factory.mktemp("defence") / "home", services=["iris"])
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+def serve_v1(stack: LocalStack) -> None:
+    """Echo servers for iris v1 and v2 (started if missing); v1 serves all traffic."""
+    for name, info in stack.status()["backends"].items():
+        if not info.get("running", True):  # stopped by a `rollout run` (another process)
+            stack.stop_backend(name)
+    have = {b.version: b for b in stack.backends("iris").values()}
+    for v in ("v1", "v2"):
+        if v not in have:
+            have[v] = stack.start_backend("iris", f"iris-{v}", v, [sys.executable, str(ECHO), v, "{port}"])
+    stack.router("iris").finalize(RouteTarget("iris", have["v1"]))
+
+
+def canary(name: str, metrics: list[dict[str, Any]] | None = None) -> ModelRollout:
+    steps = [{"setWeight": 50}, {"pause": {"duration": "2s"}}, {"setWeight": 100}]
+    return parse_rollout(
+        {
+            "apiVersion": "bento-rollout.io/v1alpha1",
+            "kind": "ModelRollout",
+            "metadata": {"name": name},
+            "spec": {
+                "service": "iris",
+                "stable": {"model": "iris:v1"},
+                "candidate": {"model": "iris:v2"},
+                "strategy": {"canary": {"steps": steps}},
+                "analysis": {"interval": "1s", "metrics": metrics or []},
+            },
+        }
+    )
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 60.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := probe():
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:g} s waiting until {what}")
+
+
+def test_an_unexpected_error_holds_the_rollout_and_the_run_goes_on(stack: LocalStack, tmp_path: Path) -> None:
+    serve_v1(stack)
+    rollout = canary("defended")
+    spec = tmp_path / "defended.yaml"
+    spec.write_text(yaml.safe_dump(rollout.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    fault = tmp_path / "fault"
+    env = {**os.environ, "ROLLOUT_HOME": str(stack.home), "FAULT_FILE": str(fault)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FAULTY_RUN, "run", str(spec)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    store = StateStore(rollout_dir("defended", stack.home) / "state.json")
+    router = stack.router("iris")
+    try:
+        wait_for("the canary is at 50 %", lambda: router.get_routes().candidate_weight == 50)
+        fault.touch()
+        held = wait_for(
+            "the rollout holds on the error",
+            lambda: (s := store.load()) is not None and s.reason == Reason.RECONCILE_ERROR and s,
+        )
+        time.sleep(3.5)  # retried after 1 s and 2 s more: still failing, still one event
+        assert proc.poll() is None, "rollout run ended on the error"
+        still = store.load()
+        assert still is not None and still.phase == Phase.PAUSED and still.reason == Reason.RECONCILE_ERROR
+        assert router.get_routes() == Routes(candidate_weight=50), "the weights moved while failing"
+        fault.unlink()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+    final = store.load()
+    assert final is not None
+    assert proc.returncode == 0 and final.phase == Phase.PROMOTED, (proc.returncode, err)
+    assert held.phase == Phase.PAUSED and held.message == "held: IndexError: list index out of range"
+    errors = [e for e in final.events if e.reason == Reason.RECONCILE_ERROR]
+    assert len(errors) == 1 and errors[0].type.value == "Warning", errors
+    assert any(e.reason == Reason.RESUMED for e in final.events if e.at >= errors[0].at)
+    assert err.count("Traceback (most recent call last)") == 1, err
+    assert "IndexError: list index out of range" in err
+    assert out.count("ReconcileError") == 1, out  # the CLI printed the event once
+
+
+def test_a_failure_after_the_state_is_saved_holds_without_undoing_the_step(
+    stack: LocalStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    serve_v1(stack)
+    runner = LocalRunner(canary("after-save"), stack, tick=0.05, error_backoff=0.2)
+    set_routes, failures = runner.router.set_routes, []
+
+    def flaky(routes: Routes) -> None:  # the first attempt at 50 % fails after the step was saved
+        if routes.candidate_weight == 50 and len(failures) < 3:
+            failures.append(routes)
+            raise KeyError("weights")
+        set_routes(routes)
+
+    runner.router.set_routes = flaky  # type: ignore[method-assign]
+    seen: list[RolloutState] = []
+    runner.on_step = seen.append
+    with caplog.at_level(logging.ERROR, logger="rollout.local"):
+        final = runner.run(timeout=60)
+    assert len(failures) == 3 and final.phase == Phase.PROMOTED, final.message
+    held = [s for s in seen if s.reason == Reason.RECONCILE_ERROR]
+    assert held and all(s.desired_routes.candidate_weight == 50 for s in held), "the saved step was undone"
+    started = [e.message for e in final.events if e.reason == Reason.STEP_STARTED]
+    assert len(started) == len(set(started)), f"a step started twice: {started}"
+    # each retry's step goes through (the engine resumes) before acting fails again: one Warning
+    # per failed attempt here, not one in all (engine.hold_on_error cannot tell the two apart)
+    errors = [e.message for e in final.events if e.reason == Reason.RECONCILE_ERROR]
+    assert errors == ["KeyError: 'weights'"] * len(failures)
+    assert len([r for r in caplog.records if r.exc_info]) == 1, "the traceback is logged once"
+
+
+def test_any_failure_of_a_metric_provider_is_a_measurement_in_error(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rollout = canary(
+        "measured", [{"name": "error-rate", "template": "error-rate", "threshold": {"max": 0.5}}]
+    )
+    runner = LocalRunner(rollout, stack)
+
+    def broken(*_args: Any) -> Any:
+        raise ValueError("a sample nobody foresaw")
+
+    monkeypatch.setattr(runner_module, "collect", broken)
+    state = RolloutState(service="iris", strategy="canary", stable="iris:v1", candidate="iris:v2")
+    with caplog.at_level(logging.ERROR, logger="rollout.local"):
+        results = [runner.measure(state, Measure("error-rate", 5.0), now=float(i)) for i in range(3)]
+    assert all(r.sample is None and r.error == "ValueError: a sample nobody foresaw" for r in results)
+    assert len([r for r in caplog.records if r.exc_info]) == 1, "the traceback is logged once"
+
+
+def test_a_state_error_still_ends_the_run_and_frees_the_rollout(
+    stack: LocalStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serve_v1(stack)
+
+    def unwritable(*_args: Any, **_kwargs: Any) -> Any:
+        raise StateError(
+            "cannot save rollout state to /x/state.json: permission denied; the previous state is kept"
+        )
+
+    monkeypatch.setattr(runner_module, "step", unwritable)
+    runner = LocalRunner(canary("state-error"), stack, tick=0.05)
+    with pytest.raises(StateError, match="permission denied"):
+        runner.run(timeout=30)
+    assert runner.lock.holder() is None
