@@ -90,6 +90,7 @@ def _supersede(name: str, stack: LocalStack, home: Path) -> list[str]:
     else by its driver (which is waited for)."""
     lock = RunLock(rollout_dir(name, home) / "run.lock", name)
     if lock.holder() is None:
+        stack.reload()  # what other processes started or stopped since we attached
         try:
             return [f"superseding {name}:", *abort_now(name, home, stack)]
         except RolloutBusyError:

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from rollout.demo.scenarios import locust, serve_only
+from rollout.local.control import abort_now
 from rollout.local.runner import LocalRunner, rollout_dir
 from rollout.local.stack import LocalStack
 from rollout.model import Phase, Reason, RolloutState
@@ -210,6 +211,7 @@ def test_ab_assignment_is_sticky_per_user(stack: LocalStack) -> None:
     finally:
         runner.request_stop()
         th.join(timeout=30)
+        abort_now("ab", stack.home, stack)  # one rollout per service: the next test's must start
     assert all(len(v) == 1 for v in versions.values()), "a user saw both versions"
     split = Counter(next(iter(v)) for v in versions.values())
     assert split["v1"] >= 8 and split["v2"] >= 8, split
