@@ -79,9 +79,11 @@ def _refusal(service: str, others: list[tuple[str, RolloutState]], home: Path) -
         return f"{n} ({s.phase.value}, candidate {s.candidate}, {driver})"
 
     aborts = ", ".join(f"`rollout abort {n}`" for n, _ in others)
+    one = len(others) == 1
     return (
-        f"service {service} has another rollout in progress: {'; '.join(what(n, s) for n, s in others)}; "
-        f"end it with {aborts}, or run with --supersede to abort it first"
+        f"service {service} has {'another rollout' if one else 'other rollouts'} in progress: "
+        f"{'; '.join(what(n, s) for n, s in others)}; end {'it' if one else 'them'} with {aborts}, "
+        f"or run with --supersede to abort {'it' if one else 'them'} first"
     )
 
 

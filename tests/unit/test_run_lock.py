@@ -3,8 +3,11 @@ the stand-in spec that lets ``rollout abort`` end a rollout saved before its spe
 
 Given a rollout's ``run.lock``, when a process holds it, then another holder is refused with one
 line naming that pid, and ``holder()`` names it without taking the lock; when that process is
-killed with SIGKILL, the lock is free at once. Given a rollout of any strategy saved without its
-``rollout.json``, the engine aborts it with the stand-in spec: Aborted, all traffic to stable.
+killed with SIGKILL, the lock is free at once. A command for a rollout that a live process drives
+names that process; with none it is queued and says it waits for the next ``rollout run`` (an
+abort too when no local stack runs: there is nothing to route). Given a rollout of any strategy
+saved without its ``rollout.json``, the engine aborts it with the stand-in spec: Aborted, all
+traffic to stable.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ import pytest
 from rollout.actions import ALL_STABLE, Command, CommandKind, Finalize, Observations, Outcome
 from rollout.engine import new_rollout, step
 from rollout.errors import RolloutBusyError
-from rollout.local.control import stand_in
+from rollout.local.commands import CommandQueue
+from rollout.local.control import send, stand_in
 from rollout.local.lock import RunLock
+from rollout.local.runner import rollout_dir
 from rollout.model import Phase
 from rollout.spec import load_rollout
+from rollout.state import StateStore
 
 SPECS = sorted((Path(__file__).resolve().parents[2] / "rollout" / "demo" / "specs").glob("*.yaml"))
 HOLD = (
@@ -63,6 +69,38 @@ def test_a_lock_held_by_a_killed_process_is_free_at_once(tmp_path: Path) -> None
     lock.acquire()  # the stale pid in the file does not matter
     assert path.read_text().strip() == str(os.getpid())
     lock.release()
+
+
+@pytest.fixture
+def saved(tmp_path: Path) -> Path:
+    """A home with a canary rollout ``iris-canary`` started (and no local stack)."""
+    real = load_rollout(SPECS[0].with_name("canary-good.yaml"))
+    state = step(real.spec, new_rollout(real.spec), Observations(), now=100.0).state
+    StateStore(rollout_dir("iris-canary", tmp_path) / "state.json").save(state)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "kind", [CommandKind.PROMOTE, CommandKind.PAUSE, CommandKind.RESUME, CommandKind.ABORT]
+)
+def test_a_command_for_a_driven_rollout_names_the_process_that_applies_it(
+    saved: Path, kind: CommandKind
+) -> None:
+    with RunLock(rollout_dir("iris-canary", saved) / "run.lock", "iris-canary"):
+        (line,) = send("iris-canary", kind, saved)
+    assert f"the running `rollout run` (pid {os.getpid()}) applies it" in line
+    assert [c.kind for c in CommandQueue(rollout_dir("iris-canary", saved) / "commands").pending()] == [kind]
+
+
+@pytest.mark.parametrize("kind", [CommandKind.PROMOTE, CommandKind.PAUSE, CommandKind.ABORT])
+def test_a_command_nobody_applies_now_is_queued_and_says_so(saved: Path, kind: CommandKind) -> None:
+    (line,) = send("iris-canary", kind, saved)
+    assert (
+        "no `rollout run` is driving iris-canary; it is applied when you run `rollout run SPEC` again" in line
+    )
+    if kind == CommandKind.ABORT:
+        assert "no local stack is running" in line
+    assert [c.kind for c in CommandQueue(rollout_dir("iris-canary", saved) / "commands").pending()] == [kind]
 
 
 @pytest.mark.parametrize("spec_file", SPECS, ids=[p.stem for p in SPECS])
