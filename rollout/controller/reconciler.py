@@ -8,8 +8,9 @@ killed between the write and the action repeats the action on restart, and never
 
 Cluster conventions (the Helm chart's names, in ``conventions.py``): InferenceServices
 ``<service>`` or ``<service>-stable`` / ``<service>-candidate``, predictor Services as route
-backends. Candidate readiness comes from the candidate
-InferenceService's status (``routers.kserve.candidate_readiness``) before any traffic moves.
+backends. Candidate and stable readiness come from their InferenceServices' status
+(``readiness.py``) before each step: no traffic moves to a candidate that is not ready, and a
+rollout whose stable does not serve holds (Paused, StableUnavailable) until it does.
 ``KeepWarm`` needs no action here (the chart keeps both InferenceServices running), and
 ``Finalize`` only sets the routes: scaling the old version down is left to the deployer (GitOps).
 After a promotion in istio / gateway-api mode the stable InferenceService takes the candidate's
@@ -45,15 +46,14 @@ from rollout.engine import hold_on_error, new_rollout, step
 from rollout.errors import NotFoundError, PermanentError, RolloutError, SpecError
 from rollout.exporter import RolloutCollector
 from rollout.gate import JudgeFactory
-from rollout.k8s.client import INFERENCE_SERVICE, MODEL_ROLLOUT, KubeClient, Obj
+from rollout.k8s.client import MODEL_ROLLOUT, KubeClient, Obj
 from rollout.metrics.base import MetricProvider
 from rollout.metrics.sampler import SampleContext, collect
 from rollout.model import EventType, Reason, RolloutState
 from rollout.routers.base import Routes, RouteTarget, TrafficRouter
-from rollout.routers.kserve import candidate_readiness
 from rollout.spec import RolloutSpec, RouterProvider, parse_rollout
 
-from . import handoff, ownership
+from . import handoff, ownership, readiness
 from .conventions import default_router, isvc_name, route_target
 from .defence import ErrorLog, HeldError
 from .ownership import Turn, TurnKind
@@ -115,14 +115,6 @@ class Reconciler:
             mem.router.ensure(target)
             mem.ensured = target
         return mem.router
-
-    def _readiness(self, spec: RolloutSpec, namespace: str) -> tuple[bool, str]:
-        name = isvc_name(spec, "candidate")
-        try:
-            r = candidate_readiness(self.client.get(INFERENCE_SERVICE, namespace, name))
-        except NotFoundError:
-            return False, f"InferenceService {namespace}/{name} does not exist yet"
-        return r.ready, r.reason
 
     def _measure(
         self, namespace: str, name: str, spec: RolloutSpec, state: RolloutState, actions: list[Measure]
@@ -251,10 +243,11 @@ class Reconciler:
         router = self._router(mem, spec, namespace) if act else None
         force = ownership.is_busy(obj.get("status"))  # a ServiceBusy status is rewritten from the state
         for _ in range(MAX_STEPS_PER_RECONCILE):
-            ready, why = self._readiness(spec, namespace) if router is not None else (None, "")
+            seen = readiness.observe(self.client, spec, namespace) if router is not None else None
             now = self.clock()
             obs = Observations(
-                candidate_ready=ready,
+                candidate_ready=seen.candidate.ready if seen is not None else None,
+                stable_ready=seen.stable.ready if seen is not None else None,
                 routes=router.get_routes() if router is not None else None,
                 metrics=mem.results,
                 commands=commands,
@@ -267,10 +260,10 @@ class Reconciler:
             mem.results = ()
             state = t.state
             self._export(namespace, name, state)
-            if router is None:
+            if router is None or seen is None:
                 break
-            if not ready and not state.done:
-                log.info("%s/%s: candidate not ready: %s", namespace, name, why)
+            if not state.done:
+                _log_readiness(namespace, name, seen)
             try:
                 moved = self._act(t, router, handoff.hold_routes(obj.get("status"), state))
             except PermanentError as exc:  # e.g. a route feature the provider cannot express
@@ -397,6 +390,13 @@ def _same_rollout(state: RolloutState | None, spec: RolloutSpec) -> bool:
     return (
         state is not None and state.candidate == spec.candidate.model and state.strategy == spec.strategy.name
     )
+
+
+def _log_readiness(namespace: str, name: str, seen: readiness.Backends) -> None:
+    if not seen.candidate.ready:
+        log.info("%s/%s: candidate not ready: %s", namespace, name, seen.candidate.reason)
+    if seen.stable.ready is False:
+        log.info("%s/%s: stable not serving: %s", namespace, name, seen.stable.reason)
 
 
 def _normal(routes: Routes) -> Routes:

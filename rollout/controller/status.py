@@ -63,6 +63,14 @@ def conditions(state: RolloutState, now: float, old: list[Obj] | None = None) ->
             now,
             prev,
         ),
+        _condition(
+            "StableReady",
+            state.stable_down_since is None,
+            "StableReady" if state.stable_down_since is None else "StableUnavailable",
+            "" if state.stable_down_since is None else f"not serving since {iso(state.stable_down_since)}",
+            now,
+            prev,
+        ),
         _condition("Progressing", not p.terminal and p != Phase.PAUSED, reason, msg, now, prev),
         _condition(
             "Paused",

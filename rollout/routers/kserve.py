@@ -15,8 +15,10 @@ as candidate weight 100; ``finalize`` writes 0 (everything to the previous rolle
 
 ``candidate_readiness`` reads the status (conditions Ready/PredictorReady, latest created vs
 latest ready revision, observedGeneration) so the controller moves no traffic to a candidate that
-is not serving. Who calls it: the controller (``registry.make_router("kserve", ...)``), and the
-controller's readiness check for every router provider whose backends are InferenceServices.
+is not serving; ``stable_readiness`` reads the same status for the version that serves users
+meanwhile, so that the controller holds a rollout whose baseline is down. Who calls it: the
+controller (``registry.make_router("kserve", ...)``), and the controller's readiness checks for
+every router provider whose backends are InferenceServices.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ NO_REVISION_MODES = {"RawDeployment", "Standard", "ModelMesh"}
 
 @dataclass(frozen=True)
 class Readiness:
-    """Whether the InferenceService's candidate (latest revision) serves, and why not."""
+    """Whether a version an InferenceService carries serves, and why not (``ready`` None: not
+    known: only ``stable_readiness`` answers that, for a Ready condition that is Unknown)."""
 
-    ready: bool
+    ready: bool | None
     reason: str
     latest_created: str | None = None
     latest_ready: str | None = None
@@ -44,7 +47,7 @@ class Readiness:
 
 
 def _condition(isvc: Obj, kind: str) -> Obj | None:
-    for c in isvc.get("status", {}).get("conditions") or []:
+    for c in (isvc.get("status") or {}).get("conditions") or []:
         if c.get("type") == kind:
             return c
     return None
@@ -79,6 +82,45 @@ def candidate_readiness(isvc: Obj) -> Readiness:
             why = cond.get("message") or cond.get("reason") or cond.get("status")
             return Readiness(False, f"{name}: {kind} is {cond.get('status')}: {why}", **common)
     return Readiness(True, f"{name}: revision {ready_rev or created or '?'} ready", **common)
+
+
+def stable_readiness(isvc: Obj | None, name: str = "?") -> Readiness:
+    """Pure: does the InferenceService that carries stable still serve it? ``isvc`` None: it does
+    not exist. In kserve routing mode that is the one InferenceService, whose stable is the
+    revision holding the rest of the traffic (KServe's last rolled-out one); in istio /
+    gateway-api mode the ``<service>-stable`` object.
+
+    Stable serves while KServe reports ``Ready`` True. ``Ready`` False means it does not, unless
+    what failed is only a newer revision than the one serving (the latest created revision is not
+    the latest ready one: in kserve mode the candidate, whose readiness ``candidate_readiness``
+    reports), since KServe keeps routing to the revision that is ready. No ``Ready`` condition at
+    all: KServe has never reported it serving. ``Ready`` Unknown (KServe is rolling a change out,
+    the old revision serving meanwhile) is ``ready`` None: not known, the last answer stands."""
+    if isvc is None:
+        return Readiness(False, f"InferenceService {name} does not exist")
+    pred = ((isvc.get("status") or {}).get("components") or {}).get("predictor") or {}
+    created, ready_rev = pred.get("latestCreatedRevision"), pred.get("latestReadyRevision")
+    serving = pred.get("latestRolledoutRevision") or ready_rev
+    common = {
+        "latest_created": created,
+        "latest_ready": ready_rev,
+        "previous_rolled_out": pred.get("previousRolledoutRevision"),
+    }
+    name = isvc.get("metadata", {}).get("name", name)
+    cond = _condition(isvc, "Ready")
+    if cond is None:
+        return Readiness(False, f"{name}: no Ready condition: KServe has not reported it serving", **common)
+    flag = cond.get("status")
+    if flag == "True":
+        return Readiness(True, f"{name}: Ready", **common)
+    why = cond.get("message") or cond.get("reason") or flag
+    if flag != "False":
+        return Readiness(None, f"{name}: Ready is {flag}: {why}", **common)
+    if created and ready_rev and created != ready_rev:
+        return Readiness(
+            True, f"{name}: only the latest revision {created} failed; {serving} keeps serving", **common
+        )
+    return Readiness(False, f"{name}: Ready is False: {why}", **common)
 
 
 def canary_patch(routes: Routes) -> Obj:
