@@ -66,6 +66,9 @@ class Observations:
     candidate_error: str | None = None  # the candidate cannot run (crashed, failed to start)
     stable_ready: bool | None = None  # stable answers its readiness check (None: not checked)
     notices: tuple[str, ...] = ()  # what the edge did by itself (a server restarted): events
+    # the edge's last iteration failed unexpectedly (hold_on_error) and none has gone through
+    # since: the rollout stays held (ReconcileError) instead of flapping Resumed/held per retry
+    edge_error: str | None = None
     routes: Routes | None = None  # routes applied now, read back from the router; None: unknown
     metrics: tuple[MetricResult, ...] = ()
     commands: tuple[Command, ...] = ()

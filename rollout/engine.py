@@ -31,6 +31,8 @@ Observations (``rollout.actions.Observations``) — what the edge saw since the 
   are Inconclusive (no baseline), the step's timer stops; past ``progressDeadline`` it is rolled
   back (a supervised stable is being restarted meanwhile);
 - ``notices``: what the edge did by itself (a supervised server restarted), recorded as events;
+- ``edge_error``: the edge's last iteration failed unexpectedly (it called ``hold_on_error``) and
+  none has gone through since: the rollout stays Paused (ReconcileError) until one does;
 - ``routes``: the routes applied now, read back from the router (``get_routes``). Steps that
   change traffic are only complete once the router reports them applied (compared with ``==``,
   so read back exactly what ``set_routes`` applied: weights, mirror, match, sticky); report them
@@ -397,7 +399,7 @@ def step(
     if not s.done:
         _deadline(spec, w)
     if not s.done:
-        _set_phase(spec, w)
+        _set_phase(spec, w, obs)
     return _commit(spec, state, w)
 
 
@@ -444,13 +446,13 @@ def hold_on_error(state: RolloutState, message: str, now: float) -> Transition:
         at=now, type=EventType.WARNING, reason=Reason.RECONCILE_ERROR, message=message, revision=s.revision
     )
     s.events = [*state.events, event][-MAX_EVENTS:]
-    if not s.done:
+    if not s.done and s.phase != Phase.PENDING:  # a rollout that never started stays Pending
         s.phase, s.reason = Phase.PAUSED, Reason.RECONCILE_ERROR
         s.message = f"held: {message}"
     return Transition(state=s, actions=(), events=(event,), changed=True)
 
 
-def _set_phase(spec: RolloutSpec, w: _Step) -> None:
+def _set_phase(spec: RolloutSpec, w: _Step, obs: Observations) -> None:
     """Progressing or Paused: paused by the user or the inconclusive limit, waiting for promote,
     or - by itself, until the provider answers again - because a metric cannot be measured."""
     s = w.s
@@ -463,6 +465,8 @@ def _set_phase(spec: RolloutSpec, w: _Step) -> None:
             Reason.WAITING_FOR_PROMOTION,
             f"{s.progress.step_name}: waiting for promote",
         )
+    elif s.reason == Reason.RECONCILE_ERROR and s.phase == Phase.PAUSED and obs.edge_error:
+        phase, reason, message = Phase.PAUSED, s.reason, s.message  # until an iteration goes through
     elif s.stable_down_since is not None:
         phase, reason = Phase.PAUSED, Reason.STABLE_UNAVAILABLE
         message = f"paused: stable {s.stable} is not serving; resumes by itself when it is back"

@@ -59,7 +59,7 @@ def up_cmd(service: str, model_tag: str, workers: int) -> None:
     from rollout.routers.base import RouteTarget
 
     get_record(model_tag)  # ModelNotFoundError with a hint before anything starts
-    stack = LocalStack.up(services=[service], detach=True)
+    stack = LocalStack.up(services=[service], detach=True, supervise=True)
     try:
         stable = stack.start_bento(service, model_tag, workers=workers)
         stack.router(service).ensure(RouteTarget(service, stable))

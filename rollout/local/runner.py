@@ -21,16 +21,15 @@ Files under ``<home>/rollouts/<name>/``: ``state.json`` (the engine state), ``ro
 ``run.lock``, ``commands/`` (user commands written by ``rollout promote|abort|pause|resume``, one
 JSON file each, removed once the engine lists their id as applied; rollout/local/commands.py),
 ``timeline.jsonl`` (one line per change: weights, phase, new measurements; the demo plots it).
-While it runs, the runner serves its rollout's rollout_* series (rollout/exporter.py) on a free
-127.0.0.1 port, registered with the stack's Prometheus as target ``rollout-<name>`` (label
-component="rollout"); before it returns it waits (a few seconds at most) for one scrape of the
-final state, so ``increase(rollout_rollbacks_total[...])`` sees the end, then unregisters.
+While it runs, the runner serves its rollout's rollout_* series (rollout/local/telemetry.py).
+Each turn it also reports stable's readiness (the engine holds, StableUnavailable, while stable
+does not answer) and what the stack's watchdog restarted (rollout/local/watchdog.py: notices in
+the rollout's history; the candidate dying is CandidateFailed, even when it was restarted).
 Who calls it: ``rollout run`` (rollout/cli/local.py), rollout/local/control.py, the demo.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -44,8 +43,10 @@ from rollout.errors import NotFoundError, RolloutError, StateError
 from rollout.exporter import MetricsServer, RolloutCollector
 from rollout.local.commands import CommandQueue
 from rollout.local.lock import RunLock
-from rollout.local.processes import LOOPBACK, http_ok
+from rollout.local.processes import http_ok
 from rollout.local.stack import LocalStack, default_home
+from rollout.local.telemetry import Telemetry, append_timeline
+from rollout.local.watchdog import events_offset, read_events
 from rollout.metrics.sampler import SampleContext, collect
 from rollout.model import Event, RolloutState
 from rollout.routers.base import Backend, Routes, RouteTarget
@@ -56,7 +57,6 @@ __all__ = ["CommandQueue", "LocalRunner", "rollout_dir", "version_of"]
 
 log = logging.getLogger("rollout.local")
 TICK_SECONDS = 0.5
-FINAL_SCRAPE_TIMEOUT = 10.0  # file_sd picks a new target up within 5 s; Prometheus scrapes every 1 s
 ERROR_BACKOFF = 1.0  # seconds before the first retry after an unexpected error; doubles ...
 MAX_ERROR_BACKOFF = 30.0  # ... up to this
 
@@ -108,20 +108,43 @@ class LocalRunner:
         self._logged: set[str] = set()  # errors whose traceback is logged already
         self._spec_kept = False  # rollout.json written
         self._saved: RolloutState | None = None  # the newest state saved by the loop
+        self._edge_error: str | None = None  # the last iteration failed (until one goes through)
+        self._events_at = events_offset(stack.home)  # the watchdog's events seen so far
         self.exporter = RolloutCollector()
-        self.metrics_server: MetricsServer | None = None
+        self.telemetry = Telemetry(stack, rollout.metadata.name, self.exporter)
 
     # --- backends --------------------------------------------------------------------------------
 
-    def _backend(self, tag: str) -> Backend | None:
+    def _backend(self, tag: str, running: bool = True) -> Backend | None:
+        """The backend of the service serving version ``tag`` (with ``running``: only while its
+        process runs; the watchdog may be restarting it)."""
         want = version_of(tag)
         for name, b in self.stack.backends(self.spec.service).items():
             info = self.stack.state["backends"].get(name, {})
             if b.version == want and (
-                not info.get("pid") or self.stack.status()["backends"][name].get("running")
+                not running or not info.get("pid") or self.stack.status()["backends"][name].get("running")
             ):
                 return b
         return None
+
+    def _stable_ready(self) -> bool:
+        stable = self._backend(self.spec.stable.model)
+        return stable is not None and http_ok(f"http://{stable.address}/v2/health/ready", 0.5)()
+
+    def _notices(self) -> tuple[tuple[str, ...], str | None]:
+        """What the stack's watchdog restarted since the last look: notices for the rollout's
+        history, and the candidate's error when it was the candidate that died."""
+        events, self._events_at = read_events(self.stack.home, self._events_at)
+        notices, error = [], None
+        for e in events:
+            if e.get("service") not in (None, self.spec.service):
+                continue
+            notices.append(f"watchdog: {e.get('message', e)}")
+            if e.get("component", "").startswith("backend:") and e.get("version") == version_of(
+                self.spec.candidate.model
+            ):
+                error = f"candidate server {self.spec.candidate.model} died: {e.get('message')}"
+        return tuple(notices), error
 
     def ensure_stable(self) -> Backend:
         """The stable version must be serving the service before anything else happens."""
@@ -161,7 +184,10 @@ class LocalRunner:
                 self._starting = threading.Thread(target=self._start_candidate, daemon=True)
                 self._starting.start()
             return False, None
-        ready = http_ok(f"http://{cand.address}/v2/health/ready")() and self._scraped(cand)
+        # scraped once is enough: asking Prometheus every tick would block the loop while it hangs
+        ready = http_ok(f"http://{cand.address}/v2/health/ready")() and (
+            self._candidate_was_ready or self._scraped(cand)
+        )
         if ready:
             if not self._candidate_was_ready:
                 stable = self._backend(self.spec.stable.model)
@@ -189,16 +215,23 @@ class LocalRunner:
     # --- the loop --------------------------------------------------------------------------------
 
     def observe(self, state: RolloutState) -> Observations:
-        ready, error = (None, None)
+        self.stack.reload()  # the watchdog (another process) may have restarted a server
+        notices, died = self._notices()
+        ready, error, stable_ready = None, None, None
         if not state.done:
             ready, error = self._ensure_candidate()
+            error = error or died
+            stable_ready = self._stable_ready()
         results, self._results = tuple(self._results), []
         return Observations(
             candidate_ready=ready,
             candidate_error=error,
+            stable_ready=stable_ready,
             routes=self._routes(),
             metrics=results,
             commands=self.commands.pending(),
+            notices=notices,
+            edge_error=self._edge_error,
         )
 
     def execute(self, state: RolloutState, actions: tuple[Any, ...], now: float) -> None:
@@ -231,7 +264,8 @@ class LocalRunner:
 
     def finalize(self, action: Finalize) -> list[str]:
         """Make the end true (routes, the version that stops); returns what it did, in words."""
-        stable = self._backend(self.spec.stable.model)
+        # stable even while it is being restarted: all traffic goes back to its address
+        stable = self._backend(self.spec.stable.model, running=action.promoted)
         cand = self._backend(self.spec.candidate.model)
         keep, stop = (cand, stable) if action.promoted else (stable, cand)
         did = []
@@ -296,6 +330,7 @@ class LocalRunner:
             finished, self._saved = False, state
             try:
                 state, actions = self._iterate(state, now)
+                self._edge_error = None  # an iteration went through
                 finished = state.done and not any(isinstance(a, Measure) for a in actions)
                 wait, backoff = self.tick, self.error_backoff
             except StateError:
@@ -328,7 +363,7 @@ class LocalRunner:
 
     def _hold(self, state: RolloutState, exc: Exception, now: float) -> RolloutState:
         """An iteration failed unexpectedly: the rollout holds (persisted), the error is logged once."""
-        message = describe(exc)
+        message = self._edge_error = describe(exc)
         self._log_once(f"holding on an unexpected error, retrying: {message}", exc)
         t = hold_on_error(state, message, now)
         if t.changed:
@@ -360,52 +395,24 @@ class LocalRunner:
         self.stack.prometheus.remove_target(self.metrics_target)  # left by a killed `rollout run`
         return t.state, t.events, did
 
-    # --- the rollout_* series --------------------------------------------------------------------
+    # --- the rollout_* series and the timeline (rollout/local/telemetry.py) --------------------
 
     @property
     def metrics_target(self) -> str:
-        return f"rollout-{self.rollout.metadata.name}"[:100]
+        return self.telemetry.target
+
+    @property
+    def metrics_server(self) -> MetricsServer | None:
+        return self.telemetry.server
 
     def _serve_metrics(self) -> None:
-        self.metrics_server = MetricsServer(self.exporter, LOOPBACK, 0).start()
-        self.stack.prometheus.add_target(
-            self.metrics_target, self.metrics_server.address, {"component": "rollout"}
-        )
+        self.telemetry.serve()
 
     def _stop_metrics(self) -> None:
-        """Let Prometheus scrape the last state (when it runs), then stop serving and unregister."""
-        server, self.metrics_server = self.metrics_server, None
-        if server is None:
-            return
-        try:
-            if http_ok(self.stack.prometheus_url + "/-/ready")():
-                server.wait_scraped(time.time(), FINAL_SCRAPE_TIMEOUT)
-        finally:
-            self.stack.prometheus.remove_target(self.metrics_target)
-            server.stop()
+        self.telemetry.stop()
 
     def _timeline(self, state: RolloutState, now: float) -> None:
-        row: dict[str, Any] = {
-            "t": now,
-            "phase": state.phase.value,
-            "step": state.progress.step_name,
-            "candidate_weight": state.desired_routes.candidate_weight,
-            "mirror_percent": state.desired_routes.mirror_percent,
-            "metrics": {
-                name: {
-                    "verdict": m.measurements[-1].verdict,
-                    "value": m.measurements[-1].value,
-                    "at": m.measurements[-1].at,
-                }
-                for name, m in state.metrics.items()
-                if m.measurements
-            },
-        }
-        try:
-            with (self.dir / "timeline.jsonl").open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
-        except OSError as exc:
-            raise StateError(f"cannot write {self.dir / 'timeline.jsonl'}: {exc.strerror or exc}") from None
+        append_timeline(self.dir / "timeline.jsonl", state, now)
 
 
 def describe(exc: BaseException) -> str:

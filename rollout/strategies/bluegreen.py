@@ -114,11 +114,13 @@ class BlueGreenPlanner:
         elif i == SCALE_DOWN:
             assert progress.warm_until is not None
             if promote or ctx.now >= progress.warm_until:
+                # the analysis ran to the end, or a user's `promote` cut it short: say which
+                analysis = "passed" if ctx.all_latest_successful() else "cut short by `promote`"
                 decision = Decision(
                     DecisionKind.PROMOTE,
                     Reason.PROMOTED,
-                    f"blue/green: switched at t={progress.switched_at:g}, post-promotion analysis passed, "
-                    f"{ctx.state.stable} retired",
+                    f"blue/green: switched at t={progress.switched_at:g}, post-promotion analysis "
+                    f"{analysis}, {ctx.state.stable} retired",
                 )
         if progress.step_index == AWAITING and not progress.awaiting_promotion:
             progress = progress.model_copy(update={"awaiting_promotion": True})

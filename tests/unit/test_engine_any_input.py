@@ -164,6 +164,7 @@ def test_step_never_raises_never_promotes_on_bad_evidence_and_never_moves_unpers
     results: list[MetricResult] = []
     commands: tuple[Command, ...] = ()
     now = 1_000.0
+    promoted_by_user = False
     for i, w in enumerate(ticks):
         if w["command"] == "repeat":
             pass  # the edge re-sends what it has not seen applied yet (and maybe what it has)
@@ -181,8 +182,10 @@ def test_step_never_raises_never_promotes_on_bad_evidence_and_never_moves_unpers
         )
         t = step(spec, state, obs, now)  # must not raise, whatever obs holds
 
-        # never promotes by itself on evidence that is not Successful
-        if t.state.phase == Phase.PROMOTED and not state.done and not user_promoted(commands):
+        # never promotes by itself on evidence that is not Successful (a user's promote ends a
+        # step whatever it says, and what follows from it - blue/green's scale-down - is theirs)
+        promoted_by_user = promoted_by_user or user_promoted(commands)
+        if t.state.phase == Phase.PROMOTED and not state.done and not promoted_by_user:
             bad = {m: s.latest for m, s in t.state.metrics.items() if s.latest not in (None, "Successful")}
             assert not bad, f"promoted on its own with {bad}"
         # traffic only moves to routes the returned (persisted-first) state holds

@@ -8,6 +8,7 @@ ReconcileError) with one event per distinct error, and the next clean step progr
 
 from __future__ import annotations
 
+from rollout.actions import Observations
 from rollout.analysis.base import ProportionSample
 from rollout.engine import hold_on_error, new_rollout, step
 from rollout.model import Phase, Reason
@@ -133,3 +134,33 @@ def test_errors_are_not_intervals_of_analysis() -> None:
     assert state.desired_routes.candidate_weight == 10, "the step ended on one interval of data"
     state = run(spec, edge, state)
     assert state.phase == Phase.PROMOTED and state.metrics["error-rate"].successful >= 2
+
+
+def test_a_failure_on_the_first_step_keeps_the_rollout_pending_so_it_still_starts() -> None:
+    spec = make_spec(CANARY, [ERROR_RATE_TEMPLATE], interval="5s")
+    held = hold_on_error(new_rollout(spec), "RouterError: nginx is down", 0.0).state
+    assert held.phase == Phase.PENDING and held.events[-1].reason == Reason.RECONCILE_ERROR
+    state = run(spec, FakeEdge(), held)
+    assert state.phase == Phase.PROMOTED and state.started_at is not None
+    assert Reason.STARTED in reasons(state)
+
+
+def test_while_acting_keeps_failing_the_rollout_stays_held_without_flapping() -> None:
+    """The step goes through but acting on it fails (nginx down): each retry's step must not say
+    Resumed and then be held again; it resumes once an iteration went through."""
+    spec = make_spec(CANARY, [ERROR_RATE_TEMPLATE], interval="5s")
+    edge = FakeEdge()
+    state = run(spec, edge, max_steps=20, until=lambda s: s.desired_routes.candidate_weight == 10)
+    state = hold_on_error(state, "RouterError: nginx is down", edge.now).state
+    for _ in range(5):  # five retries, every one failing after its step
+        edge.now += 1
+        obs = edge.observe()
+        t = step(
+            spec, state, Observations(routes=obs.routes, edge_error="RouterError: nginx is down"), edge.now
+        )
+        assert t.state.phase == Phase.PAUSED and t.state.reason == Reason.RECONCILE_ERROR
+        state = hold_on_error(t.state, "RouterError: nginx is down", edge.now).state
+    assert reasons(state).count(Reason.RECONCILE_ERROR) == 1 and Reason.RESUMED not in reasons(state)[-5:]
+    edge.now += 1
+    state = step(spec, state, edge.observe(), edge.now).state  # an iteration went through
+    assert state.phase == Phase.PROGRESSING and state.events[-1].reason == Reason.RESUMED
