@@ -10,7 +10,8 @@ Called by the session fixture ``k8s_cluster`` in tests/conftest.py (and usable b
   (``--authorization-mode=Node,RBAC``) and service-account tokens, and waits for ``/readyz``;
 - starts kube-controller-manager with only the controllers a test needs (namespace deletion,
   garbage collection, the ``default`` ServiceAccount and the ``kube-root-ca.crt`` ConfigMap):
-  no scheduler, no kubelet, so Pods never run;
+  no scheduler, no kubelet, so Pods never run (node.py adds them, and calls ``start()`` with
+  ``advertise_address`` and ``controllers=("*",)``);
 - writes a kubeconfig for the admin, and stops everything (process groups) and removes the
   temporary directory on ``stop()`` (also at interpreter exit; and the processes get SIGKILL if the
   thread that started them dies, so a killed test run leaves nothing behind).
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN_DIR = ROOT / ".cache" / "bin"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
+SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"  # the first address of SERVICE_CIDR
 KCM_CONTROLLERS = (
     "namespace-controller",
     "garbage-collector-controller",
@@ -91,8 +95,11 @@ def _issue_cert(pki: Path, name: str, subject: str, ext: str) -> None:
     )  # fmt: skip
 
 
-def generate_pki(pki: Path) -> None:
-    """CA, API server serving cert, admin client cert and service-account key pair, in ``pki``."""
+def generate_pki(pki: Path, server_ips: Sequence[str] = ()) -> None:
+    """CA, API server serving cert, admin client cert and service-account key pair, in ``pki``.
+
+    The serving certificate names 127.0.0.1, the ``kubernetes`` Service's ClusterIP and
+    ``server_ips`` (where pods reach the API server, tests/k8s/node.py)."""
     pki.mkdir(parents=True, exist_ok=True)
     _openssl(
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
@@ -105,7 +112,9 @@ def generate_pki(pki: Path) -> None:
         "apiserver",
         "/CN=kube-apiserver",
         "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n"
-        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,"
+        f"extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:{KUBERNETES_SERVICE_IP},"
+        + "".join(f"IP:{ip}," for ip in server_ips)
+        + "DNS:localhost,DNS:kubernetes,"
         "DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\n",
     )
     _issue_cert(
@@ -150,6 +159,8 @@ class ControlPlane:
     etcd_url: str
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _owns_workdir: bool = True
+    advertise_address: str = "127.0.0.1"  # the ``kubernetes`` Service's endpoint
+    controllers: tuple[str, ...] = KCM_CONTROLLERS
 
     def api_client(self) -> Any:
         """A ``kubernetes.client.ApiClient`` authenticated as the admin (system:masters)."""
@@ -278,7 +289,7 @@ def _apiserver_args(cp: ControlPlane, port: int) -> list[str]:
         str(binary("kube-apiserver")),
         f"--etcd-servers={cp.etcd_url}",
         "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
+        f"--advertise-address={cp.advertise_address}",
         f"--secure-port={port}",
         f"--cert-dir={cp.workdir / 'certs'}",
         f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -289,7 +300,7 @@ def _apiserver_args(cp: ControlPlane, port: int) -> list[str]:
         f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
-        "--service-cluster-ip-range=10.96.0.0/16",
+        f"--service-cluster-ip-range={SERVICE_CIDR}",
         "--allow-privileged=false",
         "--profiling=false",
         "--v=1",
@@ -302,7 +313,7 @@ def _start_controller_manager(cp: ControlPlane) -> None:
         [
             str(binary("kube-controller-manager")),
             f"--kubeconfig={cp.kubeconfig}",
-            f"--controllers={','.join(KCM_CONTROLLERS)}",
+            f"--controllers={','.join(cp.controllers)}",
             f"--root-ca-file={cp.pki / 'ca.crt'}",
             f"--service-account-private-key-file={cp.pki / 'sa.key'}",
             "--use-service-account-credentials=false",
@@ -316,10 +327,19 @@ def _start_controller_manager(cp: ControlPlane) -> None:
     )
 
 
-def start(workdir: Path | None = None, timeout: float = 240.0) -> ControlPlane:
+def start(
+    workdir: Path | None = None,
+    timeout: float = 240.0,
+    *,
+    advertise_address: str = "127.0.0.1",
+    controllers: Sequence[str] = KCM_CONTROLLERS,
+) -> ControlPlane:
     """Start etcd, kube-apiserver and kube-controller-manager; return when the API answers /readyz.
 
     ``timeout`` is generous on purpose: the machine is shared and a cold start takes 10-30 s.
+    ``advertise_address`` is the ``kubernetes`` Service's endpoint (the API server still listens
+    on 127.0.0.1 only; tests/k8s/node.py forwards that address to it) and ``controllers`` the
+    kube-controller-manager's ``--controllers`` (``("*",)``: all of its default ones).
     """
     for name in ("openssl", *BINARIES):
         if name == "openssl":
@@ -331,7 +351,7 @@ def start(workdir: Path | None = None, timeout: float = 240.0) -> ControlPlane:
     workdir = Path(tempfile.mkdtemp(prefix="k8s-harness-")) if workdir is None else workdir
     workdir.mkdir(parents=True, exist_ok=True)
     pki = workdir / "pki"
-    generate_pki(pki)
+    generate_pki(pki, server_ips=() if advertise_address == "127.0.0.1" else (advertise_address,))
     etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
     server = f"https://127.0.0.1:{api_port}"
     cp = ControlPlane(
@@ -341,6 +361,8 @@ def start(workdir: Path | None = None, timeout: float = 240.0) -> ControlPlane:
         pki=pki,
         etcd_url=f"http://127.0.0.1:{etcd_port}",
         _owns_workdir=owns,
+        advertise_address=advertise_address,
+        controllers=tuple(controllers),
     )
     write_kubeconfig(cp.kubeconfig, server, pki)
     atexit.register(cp.stop)
