@@ -7,6 +7,9 @@
   raw requests.
 - ``k8s_namespace`` (function): a fresh namespace for one test, deleted afterwards (the namespace
   controller then removes everything in it).
+- ``k8s_node`` (session): a single-node cluster that runs real pods (tests/k8s/node.py: its own
+  control plane, kube-scheduler, containerd, kubelet, kube-proxy, in network namespaces of its own),
+  yielding the ``node.Node``; ``k8s_node_namespace`` (function): a fresh namespace on it.
 
 Tests that use them are marked ``@pytest.mark.k8s``. When the binaries are missing these fixtures
 FAIL (not skip) with the command that builds them: ``make tools``.
@@ -14,6 +17,7 @@ FAIL (not skip) with the command that builds them: ``make tools``.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
 from collections.abc import Iterator
@@ -24,7 +28,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.k8s import crds, harness
+from tests.k8s import crds, harness, node
 
 
 @dataclass
@@ -92,3 +96,33 @@ def k8s_namespace(k8s_cluster: K8sCluster, request: pytest.FixtureRequest) -> It
     except client.ApiException as exc:
         if exc.status != 404:
             raise
+
+
+@pytest.fixture(scope="session")
+def k8s_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[node.Node]:
+    missing = harness.missing_binaries() + node.missing_tools()
+    if missing:
+        pytest.fail(
+            f"the single-node cluster cannot start ({', '.join(missing)} missing): run `make setup`",
+            pytrace=False,
+        )
+    n = node.start(logdir=tmp_path_factory.mktemp("k8s-node"))
+    try:
+        yield n
+    finally:
+        n.stop()
+
+
+@pytest.fixture
+def k8s_node_namespace(k8s_node: node.Node, request: pytest.FixtureRequest) -> Iterator[str]:
+    from kubernetes import client
+
+    api = k8s_node.control_plane.api_client()
+    core = client.CoreV1Api(api)
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"n-{stem}-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    with contextlib.suppress(client.ApiException):
+        core.delete_namespace(name)
+    api.close()
