@@ -8,7 +8,9 @@ never sets it, so ``asyncio.run`` waited for that thread at shutdown until the S
 - the leader, mid-rollout (its timer reconciling every 0.5 s), exits with code 0 within a few
   seconds of SIGTERM and gives its Lease up (holder empty), so the standby takes over at once
   instead of after the Lease duration, and carries the rollout on;
-- a standby (blocked waiting for the Lease) exits the same way and leaves the leader's Lease alone.
+- a standby (blocked waiting for the Lease) exits the same way and leaves the leader's Lease alone;
+- embedded (``handlers.run`` in a thread, where kopf handles no signals), setting ``run``'s ``stop``
+  event ends it as promptly, Lease released.
 
 As in test_controller.py, no KServe/Istio runs: InferenceService readiness is written by the test.
 """
@@ -16,11 +18,14 @@ As in test_controller.py, no KServe/Istio runs: InferenceService readiness is wr
 from __future__ import annotations
 
 import signal
+import threading
 import time
+from typing import Any
 
 import pytest
 
 from rollout.cli.cluster import send_command
+from rollout.controller.handlers import ControllerConfig, run
 from rollout.k8s.client import MODEL_ROLLOUT
 from tests.e2e import test_controller as tc
 from tests.e2e.test_controller import (
@@ -83,3 +88,35 @@ def test_sigterm_stops_a_standby_and_leaves_the_leaders_lease(kube, k8s_namespac
     code, took = _terminate(b)
     assert code == 0 and took < EXIT_WITHIN, (code, took, b.log.read_text(errors="replace")[-3000:])
     assert _holder(kube, ns) == "a"
+
+
+def test_the_stop_event_ends_an_embedded_controller(k8s_cluster: Any, kube, k8s_namespace) -> None:
+    ns = k8s_namespace
+    cfg = ControllerConfig(
+        namespace=ns,
+        kubeconfig=str(k8s_cluster.kubeconfig),
+        interval=0.5,
+        lease_namespace=ns,
+        lease_name="ctl",
+        lease_duration=LEASE_DURATION,
+        identity="embedded",
+    )
+    stop, ready, failed = threading.Event(), threading.Event(), []
+
+    def body() -> None:
+        try:
+            run(cfg, stop, ready)
+        except BaseException as exc:  # reported by the assertion below
+            failed.append(exc)
+
+    thread = threading.Thread(target=body, name="embedded controller", daemon=True)
+    thread.start()
+    assert ready.wait(60), "the operator did not start"
+    wait_for("the Lease", lambda: _holder(kube, ns) == "embedded", timeout=30)
+    sent = time.monotonic()
+    stop.set()
+    thread.join(EXIT_WITHIN * 4)
+    took = time.monotonic() - sent
+    assert not thread.is_alive() and took < EXIT_WITHIN, f"still running {took:.1f} s after stop"
+    assert failed == []
+    assert _holder(kube, ns) is None
