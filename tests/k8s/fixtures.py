@@ -7,9 +7,10 @@
   raw requests.
 - ``k8s_namespace`` (function): a fresh namespace for one test, deleted afterwards (the namespace
   controller then removes everything in it).
-- ``k8s_node`` (session): a single-node cluster that runs real pods (tests/k8s/node.py: its own
-  control plane, kube-scheduler, containerd, kubelet, kube-proxy, in network namespaces of its own),
-  yielding the ``node.Node``; ``k8s_node_namespace`` (function): a fresh namespace on it.
+- ``k8s_node`` (module): a single-node cluster that runs real pods (tests/k8s/node.py: its own
+  control plane, kube-scheduler, containerd, kubelet, kube-proxy, in a network namespace of its
+  own), yielding the ``node.Node``; one per test module, as it boots in seconds and so does not
+  idle through the other modules' tests; ``k8s_node_namespace`` (function): a fresh namespace on it.
 
 Tests that use them are marked ``@pytest.mark.k8s``. When the binaries are missing these fixtures
 FAIL (not skip) with the command that builds them: ``make tools``.
@@ -98,7 +99,7 @@ def k8s_namespace(k8s_cluster: K8sCluster, request: pytest.FixtureRequest) -> It
             raise
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def k8s_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[node.Node]:
     missing = harness.missing_binaries() + node.missing_tools()
     if missing:
