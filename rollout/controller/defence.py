@@ -12,8 +12,10 @@ traceback per tick. The reconciler catches any exception that is not one of ours
 3. raises ``HeldError``, a ``TemporaryError`` whose delay doubles while the same error repeats
    (1 s, 2 s, 4 s ... 30 s): kopf retries the timer after that delay, not at once.
 
-The next clean reconcile returns the rollout to Progressing (the engine does that) and forgets the
-error. A measurement that fails unexpectedly is not a reconcile error: ``Reconciler._measure``
+While the error is not forgotten, every engine step is told so (``Observations.edge_error``), so
+a reconcile that steps and then fails (a router refusing ``set_routes``) keeps the rollout held
+instead of writing Resumed and ReconcileError again on every retry. A reconcile that goes through
+forgets the error; the next one returns the rollout to Progressing (the engine does that). A measurement that fails unexpectedly is not a reconcile error: ``Reconciler._measure``
 reports it as ``MetricResult(error=...)`` (the gate holds, Paused/MetricsUnavailable) and logs it
 through an ``ErrorLog`` of its own. Who calls it: rollout.controller.reconciler and handlers.
 """
@@ -79,6 +81,12 @@ class ErrorLog:
             gone = self._seen.pop(key, None)
         if gone is not None:
             log.info("%s: recovered after %d failures (%s)", key, gone[1], gone[0])
+
+    def last(self, key: Hashable) -> str | None:
+        """The message of the key's last error, while no reconcile of it has gone through since."""
+        with self._lock:
+            seen = self._seen.get(key)
+        return seen[0] if seen is not None else None
 
     def repeats(self, key: Hashable) -> int:
         with self._lock:

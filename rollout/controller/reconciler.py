@@ -251,6 +251,7 @@ class Reconciler:
                 routes=router.get_routes() if router is not None else None,
                 metrics=mem.results,
                 commands=commands,
+                edge_error=self.errors.last((namespace, name)),  # held until a reconcile goes through
             )
             t = step(spec, state, obs, now, judge_of=self.judge_of)
             if t.changed or force:

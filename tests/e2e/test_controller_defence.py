@@ -7,7 +7,9 @@ real kube-apiserver of the test harness.
   ticks, weights unchanged, one traceback in the log, retries backed off; the controller keeps
   running, and once the fault clears the rollout is promoted with no step started twice.
 - In-process, with an injected clock: the same error again writes nothing and backs off 1, 2, 4,
-  8 s; a different error is a second Event; a clean reconcile resumes. A metric provider raising
+  8 s; a different error is a second Event; a clean reconcile resumes. An error after the step
+  was written (the router refuses ``set_routes``) holds without a Resumed/ReconcileError pair and a
+  status write per retry (``Observations.edge_error``). A metric provider raising
   ``IndexError`` is a measurement in phase Error (Paused/MetricsUnavailable, then rolled back past
   ``errorLimit``), never an exception out of the reconcile.
 - Two ModelRollouts on one service: the later one waits (Paused/ServiceBusy naming the other) and
@@ -59,11 +61,14 @@ class FlakyRouter:
     def __init__(self, inner: TrafficRouter, fault_file: Path | None = None) -> None:
         self.inner, self.fault_file = inner, fault_file
         self.fault: Exception | None = None
+        self.set_fault: Exception | None = None  # raised by set_routes: after the state was written
 
     def ensure(self, target: RouteTarget) -> None:
         self.inner.ensure(target)
 
     def set_routes(self, routes: Routes) -> None:
+        if self.set_fault is not None:
+            raise self.set_fault
         self.inner.set_routes(routes)
 
     def get_routes(self) -> Routes:
@@ -242,6 +247,46 @@ def test_the_same_error_writes_nothing_and_backs_off_and_a_clean_reconcile_resum
     assert vs_weights(kube, ns) == {"stable": 80, "candidate": 20}
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert [r.exc_info[0] for r in tracebacks if r.exc_info] == [KeyError, IndexError]
+
+
+@pytest.mark.k8s
+def test_an_error_after_the_state_was_written_holds_without_flapping(
+    kube: KubeClient, k8s_namespace: str
+) -> None:
+    """The error comes after the engine's step was persisted (the router refuses ``set_routes``):
+    each retry steps again, but the rollout stays held - one ReconcileError, no Resumed per retry,
+    no status write per retry - until a reconcile goes all the way through."""
+    ns, name = k8s_namespace, "iris"
+    isvc(kube, ns, "iris-stable")
+    isvc(kube, ns, "iris-candidate")
+    kube.create(MODEL_ROLLOUT, ns, rollout(name, [{"setWeight": 20}, {"pause": {}}, {"setWeight": 100}]))
+    routers: list[FlakyRouter] = []
+
+    def factory(spec: RolloutSpec, namespace: str, client: KubeClient) -> TrafficRouter:
+        routers.append(FlakyRouter(default_router(spec, namespace, client)))
+        routers[-1].set_fault = KeyError("weights")
+        return routers[-1]
+
+    clock = Clock()
+    rec = Reconciler(kube, _no_metrics, router_factory=factory, clock=clock)
+    for _ in range(5):
+        with pytest.raises(HeldError):
+            rec.reconcile(ns, name)
+        clock.now += 1
+        if _ == 1:
+            held = status(kube, ns, name)
+    st = status(kube, ns, name)
+    assert (st["phase"], st["reason"]) == ("Paused", "ReconcileError") and st["revision"] == held["revision"]
+    assert len(_events(kube, ns, name, "ReconcileError")) == 1
+    assert _reasons(st, "Resumed") == [] and vs_weights(kube, ns) == {"stable": 100, "candidate": 0}
+    routers[-1].set_fault = None
+    for _ in range(2):  # one reconcile goes through; the next one resumes
+        state = rec.reconcile(ns, name)
+    assert state is not None and (state.phase.value, state.reason) == ("Paused", "WaitingForPromotion")
+    assert vs_weights(kube, ns) == {"stable": 80, "candidate": 20}
+    st = status(kube, ns, name)
+    assert len(_reasons(st, "ReconcileError")) == 1
+    _steps_started_once(st)
 
 
 class BrokenProvider:
