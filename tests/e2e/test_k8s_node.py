@@ -2,8 +2,8 @@
 built here (tests/k8s/images.py) becomes Running and Ready through a real readiness probe, a
 ClusterIP Service answers through kube-proxy's iptables rules inside the node's network namespace,
 the ReplicaSet replaces a deleted pod, pods reach the API server through the ``kubernetes``
-Service, and stopping a node leaves no process, mount, network namespace, interface, iptables rule
-or cgroup behind."""
+Service, and a node changes no kernel setting of the host's and leaves no process, mount, network
+namespace, interface, iptables rule or cgroup behind."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from kubernetes import client
 
 from tests.k8s import footprint
 from tests.k8s import node as nodekit
+from tests.k8s.node_config import KUBELET_SYSCTLS
 
 pytestmark = pytest.mark.k8s
 
@@ -215,9 +216,21 @@ def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(
 def _host_state() -> dict[str, Any]:
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
     nat = subprocess.run(["iptables", "-t", "nat", "-S"], capture_output=True, text=True).stdout
+    # Kernel settings are not per namespace (or, for net.*, these are the host's): the kubelet
+    # would set KUBELET_SYSCTLS, kube-proxy the conntrack limits.
+    keys = [
+        *KUBELET_SYSCTLS,
+        "net/ipv4/ip_forward",
+        "net/bridge/bridge-nf-call-iptables",
+        "net/netfilter/nf_conntrack_max",
+    ]
+    sysctls = {
+        k: (Path("/proc/sys") / k).read_text().strip() for k in keys if (Path("/proc/sys") / k).exists()
+    }
     return {
         "links": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines()},
         "kube_rules": [r for r in nat.splitlines() if "KUBE" in r or "10.244." in r or "10.96." in r],
+        "sysctls": sysctls,
     }
 
 
@@ -255,7 +268,7 @@ def test_stopping_a_node_leaves_nothing_behind(tmp_path: Path) -> None:
         assert "cni0" in node_links and "veth" in node_links
         assert "KUBE-SERVICES" in node.run("iptables", "-t", "nat", "-S").stdout
         during = _host_state()
-        assert during == before, "the host's network namespace changed while the node ran"
+        assert during == before, "the host's network namespace or kernel settings changed while the node ran"
         rundir, name = node.rundir, node.name
     finally:
         node.stop()

@@ -26,8 +26,10 @@ All cluster networking is in a network namespace the harness creates, never in t
   --propagation slave``, joined with ``nsenter``): every mount they make (overlay rootfs, shm,
   pod netns, volumes) exists only there and vanishes with them; ``/run``, ``/var/lib`` and
   ``/var/log`` are fresh tmpfs there, so shim sockets, libcni's cache and ``/var/log/containers``
-  never reach the host. All else is under the run directory ``/tmp/brnode-<id>`` (containerd's
-  root, state and socket, runc's state, the kubelet's root dir and pod logs, CNI config and IPAM).
+  never reach the host; the kernel settings the kubelet would set (not per namespace) are files
+  bind-mounted over /proc/sys there, already holding its values. All else is under the run
+  directory ``/tmp/brnode-<id>`` (containerd's root, state and socket, runc's state, the
+  kubelet's root dir and pod logs, CNI config and IPAM).
 - Every process of the node (shims and containers too) is in the cgroup ``/brnode-<id>``;
   ``stop()`` ends them by those pids, deletes the netns (the bridge, veths and iptables rules go
   with it), the cgroups and the run directory (footprint.py, which also reaps the leftovers of a
@@ -63,6 +65,7 @@ from tests.k8s.images import BUSYBOX, Image, busybox_images
 from tests.k8s.node_config import (
     CNI_BIN,
     CNI_PLUGINS,
+    KUBELET_SYSCTLS,
     NODE_GATEWAY,
     NODE_IP,
     NODE_NAME,
@@ -301,17 +304,23 @@ def _start_components(node: Node, timeout: float) -> None:
     ])  # fmt: skip
 
     # containerd: in the node netns, and in a mount namespace of its own (a slave of the host's)
-    # where /run, /var/lib and /var/log are fresh tmpfs; the kubelet and kube-proxy join both.
+    # where /run, /var/lib and /var/log are fresh tmpfs and the kernel settings the kubelet would
+    # change read as it wants them (node_config.KUBELET_SYSCTLS); the kubelet and kube-proxy join.
     (r / "cni" / "net.d" / "10-bento-rollout.conflist").write_text(json.dumps(cni_config(r), indent=2))
     config = r / "containerd" / "config.toml"
     config.write_text(containerd_config(r, node.images["pause"].ref))
-    tmpfs = " && ".join(
+    setup = [
         f"mount -t tmpfs -o mode=0755,size=64m {node.name} {d}" for d in ("/run", "/var/lib", "/var/log")
-    )
+    ]
+    (r / "sysctl").mkdir(exist_ok=True)
+    for key, value in KUBELET_SYSCTLS.items():
+        shown = r / "sysctl" / key.replace("/", ".")
+        shown.write_text(f"{value}\n")
+        setup.append(f"mount --bind {shown} /proc/sys/{key}")
     node._spawn(
         "containerd",
         node.nsenter("unshare", "--mount", "--propagation", "slave", "--",
-                     "sh", "-c", f'{tmpfs} && exec containerd --config "$1"', "sh", str(config)),
+                     "sh", "-c", f'{" && ".join(setup)} && exec containerd --config "$1"', "sh", str(config)),
         env={**os.environ, "TMPDIR": str(r / "tmp")},
     )  # fmt: skip
     _wait_for(lambda: node.ctr("version"), "containerd", timeout, node.check_alive)

@@ -24,6 +24,17 @@ POD_SUBNET = "10.244.0.0/24"
 POD_GATEWAY = "10.244.0.1"  # cni0
 CNI_BIN = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 CNI_PLUGINS = ("bridge", "host-local", "loopback")
+# The kernel settings the kubelet wants (pkg/kubelet/cm setupKernelTunables) and would write into
+# the machine's kernel, which is not per namespace: the node's mount namespace shows it these
+# values in files bind-mounted over /proc/sys/..., so it finds them set and writes nothing.
+KUBELET_SYSCTLS = {
+    "vm/overcommit_memory": 1,
+    "vm/panic_on_oom": 0,
+    "kernel/panic": 10,
+    "kernel/panic_on_oops": 1,
+    "kernel/keys/root_maxkeys": 1000000,
+    "kernel/keys/root_maxbytes": 25000000,
+}
 
 
 def kubeconfig(path: Path, server: str, pki: Path, user: str) -> Path:
