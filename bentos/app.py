@@ -118,7 +118,11 @@ class Served:
                     {"name": "predictions", "datatype": "BYTES", "shape": [-1]},
                     {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(self.class_names)]},
                 ],
-                "parameters": {"feature_names": meta.feature_names, "class_names": self.class_names},
+                "parameters": {
+                    "feature_names": meta.feature_names,
+                    "class_names": self.class_names,
+                    "digest": loaded.record.digest,
+                },
             }
         )
 

@@ -5,6 +5,8 @@
 Stable, candidate and shadow servers are this same code with different tags. Environment:
 
     BENTO_MODEL_TAG        the model to serve (default iris:v1); refused if its artifact hash is wrong
+    BENTO_MODEL_DIGEST     sha256:<64 hex>: refuse any artifact but this one, whatever the model store
+                           records (the pin of a ModelRollout or of the chart's values); unset: none
     BENTO_WORKERS          worker processes (default 1)
     BENTO_MAX_BATCH        rows per request (default 1000); more is a 422
     BENTO_MAX_BODY_BYTES   request body size (default 1 MiB); more is a 413
@@ -41,6 +43,7 @@ from rollout.registry import get_record, load_model, verify_artifact
 logger = logging.getLogger("bentos.service")
 
 MODEL_TAG_ENV = "BENTO_MODEL_TAG"
+MODEL_DIGEST_ENV = "BENTO_MODEL_DIGEST"
 DEFAULT_MODEL_TAG = "iris:v1"
 WORKERS = int(os.environ.get("BENTO_WORKERS", "1"))
 LIMITS = Limits(
@@ -105,8 +108,9 @@ if server_context.worker_index is not None:
         _accept_one_connection_per_wakeup()
 elif os.environ.get(MODEL_TAG_ENV):
     # in `bentoml serve`'s supervisor: fail fast, before any worker starts, on a missing or
-    # tampered model (workers would otherwise be restarted over and over)
-    verify_artifact(get_record(os.environ[MODEL_TAG_ENV]))
+    # tampered model or one that is not the pinned artifact (workers would otherwise be restarted
+    # over and over); the error names both digests and the server never becomes ready
+    verify_artifact(get_record(os.environ[MODEL_TAG_ENV]), os.environ.get(MODEL_DIGEST_ENV))
 
 APP = ModelApp(LIMITS)
 
@@ -127,7 +131,7 @@ class ModelService:
     def __init__(self) -> None:
         tag = os.environ.get(MODEL_TAG_ENV) or DEFAULT_MODEL_TAG
         metrics_dir = use_server_metrics_dir()
-        loaded = load_model(tag)
+        loaded = load_model(tag, os.environ.get(MODEL_DIGEST_ENV))  # checked again: what is unpickled
         # our parser rejects NaN/inf before predict, so skip sklearn's own finiteness scan
         sklearn.set_config(assume_finite=True)
         self.feedback = FeedbackStore(
@@ -148,9 +152,11 @@ class ModelService:
         if os.environ.get("BENTO_GC_LOG"):
             _log_gc_pauses()
         logger.info(
-            "serving %s (%s) from worker %s",
+            "serving %s (%s, %s%s) from worker %s",
             tag,
             loaded.record.metadata.estimator,
+            loaded.record.digest,
+            ", pinned" if os.environ.get(MODEL_DIGEST_ENV) else "",
             server_context.worker_index,
         )
 

@@ -2,9 +2,20 @@
 
 Training (``bentos/train.py``) writes a model as one pickled artifact plus the metadata described by
 :class:`ModelMetadata`; the model service (``bentos/service.py``) loads it with :func:`load_model`,
-which verifies the artifact's sha256 *before* unpickling it and refuses a tampered file with
+which verifies the artifact's sha256 *before* unpickling it (the bytes it hashed are the bytes it
+unpickles: no second read a rewrite could slip into) and refuses a bad file with
 :class:`~rollout.errors.ModelIntegrityError`; ``rollout gate`` (``rollout/cli/models.py``) compares
 two models' holdout metrics with :func:`gate`.
+
+Two checks, for two threats:
+
+- **the recorded digest** (``artifact_sha256`` in the store's metadata, written at training) finds
+  a corrupted or half-written file. It is no defence against tampering: whoever can rewrite the
+  artifact can rewrite the metadata beside it;
+- **a pinned digest** (``sha256:<hex>``, the ModelRollout's ``stable.digest`` / ``candidate.digest``
+  or the chart's ``models.stableDigest`` / ``candidateDigest``, handed to the server as
+  ``BENTO_MODEL_DIGEST``) comes from outside the store, so an artifact rewritten together with its
+  recorded digest is still refused. ``rollout models`` shows each model's digest to pin.
 
 The store is BentoML's: ``$BENTOML_HOME/models`` (the Makefile points BENTOML_HOME at
 ``.cache/bentoml``). Tags are ``name:version``, e.g. ``iris:v1``.
@@ -14,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +34,8 @@ from rollout.errors import ModelError, ModelIntegrityError, ModelNotFoundError, 
 
 ARTIFACT_FILE = "model.pkl"
 METADATA_SCHEMA = 1
+DIGEST_PREFIX = "sha256:"
+DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")  # rollout.spec.MODEL_DIGEST
 
 
 @dataclass(frozen=True)
@@ -79,19 +93,16 @@ class ModelRecord:
     def artifact_path(self) -> Path:
         return self.path / ARTIFACT_FILE
 
+    @property
+    def digest(self) -> str:
+        """The digest recorded at training, as a pin is written: ``sha256:<64 hex>``."""
+        return f"{DIGEST_PREFIX}{self.metadata.artifact_sha256}"
+
 
 @dataclass(frozen=True)
 class LoadedModel:
     record: ModelRecord
     estimator: Any
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_tag(tag: str) -> tuple[str, str]:
@@ -142,26 +153,65 @@ def list_records(name: str | None = None) -> list[ModelRecord]:
     return sorted(records, key=lambda r: r.tag)
 
 
-def verify_artifact(record: ModelRecord) -> None:
-    """Raise ModelIntegrityError unless the artifact's sha256 is the one recorded at training."""
-    path = record.artifact_path
-    if not path.is_file():
-        raise ModelIntegrityError(f"model {record.tag}: artifact {path} is missing; retrain the model")
-    actual = sha256_file(path)
-    if actual != record.metadata.artifact_sha256:
-        raise ModelIntegrityError(
-            f"model {record.tag}: artifact {path} has sha256 {actual[:16]}…, but training recorded "
-            f"{record.metadata.artifact_sha256[:16]}…; the file was modified — refusing to load it "
-            "(delete the model and retrain it)"
+def check_digest(pinned: str | None) -> str | None:
+    """``pinned`` as given, None for none (unset or empty); UsageError unless ``sha256:<64 hex>``."""
+    if not pinned:
+        return None
+    if not DIGEST_RE.match(pinned):
+        raise UsageError(
+            f"model digest {pinned!r} must be sha256: and 64 lowercase hex digits, as `rollout models` shows it"
         )
+    return pinned
 
 
-def load_model(tag: str) -> LoadedModel:
-    """Load the estimator for ``tag`` after checking its artifact hash (never unpickles a bad file)."""
+def verify_bytes(record: ModelRecord, blob: bytes, pinned: str | None = None) -> str:
+    """The artifact's digest (``sha256:<hex>``) if ``blob`` is the one to load; else ModelIntegrityError.
+
+    With ``pinned``, the artifact must have exactly that digest, whatever the store records (a
+    rewrite of the artifact and of its recorded digest together is refused); the recorded digest is
+    checked as well, as a corruption check."""
+    pinned = check_digest(pinned)
+    actual = DIGEST_PREFIX + hashlib.sha256(blob).hexdigest()
+    if pinned is not None and actual != pinned:
+        raise ModelIntegrityError(
+            f"model {record.tag}: artifact {record.artifact_path} has digest {actual}, but the pinned "
+            f"digest is {pinned}; refusing to serve it (the model store holds another artifact under "
+            "this tag: restore the pinned one, or pin the new digest if it was meant)"
+        )
+    if actual != record.digest:
+        raise ModelIntegrityError(
+            f"model {record.tag}: artifact {record.artifact_path} has digest {actual}, but training "
+            f"recorded {record.digest}; the file was modified — refusing to load it (delete the model "
+            "and retrain it)"
+        )
+    return actual
+
+
+def _read_artifact(record: ModelRecord) -> bytes:
+    path = record.artifact_path
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ModelIntegrityError(
+            f"model {record.tag}: artifact {path} is missing; retrain the model"
+        ) from None
+    except OSError as exc:
+        raise ModelIntegrityError(f"model {record.tag}: cannot read artifact {path}: {exc}") from None
+
+
+def verify_artifact(record: ModelRecord, pinned: str | None = None) -> str:
+    """The artifact's digest if it is the one recorded at training and, with ``pinned``, the pinned
+    one; ModelIntegrityError otherwise (see :func:`verify_bytes`)."""
+    return verify_bytes(record, _read_artifact(record), pinned)
+
+
+def load_model(tag: str, pinned: str | None = None) -> LoadedModel:
+    """Load the estimator for ``tag`` after checking its artifact's digest (and the ``pinned`` one):
+    the bytes hashed are the bytes unpickled, so a bad file is never unpickled."""
     record = get_record(tag)
-    verify_artifact(record)
-    with record.artifact_path.open("rb") as fh:
-        estimator = pickle.load(fh)
+    blob = _read_artifact(record)
+    verify_bytes(record, blob, pinned)
+    estimator = pickle.loads(blob)
     return LoadedModel(record=record, estimator=estimator)
 
 

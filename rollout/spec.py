@@ -77,6 +77,7 @@ Percent = Annotated[int, Field(ge=0, le=100)]
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 MODEL_TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}(:[A-Za-z0-9_.-]{1,128})?$"
 HEADER_NAME = r"^[A-Za-z0-9-]{1,64}$"
+MODEL_DIGEST = r"^sha256:[a-f0-9]{64}$"
 
 
 class _Model(BaseModel):
@@ -97,9 +98,17 @@ def _exactly_one(model: BaseModel, names: list[str], what: str) -> None:
 
 
 class ModelRef(_Model):
-    """A model version: a BentoML model store tag such as ``iris_clf:good``."""
+    """A model version: a BentoML model store tag such as ``iris_clf:good``, optionally pinned to its artifact's digest."""
+
+    # digest: what `rollout models` shows; the model server (bentos/service.py) refuses any other
+    # artifact under the tag, whoever rewrote the model store (rollout/registry.py)
 
     model: str = Field(pattern=MODEL_TAG, description="BentoML model tag, name:version")
+    digest: str | None = Field(
+        default=None,
+        pattern=MODEL_DIGEST,
+        description="sha256:<64 hex> of the model artifact; the server refuses any other artifact",
+    )
     replicas: int = Field(default=1, ge=0, le=100)
 
 

@@ -1,7 +1,11 @@
-"""``rollout train`` and ``rollout gate``: the model-registry commands.
+"""``rollout train``, ``rollout models`` and ``rollout gate``: the model-registry commands.
 
 ``rollout train [--all | NAME...]`` trains the iris variants into BentoML's model store (the same
-code as ``python -m bentos.train``); ``rollout gate CANDIDATE --against STABLE`` is the CI check for
+code as ``python -m bentos.train``); both it and ``rollout models [NAME]`` show each model's artifact
+digest (``sha256:<64 hex>``), the value to pin as a ModelRollout's ``stable.digest`` /
+``candidate.digest`` or the chart's ``models.stableDigest`` / ``candidateDigest``. ``rollout models
+--verify`` also hashes every artifact and marks those that do not match what training recorded
+(exit 1). ``rollout gate CANDIDATE --against STABLE`` is the CI check for
 new training code: it exits 3 (GateFailedError) with the reason when the candidate's holdout
 accuracy or macro F1 is below the stable model's by more than ``--tolerance``. Registered by
 ``rollout/cli/main.py`` through COMMAND_MODULES.
@@ -13,7 +17,7 @@ import json
 
 import click
 
-from rollout.errors import GateFailedError, UsageError
+from rollout.errors import GateFailedError, ModelError, UsageError
 
 
 @click.command("train")
@@ -34,8 +38,50 @@ def train_command(names: tuple[str, ...], all_: bool, force: bool) -> None:
         state = "up to date" if result.skipped else "trained"
         click.echo(
             f"{result.tag:16} {state:10} accuracy={meta.holdout_accuracy:.4f} "
-            f"f1={meta.holdout_f1_macro:.4f} sha256={meta.artifact_sha256[:12]}"
+            f"f1={meta.holdout_f1_macro:.4f} digest=sha256:{meta.artifact_sha256}"
         )
+
+
+@click.command("models")
+@click.argument("name", required=False)
+@click.option("--verify", is_flag=True, help="Hash every artifact too; exit 1 if one was modified.")
+@click.option("--json", "as_json", is_flag=True, help="Print the models as JSON.")
+def models_command(name: str | None, verify: bool, as_json: bool) -> None:
+    """List the models in the store (optionally only NAME's) with the artifact digest to pin."""
+    from bentos.train import default_bentoml_home
+    from rollout.errors import ModelIntegrityError
+    from rollout.registry import list_records, verify_artifact
+
+    default_bentoml_home()
+    rows: list[dict[str, object]] = []
+    lines: list[str] = []
+    bad: list[str] = []
+    for record in list_records(name):
+        meta = record.metadata
+        row: dict[str, object] = {
+            "tag": record.tag,
+            "estimator": meta.estimator,
+            "holdoutAccuracy": meta.holdout_accuracy,
+            "digest": record.digest,
+        }
+        mark = ""
+        if verify:
+            try:
+                verify_artifact(record)
+                row["verified"], mark = True, "  verified"
+            except ModelIntegrityError as exc:
+                row["verified"], mark = False, "  MODIFIED"
+                bad.append(str(exc))
+        rows.append(row)
+        lines.append(
+            f"{record.tag:16} {meta.estimator:24} accuracy={meta.holdout_accuracy:.4f} {record.digest}{mark}"
+        )
+    if as_json:
+        click.echo(json.dumps(rows))
+    else:
+        click.echo("\n".join(lines) or "no models in the store; train them with `rollout train --all`")
+    if bad:
+        raise ModelError("; ".join(bad))
 
 
 @click.command("gate")
@@ -78,4 +124,5 @@ def gate_command(candidate: str, stable: str, tolerance: float, as_json: bool) -
 
 def register(cli: click.Group) -> None:
     cli.add_command(train_command)
+    cli.add_command(models_command)
     cli.add_command(gate_command)

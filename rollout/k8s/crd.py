@@ -99,7 +99,12 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
 
 # The longest string each spec pattern can match, stated as maxLength: the API server estimates
 # the cost of CEL rules from it (an unbounded string makes a rule over a list too expensive).
-_PATTERN_MAX_LENGTH = {spec.DNS_LABEL: 63, spec.MODEL_TAG: 63 + 1 + 128, spec.HEADER_NAME: 64}
+_PATTERN_MAX_LENGTH = {
+    spec.DNS_LABEL: 63,
+    spec.MODEL_TAG: 63 + 1 + 128,
+    spec.HEADER_NAME: 64,
+    spec.MODEL_DIGEST: len("sha256:") + 64,
+}
 
 # list fields whose items are keyed by ``name``: the API server then rejects duplicates itself
 _MAP_LISTS = {("AnalysisSpec", "metrics")}

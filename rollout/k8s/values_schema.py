@@ -90,6 +90,11 @@ def _enabled(description: str, **props: Any) -> dict[str, Any]:
 def values_schema() -> dict[str, Any]:
     model_ref = spec.ModelRef.model_json_schema(by_alias=True)["properties"]["model"]
     tag = {"type": "string", "pattern": model_ref["pattern"], "description": model_ref["description"]}
+    digest = _str(
+        "sha256:<64 hex> of the model's artifact (ModelRollout stable.digest / candidate.digest); "
+        "empty: not pinned",
+        pattern=f"({spec.MODEL_DIGEST})|^$",
+    )
     rollout_spec = _spec_part(spec.RolloutSpec)
     defs = rollout_spec.pop("$defs")
     pct = _int("percent", 0, 100)
@@ -117,9 +122,15 @@ def values_schema() -> dict[str, Any]:
                 "image": _image("the Bento image (bentoml containerize of the root bentofile.yaml)"),
                 "imagePullSecrets": {"type": "array", "items": _obj({"name": _str("secret name")}, ["name"])},
                 "models": _obj(
-                    {"stable": tag, "candidate": {**tag, "pattern": f"({tag['pattern']})|^$"}},
+                    {
+                        "stable": tag,
+                        "candidate": {**tag, "pattern": f"({tag['pattern']})|^$"},
+                        "stableDigest": digest,
+                        "candidateDigest": digest,
+                    },
                     ["stable"],
-                    "BentoML model tags; an empty candidate deploys stable only",
+                    "BentoML model tags; an empty candidate deploys stable only. A digest pins the "
+                    "model's artifact (`rollout models` shows it): the server refuses any other",
                 ),
                 "replicas": _obj(
                     {"min": _int("minimum replicas", 0, 100), "max": _int("maximum replicas", 1, 100)}

@@ -16,7 +16,7 @@ from bentos.train import fit_variant, train_many
 from bentos.variants import VARIANTS
 from rollout.cli.main import cli
 from rollout.errors import GateFailedError, ModelIntegrityError, ModelNotFoundError, UsageError
-from rollout.registry import compare, gate, get_record, list_records, load_model, parse_tag
+from rollout.registry import compare, gate, get_record, list_records, load_model, parse_tag, verify_artifact
 
 
 @pytest.fixture(scope="module")
@@ -187,3 +187,99 @@ def test_cli_gate_exit_codes(store: Path) -> None:
 def test_cli_train_requires_names_or_all() -> None:
     result = CliRunner().invoke(cli, ["train"])
     assert result.exit_code == 2
+
+
+# --- pinned digests: a rewrite of the artifact *and* of the store's recorded digest ------------
+
+
+def rewrite_store(record_path: Path, blob: bytes) -> str:
+    """Replace a stored model's artifact with ``blob`` and its recorded digest with blob's, as
+    someone who can write the model store would: the store is consistent again. Returns the new
+    digest."""
+    import hashlib
+
+    import yaml
+
+    (record_path / "model.pkl").write_bytes(blob)
+    info_path = record_path / "model.yaml"
+    info = yaml.safe_load(info_path.read_text())
+    new = hashlib.sha256(blob).hexdigest()
+    info["metadata"]["artifact_sha256"] = new
+    info_path.write_text(yaml.safe_dump(info))
+    return "sha256:" + new
+
+
+def test_a_pinned_digest_refuses_an_artifact_rewritten_with_the_stores_digest(store: Path) -> None:
+    original = get_record("iris:v2")
+    pinned = original.digest
+    assert load_model("iris:v2", pinned).record.digest == pinned  # the right pin loads
+    swapped = get_record("iris:poisoned").artifact_path.read_bytes()
+    new = rewrite_store(original.path, swapped)
+    try:
+        assert get_record("iris:v2").digest == new  # the store agrees with itself again ...
+        assert load_model("iris:v2").estimator is not None  # ... so the recorded digest alone lets it in
+        with pytest.raises(ModelIntegrityError) as refused:  # the pin does not
+            load_model("iris:v2", pinned)
+        assert new in str(refused.value) and pinned in str(refused.value)
+        with pytest.raises(ModelIntegrityError, match="pinned"):
+            verify_artifact(get_record("iris:v2"), pinned)
+    finally:
+        train_many(["v2"], force=True)
+    assert get_record("iris:v2").digest == pinned  # training is reproducible: the same digest
+
+
+def test_the_recorded_digest_is_still_checked_beside_a_matching_pin(store: Path) -> None:
+    """The store's digest stays a corruption check: artifact and recorded digest must agree too."""
+    record = get_record("iris:v1")
+    info = (record.path / "model.yaml").read_text()
+    (record.path / "model.yaml").write_text(info.replace(record.metadata.artifact_sha256, "f" * 64))
+    try:
+        with pytest.raises(ModelIntegrityError, match="training recorded"):
+            load_model("iris:v1", record.digest)
+    finally:
+        (record.path / "model.yaml").write_text(info)
+    assert load_model("iris:v1", record.digest).record.digest == record.digest
+
+
+@pytest.mark.parametrize("bad", ["abc", "sha256:" + "A" * 64, "sha256:" + "a" * 63, "md5:" + "a" * 32])
+def test_a_malformed_pin_is_a_usage_error(store: Path, bad: str) -> None:
+    with pytest.raises(UsageError, match="sha256"):
+        load_model("iris:v1", bad)
+
+
+def test_cli_models_shows_the_digest_to_pin_and_verify_finds_a_modified_artifact(store: Path) -> None:
+    import json
+
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["models", "--json"])
+    assert listed.exit_code == 0, listed.output
+    digests = {row["tag"]: row["digest"] for row in json.loads(listed.output)}
+    assert digests == {r.tag: r.digest for r in list_records("iris")}
+    assert all(len(d) == len("sha256:") + 64 for d in digests.values())
+    text = runner.invoke(cli, ["models", "iris"])
+    assert digests["iris:v1"] in text.output
+    record = get_record("iris:v1")
+    blob = record.artifact_path.read_bytes()
+    record.artifact_path.write_bytes(blob + b"\0")
+    try:
+        verified = runner.invoke(cli, ["models", "--verify"])
+        assert verified.exit_code == 1
+        line = next(x for x in verified.output.splitlines() if x.startswith("iris:v1 "))
+        assert line.endswith("MODIFIED")
+        assert "iris:v2" in verified.output and "verified" in verified.output
+    finally:
+        record.artifact_path.write_bytes(blob)
+
+
+def test_a_rollout_spec_pins_digests_and_refuses_a_malformed_one() -> None:
+    from rollout.errors import SpecError
+    from rollout.spec import load_rollout, parse_rollout
+
+    good = Path(__file__).resolve().parents[2] / "rollout" / "demo" / "specs" / "canary-good.yaml"
+    doc = load_rollout(good).model_dump(by_alias=True, mode="json", exclude_none=True)
+    assert doc["spec"]["stable"].get("digest") is None  # optional: no pin by default
+    doc["spec"]["stable"]["digest"] = "sha256:" + "a" * 64
+    assert parse_rollout(doc).spec.stable.digest == "sha256:" + "a" * 64
+    doc["spec"]["candidate"]["digest"] = "a" * 64  # no algorithm: refused, naming the field
+    with pytest.raises(SpecError, match=r"spec\.candidate\.digest"):
+        parse_rollout(doc)
