@@ -205,6 +205,45 @@ def test_loadtest_job_mounts_the_locustfile_and_is_bounded(home: Path) -> None:
     assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 900
 
 
+PIN_A, PIN_B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+def model_env(isvc: dict[str, Any]) -> dict[str, str]:
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"]}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_pinned_digests_reach_each_predictor_and_the_model_rollout(home: Path, mode: str) -> None:
+    values = {
+        "routing.mode": mode,
+        "rollout.enabled": True,
+        "models.stableDigest": PIN_A,
+        "models.candidateDigest": PIN_B,
+    }
+    kinds = by_kind(template(home, values))
+    served = {
+        model_env(i)["BENTO_MODEL_TAG"]: model_env(i).get("BENTO_MODEL_DIGEST")
+        for i in kinds["InferenceService"]
+    }
+    # kserve: one object whose latest revision is the candidate (stable's revision keeps its own env)
+    assert served == ({"iris:v2": PIN_B} if mode == "kserve" else {"iris:v1": PIN_A, "iris:v2": PIN_B})
+    (rollout,) = kinds["ModelRollout"]
+    assert rollout["spec"]["stable"] == {"model": "iris:v1", "digest": PIN_A}
+    assert rollout["spec"]["candidate"] == {"model": "iris:v2", "digest": PIN_B}
+    # the rendered ModelRollout is one the CLI and the controller accept
+    from rollout.spec import RolloutSpec
+
+    assert RolloutSpec.model_validate(rollout["spec"]).candidate.digest == PIN_B
+
+
+def test_no_pin_sets_no_digest(home: Path) -> None:
+    kinds = by_kind(template(home, {"routing.mode": "istio", "rollout.enabled": True}))
+    assert all("BENTO_MODEL_DIGEST" not in model_env(i) for i in kinds["InferenceService"])
+    (rollout,) = kinds["ModelRollout"]
+    assert "digest" not in rollout["spec"]["stable"] and "digest" not in rollout["spec"]["candidate"]
+
+
 BAD_VALUES = [
     ({"routing.mode": "nginx"}, ["routing", "mode"]),
     ({"routing.candidateWeight": 150}, ["candidateWeight", "100"]),
@@ -219,6 +258,9 @@ BAD_VALUES = [
     ({"controller.leaderElection.enabled": False}, ["needs controller.leaderElection.enabled=true"]),
     ({"monitoring.kind": "ServiceMonitor"}, ["ServiceMonitor needs routing.mode istio or gateway-api"]),
     ({"loadtest.enabled": True, "loadtest.locustfile": "missing.py"}, ['"missing.py" is not in loadtests/']),
+    ({"models.stableDigest": "sha256:abc"}, ["models/stableDigest"]),
+    ({"models.candidateDigest": "a" * 64}, ["models/candidateDigest"]),
+    ({"models.candidate": "", "models.candidateDigest": PIN_B}, ["models.candidateDigest pins a candidate"]),
 ]
 
 

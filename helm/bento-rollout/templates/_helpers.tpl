@@ -99,10 +99,17 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{/* The pinned artifact digest of a role ("stable" / "candidate"; "" when not pinned). */}}
+{{- define "bento-rollout.modelDigest" -}}
+{{- $root := index . 0 -}}{{- $role := index . 1 -}}
+{{- index $root.Values.models (printf "%sDigest" $role) | default "" -}}
+{{- end -}}
+
 {{/* The predictor of one InferenceService: the Bento image serving one model tag. Args: root, role, tag. */}}
 {{- define "bento-rollout.predictor" -}}
 {{- $root := index . 0 -}}{{- $role := index . 1 -}}{{- $tag := index . 2 -}}
 {{- $v := $root.Values -}}
+{{- $digest := include "bento-rollout.modelDigest" (list $root $role) -}}
 minReplicas: {{ $v.replicas.min }}
 maxReplicas: {{ $v.replicas.max }}
 labels:
@@ -129,6 +136,11 @@ containers:
     env:
       - name: BENTO_MODEL_TAG
         value: {{ $tag | quote }}
+      {{- if $digest }}
+      # the server refuses any artifact but this one (models.{{ $role }}Digest)
+      - name: BENTO_MODEL_DIGEST
+        value: {{ $digest | quote }}
+      {{- end }}
       - name: TMPDIR
         value: /tmp
       - name: XDG_CACHE_HOME

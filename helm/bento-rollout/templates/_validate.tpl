@@ -14,6 +14,9 @@
 {{- if and (or $v.routing.mirror.enabled $v.routing.headerMatch.enabled) (not $v.models.candidate) -}}
 {{- fail "routing.mirror and routing.headerMatch send traffic to the candidate: set models.candidate" -}}
 {{- end -}}
+{{- if and $v.models.candidateDigest (not $v.models.candidate) -}}
+{{- fail "models.candidateDigest pins a candidate, but models.candidate is empty: set models.candidate or clear the digest" -}}
+{{- end -}}
 {{- if and $v.rollout.enabled (not $v.models.candidate) -}}
 {{- fail "rollout.enabled needs models.candidate: a ModelRollout moves traffic from stable to a candidate" -}}
 {{- end -}}
