@@ -26,9 +26,11 @@ import httpx
 import psutil
 
 from rollout.errors import ProcessError
+from rollout.registry import check_digest
 
 LOOPBACK = "127.0.0.1"
 SERVICE = "bentos.service:ModelService"
+MODEL_DIGEST_ENV = "BENTO_MODEL_DIGEST"  # bentos/service.py reads it
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -41,8 +43,13 @@ def bento_server_command(
     workers: int = 1,
     extra_env: dict[str, str] | None = None,
     bentoml_home: Path | str | None = None,
+    digest: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """The argv and full environment of ``bentoml serve`` for ``model_tag`` on 127.0.0.1:``port``."""
+    """The argv and full environment of ``bentoml serve`` for ``model_tag`` on 127.0.0.1:``port``.
+
+    ``digest`` (``sha256:<hex>``, a ModelRollout's ``stable.digest`` / ``candidate.digest``) pins
+    the artifact: the server refuses to start on any other (BENTO_MODEL_DIGEST). Without it no pin
+    is set, not even one inherited from this process's environment (the variable is empty)."""
     bentoml = Path(sys.executable).with_name("bentoml")
     argv = [
         str(bentoml) if bentoml.exists() else "bentoml",
@@ -67,6 +74,8 @@ def bento_server_command(
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
         }
     )
+    # set even when empty (no pin): supervisors merge this over their own environment
+    env[MODEL_DIGEST_ENV] = check_digest(digest) or ""
     if bentoml_home is not None:
         env["BENTOML_HOME"] = str(bentoml_home)
     env.setdefault("BENTOML_HOME", str(REPO_ROOT / ".cache" / "bentoml"))
@@ -165,9 +174,11 @@ def start_bento_server(
     log_path: Path | None = None,
     wait: bool = True,
     timeout: float = 120.0,
+    digest: str | None = None,
 ) -> BentoServer:
-    """Start ``bentoml serve`` for ``model_tag`` on 127.0.0.1:``port``; waits until ready unless told."""
-    argv, env = bento_server_command(model_tag, port, workers, extra_env, bentoml_home)
+    """Start ``bentoml serve`` for ``model_tag`` on 127.0.0.1:``port``; waits until ready unless told.
+    ``digest``: the pinned artifact digest (see :func:`bento_server_command`)."""
+    argv, env = bento_server_command(model_tag, port, workers, extra_env, bentoml_home, digest)
     if log_path is None:
         log_dir = Path(env["BENTOML_HOME"]).parent / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)

@@ -303,18 +303,27 @@ class LocalStack:
         return self._start(service, name, version, port, argv, env, ready_path, metrics_path, timeout)
 
     def start_bento(
-        self, service: str, model_tag: str, name: str | None = None, workers: int = 1, timeout: float = 180.0
+        self,
+        service: str,
+        model_tag: str,
+        name: str | None = None,
+        workers: int = 1,
+        timeout: float = 180.0,
+        digest: str | None = None,
     ) -> Backend:
         """Start ``bentoml serve`` of the model service for ``model_tag`` (rollout/local/bento.py).
 
         The backend is named ``name`` (default ``<service>-<version>``), its version is the tag's
-        version; ready when ``/v2/health/ready`` answers, scraped at ``/metrics``.
+        version; ready when ``/v2/health/ready`` answers, scraped at ``/metrics``. ``digest`` (a
+        ModelRollout's ``stable.digest`` / ``candidate.digest``) pins the artifact: a server whose
+        artifact has another digest exits before it is ready (ProcessError naming both digests),
+        and a watchdog restart keeps the pin.
         """
         from rollout.local.bento import bento_server_command
 
         version = model_tag.partition(":")[2] or model_tag
         port = free_port()
-        argv, env = bento_server_command(model_tag, port, workers)
+        argv, env = bento_server_command(model_tag, port, workers, digest=digest)
         name = name or f"{service}-{version}"
         return self._start(service, name, version, port, argv, env, "/v2/health/ready", "/metrics", timeout)
 
