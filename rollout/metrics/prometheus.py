@@ -10,6 +10,7 @@ A hung Prometheus (stopped, swapping, stuck on a query) must cost an analysis ro
 ``timeout``, not one per query: every wait (connect, read, write, pool) is bounded by ``timeout``
 (2 s), and once a query finds Prometheus unavailable every query fails at once with the same
 message for ``hold_off`` seconds (a small circuit breaker); the first query after that tries again.
+Only a time-out opens it: a refused connection or a 5xx answers at once anyway.
 Who calls it: the local runner and the controller (for analysis measurements), the demo's plots
 (``query_range``).
 """
@@ -123,7 +124,10 @@ class PrometheusProvider:
         try:
             data = self._request(path, params)
         except MetricsUnavailableError as exc:
-            self._opened(exc)
+            # only an answer that never came opens the breaker: a refused connection or a 5xx is
+            # answered at once, so trying again costs nothing (and finds a restarted Prometheus)
+            if isinstance(exc.__cause__, httpx.TimeoutException):
+                self._opened(exc)
             raise
         except MetricQueryError:
             self._closed()  # it answered
