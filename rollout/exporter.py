@@ -21,7 +21,14 @@
 rollouts of the same name in different namespaces never give duplicate series.
 ``MetricsServer`` serves a collector's registry on ``host:port`` (port 0: a free one) and tells
 whether a scrape happened after a time (``wait_scraped``), so the local runner can make sure the
-final state was seen before it exits.
+final state was seen before it exits. Beside ``/metrics`` it answers the kubelet's probes, so that a
+controller replica that stands by (it waits for the Lease in kopf's startup, before kopf's own
+``/healthz`` exists) is probed like the leader:
+
+- ``/healthz`` (liveness): 200 ``ok`` while the process serves HTTP at all;
+- ``/readyz`` (readiness): 200 ``ok`` once ``readiness()`` says so (it returns None when ready, or
+  why not: the controller's Lease has not been reached yet), 503 and the reason until then; with
+  no ``readiness`` given, ready as soon as it serves.
 Who calls it: the controller (rollout/controller/handlers.py, reconciler.py) and the local runner
 (rollout/local/runner.py); tests. It lives beside rollout/model.py, not in rollout/metrics/ (the
 layer that only queries metrics and may not import the state model).
@@ -29,14 +36,16 @@ layer that only queries metrics and may not import the state model).
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, generate_latest, make_wsgi_app
 
 from rollout.errors import UsageError
 from rollout.metrics import names as n
@@ -190,13 +199,34 @@ class RolloutCollector:
         ]
 
 
-class MetricsServer:
-    """HTTP ``/metrics`` for one collector on ``host:port`` (a daemon thread); ``stop`` to close."""
+HEALTH_PATH, READY_PATH = "/healthz", "/readyz"
+Readiness = Callable[[], str | None]  # None: ready; else why not
 
-    def __init__(self, collector: RolloutCollector, host: str = "127.0.0.1", port: int = 0) -> None:
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape or probe."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class MetricsServer:
+    """HTTP ``/metrics`` for one collector on ``host:port`` (a daemon thread), and ``/healthz`` and
+    ``/readyz`` for probes (see the module docstring); ``stop`` to close. ``readiness`` may also be
+    set after construction (the attribute of that name)."""
+
+    def __init__(
+        self,
+        collector: RolloutCollector,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        readiness: Readiness | None = None,
+    ) -> None:
         self.collector = collector
         self.host = host
         self._port = port
+        self.readiness = readiness
+        self._metrics_app = make_wsgi_app(collector.registry)
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -208,16 +238,42 @@ class MetricsServer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def not_ready(self) -> str | None:
+        """Why ``/readyz`` answers 503 now; None when it answers 200."""
+        if self.readiness is None:
+            return None
+        try:
+            return self.readiness()
+        except Exception as exc:  # a probe must answer, whatever the check does
+            return f"readiness check failed: {type(exc).__name__}: {exc}"
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path not in (HEALTH_PATH, READY_PATH):
+            return list(self._metrics_app(environ, start_response))  # /metrics, as before
+        reason = self.not_ready() if path == READY_PATH else None
+        body = ("ok\n" if reason is None else f"not ready: {reason}\n").encode()
+        status = "200 OK" if reason is None else "503 Service Unavailable"
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+        start_response(status, headers)
+        return [body]
+
     def start(self) -> MetricsServer:
         try:
-            self._server, self._thread = start_http_server(
-                self._port, addr=self.host, registry=self.collector.registry
+            family = socket.getaddrinfo(self.host, self._port, type=socket.SOCK_STREAM)[0][0]
+            server_class = type("Server", (ThreadingWSGIServer,), {"address_family": family})
+            self._server = make_server(
+                self.host, self._port, self._app, server_class, handler_class=_QuietHandler
             )
         except OSError as exc:
             raise UsageError(
                 f"cannot serve rollout metrics on {self.host}:{self._port}: {exc.strerror or exc}; "
                 "choose another --metrics-port (ROLLOUT_METRICS_PORT) or --metrics-host"
             ) from None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="rollout-metrics", daemon=True
+        )
+        self._thread.start()
         return self
 
     def wait_scraped(self, after: float, timeout: float) -> bool:

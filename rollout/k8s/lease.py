@@ -44,6 +44,8 @@ class LeaderElector:
         self.duration, self.clock = duration, clock
         self.api = k8s.CoordinationV1Api(client.api_client)
         self._renewed_at: float | None = None
+        self._answered = False  # the API server answered an attempt: we hold the Lease or know who does
+        self._last_error = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -51,6 +53,15 @@ class LeaderElector:
     def is_leader(self) -> bool:
         """True while our last successful renewal is younger than the lease duration."""
         return self._renewed_at is not None and self.clock() - self._renewed_at < self.duration
+
+    def readiness(self) -> str | None:
+        """None once an attempt reached the API server (this replica leads, or stands by for the
+        Lease): a replica is ready then, leader or not. Until then, why not. For ``/readyz``
+        (rollout/exporter.py ``MetricsServer(readiness=...)``)."""
+        if self._answered:
+            return None
+        why = f": {self._last_error}" if self._last_error else ""
+        return f"has not reached the Lease {self.namespace}/{self.name} on the API server yet{why}"
 
     def _spec(self, now: float, acquire: bool, transitions: int) -> k8s.V1LeaseSpec:
         spec = k8s.V1LeaseSpec(
@@ -65,6 +76,15 @@ class LeaderElector:
 
     def try_acquire(self) -> bool:
         """One attempt to acquire or renew. True when we hold the Lease afterwards."""
+        try:
+            held = self._try_acquire()
+        except RolloutError as exc:
+            self._last_error = str(exc)[:200]
+            raise
+        self._answered = True
+        return held
+
+    def _try_acquire(self) -> bool:
         now = self.clock()
         what = f"Lease {self.namespace}/{self.name}"
         try:
