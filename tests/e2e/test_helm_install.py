@@ -188,22 +188,23 @@ def test_bad_values_fail_at_install_and_leave_nothing_behind(
 
 # --- least privilege -------------------------------------------------------------------------------
 
+LEASE = CONTROLLER_SA  # the chart's Lease is named as the controller
+# "resource[/subresource][@name]"; installed in istio mode
 NEEDED = [
     ("get", "modelrollouts.bento-rollout.io"),
     ("list", "modelrollouts.bento-rollout.io"),
     ("watch", "modelrollouts.bento-rollout.io"),
     ("patch", "modelrollouts.bento-rollout.io"),
     ("patch", "modelrollouts.bento-rollout.io/status"),
-    ("update", "modelrollouts.bento-rollout.io/finalizers"),
-    ("get", "inferenceservices.serving.kserve.io"),
-    ("patch", "inferenceservices.serving.kserve.io"),
-    ("watch", "inferenceservices.serving.kserve.io"),
-    ("get", "virtualservices.networking.istio.io"),
-    ("patch", "virtualservices.networking.istio.io"),
+    ("update", "modelrollouts.bento-rollout.io/status"),
+    ("get", "inferenceservices.serving.kserve.io@iris-stable"),
+    ("patch", "inferenceservices.serving.kserve.io@iris-candidate"),
+    ("update", "inferenceservices.serving.kserve.io@iris-stable"),
+    ("get", "virtualservices.networking.istio.io@iris"),
+    ("update", "virtualservices.networking.istio.io@iris"),
     ("create", "events"),
-    ("create", "events.events.k8s.io"),
-    ("create", "leases.coordination.k8s.io"),
-    ("update", "leases.coordination.k8s.io"),
+    ("get", f"leases.coordination.k8s.io@{LEASE}"),
+    ("update", f"leases.coordination.k8s.io@{LEASE}"),
 ]
 REFUSED = [
     ("get", "secrets"),
@@ -211,10 +212,26 @@ REFUSED = [
     ("watch", "secrets"),
     ("get", "configmaps"),
     ("create", "pods"),
-    ("delete", "inferenceservices.serving.kserve.io"),
-    ("create", "inferenceservices.serving.kserve.io"),
+    ("update", "modelrollouts.bento-rollout.io"),
     ("delete", "modelrollouts.bento-rollout.io"),
-    ("patch", "httproutes.gateway.networking.k8s.io"),  # istio mode: no Gateway API rights
+    ("update", "modelrollouts.bento-rollout.io/finalizers"),
+    # InferenceServices: only this release's, by name, never listed, created or deleted
+    ("get", "inferenceservices.serving.kserve.io@other-stable"),
+    ("patch", "inferenceservices.serving.kserve.io@iris"),  # kserve mode's name: not in istio mode
+    ("list", "inferenceservices.serving.kserve.io"),
+    ("watch", "inferenceservices.serving.kserve.io"),
+    ("delete", "inferenceservices.serving.kserve.io@iris-stable"),
+    ("create", "inferenceservices.serving.kserve.io"),
+    # the route: the chart's only, never created
+    ("update", "virtualservices.networking.istio.io@other"),
+    ("create", "virtualservices.networking.istio.io"),
+    ("list", "virtualservices.networking.istio.io"),
+    ("patch", "httproutes.gateway.networking.k8s.io@iris"),  # istio mode: no Gateway API rights
+    # Leases: the chart creates its own; none other
+    ("create", "leases.coordination.k8s.io"),
+    ("update", "leases.coordination.k8s.io@kube-scheduler"),
+    ("patch", "events"),
+    ("create", "events.events.k8s.io"),
     ("create", "roles.rbac.authorization.k8s.io"),
     ("create", "rolebindings.rbac.authorization.k8s.io"),
 ]
@@ -223,11 +240,13 @@ REFUSED = [
 def can_i(
     cluster: K8sCluster, namespace: str, verb: str, resource: str, *, in_namespace: str | None = None
 ) -> bool:
-    """The server's SelfSubjectAccessReview answer for the controller's ServiceAccount (impersonated)."""
-    sub = resource.split("/", 1)
-    args = ["auth", "can-i", verb, sub[0]]
-    if len(sub) == 2:
-        args.append(f"--subresource={sub[1]}")
+    """The server's SelfSubjectAccessReview answer for the controller's ServiceAccount (impersonated).
+    ``resource`` is ``type[/subresource][@name]``."""
+    resource, _, name = resource.partition("@")
+    kind, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, f"{kind}/{name}" if name else kind]
+    if sub:
+        args.append(f"--subresource={sub}")
     args += ["--as", f"system:serviceaccount:{namespace}:{CONTROLLER_SA}"]
     args += ["--all-namespaces"] if in_namespace == "*" else ["-n", in_namespace or namespace]
     result = kubectl(cluster, *args)
@@ -247,11 +266,39 @@ def test_controller_service_account_has_exactly_the_rights_the_operator_needs(
     # other namespaces and cluster-wide: nothing
     for verb, resource in [
         ("list", "modelrollouts.bento-rollout.io"),
-        ("patch", "inferenceservices.serving.kserve.io"),
+        ("patch", "inferenceservices.serving.kserve.io@iris-stable"),
     ]:
         assert not can_i(k8s_cluster, k8s_namespace, verb, resource, in_namespace="default")
         assert not can_i(k8s_cluster, k8s_namespace, verb, resource, in_namespace="*")
     assert not can_i(k8s_cluster, k8s_namespace, "list", "secrets", in_namespace="kube-system")
+
+
+def test_the_controller_leases_the_charts_lease_and_helm_upgrade_leaves_its_holder(
+    k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
+) -> None:
+    """The chart creates the Lease (the controller may not create Leases); the controller's writes
+    to it, as the ServiceAccount, survive `helm upgrade` (the holder is not in the manifest)."""
+    from datetime import UTC, datetime
+
+    install(k8s_cluster, tmp_path, k8s_namespace, {"routing.mode": "kserve"})
+    as_sa = ["--as", f"system:serviceaccount:{k8s_namespace}:{CONTROLLER_SA}", "-n", k8s_namespace]
+    lease = server_object(k8s_cluster, k8s_namespace, "leases.coordination.k8s.io", LEASE)
+    assert not lease["spec"].get("holderIdentity")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    lease["spec"] = {"holderIdentity": "pod-a", "leaseDurationSeconds": 15, "renewTime": now}
+    replaced = kubectl(k8s_cluster, "replace", *as_sa, "-f", "-", stdin=json.dumps(lease))  # an update
+    assert replaced.returncode == 0, replaced.stderr
+    up = helm(
+        k8s_cluster, tmp_path, "upgrade", RELEASE, str(CHART), "-n", k8s_namespace, "--reuse-values",
+        "--set", "controller.leaderElection.leaseDuration=20",
+    )  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    after = server_object(k8s_cluster, k8s_namespace, "leases.coordination.k8s.io", LEASE)
+    assert after["spec"]["holderIdentity"] == "pod-a"
+    other = kubectl(k8s_cluster, "create", *as_sa, "-f", "-", stdin=json.dumps(
+        {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "other"}, "spec": {}}
+    ))  # fmt: skip
+    assert other.returncode != 0 and "forbidden" in other.stderr.lower()
 
 
 def test_controller_identity_is_refused_secrets_by_a_real_request(

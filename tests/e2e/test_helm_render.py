@@ -182,6 +182,66 @@ def test_controller_runs_rollout_controller_with_leader_election(home: Path) -> 
     assert deploy["spec"]["replicas"] == 2
 
 
+def test_controller_probes_point_at_the_exporters_real_paths_on_its_metrics_port(home: Path) -> None:
+    """Both probes hit the rollout_* metrics server (rollout/exporter.py), which a standby replica
+    serves too (kopf's own /healthz opens only after the Lease is held); tests/unit/
+    test_exporter_probes.py checks the server answers these very paths."""
+    from rollout.exporter import HEALTH_PATH, READY_PATH
+
+    (deploy,) = by_kind(template(home, {"controller.metricsPort": 9333}))["Deployment"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert ports["metrics"] == int(env["ROLLOUT_METRICS_PORT"]) == 9333
+    assert env["ROLLOUT_METRICS_HOST"] == "0.0.0.0"  # the kubelet probes the pod IP
+    ready, live = container["readinessProbe"]["httpGet"], container["livenessProbe"]["httpGet"]
+    assert (ready["path"], live["path"]) == (READY_PATH, HEALTH_PATH)
+    assert ready["port"] == live["port"] == "metrics"
+    assert container["livenessProbe"]["failureThreshold"] * container["livenessProbe"]["periodSeconds"] >= 60
+
+
+def role_rules(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    (role,) = by_kind(docs)["Role"]
+    return {f"{r['resources'][0]}.{r['apiGroups'][0]}".rstrip("."): r for r in role["rules"]}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_controller_role_names_every_object_whose_name_the_chart_knows(home: Path, mode: str) -> None:
+    docs = template(home, {"routing.mode": mode, "rollout.enabled": True})
+    rules = role_rules(docs)
+    isvc = rules["inferenceservices.serving.kserve.io"]
+    assert isvc["resourceNames"] == (["iris"] if mode == "kserve" else ["iris-stable", "iris-candidate"])
+    assert isvc["verbs"] == ["get", "patch", "update"]
+    route = {"kserve": None, "istio": "virtualservices.networking.istio.io",
+             "gateway-api": "httproutes.gateway.networking.k8s.io"}[mode]  # fmt: skip
+    routes = {k for k in rules if k.startswith(("virtualservices", "httproutes"))}
+    assert routes == ({route} if route else set())
+    if route:
+        assert rules[route]["resourceNames"] == ["iris"] and rules[route]["verbs"] == ["get", "update"]
+    (lease,) = by_kind(docs)["Lease"]
+    assert rules["leases.coordination.k8s.io"]["resourceNames"] == [lease["metadata"]["name"]]
+    assert rules["leases.coordination.k8s.io"]["verbs"] == ["get", "update"]
+    # create only where a name cannot be known; no delete, no wildcard anywhere
+    every = [(k, v) for k, r in rules.items() for v in r["verbs"]]
+    assert [k for k, v in every if v == "create"] == ["events"]
+    assert not [k for k, v in every if v in ("delete", "deletecollection", "*")]
+    assert all("*" not in r["resources"] and "*" not in r["apiGroups"] for r in rules.values())
+    unnamed = sorted(k for k, r in rules.items() if "resourceNames" not in r)
+    assert unnamed == ["events", "modelrollouts.bento-rollout.io", "modelrollouts/status.bento-rollout.io"]
+
+
+def test_no_lease_without_leader_election(home: Path) -> None:
+    docs = template(home, {"controller.replicas": 1, "controller.leaderElection.enabled": False})
+    assert "Lease" not in by_kind(docs)
+    assert "leases.coordination.k8s.io" not in role_rules(docs)
+
+
+def test_every_namespaced_object_names_the_release_namespace(home: Path) -> None:
+    """`helm template | kubectl apply` lands in the release namespace, not the context's."""
+    docs = template(home, {"rollout.enabled": True, "loadtest.enabled": True})
+    assert {d["kind"]: d["metadata"].get("namespace") for d in docs} == {d["kind"]: "models" for d in docs}
+
+
 def test_chart_ships_the_generated_rules_dashboard_and_crd(home: Path) -> None:
     kinds = by_kind(template(home, {}, "--include-crds"))
     (rule,) = kinds["PrometheusRule"]
