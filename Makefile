@@ -13,9 +13,9 @@ export BENTOML_HOME ?= $(CURDIR)/.cache/bentoml
 export ROLLOUT_HOME ?= $(CURDIR)/.state
 export PATH := $(CURDIR)/.cache/bin:$(PATH)
 
-.PHONY: setup system venv tools models demo test test-unit test-integration test-e2e lint bench clean
+.PHONY: setup system venv tools checkov models demo test test-unit test-integration test-e2e lint bench clean
 
-setup: system venv tools
+setup: system venv tools checkov
 
 system: $(SYS_STAMP)
 $(SYS_STAMP): .ci/install-system.sh
@@ -32,6 +32,18 @@ $(STAMP): pyproject.toml
 # Go-built tools (kube-apiserver, etcd, helm, skaffold) for the Kubernetes tier, cached in .cache/bin
 tools: $(SYS_STAMP)
 	bash tests/k8s/build-tools.sh
+
+# checkov (the chart's security scan, tests/e2e/test_chart_security.py) in a venv of its own: its
+# pins (packaging<24, boto3, networkx 2.x...) would downgrade the project's own dependencies
+CHECKOV_VERSION := 3.3.30
+CHECKOV_STAMP := .cache/checkov/installed-$(CHECKOV_VERSION)
+checkov: $(CHECKOV_STAMP)
+$(CHECKOV_STAMP):
+	@echo "checkov $(CHECKOV_VERSION): installing into .cache/checkov (its own venv; ~40 s, once)"
+	test -x .cache/checkov/bin/python || $(PY) -m venv .cache/checkov
+	.cache/checkov/bin/pip install -q --upgrade pip
+	.cache/checkov/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	@touch $@
 
 models: venv
 	$(BIN)/python -m bentos.train --all
