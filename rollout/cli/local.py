@@ -52,16 +52,23 @@ def render_local(name: str, state: RolloutState) -> str:
 @click.option("--service", default="iris", show_default=True, help="the service name clients call")
 @click.option("--model", "model_tag", default="iris:v1", show_default=True, help="stable model tag to serve")
 @click.option("--workers", type=int, default=1, show_default=True)
-def up_cmd(service: str, model_tag: str, workers: int) -> None:
+@click.option(
+    "--digest",
+    default=None,
+    help="pin the stable model's artifact (sha256:<64 hex>, as `rollout models` shows it): "
+    "the server refuses any other",
+)
+def up_cmd(service: str, model_tag: str, workers: int, digest: str | None) -> None:
     """Start nginx, Prometheus and the stable model server on 127.0.0.1 (stays up until `rollout down`)."""
     from rollout.local.stack import LocalStack
-    from rollout.registry import get_record
+    from rollout.registry import check_digest, get_record
     from rollout.routers.base import RouteTarget
 
     get_record(model_tag)  # ModelNotFoundError with a hint before anything starts
+    check_digest(digest)  # UsageError (exit 2) for a malformed pin, before anything starts
     stack = LocalStack.up(services=[service], detach=True, supervise=True)
     try:
-        stable = stack.start_bento(service, model_tag, workers=workers)
+        stable = stack.start_bento(service, model_tag, workers=workers, digest=digest)
         stack.router(service).ensure(RouteTarget(service, stable))
     except BaseException:
         stack.stop()
