@@ -60,12 +60,16 @@ def render_local(name: str, state: RolloutState) -> str:
 )
 def up_cmd(service: str, model_tag: str, workers: int, digest: str | None) -> None:
     """Start nginx, Prometheus and the stable model server on 127.0.0.1 (stays up until `rollout down`)."""
+    from bentos.train import default_bentoml_home
     from rollout.local.stack import LocalStack
-    from rollout.registry import check_digest, get_record
+    from rollout.registry import check_digest, get_record, verify_artifact
     from rollout.routers.base import RouteTarget
 
-    get_record(model_tag)  # ModelNotFoundError with a hint before anything starts
     check_digest(digest)  # UsageError (exit 2) for a malformed pin, before anything starts
+    default_bentoml_home()  # the store the servers read (rollout/local/bento.py), not ~/bentoml
+    # before anything starts: ModelNotFoundError with a hint, ModelIntegrityError naming
+    # both digests (the server checks again, and refuses, whatever changes in between)
+    verify_artifact(get_record(model_tag), digest)
     stack = LocalStack.up(services=[service], detach=True, supervise=True)
     try:
         stable = stack.start_bento(service, model_tag, workers=workers, digest=digest)
