@@ -379,6 +379,7 @@ def test_kustomize_base_renders_and_is_accepted(
             "ServiceAccount",
             "Role",
             "RoleBinding",
+            "Lease",
             "Deployment",
             "InferenceService",
         ]

@@ -230,6 +230,27 @@ def test_the_controller_role_names_every_object_whose_name_the_chart_knows(home:
     assert unnamed == ["events", "modelrollouts.bento-rollout.io", "modelrollouts/status.bento-rollout.io"]
 
 
+def test_the_kustomize_base_role_grants_what_the_charts_does(home: Path) -> None:
+    """k8s/base/controller-rbac.yaml: the same verbs per resource as the chart, the same kinds of
+    names (every routing mode's), its own Lease."""
+    base_docs = list(
+        yaml.safe_load_all((CHART.parents[1] / "k8s" / "base" / "controller-rbac.yaml").read_text())
+    )
+    base = role_rules(base_docs)
+    charts: dict[str, dict[str, Any]] = {}
+    for mode in MODES:
+        charts.update(role_rules(template(home, {"routing.mode": mode})))
+    assert {k: r["verbs"] for k, r in base.items()} == {k: r["verbs"] for k, r in charts.items()}
+    assert set(base) == set(charts)
+    assert base["inferenceservices.serving.kserve.io"]["resourceNames"] == [
+        "iris",
+        "iris-stable",
+        "iris-candidate",
+    ]
+    (lease,) = by_kind(base_docs)["Lease"]
+    assert base["leases.coordination.k8s.io"]["resourceNames"] == [lease["metadata"]["name"]]
+
+
 def test_no_lease_without_leader_election(home: Path) -> None:
     docs = template(home, {"controller.replicas": 1, "controller.leaderElection.enabled": False})
     assert "Lease" not in by_kind(docs)
