@@ -200,8 +200,14 @@ def values_schema() -> dict[str, Any]:
                         ),
                         "prometheusUrl": _str("Prometheus the analysis queries", pattern=r"^https?://.+"),
                         "logLevel": {"enum": ["debug", "info", "warning", "error"]},
-                        "metricsPort": _int("port of the controller's /metrics", 1024, 65535),
-                        "healthPort": _int("port of the controller's /healthz", 1024, 65535),
+                        "metricsPort": _int(
+                            "port of the controller's /metrics and of its probes' /healthz and /readyz",
+                            1024,
+                            65535,
+                        ),
+                        "healthPort": _int(
+                            "port of kopf's own /healthz (the leader's only; not probed)", 1024, 65535
+                        ),
                         "resources": _resources(),
                     },
                     ["enabled"],
