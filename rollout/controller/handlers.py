@@ -193,7 +193,9 @@ def run(
     exporter = RolloutCollector()
     server = None
     if cfg.metrics_port is not None:
-        server = MetricsServer(exporter, cfg.metrics_host, cfg.metrics_port).start()
+        # /readyz: ready once the API server has answered for the Lease (leading or standing by)
+        readiness = elector.readiness if elector is not None else None
+        server = MetricsServer(exporter, cfg.metrics_host, cfg.metrics_port, readiness=readiness).start()
         log.info("rollout metrics on http://%s/metrics", server.address)
     reconciler = Reconciler(
         client,

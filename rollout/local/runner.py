@@ -150,7 +150,12 @@ class LocalRunner:
         """The stable version must be serving the service before anything else happens."""
         stable = self._backend(self.spec.stable.model)
         if stable is None:
-            stable = self.stack.start_bento(self.spec.service, self.spec.stable.model, workers=self.workers)
+            stable = self.stack.start_bento(
+                self.spec.service,
+                self.spec.stable.model,
+                workers=self.workers,
+                digest=self.spec.stable.digest,
+            )
         current = self.router.get_backends() if self._has_routes() else {}
         if current.get("stable") not in (None, stable.address):
             serving = [
@@ -208,7 +213,12 @@ class LocalRunner:
 
     def _start_candidate(self) -> None:
         try:
-            self.stack.start_bento(self.spec.service, self.spec.candidate.model, workers=self.workers)
+            self.stack.start_bento(
+                self.spec.service,
+                self.spec.candidate.model,
+                workers=self.workers,
+                digest=self.spec.candidate.digest,
+            )
         except RolloutError as exc:
             self._start_error = f"candidate {self.spec.candidate.model} failed to start: {exc}"
 

@@ -134,7 +134,8 @@ def test_a_standby_answers_its_probes_on_the_metrics_port_where_kopfs_healthz_is
     )
     for c in (a, b):
         assert get(c.url(HEALTH_PATH)) == (200, "ok\n"), c.log.name
-        assert get(c.url(READY_PATH))[0] == 200, c.log.name
+        # ready once its first attempt at the Lease has been answered (just after that log line)
+        wait_for(f"{c.log.name} ready", lambda c=c: get(c.url(READY_PATH))[0] == 200, timeout=15)
         assert "rollout_phase" in get(c.url("/metrics"))[1]
     time.sleep(2)  # well past kopf's start-up on a: b's stays shut while it stands by
     assert refused(b.health_port), "kopf's /healthz opened on a standby: the probes could go back there"
