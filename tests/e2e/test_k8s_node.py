@@ -2,11 +2,12 @@
 built here (tests/k8s/images.py) becomes Running and Ready through a real readiness probe, a
 ClusterIP Service answers through kube-proxy's iptables rules inside the node's network namespace,
 the ReplicaSet replaces a deleted pod, pods reach the API server through the ``kubernetes``
-Service, and a node changes no kernel setting of the host's and leaves no process, mount, network
+Service and the API server reaches pods, Services and the kubelet (logs, exec, proxy), and a node changes no kernel setting of the host's and leaves no process, mount, network
 namespace, interface, iptables rule or cgroup behind."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from kubernetes import client
+from kubernetes.stream import stream
 
 from tests.k8s import footprint
 from tests.k8s import node as nodekit
@@ -101,6 +103,21 @@ def _answers(node: nodekit.Node, url: str, expected: set[str], timeout: float = 
     return seen
 
 
+def _connect(node: nodekit.Node, target: str) -> str:
+    """GET / through the API server's egress proxy with ``CONNECT target``, as kube-apiserver does."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(str(node.rundir / "egress.sock"))
+        sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        reply = sock.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 200"), reply
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data.split(b"\r\n\r\n", 1)[1].decode()
+
+
 def test_the_node_runs_the_pinned_kubelet_on_containerd(k8s_node: nodekit.Node) -> None:
     core = client.CoreV1Api(k8s_node.control_plane.api_client())
     status = core.read_node(nodekit.NODE_NAME).status
@@ -148,6 +165,13 @@ def test_a_deployment_serves_through_a_cluster_ip_and_a_deleted_pod_is_replaced(
     # ... and the same Service answers on a 127.0.0.1 port of the host (forward())
     port = k8s_node.forward(svc.spec.cluster_ip, 80)
     assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).text.strip() in names
+    # ... and through the API server (its egress into the node netns, tests/k8s/egress.py)
+    with k8s_node.control_plane.http() as http:
+        assert http.get(f"/api/v1/namespaces/{ns}/services/web:80/proxy/").text.strip() in names
+    assert _connect(k8s_node, f"web.{ns}.svc:80").strip() in names  # a webhook's way: by Service name
+    out = stream(core.connect_get_namespaced_pod_exec, sorted(names)[0], ns,
+                 command=["hostname"], stderr=True, stdin=False, stdout=True, tty=False)  # fmt: skip
+    assert out.strip() == sorted(names)[0]
 
     # When a pod is deleted, the ReplicaSet creates another one, and the Service moves to it
     victim = sorted(names)[0]
@@ -210,6 +234,7 @@ def test_a_pod_reaches_the_api_server_through_the_kubernetes_service(
     log = k8s_node.pod_log(ns, "api-client")
     assert phase == "Succeeded", log
     assert '"gitVersion": "v1.34.4"' in log
+    assert '"gitVersion": "v1.34.4"' in core.read_namespaced_pod_log("api-client", ns)  # kubectl logs
     api.close()
 
 

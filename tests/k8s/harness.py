@@ -161,6 +161,7 @@ class ControlPlane:
     _owns_workdir: bool = True
     advertise_address: str = "127.0.0.1"  # the ``kubernetes`` Service's endpoint
     controllers: tuple[str, ...] = KCM_CONTROLLERS
+    apiserver_args: tuple[str, ...] = ()  # more flags for kube-apiserver (node.py: its egress)
 
     def api_client(self) -> Any:
         """A ``kubernetes.client.ApiClient`` authenticated as the admin (system:masters)."""
@@ -304,6 +305,7 @@ def _apiserver_args(cp: ControlPlane, port: int) -> list[str]:
         "--allow-privileged=false",
         "--profiling=false",
         "--v=1",
+        *cp.apiserver_args,
     ]
 
 
@@ -333,13 +335,15 @@ def start(
     *,
     advertise_address: str = "127.0.0.1",
     controllers: Sequence[str] = KCM_CONTROLLERS,
+    apiserver_args: Sequence[str] = (),
 ) -> ControlPlane:
     """Start etcd, kube-apiserver and kube-controller-manager; return when the API answers /readyz.
 
     ``timeout`` is generous on purpose: the machine is shared and a cold start takes 10-30 s.
     ``advertise_address`` is the ``kubernetes`` Service's endpoint (the API server still listens
     on 127.0.0.1 only; tests/k8s/node.py forwards that address to it) and ``controllers`` the
-    kube-controller-manager's ``--controllers`` (``("*",)``: all of its default ones).
+    kube-controller-manager's ``--controllers`` (``("*",)``: all of its default ones);
+    ``apiserver_args`` are appended to kube-apiserver's flags (the PKI is in ``workdir/pki``).
     """
     for name in ("openssl", *BINARIES):
         if name == "openssl":
@@ -363,6 +367,7 @@ def start(
         _owns_workdir=owns,
         advertise_address=advertise_address,
         controllers=tuple(controllers),
+        apiserver_args=tuple(apiserver_args),
     )
     write_kubeconfig(cp.kubeconfig, server, pki)
     atexit.register(cp.stop)

@@ -12,14 +12,17 @@ All cluster networking is in a network namespace the harness creates, never in t
 
     host netns (nothing added)              node netns brnode-<id>
     kube-apiserver  127.0.0.1:P  <-socat--  <rundir>/apiserver.sock  <-socat--  0.0.0.0:P
+      its "cluster" egress  --CONNECT-->    <rundir>/egress.sock  egress.py --> kubelet, pods, Services
     kube-scheduler  (talks to 127.0.0.1:P)  eth0 10.200.0.2/24 (a veth whose peer stays here),
                                               default route via 10.200.0.1 on it
                                             cni0 10.244.0.1/24 --veth-- pod netns 10.244.0.x
                                             containerd, kubelet, kube-proxy (its iptables rules)
 
 - No interface reaches the host: the node reaches the API server through a unix socket in the run
-  directory (one socat on each side); ``forward()`` makes the same path the other way round, from
-  a 127.0.0.1 port of the host to an address inside the node netns.
+  directory (one socat on each side); the API server reaches the kubelet, pods and Services (logs,
+  exec, port-forward, ``.../proxy``, webhooks) through its egress selector, an HTTP CONNECT proxy
+  (egress.py) on another unix socket, running in the node netns; ``forward()`` gives a test a
+  127.0.0.1 port of the host leading to an address inside the node netns.
 - The API server advertises ``10.200.0.2:P``, so the pods' ``kubernetes`` Service (10.96.0.1:443)
   leads through kube-proxy to that forward (the serving certificate names both addresses).
 - containerd, the kubelet and kube-proxy share one private mount namespace (``unshare
@@ -35,9 +38,9 @@ All cluster networking is in a network namespace the harness creates, never in t
   with it), the cgroups and the run directory (footprint.py, which also reaps the leftovers of a
   test run killed before its teardown).
 
-``kubectl logs/exec/port-forward`` do not work (the API server cannot reach the kubelet's port):
-read a container's output with ``pod_log()``; reach a pod or Service with ``run()``/``http_get()``
-inside the node netns, or with ``forward()`` from the host.
+A pod or Service is reached with ``run()``/``http_get()`` inside the node netns, ``forward()``
+from the host, or the API server (``kubectl logs/exec/port-forward``, ``.../proxy``); a container's
+output also with ``pod_log()`` (the kubelet's log files).
 """
 
 from __future__ import annotations
@@ -230,7 +233,7 @@ class Node:
         with open(self.logdir / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                env=env, preexec_fn=_join_cgroup_and_die_with_parent(procs_file),
+                env=env, cwd=harness.ROOT, preexec_fn=_join_cgroup_and_die_with_parent(procs_file),
             )  # fmt: skip
         self.procs[name] = proc
         return proc
@@ -257,11 +260,13 @@ def start(
         footprint.make_cgroup(rundir.name)
         footprint.make_netns(rundir.name, f"{NODE_IP}/24", NODE_GATEWAY)
         if control_plane is None:
+            workdir = logdir / "control-plane"
             control_plane = harness.start(
-                workdir=logdir / "control-plane",
+                workdir=workdir,
                 timeout=timeout,
                 advertise_address=NODE_IP,
                 controllers=("*",),
+                apiserver_args=_egress_args(rundir, workdir / "pki"),
             )
         node = Node(rundir.name, rundir, logdir, control_plane, built, _owns_control_plane=owns_cp)
         atexit.register(node.stop)
@@ -275,6 +280,22 @@ def start(
             footprint.cleanup(rundir)
         raise
     return node
+
+
+def _egress_args(rundir: Path, pki: Path) -> list[str]:
+    """kube-apiserver's flags to reach kubelets, pods and Services through egress.py's proxy (the
+    "cluster" egress selector, HTTP CONNECT on a unix socket), as the admin towards the kubelet."""
+    config = rundir / "egress-selector.yaml"
+    uds = {"uds": {"udsName": str(rundir / "egress.sock")}}
+    selection = {"name": "cluster", "connection": {"proxyProtocol": "HTTPConnect", "transport": uds}}
+    kind = {"apiVersion": "apiserver.k8s.io/v1beta1", "kind": "EgressSelectorConfiguration"}
+    config.write_text(yaml.safe_dump({**kind, "egressSelections": [selection]}))
+    return [
+        f"--egress-selector-config-file={config}",
+        f"--kubelet-client-certificate={pki / 'admin.crt'}",
+        f"--kubelet-client-key={pki / 'admin.key'}",
+        "--kubelet-preferred-address-types=InternalIP",
+    ]
 
 
 def _start_components(node: Node, timeout: float) -> None:
@@ -295,6 +316,10 @@ def _start_components(node: Node, timeout: float) -> None:
     ])  # fmt: skip
     node._spawn("apiserver-forward-node", node.nsenter(
         "socat", f"TCP-LISTEN:{api_port},fork,reuseaddr", f"UNIX-CONNECT:{api_sock}",
+    ))  # fmt: skip
+    # ... and the other way: the API server's "cluster" egress (kubelet, pods, Services, webhooks).
+    node._spawn("egress-proxy", node.nsenter(
+        sys.executable, "-m", "tests.k8s.egress", str(r / "egress.sock"), str(pki), server,
     ))  # fmt: skip
 
     node._spawn("kube-scheduler", [
