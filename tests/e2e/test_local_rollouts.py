@@ -71,8 +71,10 @@ def make_rollout(name: str, strategy: dict[str, Any], metrics: list[dict[str, An
 
 
 ERROR_RATE = {"name": "error-rate", "template": "error-rate", "threshold": {"max": 0.01}}
+# minSamples 150: PSI on ~50 candidate answers is noisy enough that a good canary was rolled back
+# about once in seven runs (PSI 0.15, p 0.0015: the fixed-sample test looked at every interval)
 SHIFT = {"name": "prediction-shift", "template": "prediction-shift",
-         "judge": {"kind": "comparative", "minEffect": 0.1, "alpha": 0.01, "minSamples": 50}}  # fmt: skip
+         "judge": {"kind": "comparative", "minEffect": 0.1, "alpha": 0.01, "minSamples": 150}}  # fmt: skip
 ACCURACY = {"name": "accuracy", "template": "accuracy", "direction": "higher",
             "judge": {"kind": "sequential", "minEffect": 0.05, "alpha": 0.01, "minSamples": 20}}  # fmt: skip
 
