@@ -1,6 +1,7 @@
 """One error hierarchy for bento-rollout.
 
-Every error carries a message a user can act on. Errors that may go away by themselves carry a
+Every error carries a message a user can act on; text from outside (a response body, a field
+of one) enters a message only through ``excerpt``: short, one line, printable ASCII. Errors that may go away by themselves carry a
 retry delay (like kopf's ``TemporaryError``); the CLI maps errors to exit codes (like click's
 ``ClickException.exit_code``: usage and spec errors exit 2).
 
@@ -8,6 +9,7 @@ retry delay (like kopf's ``TemporaryError``); the CLI maps errors to exit codes 
     ├── UsageError                    bad command-line use; exit 2
     │   └── RolloutBusyError          a live `rollout run` drives it, or the service has another rollout; exit 2
     ├── SpecError                     invalid rollout spec; names the field; exit 2
+    │   └── MetricsAddressRefusedError  spec.metricsAddress not allowed by this controller (addresses.py)
     ├── ModelError                    model store / registry problems
     │   ├── ModelNotFoundError        no such tag in the BentoML model store
     │   ├── ModelIntegrityError       artifact hash does not match the one recorded at training
@@ -29,6 +31,25 @@ retry delay (like kopf's ``TemporaryError``); the CLI maps errors to exit codes 
 """
 
 from __future__ import annotations
+
+import re
+
+EXCERPT = 120  # characters of outside text an error message may carry
+_ESCAPES = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)?|[@-_])")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+_SPACES = re.compile(r"\s+")
+
+
+def excerpt(text: object, limit: int = EXCERPT) -> str:
+    """At most ``limit`` characters of ``text``, safe in a status, an Event or a log line: terminal
+    escape sequences dropped, newlines, tabs and every other character that is not printable ASCII
+    made one space, runs of spaces one, cut with ``...`` when longer."""
+    raw = text if isinstance(text, str) else repr(text)
+    raw = raw[: limit * 8]  # bounded work for a huge body; what follows only shortens it
+    clean = _SPACES.sub(" ", _UNPRINTABLE.sub(" ", _ESCAPES.sub("", raw))).strip()
+    if len(clean) <= limit:
+        return clean
+    return clean[: max(limit - 3, 0)].rstrip() + "..."
 
 
 class RolloutError(Exception):
@@ -61,6 +82,14 @@ class SpecError(RolloutError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
+
+
+class MetricsAddressRefusedError(SpecError):
+    """``spec.metricsAddress`` is not an address this controller fetches: not on its allow-list, or
+    link-local / a cloud metadata address (never fetched). Treated as an invalid spec."""
+
+    def __init__(self, message: str, field: str | None = "spec.metricsAddress") -> None:
+        super().__init__(message, field=field)
 
 
 class ModelError(RolloutError):

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from rollout.errors import TemporaryError
+from rollout.errors import TemporaryError, excerpt
 
 log = logging.getLogger("rollout.controller")
 MAX_MESSAGE = 300  # an error message is an event message and a status message: keep it short
@@ -40,10 +40,10 @@ class HeldError(TemporaryError):
 
 
 def describe(exc: BaseException) -> str:
-    """``IndexError: list index out of range``: the type and the message, bounded."""
+    """``IndexError: list index out of range``: the type and the message, bounded, on one line of
+    printable ASCII (``rollout.errors.excerpt``: an exception may quote what a server answered)."""
     text = str(exc).strip()
-    message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+    return excerpt(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, MAX_MESSAGE)
 
 
 def backoff(repeats: int) -> float:

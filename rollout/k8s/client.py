@@ -40,6 +40,7 @@ from rollout.errors import (
     NotFoundError,
     RolloutError,
     UsageError,
+    excerpt,
 )
 from rollout.spec import API_GROUP, KIND
 
@@ -303,7 +304,7 @@ class KubeClient:
                 resource_version=meta.get("resourceVersion"),
             ),
             reason=reason,
-            message=message[:1024],
+            message=excerpt(message, 1024),  # one line of printable ASCII, whoever wrote it
             type=type_,
             source=k8s.V1EventSource(component=component),
             first_timestamp=now,

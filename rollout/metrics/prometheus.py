@@ -4,7 +4,10 @@ Errors are translated once, here: Prometheus unreachable, timing out, answering 
 with something that is not its API's JSON envelope -> ``MetricsUnavailableError`` (temporary: the
 rollout pauses, it never promotes); a query Prometheus rejects (bad PromQL, 400/422), one that yields
 no value, several values or NaN, or a result that is not made of numbers -> ``MetricQueryError``.
-Nothing else escapes a query (no KeyError / ValueError / TypeError from an odd body).
+Nothing else escapes a query (no KeyError / ValueError / TypeError from an odd body), and no
+message carries more of an answer than ``excerpt`` gives (at most 120 printable ASCII characters on
+one line, terminal escapes dropped): a status, an Event or a log line never holds a body, nor an
+``error`` field a server made up. Redirects are never followed.
 
 A hung Prometheus (stopped, swapping, stuck on a query) must cost an analysis round at most about one
 ``timeout``, not one per query: every wait (connect, read, write, pool) is bounded by ``timeout``
@@ -25,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from rollout.errors import MetricQueryError, MetricsUnavailableError
+from rollout.errors import MetricQueryError, MetricsUnavailableError, excerpt
 
 DEFAULT_TIMEOUT = 2.0  # seconds per connect / read / write wait: a hang is noticed within one interval
 DEFAULT_HOLD_OFF = 2.0  # seconds queries fail fast after Prometheus was found unavailable
@@ -40,36 +43,37 @@ def series_key(labels: dict[str, str]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-def _malformed(query: str, what: str) -> MetricQueryError:
-    return MetricQueryError(f"Prometheus answered with a malformed result ({what}): {query}")
+def _malformed(query: str, what: str, raw: Any) -> MetricQueryError:
+    """``raw``, the part of the answer that is wrong, is quoted as an excerpt only."""
+    return MetricQueryError(f"Prometheus answered with a malformed result ({what}: {excerpt(raw)}): {query}")
 
 
 def _number(raw: Any, query: str) -> float:
     """A sample value as Prometheus encodes it (a string: "1.5", "NaN", "+Inf") -> float."""
     if isinstance(raw, bool) or not isinstance(raw, str | int | float):
-        raise _malformed(query, f"value {raw!r} is not a number")
+        raise _malformed(query, "a value is not a number", raw)
     try:
         return float(raw)
     except ValueError:
-        raise _malformed(query, f"value {raw!r} is not a number") from None
+        raise _malformed(query, "a value is not a number", raw) from None
 
 
 def _point(raw: Any, query: str) -> tuple[float, float]:
     """``[<unix time>, "<value>"]`` -> (time, value)."""
     if not isinstance(raw, list | tuple) or len(raw) != 2:
-        raise _malformed(query, f"sample {raw!r} is not [time, value]")
+        raise _malformed(query, "a sample is not [time, value]", raw)
     return _number(raw[0], query), _number(raw[1], query)
 
 
 def _series(result: Any, query: str) -> list[tuple[dict[str, str], dict[str, Any]]]:
     """An instant vector's or a matrix's ``result`` -> (labels, series) pairs, checked."""
     if not isinstance(result, list):
-        raise _malformed(query, f"result {result!r} is not a list of series")
+        raise _malformed(query, "the result is not a list of series", result)
     out = []
     for item in result:
         labels = item.get("metric", {}) if isinstance(item, dict) else None
         if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
-            raise _malformed(query, f"series {item!r} has no label set")
+            raise _malformed(query, "a series has no label set", item)
         out.append((labels, item))
     return out
 
@@ -78,7 +82,8 @@ class PrometheusProvider:
     """Instant (and range) queries against one Prometheus, e.g. ``http://127.0.0.1:9090``.
 
     ``timeout`` bounds each connect / read / write wait of a request; ``hold_off`` is how long
-    queries fail fast after one found Prometheus unavailable; ``clock`` is monotonic seconds.
+    queries fail fast after one found Prometheus unavailable; ``clock`` is monotonic seconds;
+    ``transport``: httpx's own by default (the controller's checks where it connects: guard.py).
     """
 
     def __init__(
@@ -87,12 +92,15 @@ class PrometheusProvider:
         timeout: float = DEFAULT_TIMEOUT,
         hold_off: float = DEFAULT_HOLD_OFF,
         clock: Callable[[], float] = time.monotonic,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.hold_off = hold_off
         self._clock = clock
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout))
+        self._client = httpx.Client(
+            timeout=httpx.Timeout(timeout), transport=transport, follow_redirects=False
+        )
         self._lock = threading.Lock()
         self._down: str | None = None  # the message of the failure that opened the breaker
         self._down_until = 0.0
@@ -146,7 +154,8 @@ class PrometheusProvider:
             ) from exc
         except httpx.HTTPError as exc:
             raise MetricsUnavailableError(
-                f"Prometheus at {self.url} is unreachable ({type(exc).__name__}: {exc}); {_NO_PROMOTION}",
+                f"Prometheus at {self.url} is unreachable ({type(exc).__name__}: {excerpt(exc)}); "
+                f"{_NO_PROMOTION}",
                 delay=self.hold_off,
             ) from exc
         try:
@@ -154,21 +163,19 @@ class PrometheusProvider:
         except ValueError:  # not JSON (also not UTF-8)
             body = None
         error = body.get("error") if isinstance(body, dict) else None
+        said = excerpt(error or resp.text) or "(empty)"  # all of the answer a message may quote
         if resp.status_code in (400, 422):
-            raise MetricQueryError(
-                f"Prometheus rejected the query {params.get('query')!r}: {error or resp.text[:200]}"
-            )
+            raise MetricQueryError(f"Prometheus rejected the query {params.get('query')!r}: {said}")
         if resp.status_code != 200 or not isinstance(body, dict) or body.get("status") != "success":
             raise MetricsUnavailableError(
-                f"Prometheus at {self.url} answered {resp.status_code}: {error or resp.text[:200]!r}; "
-                f"{_NO_PROMOTION}",
+                f"Prometheus at {self.url} answered {resp.status_code}: {said}; {_NO_PROMOTION}",
                 delay=self.hold_off,
             )
         data = body.get("data")
         if not isinstance(data, dict) or not isinstance(data.get("resultType"), str) or "result" not in data:
             raise MetricsUnavailableError(
                 f"Prometheus at {self.url} answered without a result (not its query API?): "
-                f"{resp.text[:200]!r}; {_NO_PROMOTION}",
+                f"{excerpt(resp.text)}; {_NO_PROMOTION}",
                 delay=self.hold_off,
             )
         return data
@@ -189,14 +196,14 @@ class PrometheusProvider:
             if not series:
                 raise MetricQueryError(f"query returned no value (no matching series yet?): {query}")
             if len(series) > 1:
-                names = ", ".join("{" + series_key(labels) + "}" for labels, _ in series[:5])
+                names = excerpt(", ".join("{" + series_key(labels) + "}" for labels, _ in series[:5]))
                 raise MetricQueryError(
                     f"query returned {len(series)} values where one was expected ({names}); "
                     f"aggregate it, e.g. sum(...): {query}"
                 )
             value = _point(series[0][1].get("value"), query)[1]
         else:
-            raise MetricQueryError(f"query returned a {kind}, not a number: {query}")
+            raise MetricQueryError(f"query returned a {excerpt(kind, 20)}, not a number: {query}")
         if math.isnan(value):
             raise MetricQueryError(f"query returned NaN (no traffic in the window?): {query}")
         return value
@@ -209,13 +216,13 @@ class PrometheusProvider:
         if kind == "scalar":
             return {"": _point(result, query)[1]}
         if kind != "vector":
-            raise MetricQueryError(f"query returned a {kind}, not a vector: {query}")
+            raise MetricQueryError(f"query returned a {excerpt(kind, 20)}, not a vector: {query}")
         out: dict[str, float] = {}
         for labels, r in _series(result, query):
             key = series_key(labels)
             if key in out:
                 raise MetricQueryError(
-                    f"two series share the key {key!r}; aggregate by fewer labels: {query}"
+                    f"two series share the key {excerpt(key)}; aggregate by fewer labels: {query}"
                 )
             out[key] = _point(r.get("value"), query)[1]
         return out
@@ -229,7 +236,7 @@ class PrometheusProvider:
         for labels, r in _series(data["result"], query):
             values = r.get("values")
             if not isinstance(values, list):
-                raise _malformed(query, f"series {r!r} has no values")
+                raise _malformed(query, "a series has no values", r)
             out[series_key(labels)] = [_point(v, query) for v in values]
         return out
 
