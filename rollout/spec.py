@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from rollout.addresses import MAX_URL, URL_PATTERN, check_metrics_url
 from rollout.errors import SpecError
 
 API_GROUP = "bento-rollout.io"
@@ -78,6 +79,11 @@ DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 MODEL_TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}(:[A-Za-z0-9_.-]{1,128})?$"
 HEADER_NAME = r"^[A-Za-z0-9-]{1,64}$"
 MODEL_DIGEST = r"^sha256:[a-f0-9]{64}$"
+# http(s)://host[:port][/path]; no user info, query, fragment, link-local or metadata address
+# (rollout/addresses.py); the controller fetches only the addresses its allow-list names
+MetricsURL = Annotated[  # the validator runs first (its message says what is wrong), then the pattern
+    str, Field(pattern=URL_PATTERN, max_length=MAX_URL), BeforeValidator(check_metrics_url)
+]
 
 
 class _Model(BaseModel):
@@ -362,8 +368,12 @@ class RolloutSpec(_Model):
     strategy: Strategy
     analysis: AnalysisSpec = AnalysisSpec()
     router: RouterSpec = RouterSpec()
-    metrics_address: str | None = Field(
-        default=None, description="Prometheus URL; default: the local stack's"
+    metrics_address: MetricsURL | None = Field(
+        default=None,
+        description=(
+            "Prometheus URL, http(s)://host[:port][/path]; default: the controller's (the local "
+            "stack's for rollout run). The controller fetches only addresses on its allow-list"
+        ),
     )
     progress_deadline: Duration = Field(
         default=600.0,
