@@ -213,6 +213,16 @@ def _command(kind: str, help_text: str) -> click.Command:
     help="Prometheus URL when a spec has none",
 )
 @click.option(
+    "--allowed-metrics-address",
+    "allowed_metrics_addresses",
+    envvar="ROLLOUT_ALLOWED_METRICS_ADDRESSES",
+    multiple=True,
+    metavar="ADDRESSES",
+    help="what a spec's metricsAddress may name: host, host:port or http(s)://host:port/path prefixes, "
+    "comma-separated or repeated (default: --metrics-address). Link-local and cloud metadata "
+    "addresses are refused even when listed",
+)
+@click.option(
     "--interval", type=float, default=2.0, show_default=True, help="seconds between reconciles of a rollout"
 )
 @click.option(
@@ -264,6 +274,7 @@ def controller_cmd(
     kubeconfig: str | None,
     context: str | None,
     metrics_address: str | None,
+    allowed_metrics_addresses: tuple[str, ...],
     interval: float,
     leader_election: bool,
     lease_name: str,
@@ -279,6 +290,7 @@ def controller_cmd(
     """Run the ModelRollout operator (kopf): reconcile rollouts with the same engine as local mode."""
     import logging
 
+    from rollout.addresses import split_entries
     from rollout.controller.handlers import ControllerConfig, run
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -288,6 +300,7 @@ def controller_cmd(
         kubeconfig=kubeconfig,
         context=context,
         metrics_address=metrics_address,
+        allowed_metrics_addresses=split_entries(allowed_metrics_addresses),
         interval=interval,
         leader_election=leader_election,
         lease_name=lease_name,

@@ -14,6 +14,11 @@
   (``rollout.k8s.lease``), so a standby replica watches nothing and acts on nothing; a leader that
   loses its Lease stands by (its handlers act on nothing) until it holds the Lease again. kopf's
   own peering is off (it would need its cluster-wide peering CRDs and more RBAC);
+- **metrics addresses**: a ModelRollout's ``spec.metricsAddress`` must match an entry of
+  ``allowed_metrics_addresses`` (default: ``metrics_address``, the controller's own Prometheus) and
+  must not be or resolve to a link-local or cloud metadata address, or it is refused like an
+  invalid spec (reconciler.py, rollout/addresses.py); Prometheus is reached through
+  ``PinnedTransport``, which checks the addresses again where it connects (metrics/guard.py);
 - **metrics**: with ``metrics_port`` set, the rollout_* series (rollout/exporter.py) of every
   rollout this replica reconciles are served on ``metrics_host:metrics_port`` (127.0.0.1 unless
   the chart sets ROLLOUT_METRICS_HOST), refreshed on every reconcile. A standby serves none.
@@ -35,12 +40,14 @@ from typing import Any
 
 import kopf
 
-from rollout.errors import PermanentError, RolloutError, TemporaryError
+from rollout.addresses import AddressPolicy, check_metrics_url
+from rollout.errors import PermanentError, RolloutError, TemporaryError, UsageError
 from rollout.exporter import MetricsServer, RolloutCollector
 from rollout.gate import JudgeFactory
 from rollout.k8s.client import MODEL_ROLLOUT, KubeClient
 from rollout.k8s.lease import LeaderElector
 from rollout.metrics.base import MetricProvider
+from rollout.metrics.guard import system_resolve
 from rollout.spec import RolloutSpec
 
 from .reconciler import MetricsFactory, Reconciler, RouterFactory, default_router
@@ -56,6 +63,8 @@ class ControllerConfig:
     kubeconfig: str | None = None
     context: str | None = None
     metrics_address: str | None = None  # default Prometheus when a spec names none
+    # what a spec's metricsAddress may name: host, host:port or URL prefixes; empty: metrics_address
+    allowed_metrics_addresses: tuple[str, ...] = ()
     interval: float = 2.0
     leader_election: bool = True
     lease_name: str = "bento-rollout-controller"
@@ -69,7 +78,22 @@ class ControllerConfig:
     metrics_port: int | None = None  # None: not served
 
 
+def address_policy(cfg: ControllerConfig) -> AddressPolicy:
+    """The allow-list of ``cfg``; UsageError naming a malformed address (--metrics-address too)."""
+    default = (cfg.metrics_address,) if cfg.metrics_address else ()
+    try:
+        if cfg.metrics_address:
+            check_metrics_url(cfg.metrics_address)
+    except ValueError as exc:
+        raise UsageError(f"--metrics-address {cfg.metrics_address!r} {exc}") from None
+    try:
+        return AddressPolicy(cfg.allowed_metrics_addresses or default, system_resolve)
+    except ValueError as exc:
+        raise UsageError(f"--allowed-metrics-address: {exc}") from None
+
+
 def _metrics_factory(default_url: str | None) -> Any:
+    from rollout.metrics.guard import PinnedTransport
     from rollout.metrics.prometheus import PrometheusProvider
 
     def factory(spec: RolloutSpec) -> MetricProvider:
@@ -78,7 +102,7 @@ def _metrics_factory(default_url: str | None) -> Any:
             raise PermanentError(
                 f"rollout {spec.service}: no Prometheus address (spec.metricsAddress or --metrics-address)"
             )
-        return PrometheusProvider(url)
+        return PrometheusProvider(url, transport=PinnedTransport())
 
     return factory
 
@@ -183,6 +207,8 @@ def run(
     ``metrics``, ``router_factory`` and ``judge_of`` replace the Reconciler's defaults (Prometheus
     at the spec's address, the spec's router, the analysis registry's judges): seams for embedders
     and for the fault drills of tests/e2e."""
+    addresses = address_policy(cfg)
+    log.info("metrics addresses a ModelRollout may name: %s", addresses.describe())
     client = KubeClient.auto(cfg.kubeconfig, cfg.context)
     stop = stop or threading.Event()
     identity = cfg.identity or os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
@@ -204,6 +230,7 @@ def run(
         default_provider=cfg.router,
         exporter=exporter,
         judge_of=judge_of,
+        addresses=addresses,
     )
     registry = build_registry(reconciler, cfg, elector, stop)
     liveness = f"http://{cfg.health_host}:{cfg.health_port}/healthz" if cfg.health_port else None

@@ -16,6 +16,10 @@ rollout whose stable does not serve holds (Paused, StableUnavailable) until it d
 After a promotion in istio / gateway-api mode the stable InferenceService takes the candidate's
 model over and traffic returns to stable (``handoff.py``, recorded in ``.status.handoff``).
 
+A ``spec.metricsAddress`` the controller's allow-list does not name, or one that is or resolves to a
+link-local or cloud metadata address (rollout/addresses.py), is refused like an invalid spec
+(Invalid, MetricsAddressRefused, one Warning Event): nothing moves and nothing is fetched.
+
 One rollout per service (``ownership.py``): a rollout whose service another ModelRollout is
 rolling out waits (Paused, ServiceBusy) and moves nothing, unless it supersedes it. An unexpected
 exception inside a reconcile holds the rollout (Paused, ReconcileError, one Event) and is retried
@@ -42,12 +46,21 @@ from rollout.actions import (
     SetRoutes,
     Transition,
 )
+from rollout.addresses import AddressPolicy
 from rollout.engine import hold_on_error, new_rollout, step
-from rollout.errors import NotFoundError, PermanentError, RolloutError, SpecError
+from rollout.errors import (
+    MetricsAddressRefusedError,
+    NotFoundError,
+    PermanentError,
+    RolloutError,
+    SpecError,
+    excerpt,
+)
 from rollout.exporter import RolloutCollector
 from rollout.gate import JudgeFactory
 from rollout.k8s.client import MODEL_ROLLOUT, KubeClient, Obj
 from rollout.metrics.base import MetricProvider
+from rollout.metrics.guard import system_resolve
 from rollout.metrics.sampler import SampleContext, collect
 from rollout.model import EventType, Reason, RolloutState
 from rollout.routers.base import Routes, RouteTarget, TrafficRouter
@@ -55,12 +68,13 @@ from rollout.spec import RolloutSpec, RouterProvider, parse_rollout
 
 from . import handoff, ownership, readiness
 from .conventions import default_router, isvc_name, route_target
-from .defence import ErrorLog, HeldError
+from .defence import MAX_MESSAGE, ErrorLog, HeldError
 from .ownership import Turn, TurnKind
 from .status import applied_command_keys, commands_from_annotations, state_from_status, status_from_state
 
 log = logging.getLogger("rollout.controller")
 MAX_STEPS_PER_RECONCILE = 4
+ADDRESS_REFUSED = "MetricsAddressRefused"
 
 MetricsFactory = Callable[[RolloutSpec], MetricProvider]
 RouterFactory = Callable[[RolloutSpec, str, KubeClient], TrafficRouter]
@@ -90,6 +104,8 @@ class Reconciler:
     exporter: RolloutCollector | None = None
     # the judge of a metric (None: the analysis registry's); a seam for embedders and fault drills
     judge_of: JudgeFactory | None = None
+    # the metrics addresses a spec may name (none by default: only the controller's own default)
+    addresses: AddressPolicy = field(default_factory=lambda: AddressPolicy((), system_resolve))
     errors: ErrorLog = field(default_factory=ErrorLog)  # unexpected errors per rollout
     measure_errors: ErrorLog = field(default_factory=ErrorLog)  # ... per rollout and metric
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, repr=False)
@@ -135,7 +151,7 @@ class Reconciler:
             try:
                 sample = collect(by_name[a.metric], provider, ctx)
             except RolloutError as exc:  # unreachable Prometheus, no value: a measurement in phase Error
-                error = str(exc)
+                error = excerpt(str(exc), MAX_MESSAGE)  # one line into the status and the Events
             except Exception as exc:
                 error, _ = self.measure_errors.record(key, exc, f"{namespace}/{name}: measuring {a.metric}")
             else:
@@ -184,6 +200,11 @@ class Reconciler:
             return None
         try:
             spec = self._cluster_spec(parse_rollout(obj).spec)
+            if spec.metrics_address is not None:  # before anything moves, and never fetched if refused
+                self.addresses.check(spec.metrics_address)
+        except MetricsAddressRefusedError as exc:
+            self._invalid(obj, str(exc), reason=ADDRESS_REFUSED)
+            return None
         except (SpecError, PermanentError) as exc:
             self._invalid(obj, str(exc))
             return None
@@ -268,7 +289,7 @@ class Reconciler:
             try:
                 moved = self._act(t, router, handoff.hold_routes(obj.get("status"), state))
             except PermanentError as exc:  # e.g. a route feature the provider cannot express
-                self.client.emit_event(obj, "RouterFailed", str(exc), "Warning")
+                self.client.emit_event(obj, "RouterFailed", excerpt(str(exc), MAX_MESSAGE), "Warning")
                 raise
             mem.results = self._measure(namespace, name, spec, state, t.of(Measure))
             if not (t.changed or moved or mem.results) or state.done:
@@ -345,10 +366,18 @@ class Reconciler:
         else:
             self.exporter.update(name, state, namespace)
 
-    def _invalid(self, obj: Obj, message: str) -> None:
+    def _invalid(self, obj: Obj, message: str, reason: str = "InvalidSpec") -> None:
+        """Phase Invalid, nothing moved. A refused metrics address is also a Warning Event (once
+        per distinct message)."""
         self._export(obj["metadata"]["namespace"], obj["metadata"]["name"], None)
-        status = {"phase": "Invalid", "reason": "InvalidSpec", "message": message}
+        old = obj.get("status") or {}
+        status = {"phase": "Invalid", "reason": reason, "message": message}
         self.client.patch_status(MODEL_ROLLOUT, obj["metadata"]["namespace"], obj["metadata"]["name"], status)
+        if reason == ADDRESS_REFUSED and (old.get("reason"), old.get("message")) != (reason, message):
+            try:
+                self.client.emit_event(obj, reason, message, "Warning")
+            except RolloutError as exc:
+                log.warning("could not record event %s: %s", reason, exc)
         raise PermanentError(f"ModelRollout {obj['metadata']['name']}: {message}")
 
     def finalize(self, namespace: str, obj: Obj) -> str:

@@ -53,6 +53,8 @@ class Controller:
 
     def __init__(self, kubeconfig: Path, namespace: str, log: Path, identity: str, *extra: str) -> None:
         self.log = log
+        if not any(a.startswith("--allowed-metrics-address") for a in extra):
+            extra = ("--allowed-metrics-address", "127.0.0.1", *extra)  # the tests' Prometheus, any port
         cmd = [
             str(Path(sys.executable).parent / "rollout"), "controller", "-n", namespace, "--kubeconfig", str(kubeconfig),
             "--interval", "0.5", "--lease-namespace", namespace, "--lease-duration", "4", "--identity", identity,
