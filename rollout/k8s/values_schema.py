@@ -15,12 +15,14 @@ import json
 from typing import Any
 
 from rollout import spec
+from rollout.addresses import MAX_URL, URL_PATTERN
 
 ROUTING_MODES = ["kserve", "istio", "gateway-api"]
 MONITOR_KINDS = ["PodMonitor", "ServiceMonitor"]
 K8S_QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 K8S_DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 IMAGE_REF = r"^[a-z0-9]+([._/:-][a-z0-9]+)*$"
+HOST_PORT = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$"
 
 
 def _spec_part(model: type[Any]) -> dict[str, Any]:
@@ -198,7 +200,21 @@ def values_schema() -> dict[str, Any]:
                                 "description": "seconds",
                             },
                         ),
-                        "prometheusUrl": _str("Prometheus the analysis queries", pattern=r"^https?://.+"),
+                        "prometheusUrl": _str(
+                            "Prometheus the analysis queries: http(s)://host[:port][/path]",
+                            pattern=URL_PATTERN,
+                            maxLength=MAX_URL,
+                        ),
+                        "allowedMetricsAddresses": {
+                            "type": "array",
+                            "description": "what else spec.metricsAddress may name (prometheusUrl always "
+                            "may); link-local and cloud metadata addresses never",
+                            "items": _str(
+                                "host, host:port or an http(s)://host:port/path prefix",
+                                pattern=f"({URL_PATTERN})|({HOST_PORT})",
+                                maxLength=MAX_URL,
+                            ),
+                        },
                         "logLevel": {"enum": ["debug", "info", "warning", "error"]},
                         "metricsPort": _int(
                             "port of the controller's /metrics and of its probes' /healthz and /readyz",

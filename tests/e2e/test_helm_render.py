@@ -182,6 +182,39 @@ def test_controller_runs_rollout_controller_with_leader_election(home: Path) -> 
     assert deploy["spec"]["replicas"] == 2
 
 
+def test_the_controller_fetches_the_charts_prometheus_and_the_listed_addresses_only(home: Path) -> None:
+    """ROLLOUT_ALLOWED_METRICS_ADDRESSES: controller.prometheusUrl, then allowedMetricsAddresses;
+    the chart's own ModelRollout names an allowed address, and any other is refused."""
+    from rollout.addresses import AddressPolicy, split_entries
+    from rollout.errors import MetricsAddressRefusedError
+
+    def allowed(values: dict[str, Any]) -> tuple[AddressPolicy, dict[str, list[dict[str, Any]]]]:
+        kinds = by_kind(template(home, {"rollout.enabled": True, **values}))
+        (container,) = kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        return AddressPolicy(
+            split_entries([env["ROLLOUT_ALLOWED_METRICS_ADDRESSES"]]), lambda h, p: ()
+        ), kinds
+
+    policy, kinds = allowed({})
+    assert policy.describe() == "http://prometheus-operated.monitoring.svc:9090"
+    policy.check(kinds["ModelRollout"][0]["spec"]["metricsAddress"])
+    with pytest.raises(MetricsAddressRefusedError):
+        policy.check("http://prometheus-operated.monitoring.svc:9091")
+    url = "https://prom.example.com/tenant"
+    policy, _ = allowed(
+        {
+            "controller.allowedMetricsAddresses": [
+                "prom-b:9090",
+                url,
+                "http://prometheus-operated.monitoring.svc:9090",
+            ]
+        }
+    )
+    assert policy.describe() == f"http://prometheus-operated.monitoring.svc:9090, prom-b:9090, {url}"
+    policy.check("http://prom-b:9090")
+
+
 def test_controller_probes_point_at_the_exporters_real_paths_on_its_metrics_port(home: Path) -> None:
     """Both probes hit the rollout_* metrics server (rollout/exporter.py), which a standby replica
     serves too (kopf's own /healthz opens only after the Lease is held); tests/unit/
@@ -342,6 +375,10 @@ BAD_VALUES = [
     ({"models.stableDigest": "sha256:abc"}, ["models/stableDigest"]),
     ({"models.candidateDigest": "a" * 64}, ["models/candidateDigest"]),
     ({"models.candidate": "", "models.candidateDigest": PIN_B}, ["models.candidateDigest pins a candidate"]),
+    ({"controller.prometheusUrl": "file:///etc/passwd"}, ["controller/prometheusUrl"]),
+    ({"controller.prometheusUrl": "http://u:pw@prometheus:9090"}, ["controller/prometheusUrl"]),
+    ({"controller.allowedMetricsAddresses": ["http://u:pw@x"]}, ["controller/allowedMetricsAddresses/0"]),
+    ({"controller.allowedMetricsAddresses": "prom:9090"}, ["controller/allowedMetricsAddresses"]),
 ]
 
 
