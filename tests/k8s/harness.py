@@ -62,7 +62,7 @@ def binary(name: str) -> Path:
     if not (path.exists() and os.access(path, os.X_OK)):
         raise ProcessError(
             f"{name} is not built ({path} is missing): run `make tools` "
-            "(tests/k8s/build-tools.sh builds kube-apiserver, etcd, kube-controller-manager and helm)"
+            "(tests/k8s/build-tools.sh builds the Kubernetes binaries, etcd and helm)"
         )
     return path
 
