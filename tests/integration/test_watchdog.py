@@ -78,6 +78,8 @@ def test_a_killed_model_server_comes_back_on_its_address_and_says_so(stack: Loca
     )
     r = httpx.post(stack.service_url("iris") + "/predict", json={})
     assert r.status_code == 200 and r.json()["server"] == "iris-v1"
+    # the event is written once the restarted server is ready, a moment after the test sees it ready
+    wait_for("the restart event", lambda: any(e["component"] == "backend:iris-v1" for e in events(stack)), 10)
     last = [e for e in events(stack) if e["component"] == "backend:iris-v1"][-1]
     assert last["version"] == "v1" and last["service"] == "iris" and f"pid {old}" in last["message"]
 
