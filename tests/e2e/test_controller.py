@@ -327,13 +327,13 @@ def _holder(kube: KubeClient, ns: str) -> str | None:
     return lease.spec.holder_identity
 
 
-def _chart_rbac(ns: str) -> list[dict[str, Any]]:
-    """The controller's ServiceAccount, Role and RoleBinding as the Helm chart renders them (istio
-    routing), with Helm's own engine (the helm binary `make tools` builds)."""
+def _chart_rbac(ns: str, template: str = "templates/controller-rbac.yaml") -> list[dict[str, Any]]:
+    """The controller's ServiceAccount, Role, RoleBinding and Lease (or another ``template``) as
+    the Helm chart renders them (istio routing), with Helm's own engine (`make tools` builds it)."""
     helm = ROOT / ".cache" / "bin" / "helm"
     out = subprocess.run(
         [str(helm), "template", "r", str(ROOT / "helm" / "bento-rollout"), "--namespace", ns,
-         "--set", "routing.mode=istio", "--show-only", "templates/controller-rbac.yaml"],
+         "--set", "routing.mode=istio", "--show-only", template],
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -346,9 +346,11 @@ def _service_account_kubeconfig(k8s_cluster: Any, ns: str, path: Path) -> Path:
         "ServiceAccount": f"/api/v1/namespaces/{ns}/serviceaccounts",
         "Role": f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
         "RoleBinding": f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+        # the chart creates the controller's Lease itself: its Role may only get/update it by name
+        "Lease": f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
     }
     docs = _chart_rbac(ns)
-    assert sorted(d["kind"] for d in docs) == ["Role", "RoleBinding", "ServiceAccount"]
+    assert sorted(d["kind"] for d in docs) == ["Lease", "Role", "RoleBinding", "ServiceAccount"]
     sa = next(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount")
     with k8s_cluster.http() as http:
         for doc in docs:
@@ -395,12 +397,17 @@ def test_controller_runs_with_the_least_privilege_service_account(
         sa.call("list secrets", sa.core.list_namespaced_secret, ns)
     isvc(kube, ns, "iris-stable")
     isvc(kube, ns, "iris-candidate")
+    # the chart creates the VirtualService; its Role lets the controller only get/update it by name
+    (route,) = _chart_rbac(ns, "templates/virtualservice.yaml")
+    kube.create(VIRTUAL_SERVICE, ns, {k: v for k, v in route.items() if k not in ("apiVersion", "kind")})
     kube.create(
         MODEL_ROLLOUT,
         ns,
         rollout("iris-sa", [{"setWeight": 50}, {"pause": {"duration": "1s"}}, {"setWeight": 100}]),
     )
-    ctl = Controller(kubeconfig, ns, tmp_path / "controller-sa.log", "sa")
+    # the chart's Lease: its Role may get/update that one by name, and create none
+    lease = next(d["metadata"]["name"] for d in _chart_rbac(ns) if d["kind"] == "Lease")
+    ctl = Controller(kubeconfig, ns, tmp_path / "controller-sa.log", "sa", "--lease-name", lease)
     try:
         wait_for("Promoted", phase_is(kube, ns, "iris-sa", "Promoted"), timeout=180)
         # the hand-off patches the stable InferenceService: the chart's Role allows it
