@@ -278,7 +278,7 @@ def _candidate(w: _Step, obs: Observations) -> None:
         )
 
 
-def _stable(w: _Step, obs: Observations) -> None:
+def _stable(spec: RolloutSpec, w: _Step, obs: Observations) -> None:
     """Stable stopped serving (killed, crashed): hold - no step completes, no comparison with it is
     judged (there is no baseline), the step's timer stops - until it serves again."""
     s = w.s
@@ -295,10 +295,12 @@ def _stable(w: _Step, obs: Observations) -> None:
         if s.progress.step_started_at is not None:
             s.progress = s.progress.model_copy(update={"step_started_at": s.progress.step_started_at + down})
         s.stable_down_since = None
+        gates.restart(spec, s, w.now)  # no window may reach back into the outage
         w.note(
             EventType.NORMAL,
             Reason.STABLE_RECOVERED,
-            f"stable {s.stable} serves again after {format_duration(round(down))}; progressing",
+            f"stable {s.stable} serves again after {format_duration(round(down))}; analysis starts "
+            "afresh (no window reaches back into the outage); progressing",
         )
 
 
@@ -382,7 +384,7 @@ def step(
         w.note(EventType.WARNING, Reason.RESTARTED, notice)
     if not s.done:
         _candidate(w, obs)
-        _stable(w, obs)
+        _stable(spec, w, obs)
     comparisons: dict = {}
     if not s.done:
         notes, comparisons = gates.ingest(

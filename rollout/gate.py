@@ -67,6 +67,22 @@ def start(spec: RolloutSpec, state: RolloutState, now: float) -> None:
         st.consecutive_failed = st.consecutive_inconclusive = st.consecutive_errors = 0
 
 
+def restart(spec: RolloutSpec, state: RolloutState, now: float) -> None:
+    """Measure afresh from ``now`` (stable serves again after an outage): cumulative windows start
+    here and each metric's next measurement is due one window later, so no window reaches back into
+    the outage (the candidate took stable's share then: its latency is no fair comparison)."""
+    if state.analysis_started_at is None:
+        return
+    state.analysis_started_at = now
+    for m in spec.analysis.metrics:
+        st = state.metrics.get(m.name)
+        if st is None or st.next_due is None:
+            continue
+        st.next_due = now + (spec.analysis.window or interval_of(spec, m))
+        st.latest = None
+        st.consecutive_failed = st.consecutive_inconclusive = st.consecutive_errors = 0
+
+
 def stop(state: RolloutState) -> None:
     state.analysis_started_at = None
     for st in state.metrics.values():

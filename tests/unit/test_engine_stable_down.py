@@ -75,3 +75,21 @@ def test_the_edges_notices_become_events() -> None:
     assert [e.message for e in t.state.events if e.reason == Reason.RESTARTED] == [
         "restarted stable iris-v1 (exit -9)"
     ]
+
+
+def test_after_stable_is_back_no_window_reaches_back_into_the_outage() -> None:
+    """While stable was down the candidate took its share (slower, busier): the first measurement
+    after recovery is a full window later, so it compares only data from after the outage."""
+    spec = make_spec(CANARY, [COMPARATIVE], interval="5s", window="20s")
+    edge = StableEdge(source=good)
+    state = run(spec, edge, max_steps=50, until=lambda s: s.analysis_started_at is not None)
+    edge.stable_up = False
+    state = run(spec, edge, state, max_steps=200, until=lambda s: edge.now >= 60)
+    edge.stable_up = True
+    back = edge.now
+    state = run(spec, edge, state, max_steps=3, until=lambda s: s.stable_down_since is None)
+    assert state.analysis_started_at == back
+    state = run(spec, edge, state)
+    after = [t for t, name, _ in edge.measured if name == "errors-vs-stable" and t >= back]
+    assert after and after[0] >= back + 20, "a window reached back into the outage"
+    assert state.phase == Phase.PROMOTED
