@@ -208,7 +208,8 @@ def test_prometheus_hung_under_the_error_limit_holds_then_promotes(
     freeze = 3.5 * INTERVAL
     drill = hung_prometheus_drill(stack, servers, tmp_path, "prom-hung", error_limit=10, freeze_for=freeze)
     assert_held_and_noticed(drill)
-    assert len(drill.rounds["error-rate"]) >= 3, drill.rounds  # a round per interval while frozen
+    # a round per interval while frozen: 14 s at a 4 s interval, the first noticed within 6 s -> 2 at least
+    assert len(drill.rounds["error-rate"]) >= 2, drill.rounds
     assert drill.state.phase == Phase.PROMOTED, (drill.state.reason, drill.state.message, drill.output)
     assert drill.returncode == 0, drill.output
     assert any(e.reason == Reason.RESUMED and e.at > drill.thawed_at for e in drill.state.events)
