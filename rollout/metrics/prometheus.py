@@ -160,7 +160,7 @@ class PrometheusProvider:
             ) from exc
         try:
             body = resp.json()
-        except ValueError:  # not JSON (also not UTF-8)
+        except (ValueError, RecursionError):  # not JSON (also not UTF-8; nested past the parser's depth)
             body = None
         error = body.get("error") if isinstance(body, dict) else None
         said = excerpt(error or resp.text) or "(empty)"  # all of the answer a message may quote

@@ -9,7 +9,8 @@ Prometheus, when it
   seconds, without a request; after that the next query asks again, and an answer closes the breaker;
 - answers a body that is not Prometheus' API (not JSON, no data, no result) or a result whose values
   are not numbers (``"abc"``, missing, wrong shape), or NaN where one number is wanted: the query
-  fails with MetricsUnavailableError or MetricQueryError, never a KeyError/ValueError/TypeError.
+  fails with MetricsUnavailableError or MetricQueryError, never a KeyError/ValueError/TypeError
+  (nor the RecursionError of JSON nested deeper than the parser goes).
 """
 
 from __future__ import annotations
@@ -208,6 +209,7 @@ def test_a_closed_connection_is_unavailable_but_tried_again_at_once(fake: FakePr
 UNAVAILABLE: dict[str, Reply] = {
     "not JSON": Reply(body=b"<html>login</html>"),
     "not UTF-8": Reply(body=b"\xff\xfe\x00garbage"),
+    "JSON nested too deep": Reply(body=b"[" * 100_000 + b"]" * 100_000),  # a RecursionError in json
     "JSON null": Reply(body=b"null"),
     "JSON list": Reply(body=b"[]"),
     "no status": Reply(body=b'{"data": {"resultType": "vector", "result": []}}'),
