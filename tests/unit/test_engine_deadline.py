@@ -82,13 +82,16 @@ def test_a_human_pause_does_not_count_against_the_deadline() -> None:
 
 def test_a_clock_that_jumps_back_restarts_the_count_and_never_raises() -> None:
     spec = with_deadline("30s")
-    edge = FakeEdge(source=no_traffic)
-    state = run(spec, edge, max_steps=100, until=lambda s: edge.now >= 25)
-    edge.now = 1.0  # NTP stepped the clock back
-    state = run(spec, edge, state, max_steps=100, until=lambda s: edge.now >= 20)
-    assert not state.done
+    edge = FakeEdge(source=no_traffic, now=10_000.0)
+    state = run(spec, edge, max_steps=100, until=lambda s: edge.now >= 10_025)
+    assert state.held_since is not None and not state.done
+    edge.now = 9_000.0  # NTP stepped the clock back by 1000 s
+    state = run(spec, edge, state, max_steps=100, until=lambda s: edge.now >= 9_020)
+    assert not state.done, "the 25 s held before the jump still counted"
     state = run(spec, edge, state, max_steps=500)
     assert state.reason == Reason.PROGRESS_DEADLINE
+    # counted afresh from the jump: not 1000 s later, when the clock is back where the hold began
+    assert 9_030 < state.finished_at < 9_040
 
 
 def test_an_edge_error_holds_the_rollout_with_one_event_and_the_next_clean_step_progresses() -> None:
