@@ -184,7 +184,8 @@ def test_step_never_raises_never_promotes_on_bad_evidence_and_never_moves_unpers
 
         # never promotes by itself on evidence that is not Successful (a user's promote ends a
         # step whatever it says, and what follows from it - blue/green's scale-down - is theirs)
-        promoted_by_user = promoted_by_user or user_promoted(commands)
+        sticky = spec.strategy.name == "blue_green" and promoted_by_user
+        promoted_by_user = sticky or user_promoted(commands)
         if t.state.phase == Phase.PROMOTED and not state.done and not promoted_by_user:
             bad = {m: s.latest for m, s in t.state.metrics.items() if s.latest not in (None, "Successful")}
             assert not bad, f"promoted on its own with {bad}"
