@@ -200,6 +200,7 @@ class Reconciler:
             return None
         try:
             spec = self._cluster_spec(parse_rollout(obj).spec)
+            new_rollout(spec)  # a metric no judge takes, an unknown template: refused before anything moves
             if spec.metrics_address is not None:  # before anything moves, and never fetched if refused
                 self.addresses.check(spec.metrics_address)
         except MetricsAddressRefusedError as exc:

@@ -40,7 +40,7 @@ from rollout.controller.conventions import default_router
 from rollout.controller.defence import HeldError
 from rollout.controller.ownership import SUPERSEDE_ANNOTATION, Claim, TurnKind, turn
 from rollout.controller.reconciler import Reconciler
-from rollout.errors import MetricsUnavailableError, NotFoundError
+from rollout.errors import MetricsUnavailableError, NotFoundError, PermanentError
 from rollout.k8s.client import MODEL_ROLLOUT, KubeClient
 from rollout.routers.base import Routes, RouteTarget, TrafficRouter
 from rollout.spec import RolloutSpec
@@ -368,6 +368,30 @@ def test_ownership_rules() -> None:
     assert turn(done_a, [done_b], "iris").kind == TurnKind.QUIET
     assert turn(done_b, [done_a], "iris").kind == TurnKind.OWN
     assert turn(b, [_claim("x", "2025-01-01T00:00:00Z", invalid=True)], "iris").kind == TurnKind.OWN
+
+
+@pytest.mark.k8s
+def test_a_spec_the_engine_cannot_start_is_invalid_and_holds_no_service(
+    kube: KubeClient, k8s_namespace: str
+) -> None:
+    """A metric naming an unknown template passes the CRD but no judge can take it: the rollout is
+    Invalid, saying why, before anything moves - not an error per tick with an empty status that
+    the next rollout of the service waits behind (ServiceBusy) for ever."""
+    ns = k8s_namespace
+    _two_isvcs(kube, ns)
+    analysis = {"metrics": [{"name": "x", "template": "nope", "threshold": {"max": 1}}]}
+    kube.create(
+        MODEL_ROLLOUT, ns, rollout("iris-bad", [{"setWeight": 10}, {"analysis": {}}], analysis=analysis)
+    )
+    kube.create(MODEL_ROLLOUT, ns, _next("iris-next", [{"setWeight": 30}, {"pause": {}}]))
+    rec = Reconciler(kube, _no_metrics, clock=Clock())
+    with pytest.raises(PermanentError, match="unknown template 'nope'"):
+        rec.reconcile(ns, "iris-bad")
+    bad = status(kube, ns, "iris-bad")
+    assert (bad["phase"], bad["reason"]) == ("Invalid", "InvalidSpec") and "nope" in bad["message"], bad
+    state = rec.reconcile(ns, "iris-next")
+    assert state is not None and state.reason == "WaitingForPromotion", state
+    assert vs_weights(kube, ns) == {"stable": 70, "candidate": 30}
 
 
 def _two_isvcs(kube: KubeClient, ns: str) -> None:
