@@ -11,8 +11,10 @@ one line, terminal escapes dropped): a status, an Event or a log line never hold
 
 A hung Prometheus (stopped, swapping, stuck on a query) must cost an analysis round at most about one
 ``timeout``, not one per query: every wait (connect, read, write, pool) is bounded by ``timeout``
-(2 s), and once a query finds Prometheus unavailable every query fails at once with the same
-message for ``hold_off`` seconds (a small circuit breaker); the first query after that tries again.
+(2 s), and so is reading a body once it starts (a server that drips it out byte by byte; no more
+than ``MAX_ANSWER``, 16 MiB, of one is read); once a query finds Prometheus unavailable every
+query fails at once with the same message for ``hold_off`` seconds (a small circuit breaker); the
+first query after that tries again.
 Only a time-out opens it: a refused connection or a 5xx answers at once anyway.
 Who calls it: the local runner and the controller (for analysis measurements), the demo's plots
 (``query_range``).
@@ -20,6 +22,7 @@ Who calls it: the local runner and the controller (for analysis measurements), t
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -32,6 +35,7 @@ from rollout.errors import MetricQueryError, MetricsUnavailableError, excerpt
 
 DEFAULT_TIMEOUT = 2.0  # seconds per connect / read / write wait: a hang is noticed within one interval
 DEFAULT_HOLD_OFF = 2.0  # seconds queries fail fast after Prometheus was found unavailable
+MAX_ANSWER = 16 << 20  # bytes of an answer read: a query's answer here is kilobytes
 _NO_PROMOTION = "no promotion until it answers"
 
 
@@ -145,7 +149,8 @@ class PrometheusProvider:
 
     def _request(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
         try:
-            resp = self._client.post(f"{self.url}{path}", data=params)
+            with self._client.stream("POST", f"{self.url}{path}", data=params) as resp:
+                raw = self._read(resp)
         except httpx.TimeoutException as exc:
             raise MetricsUnavailableError(
                 f"Prometheus at {self.url} is unreachable (no answer within {self.timeout:g} s: "
@@ -158,12 +163,13 @@ class PrometheusProvider:
                 f"{_NO_PROMOTION}",
                 delay=self.hold_off,
             ) from exc
+        text = raw.decode(resp.encoding or "utf-8", errors="replace")
         try:
-            body = resp.json()
+            body = json.loads(raw)
         except (ValueError, RecursionError):  # not JSON (also not UTF-8; nested past the parser's depth)
             body = None
         error = body.get("error") if isinstance(body, dict) else None
-        said = excerpt(error or resp.text) or "(empty)"  # all of the answer a message may quote
+        said = excerpt(error or text) or "(empty)"  # all of the answer a message may quote
         if resp.status_code in (400, 422):
             raise MetricQueryError(f"Prometheus rejected the query {params.get('query')!r}: {said}")
         if resp.status_code != 200 or not isinstance(body, dict) or body.get("status") != "success":
@@ -175,10 +181,29 @@ class PrometheusProvider:
         if not isinstance(data, dict) or not isinstance(data.get("resultType"), str) or "result" not in data:
             raise MetricsUnavailableError(
                 f"Prometheus at {self.url} answered without a result (not its query API?): "
-                f"{excerpt(resp.text)}; {_NO_PROMOTION}",
+                f"{excerpt(text)}; {_NO_PROMOTION}",
                 delay=self.hold_off,
             )
         return data
+
+    def _read(self, resp: httpx.Response) -> bytes:
+        """The body, read within ``timeout`` of its start (a server that drips it out is as good as
+        hung: httpx.ReadTimeout) and at most ``MAX_ANSWER`` bytes (more is not a query's answer)."""
+        deadline = time.monotonic() + self.timeout
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in resp.iter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER:
+                raise MetricsUnavailableError(
+                    f"Prometheus at {self.url} answered more than {MAX_ANSWER >> 20} MiB (not its query "
+                    f"API?); {_NO_PROMOTION}",
+                    delay=self.hold_off,
+                )
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise httpx.ReadTimeout("the answer did not arrive within the timeout", request=resp.request)
+        return b"".join(chunks)
 
     def _instant(self, query: str) -> tuple[str, Any]:
         data = self._api("/api/v1/query", {"query": query})

@@ -3,7 +3,8 @@
 Given a server on 127.0.0.1 (``http.server`` in a thread, started by the test) standing in for
 Prometheus, when it
 - hangs (accepts the connection, never answers; or sends headers and then nothing, as a process
-  stopped mid-answer): a query fails with MetricsUnavailableError after about ``timeout``, and one
+  stopped mid-answer; or drips its answer a byte at a time, each within the read timeout): a query
+  fails with MetricsUnavailableError after about ``timeout``, and one
   analysis round of the demo's three metrics (8 queries) costs about one timeout, not eight: once a
   query found it unavailable the others fail at once with the same message, for ``hold_off``
   seconds, without a request; after that the next query asks again, and an answer closes the breaker;
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 from rollout.errors import MetricQueryError, MetricsUnavailableError
+from rollout.metrics import prometheus
 from rollout.metrics.prometheus import PrometheusProvider
 from rollout.metrics.sampler import SampleContext, collect
 from rollout.spec import load_rollout
@@ -44,6 +46,7 @@ class Reply:
     hang: bool = False  # read the request, never answer
     hang_after_headers: bool = False  # send status and headers, then nothing
     close: bool = False  # close the connection without a word
+    drip: float = 0.0  # seconds between the bytes of the body (a server that drips its answer)
 
 
 def answer(kind: str, result: Any) -> bytes:
@@ -89,6 +92,13 @@ class FakePrometheus:
                     self.wfile.flush()
                     fake.release.wait()
                     return
+                if reply.drip:
+                    for i in range(len(reply.body)):
+                        if fake.release.wait(reply.drip):
+                            return
+                        self.wfile.write(reply.body[i : i + 1])
+                        self.wfile.flush()
+                    return
                 self.wfile.write(reply.body)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -126,9 +136,11 @@ class Clock:
 # --- a hung Prometheus -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["hang", "hang_after_headers"])
-def test_hung_prometheus_is_unavailable_after_one_timeout(fake: FakePrometheus, how: str) -> None:
-    fake.reply = Reply(body=ONE, **{how: True})
+@pytest.mark.parametrize(
+    "how", [{"hang": True}, {"hang_after_headers": True}, {"drip": 0.1}], ids=["hang", "headers", "drip"]
+)
+def test_hung_prometheus_is_unavailable_after_one_timeout(fake: FakePrometheus, how: dict[str, Any]) -> None:
+    fake.reply = Reply(body=ONE, **how)
     provider = PrometheusProvider(fake.url, timeout=0.5)
     t0 = time.monotonic()
     with pytest.raises(MetricsUnavailableError, match="unreachable.*within 0.5 s") as err:
@@ -180,6 +192,15 @@ def test_after_the_hold_off_it_asks_again_and_an_answer_closes_the_breaker(fake:
     assert provider.run_query("up") == 1.5
     assert provider.run_query("up") == 1.5
     assert fake.requests == 4
+
+
+def test_an_answer_larger_than_a_query_answer_is_not_read(
+    fake: FakePrometheus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prometheus, "MAX_ANSWER", 1000)
+    fake.reply = Reply(body=vector(*[{"metric": {"i": str(i)}, "value": [1, "1"]} for i in range(100)]))
+    with pytest.raises(MetricsUnavailableError, match="answered more than"):
+        PrometheusProvider(fake.url).query_vector("up")
 
 
 def test_a_rejected_query_does_not_open_the_breaker(fake: FakePrometheus) -> None:
