@@ -131,11 +131,19 @@ def get_record(tag: str) -> ModelRecord:
 
 
 def list_records(name: str | None = None) -> list[ModelRecord]:
-    """Every model saved by bentos.train (others are skipped), optionally only those called ``name``."""
+    """Every model saved by bentos.train (others are skipped), optionally only those called ``name``
+    (none when the store has no model of that name; UsageError for a name BentoML cannot hold)."""
     import bentoml
+    from bentoml.exceptions import NotFound
 
+    try:
+        models = bentoml.models.list(name)
+    except NotFound:
+        return []
+    except ValueError as exc:  # not a valid tag
+        raise UsageError(str(exc)) from None
     records: list[ModelRecord] = []
-    for model in bentoml.models.list(name):
+    for model in models:
         tag = str(model.tag)
         try:
             metadata = ModelMetadata.from_dict(dict(model.info.metadata), tag)

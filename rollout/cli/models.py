@@ -17,7 +17,7 @@ import json
 
 import click
 
-from rollout.errors import GateFailedError, ModelError, UsageError
+from rollout.errors import GateFailedError, ModelError, ModelIntegrityError, UsageError
 
 
 @click.command("train")
@@ -49,7 +49,6 @@ def train_command(names: tuple[str, ...], all_: bool, force: bool) -> None:
 def models_command(name: str | None, verify: bool, as_json: bool) -> None:
     """List the models in the store (optionally only NAME's) with the artifact digest to pin."""
     from bentos.train import default_bentoml_home
-    from rollout.errors import ModelIntegrityError
     from rollout.registry import list_records, verify_artifact
 
     default_bentoml_home()
@@ -79,7 +78,8 @@ def models_command(name: str | None, verify: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows))
     else:
-        click.echo("\n".join(lines) or "no models in the store; train them with `rollout train --all`")
+        none = f"no model named {name} in the store" if name else "no models in the store"
+        click.echo("\n".join(lines) or f"{none}; train them with `rollout train --all`")
     if bad:
         raise ModelError("; ".join(bad))
 

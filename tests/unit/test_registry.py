@@ -258,6 +258,12 @@ def test_cli_models_shows_the_digest_to_pin_and_verify_finds_a_modified_artifact
     assert all(len(d) == len("sha256:") + 64 for d in digests.values())
     text = runner.invoke(cli, ["models", "iris"])
     assert digests["iris:v1"] in text.output
+    unknown = runner.invoke(cli, ["models", "nosuch"])
+    assert (unknown.exit_code, unknown.output) == (
+        0,
+        "no model named nosuch in the store; train them with `rollout train --all`\n",
+    )
+    assert runner.invoke(cli, ["models", "Bad Name!"]).exit_code == 2
     record = get_record("iris:v1")
     blob = record.artifact_path.read_bytes()
     record.artifact_path.write_bytes(blob + b"\0")
