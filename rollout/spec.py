@@ -454,14 +454,20 @@ def parse_rollout(data: Any) -> ModelRollout:
         raise spec_error(exc) from None
 
 
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    """A key written twice in one mapping (its message names both lines)."""
+
+
 class _StrictLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses a key twice in one mapping (as Kubernetes' strict decoding
-    does): PyYAML keeps the last value silently, so ``service:`` written twice would win unseen."""
+    does): PyYAML keeps the last value silently, so ``service:`` written twice would win unseen.
+    Keys a merge (``<<: *anchor``) brings in may be overridden, as YAML's merge keys intend."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        self.flatten_mapping(node)
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # the base constructor merges (flatten_mapping): merged keys may be overridden
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             try:
@@ -470,7 +476,7 @@ class _StrictLoader(yaml.SafeLoader):
             except TypeError:
                 continue  # an unhashable key: the base constructor reports it
             if first is not None:
-                raise yaml.constructor.ConstructorError(
+                raise _DuplicateKey(
                     None, None, f"duplicate key {key!r} on line {line} (first on line {first})"
                 )
         return super().construct_mapping(node, deep=deep)
@@ -487,7 +493,7 @@ def load_rollout(path: str | Path) -> ModelRollout:
         raise SpecError(f"cannot read {p}: {exc}") from None
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
-    except yaml.constructor.ConstructorError as exc:
+    except _DuplicateKey as exc:
         raise SpecError(f"{p}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{p} is not valid YAML: {exc}".replace("\n", " ")) from None

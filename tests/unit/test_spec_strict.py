@@ -48,3 +48,23 @@ def test_rollout_run_exits_2_with_one_line(tmp_path: Path) -> None:
 
 def test_the_same_key_in_two_mappings_is_fine() -> None:
     assert load_rollout(GOOD).spec.service == "iris"  # `name:` appears in metadata and in metrics
+
+
+def test_a_key_a_merge_brought_in_may_be_overridden(tmp_path: Path) -> None:
+    """YAML merge keys exist to be overridden: ``<<: *defaults`` then ``failureLimit: 3``."""
+    text = GOOD.read_text(encoding="utf-8").replace(
+        "      - name: error-rate\n",
+        "      - &errors {name: error-rate, template: error-rate, threshold: {max: 0.01}}\n"
+        "      - <<: *errors\n        name: error-rate-2\n      - name: error-rate-3\n",
+        1,
+    )
+    path = tmp_path / "spec.yaml"
+    path.write_text(text, encoding="utf-8")
+    names = [m.name for m in load_rollout(path).spec.analysis.metrics]
+    assert names[:3] == ["error-rate", "error-rate-2", "error-rate-3"]
+
+
+def test_other_yaml_errors_keep_their_line(tmp_path: Path) -> None:
+    path = with_line("  service: iris\n", "  extra: !unknown-tag 1\n", tmp_path)
+    with pytest.raises(SpecError, match="not valid YAML.*line 7"):
+        load_rollout(path)
