@@ -231,8 +231,8 @@ class Allowed:
     path: str
 
     @classmethod
-    def parse(cls, text: str) -> Allowed:
-        a = parse(text, scheme_optional=True)
+    def of(cls, text: str, a: Address) -> Allowed:
+        """The entry ``text``, whose form ``parse(text, scheme_optional=True)`` gave as ``a``."""
         if a.scheme != "any":
             return cls(text, a.scheme, a.host, a.port, a.path)
         if a.path:
@@ -255,11 +255,11 @@ class AddressPolicy:
         self.allowed: tuple[Allowed, ...] = ()
         for entry in entries:
             try:
-                allowed = Allowed.parse(entry)
+                address = parse(entry, scheme_optional=True)
+                allowed = Allowed.of(entry, address)
             except ValueError as exc:
                 raise ValueError(f"allowed metrics address {entry!r} {exc}") from None
-            listed = Address("http", allowed.host, 0, "", _ip(allowed.host))
-            if why := static_refusal(listed):
+            if why := static_refusal(address):
                 log.warning("allowed metrics address %r is never fetched all the same: %s", entry, why)
             self.allowed += (allowed,)
         self.resolve = resolve
@@ -285,13 +285,6 @@ class AddressPolicy:
         if why := refusal(address, self.resolve):
             raise MetricsAddressRefusedError(f"{url} is never fetched: {why}")
         return address
-
-
-def _ip(host: str) -> IP | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
 
 
 def split_entries(values: Iterable[str]) -> tuple[str, ...]:
