@@ -136,11 +136,10 @@ class Reconciler:
         self, namespace: str, name: str, spec: RolloutSpec, state: RolloutState, actions: list[Measure]
     ) -> tuple[MetricResult, ...]:
         """Run the Measure actions. Every failure is a measurement in phase Error, never raised:
-        ours (Prometheus unreachable, no value) as they are, any other exception (a bug, an answer
-        nobody foresaw) with its type, logged with its traceback once while it repeats."""
-        if not actions:
-            return ()
-        provider = self.metrics(spec)
+        ours (Prometheus unreachable, no value, no Prometheus address at all) as they are, any other
+        exception (a bug, an answer nobody foresaw) with its type, logged with its traceback once
+        while it repeats."""
+        provider: MetricProvider | None = None
         by_name = {m.name: m for m in spec.analysis.metrics}
         out = []
         for a in actions:
@@ -149,6 +148,7 @@ class Reconciler:
             ctx = SampleContext(spec.service, spec.stable.model, spec.candidate.model, a.window, elapsed)
             key = (namespace, name, a.metric)
             try:
+                provider = provider or self.metrics(spec)
                 sample = collect(by_name[a.metric], provider, ctx)
             except RolloutError as exc:  # unreachable Prometheus, no value: a measurement in phase Error
                 error = excerpt(str(exc), MAX_MESSAGE)  # one line into the status and the Events

@@ -121,3 +121,40 @@ def test_a_spec_without_cluster_router_uses_the_controllers_default(
     with pytest.raises(PermanentError, match="local data plane"):
         Reconciler(kube, _no_metrics, default_provider="nginx").reconcile(ns, "plain")
     assert kube.get(MODEL_ROLLOUT, ns, "plain")["status"]["phase"] == "Invalid"
+
+
+def test_no_prometheus_address_at_all_is_a_measurement_error_in_the_status(
+    kube: KubeClient, k8s_namespace: str
+) -> None:
+    """A spec that names no metricsAddress, run by a controller started without --metrics-address
+    (its real metrics factory): every measurement is an Error saying so - Paused,
+    MetricsUnavailable, then rolled back past errorLimit - instead of a permanent error per tick
+    in the log while ``.status`` still said Progressing at 30 % for ever."""
+    from rollout.controller.handlers import _metrics_factory
+
+    ns = k8s_namespace
+    isvc(kube, ns, "iris-stable")
+    isvc(kube, ns, "iris-candidate")
+    analysis = {
+        "interval": "1s",
+        "errorLimit": 2,
+        "metrics": [{"name": "error-rate", "template": "error-rate", "threshold": {"max": 0.01}}],
+    }
+    body = rollout(
+        "iris", [{"setWeight": 30}, {"analysis": {"intervals": 2}}, {"setWeight": 100}], analysis=analysis
+    )
+    kube.create(MODEL_ROLLOUT, ns, body)
+    clock = Clock()
+    rec = Reconciler(kube, _metrics_factory(None), clock=clock)
+    seen = []
+    for _ in range(8):
+        state = rec.reconcile(ns, "iris")  # never raises
+        seen.append((state.phase.value, state.reason))
+        if state.done:
+            break
+        clock.now += 1.5
+    assert ("Paused", "MetricsUnavailable") in seen, seen
+    assert seen[-1] == ("RolledBack", "MetricsUnavailable"), seen
+    st = kube.get(MODEL_ROLLOUT, ns, "iris")["status"]
+    assert "no Prometheus address" in st["analysis"][0]["message"], st["analysis"]
+    assert vs_weights(kube, ns) == {"stable": 100, "candidate": 0}
