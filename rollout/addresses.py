@@ -53,7 +53,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _URL = re.compile(r"^(?P<scheme>[^:/?#]+)://(?P<authority>[^/?#]*)(?P<path>[^?#]*)(?P<rest>[?#].*)?$")
 _AUTHORITY = re.compile(r"^(?:\[(?P<v6>[^\]]*)\]|(?P<host>[^:\[\]]*))(?::(?P<port>[^:]*))?$")
-_NUMBER = re.compile(r"^(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$")
+_NUMBER = re.compile(r"^([0-9]+|0x[0-9a-f]*)$")  # a last label that makes a host an IPv4 address
 
 
 @dataclass(frozen=True)
@@ -121,24 +121,6 @@ def refusal(address: Address, resolve: Resolver) -> str | None:
 # --- the form ------------------------------------------------------------------------------------
 
 
-def loose_ipv4(host: str) -> ipaddress.IPv4Address | None:
-    """What C's ``inet_aton`` (and so ``getaddrinfo``) reads as an IPv4 address: one to four parts,
-    each decimal, octal (leading 0) or hex (0x), the last filling the remaining bytes. Else None."""
-    parts = host.split(".")
-    if not 1 <= len(parts) <= 4 or not all(_NUMBER.match(p) for p in parts):
-        return None
-    values = [
-        int(p, 16) if p[1:2] in ("x", "X") else int(p, 8) if p.startswith("0") else int(p) for p in parts
-    ]
-    *head, last = values
-    if any(v > 255 for v in head) or last >= 256 ** (4 - len(head)):
-        return None
-    n = 0
-    for v in head:
-        n = n * 256 + v
-    return ipaddress.IPv4Address(n * 256 ** (4 - len(head)) + last)
-
-
 def _host(raw: str) -> tuple[str, IP | None]:
     """A URL's host (brackets removed) -> (normalised host, its IP if it is one). ValueError if odd."""
     if not raw:
@@ -160,17 +142,14 @@ def _host(raw: str) -> tuple[str, IP | None]:
         pass
     else:
         return str(v4), v4
-    if (loose := loose_ipv4(host)) is not None:
-        why = never_fetched(loose)
-        raise ValueError(
-            f"host {raw!r} is the IPv4 address {loose} in another notation"
-            + (f", never fetched ({why})" if why else "; write it as a.b.c.d")
-        )
     labels = host.split(".")
     if len(host) > 253 or not all(_LABEL.match(label) for label in labels):
         raise ValueError(f"host {raw!r} is not a DNS name nor an IP address")
-    if labels[-1].isdigit():
-        raise ValueError(f"host {raw!r} ends in a numeric label (an IP address?); write IPv4 as a.b.c.d")
+    if _NUMBER.match(labels[-1]):  # as the URL standard: C's inet_aton would read an IPv4 address
+        raise ValueError(
+            f"host {raw!r} ends in a number (the C resolver reads it as an IPv4 address: 2852039166 "
+            "and 0xa9fea9fe are 169.254.169.254); write IPv4 as a.b.c.d"
+        )
     return host, None
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from rollout.addresses import URL_PATTERN, AddressPolicy, loose_ipv4, parse, split_entries
+from rollout.addresses import URL_PATTERN, AddressPolicy, parse, split_entries
 from rollout.errors import MetricsAddressRefusedError, SpecError
 from rollout.spec import parse_rollout
 
@@ -122,7 +122,7 @@ def test_the_messages_say_what_is_wrong() -> None:
     assert "user info" in why("http://user:pw@prometheus:9090")
     assert "169.254.169.254 is a cloud metadata address" in why("http://169.254.169.254/latest/meta-data")
     assert "fe80::1 is link-local" in why("http://[fe80::1]")
-    assert "169.254.169.254 in another notation" in why("http://2852039166/")
+    assert "'2852039166' ends in a number (the C resolver reads it as an IPv4" in why("http://2852039166/")
     assert "query or a fragment" in why("http://prometheus:9090/?query=up")
 
 
@@ -130,14 +130,18 @@ def test_the_messages_say_what_is_wrong() -> None:
     "host",
     ["2852039166", "0xa9fea9fe", "0XA9FEA9FE", "0251.0376.0251.0376", "169.254.43518", "169.16689662",
      "127.1", "0x7f.1", "0", "00", "0x0", "08", "0x", "1.2.3.256", "4294967296", "0x1ffffffff",
-     "1.2.3.4.5", "1.2.65535", "01.2.3.4", "a.b", "1..2", "1.0x", "0x100.1"],
+     "1.2.3.4.5", "1.2.65535", "01.2.3.4", "a.b", "1..2", "1.0x", "0x100.1", "10.0.0.7", "1.2.3.4"],
 )  # fmt: skip
-def test_loose_ipv4_reads_hosts_as_the_c_resolver_does(host: str) -> None:
+def test_a_host_the_c_resolver_reads_as_ipv4_is_refused_unless_written_a_b_c_d(host: str) -> None:
     try:
-        expected = ipaddress.IPv4Address(socket.inet_ntoa(socket.inet_aton(host)))
+        read_as = socket.inet_ntoa(socket.inet_aton(host))  # what getaddrinfo would connect to
     except OSError:
-        expected = None
-    assert loose_ipv4(host) == expected
+        read_as = None
+    if read_as == host:
+        assert parse(f"http://{host}/").ip == ipaddress.IPv4Address(host)
+    elif read_as is not None:
+        with pytest.raises(ValueError, match="IPv4"):
+            parse(f"http://{host}/")
 
 
 # --- the allow-list ------------------------------------------------------------------------------
