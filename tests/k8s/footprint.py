@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from rollout.errors import ProcessError
+from rollout.local.processes import is_running, proc_start_time
 
 PREFIX = "brnode-"  # of the run directory, the netns and the cgroup
 RUN_BASE = Path("/tmp")  # short paths: a unix socket path is at most 107 bytes
@@ -149,18 +150,10 @@ def mounts_under(path: Path) -> list[Path]:
     return found
 
 
-def process_start_time(pid: int) -> str | None:
-    """Field 22 of /proc/PID/stat (tells a pid from a later process that reuses it)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
 def claim(rundir: Path) -> None:
     """Record this process as the owner of the node in ``rundir`` (for ``reap_stale``)."""
     pid = os.getpid()
-    (rundir / "owner.json").write_text(json.dumps({"pid": pid, "start_time": process_start_time(pid)}))
+    (rundir / "owner.json").write_text(json.dumps({"pid": pid, "start_time": proc_start_time(pid)}))
 
 
 def cleanup(rundir: Path) -> None:
@@ -182,9 +175,10 @@ def reap_stale(base: Path = RUN_BASE) -> list[Path]:
     for owner in base.glob(f"{PREFIX}*/owner.json"):
         try:
             info = json.loads(owner.read_text())
-        except (OSError, ValueError):
+            pid, started = int(info["pid"]), int(info["start_time"])
+        except (OSError, ValueError, KeyError, TypeError):
             continue
-        if process_start_time(int(info["pid"])) != info.get("start_time"):
+        if not is_running(pid, started):  # gone, or its pid reused by a later process
             cleanup(owner.parent)
             cleaned.append(owner.parent)
     return cleaned
