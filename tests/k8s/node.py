@@ -183,8 +183,8 @@ class Node:
         return local
 
     def pod_log(self, namespace: str, pod: str, container: str | None = None) -> str:
-        """The output of a pod's container(s), from the kubelet's log files (``kubectl logs`` cannot
-        reach the kubelet from the API server)."""
+        """The output of a pod's container(s), read from the kubelet's log files in the run directory
+        (the same text as ``kubectl logs``, which goes through the API server and egress.py)."""
         out = []
         for d in sorted((self.rundir / "pod-logs").glob(f"{namespace}_{pod}_*")):
             for f in sorted(d.glob(f"{container or '*'}/*.log")):
