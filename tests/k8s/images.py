@@ -88,6 +88,14 @@ class _Tar:
         return self.buf.getvalue()
 
 
+def _read_busybox(busybox: Path) -> bytes:
+    if not busybox.is_file():
+        raise ProcessError(
+            f"{busybox} is missing: install busybox-static (`make system`, .ci/install-system.sh)"
+        )
+    return busybox.read_bytes()
+
+
 def busybox_applets(busybox: Path = BUSYBOX) -> list[str]:
     proc = subprocess.run([str(busybox), "--list"], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -97,15 +105,12 @@ def busybox_applets(busybox: Path = BUSYBOX) -> list[str]:
 
 def busybox_layer(busybox: Path = BUSYBOX) -> bytes:
     """The root filesystem of the busybox images as an uncompressed tar layer."""
-    if not busybox.is_file():
-        raise ProcessError(
-            f"{busybox} is missing: install busybox-static (`make system`, .ci/install-system.sh)"
-        )
+    binary = _read_busybox(busybox)
     t = _Tar()
     for d in ("bin", "dev", "etc", "proc", "root", "sys", "var"):
         t.dir(d, 0o700 if d == "root" else 0o755)
     t.dir("tmp", 0o1777)
-    t.file("bin/busybox", busybox.read_bytes(), 0o755)
+    t.file("bin/busybox", binary, 0o755)
     for applet in busybox_applets(busybox):
         t.symlink(f"bin/{applet}", "busybox")
     t.file("etc/passwd", PASSWD.encode())
@@ -178,11 +183,7 @@ def _cached(name: str, key: str, build: Callable[[str], bytes], cache_dir: Path)
 
 def busybox_images(cache_dir: Path = CACHE_DIR, busybox: Path = BUSYBOX) -> dict[str, Image]:
     """``{"busybox": Image, "pause": Image}``, built into ``cache_dir`` unless already there."""
-    if not busybox.is_file():
-        raise ProcessError(
-            f"{busybox} is missing: install busybox-static (`make system`, .ci/install-system.sh)"
-        )
-    key = _cache_key(busybox.read_bytes())
+    key = _cache_key(_read_busybox(busybox))
     layer: list[bytes] = []
 
     def the_layer() -> list[bytes]:
