@@ -1,6 +1,6 @@
 """A hostile "Prometheus" cannot put its answer into errors, status or Events: a tiny real server.
 
-Given a server on 127.0.0.1 (``http.server`` in a thread, started by the test) that answers 10 KB
+Given a server on 127.0.0.1 (fake_prometheus.py, started by the test) that answers 10 KB
 bodies full of control characters, ANSI escapes, NULs and a fake ``error`` field with newlines, in
 every way PrometheusProvider reads an answer (5xx, 400, 200 that is not its API, an odd result),
 the MetricsUnavailableError / MetricQueryError message holds at most a 120-character excerpt of it,
@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -28,6 +26,7 @@ from rollout.errors import MetricQueryError, MetricsAddressRefusedError, Metrics
 from rollout.metrics.guard import PinnedTransport
 from rollout.metrics.prometheus import PrometheusProvider
 from rollout.spec import parse_rollout
+from tests.integration.fake_prometheus import FakePrometheus, Reply
 
 pytestmark = pytest.mark.integration
 MARK = "TAIL-MARKER-NEVER-SHOWN"
@@ -65,44 +64,14 @@ HOSTILE = {
 }
 
 
-class Hostile:
-    def __init__(self) -> None:
-        self.status, self.body = 500, BODY
-        self.hosts: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                server.hosts.append(self.headers.get("Host", ""))
-                data = server.body.encode("utf-8", "surrogatepass")
-                self.send_response(server.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.http.daemon_threads = True
-        self.thread = threading.Thread(target=self.http.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self.http.server_address[1])
-
-
 @pytest.fixture
-def hostile() -> Iterator[Hostile]:
-    server = Hostile()
-    server.thread.start()
-    yield server
-    server.http.shutdown()
-    server.http.server_close()
+def hostile() -> Iterator[FakePrometheus]:
+    with FakePrometheus() as server:
+        yield server
+
+
+def serve(fake: FakePrometheus, status: int, body: str) -> None:
+    fake.reply = Reply(status, body.encode("utf-8", "surrogatepass"))
 
 
 def assert_sanitised(message: str, limit: int) -> None:
@@ -115,9 +84,10 @@ def assert_sanitised(message: str, limit: int) -> None:
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_the_error_holds_only_a_sanitised_excerpt_of_the_answer(hostile: Hostile, name: str) -> None:
-    hostile.status, hostile.body, kind = HOSTILE[name]
-    provider = PrometheusProvider(f"http://127.0.0.1:{hostile.port}", timeout=2.0)
+def test_the_error_holds_only_a_sanitised_excerpt_of_the_answer(hostile: FakePrometheus, name: str) -> None:
+    status, body, kind = HOSTILE[name]
+    serve(hostile, status, body)
+    provider = PrometheusProvider(hostile.url, timeout=2.0)
     with pytest.raises(RolloutError) as err:
         provider.run_query("up")
     if kind is not None:
@@ -125,10 +95,10 @@ def test_the_error_holds_only_a_sanitised_excerpt_of_the_answer(hostile: Hostile
     assert_sanitised(str(err.value), 300)
 
 
-def test_through_the_controller_the_measurement_error_is_one_bounded_line(hostile: Hostile) -> None:
+def test_through_the_controller_the_measurement_error_is_one_bounded_line(hostile: FakePrometheus) -> None:
     from rollout.controller.reconciler import Reconciler
 
-    hostile.status, hostile.body = 503, env(FAKE_ERROR)
+    serve(hostile, 503, env(FAKE_ERROR))
     spec = parse_rollout(
         {
             "apiVersion": "bento-rollout.io/v1alpha1",
@@ -145,16 +115,16 @@ def test_through_the_controller_the_measurement_error_is_one_bounded_line(hostil
             },
         }
     ).spec
-    reconciler = Reconciler(
-        client=None, metrics=lambda s: PrometheusProvider(f"http://127.0.0.1:{hostile.port}")
-    )  # type: ignore[arg-type]
+    reconciler = Reconciler(client=None, metrics=lambda s: PrometheusProvider(hostile.url))  # type: ignore[arg-type]
     (result,) = reconciler._measure("ns", "h", spec, new_rollout(spec), [Measure("raw", 30.0)])
     assert result.error is not None and "EVIL line one EVIL line two EVIL" in result.error
     assert_sanitised(result.error, 300)
 
 
-def test_the_controllers_transport_reaches_the_server_by_the_name_it_resolved(hostile: Hostile) -> None:
-    hostile.status, hostile.body = 200, ok("scalar", [1, "4"])
+def test_the_controllers_transport_reaches_the_server_by_the_name_it_resolved(
+    hostile: FakePrometheus,
+) -> None:
+    serve(hostile, 200, ok("scalar", [1, "4"]))
     table = {"prometheus.test": ["127.0.0.1"], "rebound.test": ["169.254.169.254"]}
 
     def dns(host: str, port: int) -> list[Any]:

@@ -1,11 +1,11 @@
 """PrometheusProvider against a Prometheus that hangs or answers garbage: a tiny real HTTP server.
 
-Given a server on 127.0.0.1 (``http.server`` in a thread, started by the test) standing in for
-Prometheus, when it
+Given a server on 127.0.0.1 (fake_prometheus.py: ``http.server`` in a thread, started by the test)
+standing in for Prometheus, when it
 - hangs (accepts the connection, never answers; or sends headers and then nothing, as a process
   stopped mid-answer; or drips its answer a byte at a time, each within the read timeout): a query
-  fails with MetricsUnavailableError after about ``timeout``, and one
-  analysis round of the demo's three metrics (8 queries) costs about one timeout, not eight: once a
+  fails with MetricsUnavailableError after about ``timeout``, and one analysis round of the demo's
+  three metrics (8 queries) costs about one timeout, not eight: once a
   query found it unavailable the others fail at once with the same message, for ``hold_off``
   seconds, without a request; after that the next query asks again, and an answer closes the breaker;
 - answers a body that is not Prometheus' API (not JSON, no data, no result) or a result whose values
@@ -17,11 +17,8 @@ Prometheus, when it
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,91 +29,10 @@ from rollout.metrics import prometheus
 from rollout.metrics.prometheus import PrometheusProvider
 from rollout.metrics.sampler import SampleContext, collect
 from rollout.spec import load_rollout
+from tests.integration.fake_prometheus import ONE, FakePrometheus, Reply, answer, vector
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Reply:
-    """What the fake Prometheus does with the next requests."""
-
-    status: int = 200
-    body: bytes = b""
-    hang: bool = False  # read the request, never answer
-    hang_after_headers: bool = False  # send status and headers, then nothing
-    close: bool = False  # close the connection without a word
-    drip: float = 0.0  # seconds between the bytes of the body (a server that drips its answer)
-
-
-def answer(kind: str, result: Any) -> bytes:
-    """A successful query answer: ``{"status": "success", "data": {resultType, result}}``."""
-    return json.dumps({"status": "success", "data": {"resultType": kind, "result": result}}).encode()
-
-
-def vector(*samples: Any) -> bytes:
-    return answer("vector", list(samples))
-
-
-ONE = vector({"metric": {}, "value": [1700000000.0, "1.5"]})
-
-
-class FakePrometheus:
-    def __init__(self) -> None:
-        self.reply = Reply(body=ONE)
-        self.requests = 0
-        self.release = threading.Event()  # set at teardown: hanging handlers return
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                fake.requests += 1
-                reply = fake.reply
-                if reply.close:
-                    self.close_connection = True
-                    return
-                if reply.hang:
-                    fake.release.wait()
-                    return
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(reply.body)))
-                self.end_headers()
-                if reply.hang_after_headers:
-                    self.wfile.flush()
-                    fake.release.wait()
-                    return
-                if reply.drip:
-                    for i in range(len(reply.body)):
-                        if fake.release.wait(reply.drip):
-                            return
-                        self.wfile.write(reply.body[i : i + 1])
-                        self.wfile.flush()
-                    return
-                self.wfile.write(reply.body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def __enter__(self) -> FakePrometheus:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
