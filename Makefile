@@ -58,6 +58,14 @@ test: setup
 test-unit: venv
 	$(BIN)/python -m pytest tests/unit
 
+# real nginx, Prometheus, bentoml and locust: the Debian packages and the venv
+test-integration: system venv
+	$(BIN)/python -m pytest tests/integration
+
+# the Kubernetes tier (kube-apiserver, the single-node cluster, helm, checkov): everything
+test-e2e: setup
+	$(BIN)/python -m pytest tests/e2e
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
