@@ -14,8 +14,9 @@ import math
 from collections.abc import Callable, Iterable
 
 from rollout.actions import Measure, MetricResult
+from rollout.analysis import checks
 from rollout.analysis.base import HistogramSample, Judge, Measurement, ProportionSample, Verdict
-from rollout.analysis.checks import STABLE_HEADLINES, check_sample, complete
+from rollout.analysis.checks import check_sample, complete
 from rollout.analysis.experiment import ExperimentTest, decide
 from rollout.analysis.registry import make_judge, template_of
 from rollout.analysis.threshold import headline, sample_size
@@ -296,13 +297,12 @@ def unavailable(spec: RolloutSpec, state: RolloutState) -> str | None:
 def needs_stable(metric: MetricSpec) -> bool:
     """The metric compares the candidate with stable (a comparative or sequential judge, or a
     shift/drift headline), so it needs traffic on both."""
-    if metric.judge.kind != JudgeKind.THRESHOLD:
-        return True
+    comparative = metric.judge.kind != JudgeKind.THRESHOLD
     try:
         template = template_of(metric)
     except RolloutError:
-        return False
-    return template is not None and template.headline in STABLE_HEADLINES
+        return comparative
+    return checks.needs_stable(template, comparative=comparative)
 
 
 def active(spec: RolloutSpec, routes: Routes) -> tuple[str, ...]:

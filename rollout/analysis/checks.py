@@ -11,12 +11,13 @@ place what is wrong with a sample and what is missing from it:
 - ``complete``: a version whose counts are absent altogether (an empty tuple) observed nothing,
   so its counts become zeros;
 - ``missing``: which version has no observations in the window ("no requests to stable in the
-  window"), or a raw query that returned NaN;
+  window"), or a raw query that returned NaN; ``observed`` counts them, ``needs_stable`` says
+  whether stable's count matters (the one rule, also for ``rollout.gate.needs_stable``);
 - ``screen``: the three together, as the early Measurement (Error or Inconclusive) a judge returns
   instead of judging, and the completed sample to judge otherwise.
 
 Who calls it: the judges (``threshold``, ``comparative``, ``sequential``) at the top of ``judge``,
-``threshold.headline``, ``experiment.decide`` and ``rollout.gate.compare``. The batch functions
+``threshold.headline`` and ``sample_size``, ``experiment.decide`` and ``rollout.gate``. The batch functions
 (``verdicts``, the simulator's arrays) are not screened: the simulator builds its input valid.
 """
 
@@ -54,7 +55,7 @@ UNITS: dict[str, tuple[str, str]] = {
 }
 
 # headlines that compare the candidate with stable, so a threshold on them needs stable's data too
-STABLE_HEADLINES = frozenset({Headline.PSI, Headline.KS, Headline.MAX_PSI})
+_STABLE_HEADLINES = frozenset({Headline.PSI, Headline.KS, Headline.MAX_PSI})
 
 SAMPLE_OF_KIND: dict[SampleKind, type] = {
     SampleKind.VALUE: ValueSample,
@@ -290,6 +291,12 @@ def observed(sample: Sample) -> tuple[float, float]:
     return 1.0, 0.0
 
 
+def needs_stable(template: Template | None, *, comparative: bool) -> bool:
+    """Judging needs stable's observations too: the judge compares the versions (``comparative``:
+    comparative, sequential), or the template's headline is itself a comparison (PSI, KS)."""
+    return comparative or (template is not None and template.headline in _STABLE_HEADLINES)
+
+
 def missing(sample: Sample, template: Template | None, *, needs_stable: bool) -> str | None:
     """Why there is nothing to judge yet ("no requests to stable in the window"), or None."""
     if isinstance(sample, ValueSample):
@@ -331,8 +338,7 @@ def screen(
     if problem is not None:
         return Measurement(metric, Verdict.ERROR, None, now, problem), sample
     sample = complete(sample)
-    needs_stable = comparative or (template is not None and template.headline in STABLE_HEADLINES)
-    why = missing(sample, template, needs_stable=needs_stable)
+    why = missing(sample, template, needs_stable=needs_stable(template, comparative=comparative))
     if why is not None:
         details = {"candidate_n": sizes[0], "stable_n": sizes[1]}
         return Measurement(metric, Verdict.INCONCLUSIVE, None, now, why, details), sample

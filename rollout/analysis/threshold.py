@@ -19,9 +19,7 @@ from rollout.analysis import stats
 from rollout.analysis.base import (
     CategoricalSample,
     FeatureSample,
-    HistogramSample,
     Measurement,
-    ProportionSample,
     Sample,
     ValueSample,
     Verdict,
@@ -37,7 +35,7 @@ from rollout.analysis.batch import (
     scalar,
     to_batch,
 )
-from rollout.analysis.checks import check_sample, complete, screen
+from rollout.analysis.checks import check_sample, complete, observed, screen
 from rollout.analysis.drift import feature_drift, prediction_shift
 from rollout.metrics.templates import Headline, Template
 from rollout.spec import MetricSpec
@@ -83,28 +81,15 @@ def headline(template: Template | None, sample: Sample) -> float | None:
 
 
 def sample_size(sample: Sample) -> tuple[float, float]:
-    """(candidate, stable) number of observations behind a sample (1, 0 for a raw value; NaN, NaN
-    for a malformed one: ``checks.check_sample``)."""
+    """(candidate, stable) number of observations behind a sample (``checks.observed``; for input
+    features, those of the least-observed feature; NaN, NaN for a malformed sample:
+    ``checks.check_sample``)."""
     if check_sample(sample) is not None:
         return math.nan, math.nan
-    match sample:
-        case ValueSample():
-            return 1.0, 0.0
-        case ProportionSample(candidate_total=c, stable_total=s):
-            return float(c), float(s)
-        case (
-            HistogramSample(candidate_counts=cc, stable_counts=sc)
-            | CategoricalSample(candidate_counts=cc, stable_counts=sc)
-        ):
-            return float(sum(cc)), float(sum(sc))
-        case FeatureSample(histograms=hs):
-            if not hs:
-                return 0.0, 0.0
-            return (
-                min(float(sum(h.candidate_counts)) for h in hs),
-                min(float(sum(h.stable_counts)) for h in hs),
-            )
-    raise TypeError(f"not a sample: {sample!r}")
+    if isinstance(sample, FeatureSample):
+        sizes = [observed(h) for h in sample.histograms] or [(0.0, 0.0)]
+        return min(c for c, _ in sizes), min(s for _, s in sizes)
+    return observed(sample)
 
 
 class ThresholdJudge:
