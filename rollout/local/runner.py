@@ -11,10 +11,11 @@ One process drives a rollout at a time: ``run`` holds ``run.lock`` (rollout/loca
 a second driver is refused (RolloutBusyError naming the holder's pid).
 The last line of defence: an unexpected exception inside one iteration (a bug in a judge, an
 answer nobody foresaw) does not end the run. The rollout holds (``engine.hold_on_error``: phase
-Paused, reason ReconcileError, one Warning event per distinct error), the traceback is logged
-once (logger ``rollout.local``), and the loop retries after a back-off (1 s doubling to 30 s);
-the next clean step makes it progress again. Only a StateError (the state cannot be written or
-does not match the spec) ends the run: acting on a state that is not kept would break
+Paused, reason ReconcileError, one Warning event per distinct error), the error is logged once
+(logger ``rollout.local``: a bug with its traceback, our own errors, which say what failed, as one
+line), and the loop retries after a back-off (1 s doubling to 30 s); the next clean step makes
+it progress again. Only a StateError (the state cannot be written or does not match the spec)
+ends the run: acting on a state that is not kept would break
 persist-then-act. A metric provider's failure of any kind is a measurement in phase Error.
 Files under ``<home>/rollouts/<name>/``: ``state.json`` (the engine state), ``rollout.json``
 (the ModelRollout being run, so that ``rollout abort`` can end it without the spec file),
@@ -383,12 +384,15 @@ class LocalRunner:
         return t.state
 
     def _log_once(self, message: str, exc: BaseException) -> None:
+        """Log ``message`` once; with the traceback only for a bug (our own errors say it all:
+        a 60-line httpx traceback under "nginx admin API ... is unreachable" tells nobody more)."""
         if message in self._logged:
             return
         if len(self._logged) > 100:
             self._logged.clear()
         self._logged.add(message)
-        log.error("rollout %s: %s", self.rollout.metadata.name, message, exc_info=exc)
+        trace = None if isinstance(exc, RolloutError) else exc
+        log.error("rollout %s: %s", self.rollout.metadata.name, message, exc_info=trace)
 
     def apply_commands(self) -> tuple[RolloutState, tuple[Event, ...], list[str]]:
         """One step outside the loop, for a rollout that no process drives (``rollout abort``):

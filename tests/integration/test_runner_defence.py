@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from rollout.actions import Measure
-from rollout.errors import StateError
+from rollout.errors import RouterError, StateError
 from rollout.local import runner as runner_module
 from rollout.local.runner import LocalRunner, rollout_dir
 from rollout.local.stack import LocalStack
@@ -176,6 +176,30 @@ def test_a_failure_after_the_state_is_saved_holds_without_undoing_the_step(
     resumed = [e for e in final.events if e.reason == Reason.RESUMED and e.at >= errors[0].at]
     assert len(resumed) == 1, [e.message for e in resumed]
     assert len([r for r in caplog.records if r.exc_info]) == 1, "the traceback is logged once"
+
+
+def test_our_own_errors_hold_the_rollout_with_one_line_and_no_traceback(
+    stack: LocalStack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A RolloutError (nginx unreachable) says what failed: logged once as one line; the 60-line
+    httpx traceback under it told a user of `rollout run` nothing more."""
+    serve_v1(stack)
+    runner = LocalRunner(canary("own-error"), stack, tick=0.05, error_backoff=0.2)
+    set_routes, failures = runner.router.set_routes, []
+
+    def unreachable(routes: Routes) -> None:
+        if routes.candidate_weight == 50 and len(failures) < 3:
+            failures.append(routes)
+            raise RouterError("nginx admin API at http://127.0.0.1:1 is unreachable; is the stack up?")
+        set_routes(routes)
+
+    runner.router.set_routes = unreachable  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="rollout.local"):
+        final = runner.run(timeout=60)
+    assert len(failures) == 3 and final.phase == Phase.PROMOTED, final.message
+    logged = [r for r in caplog.records if "is unreachable" in r.getMessage()]
+    assert len(logged) == 1, [r.getMessage() for r in caplog.records]
+    assert logged[0].exc_info is None, "a traceback for an error that says what failed"
 
 
 def test_any_failure_of_a_metric_provider_is_a_measurement_in_error(
