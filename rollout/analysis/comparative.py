@@ -80,8 +80,9 @@ class ComparativeJudge:
         raise TypeError(f"template {self.template.name!r} ({test.value}) cannot judge {type(batch).__name__}")
 
     def _codes(self, n_c: np.ndarray, n_s: np.ndarray, effect: np.ndarray, p: np.ndarray) -> np.ndarray:
-        # no verdict without observations of both versions (NaN sizes too), whatever minSamples says
-        few = ~((n_c >= self.min_samples) & (n_s >= self.min_samples) & (n_c > 0) & (n_s > 0))
+        # written as ~(>=) so NaN sizes are too few as well; minSamples >= 1 (the spec), so no
+        # verdict without observations of both versions
+        few = ~((n_c >= self.min_samples) & (n_s >= self.min_samples))
         failed = (p < self.alpha) & (effect >= self.min_effect)
         return np.where(few, INCONCLUSIVE, np.where(failed, FAILED, SUCCESSFUL)).astype(np.int8)
 

@@ -189,8 +189,9 @@ class SequentialJudge:
                     tail_failed=tail_failed.astype(float),
                     tail_p_value=np.minimum(1.0, np.exp(-np.maximum(t_l0, 0.0))),
                 )
-        # no verdict without observations of both versions (NaN sizes too), whatever minSamples says
-        few = ~((n_c >= self.min_samples) & (n_s >= self.min_samples) & (n_c > 0) & (n_s > 0))
+        # written as ~(>=) so NaN sizes are too few as well; minSamples >= 1 (the spec), so no
+        # verdict without observations of both versions
+        few = ~((n_c >= self.min_samples) & (n_s >= self.min_samples))
         code = np.where(
             few, INCONCLUSIVE, np.where(failed, FAILED, np.where(proven_ok, SUCCESSFUL, INCONCLUSIVE))
         )
