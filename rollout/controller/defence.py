@@ -2,22 +2,26 @@
 
 A bug or an answer nobody foresaw (an ``IndexError`` from a judge, a ``KeyError`` from a router, a
 ``ValueError`` from the sampler) must not crash the handler, nor turn into a hot crash loop with a
-traceback per tick. The reconciler catches any exception that is not one of ours
-(``rollout.errors.RolloutError`` keeps its own retry policy) and:
+traceback per tick. Nor may one of ours that retrying cannot mend (a 403 from the controller's
+Role for a service the chart does not name, an object the API server rejects) repeat in the log
+alone while ``.status`` says nothing. The reconciler catches every exception but a conflict (409:
+retried at once on fresh data) and an API server away (nothing could be written), and:
 
 1. holds the rollout with the pure ``rollout.engine.hold_on_error`` (phase Paused, reason
    ReconcileError, weights as they are; one Warning event per distinct error), written to
    ``.status`` conditionally, as every state is;
-2. logs the traceback once per distinct error in a row (``ErrorLog``), a one-line warning after;
+2. logs it once per distinct error in a row (``ErrorLog``; with its traceback unless it is one of
+   ours, whose message says it all), a one-line warning after;
 3. raises ``HeldError``, a ``TemporaryError`` whose delay doubles while the same error repeats
    (1 s, 2 s, 4 s ... 30 s): kopf retries the timer after that delay, not at once.
 
 While the error is not forgotten, every engine step is told so (``Observations.edge_error``), so
 a reconcile that steps and then fails (a router refusing ``set_routes``) keeps the rollout held
 instead of writing Resumed and ReconcileError again on every retry. A reconcile that goes through
-forgets the error; the next one returns the rollout to Progressing (the engine does that). A measurement that fails unexpectedly is not a reconcile error: ``Reconciler._measure``
-reports it as ``MetricResult(error=...)`` (the gate holds, Paused/MetricsUnavailable) and logs it
-through an ``ErrorLog`` of its own. Who calls it: rollout.controller.reconciler and handlers.
+forgets the error; the next one returns the rollout to Progressing (the engine does that). A
+measurement that fails unexpectedly is not a reconcile error: ``Reconciler._measure`` reports it
+as ``MetricResult(error=...)`` (the gate holds, Paused/MetricsUnavailable) and logs it through an
+``ErrorLog`` of its own. Who calls it: rollout.controller.reconciler and handlers.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import threading
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from rollout.errors import TemporaryError, excerpt
+from rollout.errors import RolloutError, TemporaryError, excerpt
 
 log = logging.getLogger("rollout.controller")
 MAX_MESSAGE = 300  # an error message is an event message and a status message: keep it short
@@ -61,7 +65,8 @@ class ErrorLog:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, key: Hashable, exc: BaseException, what: str) -> tuple[str, float]:
-        """Note ``exc`` for ``key``; log its traceback if it is new for the key, else one line.
+        """Note ``exc`` for ``key``; log it (a bug: with its traceback) if it is new for the key, else
+        one line.
         Returns (the message, the retry delay)."""
         message = describe(exc)
         with self._lock:
@@ -70,7 +75,8 @@ class ErrorLog:
             self._seen[key] = (message, repeats)
         delay = backoff(repeats)
         if repeats == 1:
-            log.error("%s: %s", what, message, exc_info=(type(exc), exc, exc.__traceback__))
+            trace = None if isinstance(exc, RolloutError) else (type(exc), exc, exc.__traceback__)
+            log.error("%s: %s", what, message, exc_info=trace)
         else:
             log.warning("%s: %s (%d times in a row; retry in %gs)", what, message, repeats, delay)
         return message, delay

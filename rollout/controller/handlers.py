@@ -2,10 +2,11 @@
 
 - a **timer** (every ``interval`` seconds, per ModelRollout) runs ``Reconciler.reconcile``; our
   errors become kopf's (``TemporaryError`` -> retried after its delay; ``PermanentError`` -> logged,
-  not retried until the next tick). Any other exception never reaches kopf as it is: the reconciler
-  holds the rollout (Paused, ReconcileError, one Event) and raises ``HeldError``, and whatever
-  escapes even that is logged once (defence.py) and retried with the same growing delay - never a
-  hot loop with a traceback per tick. kopf runs one timer per object at a time, so a rollout is
+  not retried until the next tick). Inside a reconcile only a conflict and an API server away get
+  that far: any other exception, ours or not, holds the rollout (Paused, ReconcileError, one
+  Event, the message in ``.status``) and raises ``HeldError``, and whatever escapes even that is
+  logged once (defence.py) and retried with the same growing delay - never a hot loop with a
+  traceback per tick. kopf runs one timer per object at a time, so a rollout is
   never stepped twice concurrently;
 - an **on-delete** handler is a finalizer (``bento-rollout.io/finalizer``): deleting a rollout that
   is still in flight sends all traffic back to stable before the object goes away (one that was

@@ -21,9 +21,11 @@ link-local or cloud metadata address (rollout/addresses.py), is refused like an 
 (Invalid, MetricsAddressRefused, one Warning Event): nothing moves and nothing is fetched.
 
 One rollout per service (``ownership.py``): a rollout whose service another ModelRollout is
-rolling out waits (Paused, ServiceBusy) and moves nothing, unless it supersedes it. An unexpected
-exception inside a reconcile holds the rollout (Paused, ReconcileError, one Event) and is retried
-with a growing delay (``defence.py``); a measurement's is a measurement in phase Error.
+rolling out waits (Paused, ServiceBusy) and moves nothing, unless it supersedes it. An error inside
+a reconcile that retrying at once cannot mend - a bug, a 403 from the controller's Role, an object
+the API server rejects - holds the rollout (Paused, ReconcileError, one Event, the message in
+``.status``) and is retried with a growing delay (``defence.py``); a measurement's is a
+measurement in phase Error.
 Who calls it: rollout.controller.handlers (kopf timer and delete handlers) and tests.
 """
 
@@ -49,6 +51,8 @@ from rollout.actions import (
 from rollout.addresses import AddressPolicy
 from rollout.engine import hold_on_error, new_rollout, step
 from rollout.errors import (
+    ApiUnavailableError,
+    ConflictError,
     MetricsAddressRefusedError,
     NotFoundError,
     PermanentError,
@@ -193,8 +197,10 @@ class Reconciler:
     def reconcile(self, namespace: str, name: str) -> RolloutState | None:
         """Run up to a few engine steps for one ModelRollout. Returns the state (None: invalid spec).
 
-        Our errors keep their retry policy; any other exception holds the rollout (defence.py)
-        and raises ``HeldError`` with a growing delay."""
+        A conflict (409: retried on fresh data) and an API server away keep their retry policy; any
+        other exception, ours (forbidden by the Role, rejected by the API server, a route the
+        provider cannot express) or not, holds the rollout with its message (defence.py) and
+        raises ``HeldError`` with a growing delay."""
         obj = self.client.get(MODEL_ROLLOUT, namespace, name)
         if obj["metadata"].get("deletionTimestamp"):
             return None
@@ -213,7 +219,7 @@ class Reconciler:
         with self._service_lock(namespace, spec.service):
             try:
                 state = self._reconcile(obj, spec, self.memory.setdefault(key, _Memory()))
-            except RolloutError:
+            except (ConflictError, ApiUnavailableError):  # re-read and retry; or nothing can be written
                 raise
             except Exception as exc:  # the last line of defence: held, one event, backed off
                 raise self._hold(namespace, name, spec, exc) from None
@@ -287,11 +293,7 @@ class Reconciler:
                 break
             if not state.done:
                 _log_readiness(namespace, name, seen)
-            try:
-                moved = self._act(t, router, handoff.hold_routes(obj.get("status"), state))
-            except PermanentError as exc:  # e.g. a route feature the provider cannot express
-                self.client.emit_event(obj, "RouterFailed", excerpt(str(exc), MAX_MESSAGE), "Warning")
-                raise
+            moved = self._act(t, router, handoff.hold_routes(obj.get("status"), state))
             mem.results = self._measure(namespace, name, spec, state, t.of(Measure))
             if not (t.changed or moved or mem.results) or state.done:
                 break

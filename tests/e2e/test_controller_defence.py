@@ -289,6 +289,36 @@ def test_an_error_after_the_state_was_written_holds_without_flapping(
     _steps_started_once(st)
 
 
+@pytest.mark.k8s
+def test_forbidden_by_the_charts_role_holds_the_rollout_saying_so(
+    kube: KubeClient, k8s_namespace: str, k8s_cluster: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The chart's Role names its own release's InferenceServices and routing object: a
+    ModelRollout of another service gets a 403 from the real API server on every reconcile. The
+    rollout is held, the 403 and what to grant in its Warning Event and ``.status.history``,
+    retried with a growing delay, no traceback - not a permanent error per tick in the log while
+    ``.status`` stays empty. (It never started, so the engine keeps it Pending.)"""
+    ns = k8s_namespace
+    sa = KubeClient.from_kubeconfig(str(tc._service_account_kubeconfig(k8s_cluster, ns, tmp_path / "sa")))
+    for role in ("stable", "candidate"):
+        isvc(kube, ns, f"fraud-{role}")
+    body = rollout("fraud", [{"setWeight": 30}, {"pause": {}}, {"setWeight": 100}], service="fraud")
+    kube.create(MODEL_ROLLOUT, ns, body)
+    rec = Reconciler(sa, _no_metrics, clock=Clock())
+    delays = []
+    with caplog.at_level(logging.INFO, logger="rollout.controller"):
+        for _ in range(3):
+            with pytest.raises(HeldError) as held:
+                rec.reconcile(ns, "fraud")
+            delays.append(held.value.delay)
+    sa.close()
+    assert delays == [1.0, 2.0, 4.0]
+    said = [h["message"] for h in _reasons(status(kube, ns, "fraud"), "ReconcileError")]
+    said += [e["message"] for e in _events(kube, ns, "fraud", "ReconcileError")]
+    assert said and all("ForbiddenError: VirtualService" in m and "Role" in m for m in said), said
+    assert not [r for r in caplog.records if r.exc_info], "a traceback for a 403"
+
+
 class BrokenProvider:
     """A metric provider that fails in a way nobody foresaw."""
 
