@@ -14,9 +14,9 @@ answer nobody foresaw) does not end the run. The rollout holds (``engine.hold_on
 Paused, reason ReconcileError, one Warning event per distinct error), the error is logged once
 (logger ``rollout.local``: a bug with its traceback, our own errors, which say what failed, as one
 line), and the loop retries after a back-off (1 s doubling to 30 s); the next clean step makes
-it progress again. Only a StateError (the state cannot be written or does not match the spec)
-ends the run: acting on a state that is not kept would break
-persist-then-act. A metric provider's failure of any kind is a measurement in phase Error.
+it progress again. Only a StateError ends the run: the state cannot be written or does not match
+the spec (acting on a state that is not kept would break persist-then-act), or the stack is gone
+(``rollout down``: the run would hold for ever on an nginx that is not there). A metric provider's failure of any kind is a measurement in phase Error.
 Files under ``<home>/rollouts/<name>/``: ``state.json`` (the engine state), ``rollout.json``
 (the ModelRollout being run, so that ``rollout abort`` can end it without the spec file),
 ``run.lock``, ``commands/`` (user commands written by ``rollout promote|abort|pause|resume``, one
@@ -226,7 +226,13 @@ class LocalRunner:
     # --- the loop --------------------------------------------------------------------------------
 
     def observe(self, state: RolloutState) -> Observations:
-        self.stack.reload()  # the watchdog (another process) may have restarted a server
+        # the stack's state as recorded now: the watchdog (another process) may have restarted a server
+        if self.stack.reload() is None:
+            raise StateError(
+                f"the local stack under {self.stack.home} is gone (`rollout down`) while rollout "
+                f"{self.rollout.metadata.name} ran; its state is kept ({state.phase.value}): `rollout up`, "
+                "then `rollout run SPEC` resumes it"
+            )
         notices, died = self._notices()
         ready, error, stable_ready = None, None, None
         if not state.done:

@@ -242,10 +242,13 @@ class LocalStack:
         self.supervisor.wait_ready(proc, http_ok(f"http://{info['address']}{info['readyPath']}"), timeout)
         return Backend(name=name, version=info["version"], address=info["address"])
 
-    def reload(self) -> dict[str, Any]:
+    def reload(self) -> dict[str, Any] | None:
         """Read the state file again (another process, the watchdog, may have restarted something):
-        pids of nginx, Prometheus and the backends as recorded now. Returns the state."""
-        disk = _read_state(self.home) or {}
+        pids of nginx, Prometheus and the backends as recorded now. Returns the state, or None when
+        the state file is gone: the stack was brought down (``rollout down``)."""
+        disk = _read_state(self.home)
+        if disk is None:
+            return None
         with self._thread_lock:
             for component in ("nginx", "prometheus", "watchdog"):
                 if component in disk:

@@ -99,6 +99,9 @@ class Watchdog:
     def dead(self) -> list[tuple[str, dict[str, Any]]]:
         """(component, its recorded info) of every process that should run and does not."""
         state = self.stack.reload()
+        if state is None:  # brought down (`rollout down` stops this daemon first): nothing to watch
+            self._stop.set()
+            return []
         out = []
         for component in ("nginx", "prometheus"):
             info = state.get(component, {})

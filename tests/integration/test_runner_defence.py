@@ -72,8 +72,9 @@ def serve_v1(stack: LocalStack) -> None:
     stack.router("iris").finalize(RouteTarget("iris", have["v1"]))
 
 
-def canary(name: str, metrics: list[dict[str, Any]] | None = None) -> ModelRollout:
-    steps = [{"setWeight": 50}, {"pause": {"duration": "2s"}}, {"setWeight": 100}]
+def canary(name: str, metrics: list[dict[str, Any]] | None = None, pause: str | None = "2s") -> ModelRollout:
+    """50 %, a pause (None: until promoted), 100 %."""
+    steps = [{"setWeight": 50}, {"pause": {"duration": pause} if pause else {}}, {"setWeight": 100}]
     return parse_rollout(
         {
             "apiVersion": "bento-rollout.io/v1alpha1",
@@ -236,3 +237,32 @@ def test_a_state_error_still_ends_the_run_and_frees_the_rollout(
     with pytest.raises(StateError, match="permission denied"):
         runner.run(timeout=30)
     assert runner.lock.holder() is None
+
+
+def test_rollout_down_under_a_live_run_ends_it_with_one_line(tmp_path: Path) -> None:
+    """`rollout down` while `rollout run` drives a rollout: the run ends within a few seconds with
+    one line saying why and how to resume (it held for ever, retrying an nginx that was gone)."""
+    own = LocalStack.up(home=tmp_path / "home", services=["iris"])
+    proc = None
+    try:
+        serve_v1(own)
+        rollout = canary("downed", pause=None)  # held at 50 % until promoted
+        spec = tmp_path / "downed.yaml"
+        spec.write_text(yaml.safe_dump(rollout.model_dump(mode="json", by_alias=True, exclude_none=True)))
+        env = {**os.environ, "ROLLOUT_HOME": str(own.home)}
+        proc = subprocess.Popen([ROLLOUT, "run", str(spec)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+        router = own.router("iris")
+        wait_for("the canary holds at 50 %", lambda: router.get_routes().candidate_weight == 50)
+        down = subprocess.run([ROLLOUT, "down"], env=env, capture_output=True, text=True, timeout=60)
+        assert "stopped the local stack" in down.stdout, down
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, 9)
+        own.stop()
+    assert proc.returncode == 1, (out, err)
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: the local stack under") and "`rollout down`" in last, err
+    assert "`rollout up`, then `rollout run SPEC` resumes it" in last, last
