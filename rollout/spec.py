@@ -23,7 +23,9 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -383,6 +385,28 @@ class RolloutSpec(_Model):
             "pauses and waits for promote do not count"
         ),
     )
+
+    @field_validator("progress_deadline")
+    @classmethod
+    def _deadline_outlives_an_interval(cls, deadline: float, info: ValidationInfo) -> float:
+        """A deadline shorter than a metric's interval rolls back on one Inconclusive measurement,
+        before the next one is taken (the first window after a step often has no requests yet)."""
+        analysis = info.data.get("analysis")
+        if not deadline or analysis is None or not analysis.metrics:
+            return deadline
+        longest, what = max(
+            (m.interval, f"the interval of metric {m.name!r}")
+            if m.interval is not None
+            else (analysis.interval, "analysis.interval")
+            for m in analysis.metrics
+        )
+        if deadline < longest:
+            raise ValueError(
+                f"{format_duration(deadline)} is shorter than {what} ({format_duration(longest)}): one "
+                "Inconclusive measurement would roll the rollout back before the next is taken; make "
+                "it at least that long, or 0 for no deadline"
+            )
+        return deadline
 
     @model_validator(mode="after")
     def _consistent(self) -> RolloutSpec:

@@ -8,9 +8,12 @@ ReconcileError) with one event per distinct error, and the next clean step progr
 
 from __future__ import annotations
 
+import pytest
+
 from rollout.actions import Observations
 from rollout.analysis.base import ProportionSample
 from rollout.engine import hold_on_error, new_rollout, step
+from rollout.errors import SpecError
 from rollout.model import Phase, Reason
 from rollout.spec import RolloutSpec, parse_rollout
 from tests.unit.enginekit import ERROR_RATE_TEMPLATE, FakeEdge, make_spec, reasons, run, value
@@ -51,6 +54,22 @@ def test_a_rollout_with_evidence_is_not_cut_short_by_the_deadline() -> None:
     spec = with_deadline("12s")
     state = run(spec, FakeEdge(source=value(0.0)), max_steps=500)
     assert state.phase == Phase.PROMOTED
+
+
+def test_a_deadline_shorter_than_an_interval_is_refused_one_as_long_survives_an_inconclusive() -> None:
+    """Shorter, one Inconclusive measurement (the first window after a step often has no requests
+    yet) would roll back before the next measurement is taken."""
+    with pytest.raises(
+        SpecError, match=r"spec.progressDeadline: 4s is shorter than analysis.interval \(5s\)"
+    ):
+        with_deadline("4s")
+    answers = iter([ProportionSample(0.0, 0.0, 0.0, 0.0)])
+
+    def one_empty_window(_m: str, _t: float, _r: object) -> ProportionSample:
+        return next(answers, ProportionSample(0.0, 1000.0, 0.0, 1000.0))
+
+    state = run(with_deadline("5s"), FakeEdge(source=one_empty_window), max_steps=500)
+    assert state.phase == Phase.PROMOTED and Reason.MEASUREMENT_INCONCLUSIVE in reasons(state)
 
 
 def test_zero_means_no_deadline() -> None:
