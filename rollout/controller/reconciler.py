@@ -370,18 +370,21 @@ class Reconciler:
             self.exporter.update(name, state, namespace)
 
     def _invalid(self, obj: Obj, message: str, reason: str = "InvalidSpec") -> None:
-        """Phase Invalid, nothing moved. A refused metrics address is also a Warning Event (once
-        per distinct message)."""
-        self._export(obj["metadata"]["namespace"], obj["metadata"]["name"], None)
+        """Phase Invalid, nothing moved: written, raised (kopf logs it) and, for a refused metrics
+        address, a Warning Event - once per distinct message; a tick that finds it said returns."""
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        self._export(namespace, name, None)
         old = obj.get("status") or {}
+        if (old.get("phase"), old.get("reason"), old.get("message")) == ("Invalid", reason, message):
+            return  # not an error line per tick for as long as the spec stays as it is
         status = {"phase": "Invalid", "reason": reason, "message": message}
-        self.client.patch_status(MODEL_ROLLOUT, obj["metadata"]["namespace"], obj["metadata"]["name"], status)
-        if reason == ADDRESS_REFUSED and (old.get("reason"), old.get("message")) != (reason, message):
+        self.client.patch_status(MODEL_ROLLOUT, namespace, name, status)
+        if reason == ADDRESS_REFUSED:
             try:
                 self.client.emit_event(obj, reason, message, "Warning")
             except RolloutError as exc:
                 log.warning("could not record event %s: %s", reason, exc)
-        raise PermanentError(f"ModelRollout {obj['metadata']['name']}: {message}")
+        raise PermanentError(f"ModelRollout {name}: {message}")
 
     def finalize(self, namespace: str, obj: Obj) -> str:
         """On delete: a rollout still in flight sends all traffic back to stable. Returns what it did."""

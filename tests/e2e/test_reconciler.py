@@ -118,9 +118,17 @@ def test_a_spec_without_cluster_router_uses_the_controllers_default(
     state = Reconciler(kube, _no_metrics, clock=Clock(), default_provider="istio").reconcile(ns, "plain")
     assert state is not None and state.desired_routes.candidate_weight == 10
     assert vs_weights(kube, ns) == {"stable": 90, "candidate": 10}
+    local = Reconciler(kube, _no_metrics, default_provider="nginx")
     with pytest.raises(PermanentError, match="local data plane"):
-        Reconciler(kube, _no_metrics, default_provider="nginx").reconcile(ns, "plain")
-    assert kube.get(MODEL_ROLLOUT, ns, "plain")["status"]["phase"] == "Invalid"
+        local.reconcile(ns, "plain")
+    invalid = kube.get(MODEL_ROLLOUT, ns, "plain")
+    assert invalid["status"]["phase"] == "Invalid"
+    # said once: the next ticks neither write nor raise (kopf logged an ERROR line per tick)
+    assert local.reconcile(ns, "plain") is None and local.reconcile(ns, "plain") is None
+    assert (
+        kube.get(MODEL_ROLLOUT, ns, "plain")["metadata"]["resourceVersion"]
+        == invalid["metadata"]["resourceVersion"]
+    )
 
 
 def test_no_prometheus_address_at_all_is_a_measurement_error_in_the_status(
