@@ -65,6 +65,7 @@ async def _handle(resolver: Resolver, reader: asyncio.StreamReader, writer: asyn
         host, _, port = target.rpartition(":")
         if method != "CONNECT" or not port.isdigit():
             writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
             return
         address = await asyncio.to_thread(resolver.resolve, host.strip("[]"))
         up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(address, int(port)), 10)
