@@ -94,7 +94,8 @@ class Context:
         return [m.name for m in self.spec.analysis.metrics]
 
     def marks(self) -> dict[str, int]:
-        """The current measurement counts, to remember at the start of a step."""
+        """The current counts of measurements with data (``MetricStatus.evidence``: an Error is no
+        interval of analysis), to remember at the start of a step."""
         return {n: s.evidence for n, s in self.state.metrics.items()}
 
     def applied(self, routes: Routes) -> bool:
