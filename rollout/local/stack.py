@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from rollout.local.watchdog import Watchdog
 
 STATE_NAME = "stack.json"
+DOWN_NAME = "stack.json.down"  # the state of a stack being brought down (``down`` sets it aside)
 
 
 def default_home() -> Path:
@@ -107,8 +108,8 @@ class LocalStack:
                 f"run `rollout down` first (state: {home / 'stack' / STATE_NAME})",
                 delay=0,
             )
-        if existing:
-            cls.down(home)  # leftovers of a stack whose nginx died: stop them before starting over
+        if existing or (home / "stack" / DOWN_NAME).exists():
+            cls.down(home)  # leftovers of a stack whose nginx died, or of a `down` cut short
         stack_dir = home / "stack"
         if stack_dir.exists():
             shutil.rmtree(stack_dir)
@@ -173,9 +174,20 @@ class LocalStack:
 
     @classmethod
     def down(cls, home: Path | None = None) -> bool:
-        """Stop every process recorded in the state file; False when nothing was running."""
+        """Stop every process recorded in the state file; False when nothing was running.
+
+        The file is set aside first (``stack.json.down``, under the stack's lock), so whoever looks
+        at the stack meanwhile finds it gone: a live ``rollout run`` ends at its next look, rather
+        than see its candidate being stopped and roll it back. It is removed last; a ``down`` cut
+        short is finished by the next ``down`` or ``up``."""
         home = (home or default_home()).resolve()
-        state = _read_state(home)
+        stack_dir = home / "stack"
+        if not stack_dir.is_dir():
+            return False
+        with _flock(stack_dir):
+            if (stack_dir / STATE_NAME).exists():
+                os.replace(stack_dir / STATE_NAME, stack_dir / DOWN_NAME)
+        state = _read_state(home, DOWN_NAME)
         if not state:
             return False
         was_running = False
@@ -190,7 +202,7 @@ class LocalStack:
                 was_running = True
                 stop_pid(info["pid"], info.get("startTime"), timeout=15)
         _remove_data(state)
-        (home / "stack" / STATE_NAME).unlink(missing_ok=True)
+        (stack_dir / DOWN_NAME).unlink(missing_ok=True)
         return was_running
 
     def stop(self) -> None:
@@ -438,19 +450,19 @@ class LocalStack:
     def _locked(self) -> Iterator[None]:
         """Read-modify-write of the state file under an flock; other processes may share the stack."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        with self._thread_lock, open(self.dir / "stack.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                disk = _read_state(self.home) or {}
-                for name, info in disk.get("backends", {}).items():
-                    self.state["backends"].setdefault(name, info)
-                services = self.state["nginx"]["services"]  # shared with NginxConfig: update in place
-                for name, port in disk.get("nginx", {}).get("services", {}).items():
-                    services.setdefault(name, port)
-                yield
-                self._write()
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with self._thread_lock, _flock(self.dir):
+            if (self.dir / DOWN_NAME).exists():  # written now, it would bring the stack back to life
+                raise NotFoundError(
+                    f"the local stack under {self.home} is being brought down (`rollout down`)"
+                )
+            disk = _read_state(self.home) or {}
+            for name, info in disk.get("backends", {}).items():
+                self.state["backends"].setdefault(name, info)
+            services = self.state["nginx"]["services"]  # shared with NginxConfig: update in place
+            for name, port in disk.get("nginx", {}).get("services", {}).items():
+                services.setdefault(name, port)
+            yield
+            self._write()
 
     def _save(self) -> None:
         with self._locked():
@@ -466,8 +478,19 @@ class LocalStack:
             raise StateError(f"cannot write the stack state {path}: {exc}") from exc
 
 
-def _read_state(home: Path) -> dict[str, Any] | None:
-    path = home / "stack" / STATE_NAME
+@contextlib.contextmanager
+def _flock(stack_dir: Path) -> Iterator[None]:
+    """The stack's lock (``stack.lock``), shared by every process that writes its state file."""
+    with open(stack_dir / "stack.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _read_state(home: Path, name: str = STATE_NAME) -> dict[str, Any] | None:
+    path = home / "stack" / name
     try:
         return dict(json.loads(path.read_text()))
     except FileNotFoundError:

@@ -266,3 +266,32 @@ def test_rollout_down_under_a_live_run_ends_it_with_one_line(tmp_path: Path) -> 
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: the local stack under") and "`rollout down`" in last, err
     assert "`rollout up`, then `rollout run SPEC` resumes it" in last, last
+    state = StateStore(rollout_dir("downed", tmp_path / "home") / "state.json").load()
+    assert state is not None and not state.done, (
+        f"`rollout down` ended the rollout: {state and state.message}"
+    )
+
+
+def test_rollout_down_shows_the_stack_gone_before_it_stops_a_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that looks while `rollout down` stops the servers one by one must find the stack gone,
+    not its candidate dead: it rolled the rollout back (CandidateFailed) on its way out."""
+    from rollout.local import stack as stack_module
+
+    own = LocalStack.up(home=tmp_path / "home", services=["iris"])
+    try:
+        serve_v1(own)
+        seen: list[bool] = []
+        real_stop = stack_module.stop_pid
+
+        def stop_pid(*args: Any, **kwargs: Any) -> None:
+            seen.append(own.reload() is None)  # what a `rollout run` sees now
+            real_stop(*args, **kwargs)
+
+        monkeypatch.setattr(stack_module, "stop_pid", stop_pid)
+        assert LocalStack.down(own.home)
+    finally:
+        monkeypatch.undo()
+        own.stop()
+    assert len(seen) >= 4 and all(seen), f"the stack looked alive while down stopped a server: {seen}"
