@@ -158,7 +158,7 @@ def build_registry(
     @kopf.timer(group, version, plural, interval=cfg.interval, registry=registry)
     def tick(namespace: str, name: str, **_: Any) -> None:
         if elector is not None and not elector.is_leader:
-            raise kopf.TemporaryError("not the leader", delay=cfg.interval)
+            return  # standing by: nothing to do, and nothing to log per rollout on every tick
         try:
             reconciler.reconcile(namespace, name)
         except PermanentError as exc:

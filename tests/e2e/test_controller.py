@@ -317,6 +317,43 @@ def test_only_the_lease_holder_acts(kube, k8s_namespace, controllers) -> None:
     wait_for("Promoted by b", phase_is(kube, ns, "iris-le", "Promoted"), timeout=90)
 
 
+def test_a_leader_that_loses_its_lease_stands_by_quietly_and_leads_again(
+    kube, k8s_namespace, controllers
+) -> None:
+    """Another holder takes the Lease from a running leader (written here as the API server would
+    store it): the leader stands by - its timers act on nothing, so a promote waits, and say
+    nothing (it logged an ERROR "not the leader" per rollout on every tick for as long as it stood
+    by: for ever, on the chart's second replica after an API server hang) - and once that Lease
+    expires it leads again and carries the rollout on."""
+    from datetime import UTC, datetime
+
+    from kubernetes import client as k8s
+
+    from rollout.cli.cluster import send_command
+
+    ns = k8s_namespace
+    isvc(kube, ns, "iris-stable")
+    isvc(kube, ns, "iris-candidate")
+    kube.create(
+        MODEL_ROLLOUT, ns, rollout("iris-lost", [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}])
+    )
+    a = controllers("a")
+    wait_for("the wait for promotion", phase_is(kube, ns, "iris-lost", "Paused"))
+    leases = k8s.CoordinationV1Api(kube.api_client)
+    lease = leases.read_namespaced_lease("ctl", ns)
+    lease.spec.holder_identity, lease.spec.lease_duration_seconds = "intruder", 6
+    lease.spec.renew_time = datetime.now(UTC)
+    leases.replace_namespaced_lease("ctl", ns, lease)
+    wait_for("a to stand by", lambda: "a lost the Lease" in a.log.read_text(errors="replace"), timeout=10)
+    send_command(kube, ns, "iris-lost", "promote")
+    time.sleep(3)  # six ticks standing by
+    assert status(kube, ns, "iris-lost")["reason"] == "WaitingForPromotion", "a standby acted"
+    wait_for("Promoted once a leads again", phase_is(kube, ns, "iris-lost", "Promoted"), timeout=60)
+    text = a.log.read_text(errors="replace")
+    assert "a leads again" in text and _holder(kube, ns) == "a", text[-3000:]
+    assert "not the leader" not in text, [line for line in text.splitlines() if "not the leader" in line][:3]
+
+
 def _holder(kube: KubeClient, ns: str) -> str | None:
     from kubernetes import client as k8s
 
