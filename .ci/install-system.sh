@@ -7,23 +7,26 @@
 # Never starts the packaged services and leaves the host as it was: a postinst must not start
 # nginx, prometheus or containerd on the machine's own ports, so for the duration of `apt-get
 # install` only, /usr/sbin/policy-rc.d answers 101 ("action forbidden") to invoke-rc.d. The file is
-# created only if absent and removed afterwards (on any exit); an existing one is left untouched.
+# created only if absent and removed afterwards (on any exit); an existing one is left untouched,
+# unless it is one of ours that a run killed mid-install left behind (the next run removes it).
 # No process is ever ended by name.
 set -euo pipefail
 pkgs=(nginx libnginx-mod-http-lua lua-resty-core lua-cjson prometheus wrk etcd-server curl ca-certificates openssl
   containerd runc containernetworking-plugins iproute2 iptables conntrack socat busybox-static)
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+POLICY_RC_D="${POLICY_RC_D:-/usr/sbin/policy-rc.d}"
+MARK="# bento-rollout .ci/install-system.sh: no service starts during its apt-get install"
+# One of ours left by a run killed mid-install (SIGKILL runs no trap) is removed, never kept as the admin's.
+if grep -qxF "$MARK" "$POLICY_RC_D" 2>/dev/null; then $SUDO rm -f "$POLICY_RC_D"; fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-POLICY_RC_D="${POLICY_RC_D:-/usr/sbin/policy-rc.d}"
 if [ ! -e "$POLICY_RC_D" ]; then
   trap '$SUDO rm -f "$POLICY_RC_D"' EXIT
-  printf '#!/bin/sh\n# bento-rollout .ci/install-system.sh: no service starts during its apt-get install\nexit 101\n' |
-    $SUDO tee "$POLICY_RC_D" >/dev/null
+  printf '#!/bin/sh\n%s\nexit 101\n' "$MARK" | $SUDO tee "$POLICY_RC_D" >/dev/null
   $SUDO chmod +x "$POLICY_RC_D"
 fi
 echo "installing Debian packages: ${missing[*]}"
