@@ -25,7 +25,10 @@ log = logging.getLogger("rollout.lease")
 
 
 def _micro(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC)
+    """``ts`` as a Lease's MicroTime. Never on a whole second: the client then writes no fraction
+    (``isoformat``), and the API server refuses the Lease (it wants ``.000000``)."""
+    at = datetime.fromtimestamp(ts, UTC)
+    return at if at.microsecond else at.replace(microsecond=1)
 
 
 class LeaderElector:
