@@ -51,6 +51,9 @@ class NginxConfig:
     upstream_keepalive: int = 64
     access_log: bool = False
     client_max_body_size: str = "1m"
+    # seconds a model server may take to answer (nginx's proxy_read_timeout); a try that times out
+    # goes to the other version when there is one, as a refused connection does
+    read_timeout: int = 10
     # bearer token of the admin API; None: read from (or first written to) <prefix>/admin-token
     admin_token: str | None = None
 
@@ -92,6 +95,7 @@ http {{
     keepalive_timeout 65s;
     keepalive_requests 100000;
     client_max_body_size {cfg.client_max_body_size};
+    proxy_read_timeout {cfg.read_timeout}s;
     server_tokens off;
 
     lua_package_path "{LUA_DIR}/?.lua;/usr/share/lua/5.1/?.lua;;";
@@ -137,12 +141,12 @@ _PROXY_TEMPLATE = """
             proxy_set_header Host $host;
             proxy_set_header X-Request-ID $rollout_rid;
             proxy_set_header X-Routed-To $rollout_to;
-            # a connection error (candidate killed, stale keep-alive) retries once on stable;
+            # a connection error (a server killed, a stale keep-alive) or a time-out (a server hung:
+            # proxy_read_timeout) retries once, on the other version (rollout_router.balance);
             # predictions are side-effect free, so this holds for POST too
-            proxy_next_upstream error{retry_5xx} non_idempotent;
+            proxy_next_upstream error timeout{retry_5xx} non_idempotent;
             proxy_next_upstream_tries 2;
             proxy_connect_timeout 2s;
-            proxy_read_timeout 60s;
             proxy_hide_header X-Request-ID;  # the backend echoes it; the client gets exactly one
             proxy_hide_header X-Routed-To;
             add_header X-Request-ID $rollout_rid always;
@@ -170,7 +174,7 @@ def _service_server(name: str, port: int) -> str:
         listen {LOOPBACK}:{port} reuseport;
         set $rollout_service "{name}";
         # errors the router answers itself are JSON (the OIP shape on /v2), never nginx's HTML
-        error_page 502 503 504 = @rollout_error;
+        error_page 500 502 503 504 = @rollout_error;
         location / {{
             set $rollout_to "";
             set $rollout_mirror "";

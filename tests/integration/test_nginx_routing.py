@@ -464,3 +464,44 @@ def test_errors_the_router_answers_itself_are_json_and_oip_shaped_on_v2(plane: P
         assert "retry" in r.json()["error"]["message"] and r.headers["retry-after"]
         assert len(httpx.get(f"http://{alive.address}/_seen").json()) == before, "label given to stable"
         plane.router.finalize(RouteTarget(SERVICE, plane.stable))
+
+
+def test_a_hung_model_server_costs_one_read_timeout_and_its_requests_go_to_the_other_version(
+    plane: Plane, tmp_path: Path
+) -> None:
+    """A model server that hangs while alive (SIGSTOP, a deadlock): after ``read_timeout`` (10 s by
+    default, 1 s here) a prediction is retried on the other version; with none, the client gets a
+    JSON 504 (upstream_timeout) after that one time-out - it waited 60 s, twice on the same hung
+    server, for a 503 that said no server could answer; a label pinned to it gets a retryable 503."""
+    import os
+    import signal
+    import time
+
+    hung = Backend("hung", "v5", f"127.0.0.1:{start_echo(plane.sup, 'hung', tmp_path)}")
+    cfg = NginxConfig(prefix=tmp_path / "quick", admin_port=free_port(), services={SERVICE: free_port()},
+                      read_timeout=1)  # fmt: skip
+    nginx = NginxServer(plane.sup, cfg, name="nginx-quick")
+    nginx.start()
+    router = NginxRouter(nginx.admin_url, SERVICE, token=nginx.admin_token)
+    url = nginx.service_url(SERVICE)
+    os.kill(plane.sup.processes["hung"].pid, signal.SIGSTOP)
+    try:
+        router.finalize(RouteTarget(SERVICE, hung))
+        with httpx.Client(timeout=30) as c:
+            started = time.monotonic()
+            r = c.post(url + "/predict", json={"x": 1})
+            took = time.monotonic() - started
+            assert r.status_code == 504 and r.json()["error"]["code"] == "upstream_timeout", r.text
+            assert r.headers["retry-after"] and took < 1.9, f"{took:.1f} s: a second try on the hung server"
+            r = c.post(url + "/v2/models/iris/infer", json={"x": 1})
+            assert r.status_code == 504 and "did not answer" in r.json()["error"], r.text
+            router.ensure(RouteTarget(SERVICE, hung, plane.candidate))
+            r = c.post(url + "/predict", json={"x": 1})
+            assert r.status_code == 200 and r.json()["server"] == "candidate", r.text
+            assert r.headers["x-routed-to"] == "candidate"
+            r = c.post(url + "/feedback", json={}, headers={"X-Model-Version": "v5"})
+            assert r.status_code == 503 and r.json()["error"]["code"] == "version_unavailable", r.text
+    finally:
+        os.kill(plane.sup.processes["hung"].pid, signal.SIGCONT)
+        plane.sup.stop("nginx-quick")
+        plane.sup.stop("hung")

@@ -214,11 +214,13 @@ function M.route()
 end
 
 -- balancer_by_lua of the upstream that serves clients: the chosen backend. On a failure one more
--- try goes to the other version when there is one (a dead stable's users are answered by the
--- candidate and the other way round; a 5xx of the candidate in @rollout_candidate goes to stable),
--- else to the same backend again (a stale keep-alive connection). A pinned request is not retried.
--- Connection failures are counted per backend: FAILS_TO_DOWN within a second mark it down for
--- DOWN_SECONDS (passive health check), and route() sends its share to the other version meanwhile.
+-- try goes to the other version when there is one (a dead or hung stable's users are answered by
+-- the candidate and the other way round; a 5xx of the candidate in @rollout_candidate goes to
+-- stable), else to the same backend again after a refused connection (a stale keep-alive one) but
+-- not after a time-out (the same hung server would only double the wait: 504 at once). A pinned
+-- request is not retried. Connection failures and time-outs are counted per backend: FAILS_TO_DOWN
+-- within a second mark it down for DOWN_SECONDS (passive health check), and route() sends its
+-- share to the other version meanwhile.
 function M.balance()
     local service = ngx.var.rollout_service
     local cfg = load(service)
@@ -228,9 +230,14 @@ function M.balance()
     if state then
         -- a connection-level failure (nginx's own 502/504), not a 5xx the backend answered: only
         -- those count towards "down", so a failing candidate still sees its share (the gates read it)
-        if state == "failed" and (status == 502 or status == 504) then note_failure(cfg[to]) end
+        local own = state == "failed" and (status == 502 or status == 504)
+        if own then note_failure(cfg[to]) end
         local other = to == "stable" and "candidate" or "stable"
-        if cfg[other] then to = other end
+        if cfg[other] then
+            to = other
+        elseif own and status == 504 then
+            return ngx.exit(504)
+        end
         dict:incr("r:" .. ngx.var.rollout_to .. "|" .. service, 1, 0)
         ngx.var.rollout_to = to
         ngx.var.rollout_retried = "1"
@@ -245,27 +252,33 @@ function M.balance()
     end
 end
 
--- content_by_lua of @rollout_error, nginx's error_page for the 502/503/504 the router itself
--- answers (no backend registered, every try failed, a timeout): the project's JSON error shape,
--- {"error": {"code", "message"}, "request_id"}, and on /v2 the Open Inference Protocol's
--- {"error": "message"}; never nginx's HTML. A request pinned to a version that is down (a feedback
--- label for its answer) gets a retryable 503 with Retry-After: nothing was recorded, send it again.
--- (Backends' own error answers pass through untouched: proxy_intercept_errors is off.)
+-- content_by_lua of @rollout_error, nginx's error_page for the errors the router answers itself (no
+-- backend registered, every try failed, a time-out, a failure of the router): the project's JSON
+-- error shape, {"error": {"code", "message"}, "request_id"}, and on /v2 the Open Inference
+-- Protocol's {"error": "message"}; never nginx's HTML. A request pinned to a version that is down
+-- (a feedback label for its answer) gets a retryable 503 with Retry-After: nothing was recorded,
+-- send it again. (Backends' own error answers pass through untouched: proxy_intercept_errors is off.)
 function M.error_page()
-    local code = ngx.status
+    -- ngx.status is 0 in this named location: what happened is in $upstream_status ("502, 504 : ",
+    -- one status per try), or in $rollout_error when route() found no backend
+    local last = tonumber(string.match(ngx.var.upstream_status or "", ".*(%d%d%d)"))
     local to = ngx.var.rollout_to
     if to == nil or to == "" then to = "none" end
-    local kind, message
+    local code, kind, message = 503, nil, nil
     if ngx.var.rollout_error ~= "" then
         kind, message = "no_backend", ngx.var.rollout_error
     elseif ngx.var.rollout_pinned == "1" then
-        code, kind = 503, "version_unavailable"
+        kind = "version_unavailable"
         message = "model version " .. (ngx.var.http_x_model_version or "?")
             .. " is not reachable right now; nothing was recorded: retry later"
-    elseif code == 504 then
-        kind, message = "upstream_timeout", "the model server (" .. to .. ") did not answer in time"
+    elseif last == 504 then
+        code, kind = 504, "upstream_timeout"
+        message = "the model server (" .. to .. ") did not answer within its time-out; retry later"
+    elseif last == nil then -- no try was made: the router itself failed (nginx's error.log says why)
+        code, kind = 500, "router_error"
+        message = "the router could not handle this request; retry later"
     else
-        code, kind = 503, "upstream_unavailable"
+        kind = "upstream_unavailable"
         message = "no model server of service " .. ngx.var.rollout_service .. " could answer (last tried: "
             .. to .. "); retry later"
     end
