@@ -93,3 +93,24 @@ def test_after_stable_is_back_no_window_reaches_back_into_the_outage() -> None:
     after = [t for t, name, _ in edge.measured if name == "errors-vs-stable" and t >= back]
     assert after and after[0] >= back + 20, "a window reached back into the outage"
     assert state.phase == Phase.PROMOTED
+
+
+def test_the_steps_timer_stops_while_stable_is_down() -> None:
+    """A 30 s pause with stable down for 60 s of it still pauses 30 s of serving stable."""
+    spec = make_spec(
+        {"canary": {"steps": [{"setWeight": 10}, {"pause": {"duration": "30s"}}, {"setWeight": 100}]}}
+    )
+    edge = StableEdge()
+    state = run(spec, edge, max_steps=50, until=lambda s: s.progress.step_name.startswith("pause"))
+    paused_at = edge.now
+    state = run(spec, edge, state, max_steps=50, until=lambda s: edge.now >= paused_at + 10)
+    edge.stable_up = False
+    state = run(spec, edge, state, max_steps=100, until=lambda s: edge.now >= paused_at + 70)
+    edge.stable_up = True
+    state = run(spec, edge, state, max_steps=50, until=lambda s: edge.now >= paused_at + 85)
+    assert state.progress.step_name.startswith("pause"), "the outage counted as pause time"
+    state = run(spec, edge, state)
+    assert state.phase == Phase.PROMOTED
+    assert paused_at + 90 <= next(
+        e.at for e in state.events if e.reason == Reason.STEP_STARTED and e.at > paused_at
+    )
