@@ -19,14 +19,14 @@ setup: system venv tools checkov
 
 system: $(SYS_STAMP)
 $(SYS_STAMP): .ci/install-system.sh
-	bash .ci/install-system.sh
+	.ci/step 'apt: Debian packages (nginx, Prometheus, containerd, ...)' bash .ci/install-system.sh
 	@mkdir -p $(dir $@) && touch $@
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	.ci/step "pip: the project's Python packages into $(VENV)" $(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
 # Go-built tools (kube-apiserver, etcd, helm, skaffold) for the Kubernetes tier, cached in .cache/bin
@@ -39,14 +39,14 @@ CHECKOV_VERSION := 3.3.30
 CHECKOV_STAMP := .cache/checkov/installed-$(CHECKOV_VERSION)
 checkov: $(CHECKOV_STAMP)
 $(CHECKOV_STAMP):
-	@echo "checkov $(CHECKOV_VERSION): installing into .cache/checkov (its own venv; ~40 s, once)"
 	test -x .cache/checkov/bin/python || $(PY) -m venv .cache/checkov
 	.cache/checkov/bin/pip install -q --upgrade pip
-	.cache/checkov/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	.ci/step 'checkov: the chart scanner $(CHECKOV_VERSION) into .cache/checkov (once)' \
+	  .cache/checkov/bin/pip install -q checkov==$(CHECKOV_VERSION)
 	@touch $@
 
 models: venv
-	$(BIN)/python -m bentos.train --all
+	.ci/step 'models: training the scikit-learn models into $(BENTOML_HOME)' $(BIN)/python -m bentos.train --all
 
 # the local demo needs no Kubernetes toolchain (no Go builds, no checkov): packages and the venv only
 demo: system venv
