@@ -116,11 +116,21 @@ def _printer(echo: Callable[[str], None], prefix: str) -> Callable[[RolloutState
 
 
 def run_scenario(
-    sc: Scenario, stack: LocalStack, report_dir: Path, users: int, echo: Callable[[str], None]
+    sc: Scenario,
+    stack: LocalStack,
+    report_dir: Path,
+    users: int,
+    echo: Callable[[str], None],
+    place: str = "",
 ) -> ScenarioResult:
+    """One rollout under Locust load. ``place``: where it is in the demo ("2/5"), for the header."""
     rollout: ModelRollout = load_rollout(spec_path(sc.spec_file))
     spec = rollout.spec
-    echo(f"== {sc.name}: {spec.strategy.name} of {spec.candidate.model} against {spec.stable.model}")
+    where = f"[{place}] " if place else ""
+    echo(
+        f"== {where}{sc.name}: {spec.strategy.name} of {spec.candidate.model} against {spec.stable.model}"
+        f" (at most {sc.timeout:.0f} s)"
+    )
     serve_only(stack, spec.service, spec.stable.model)
     summary = report_dir / f"{sc.name}.locust.json"
     with locust(
@@ -177,18 +187,22 @@ def run_demo(
     report_dir = (report_root / time.strftime("%Y%m%d-%H%M%S")).resolve()
     report_dir.mkdir(parents=True, exist_ok=True)
     echo(f"report: {report_dir}")
+    echo("models: training the demo's scikit-learn models (seeded; those already in the store are kept)")
     for r in train_many([]):  # every variant; skipped when up to date
         echo(
             f"model {r.tag}: {'up to date' if r.skipped else 'trained'} (holdout accuracy {r.metadata.holdout_accuracy:.3f})"
         )
     scenarios = [s for s in SCENARIOS if not only or s.name in only]
     home = report_dir / "state"
+    n = len(scenarios)
+    echo(f"stack: starting nginx and Prometheus; then {n} rollout{'s' * (n != 1)}, each under Locust load")
     stack = LocalStack.up(home=home, services=["iris"], supervise=True)
     results: list[ScenarioResult] = []
     try:
         echo(f"stack up: service {stack.service_url('iris')}, Prometheus {stack.prometheus_url}")
-        for sc in scenarios:
-            results.append(run_scenario(sc, stack, report_dir, users, echo))
+        for i, sc in enumerate(scenarios, 1):
+            results.append(run_scenario(sc, stack, report_dir, users, echo, place=f"{i}/{len(scenarios)}"))
+            echo(f"   {sc.name}: {results[-1].outcome}; demo {time.time() - started:.0f} s so far")
     finally:
         stack.stop()
     meta = {"started": started, "seconds": round(time.time() - started, 1), "users": users}
