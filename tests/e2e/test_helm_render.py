@@ -402,6 +402,63 @@ def test_service_monitor_selects_both_predictor_services(home: Path) -> None:
     assert [p["metadata"]["name"] for p in kinds["PodMonitor"]] == ["br-bento-rollout-controller"]
 
 
+# The ports of the pods KServe v0.20.0 creates for the chart's predictor, per deployment mode, and
+# who connects to them (README "NetworkPolicy"). Standard: the chart's container as it is (KServe
+# reconcilers/service/service_reconciler.go forwards the predictor Service's port 80 to it).
+# Knative: the queue-proxy sidecar's ports (knative.dev/serving v0.48.1 pkg/networking/constants.go:
+# BackendHTTPPort 8012, BackendHTTPSPort 8112, AutoscalingQueueMetricsPort 9090) and the user
+# container's, which Knative renames "user-port" (pkg/reconciler/revision/resources/deploy.go).
+POD_PORTS = {
+    "kserve": {"queue-port": 8012, "https-port": 8112, "http-autometric": 9090, "user-port": 3000},
+    "istio": {"http1": 3000},
+    "gateway-api": {"http1": 3000},
+}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_model_network_policy_admits_every_port_the_modes_pods_serve_and_no_other(
+    home: Path, mode: str
+) -> None:
+    """Knative mode: requests reach the queue-proxy (8012, or 8112 with internal TLS), the
+    autoscaler scrapes 9090, Prometheus the Bento's /metrics; admitting the Bento port alone
+    (as before) refused every request the gateway or the activator sent."""
+    kinds = by_kind(template(home, {"routing.mode": mode}))
+    (policy,) = [p for p in kinds["NetworkPolicy"] if p["metadata"]["name"].endswith("-model")]
+    (rule,) = policy["spec"]["ingress"]
+    assert {p["port"] for p in rule["ports"]} == set(POD_PORTS[mode].values())
+    assert {p["protocol"] for p in rule["ports"]} == {"TCP"}
+    namespaces = rule["from"][1]["namespaceSelector"]["matchExpressions"][0]["values"]
+    assert namespaces == ["istio-system", "knative-serving", "monitoring"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_pod_monitor_scrapes_the_bento_port_by_the_name_it_has_on_the_pod(home: Path, mode: str) -> None:
+    """Knative renames the container's port "user-port": a PodMonitor naming "http1" there found
+    no endpoint at all, so nothing of the model pods was scraped in kserve routing mode."""
+    kinds = by_kind(template(home, {"routing.mode": mode}))
+    (monitor,) = [m for m in kinds["PodMonitor"] if m["metadata"]["name"].endswith("-model")]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert POD_PORTS[mode][endpoint["port"]] == 3000 and endpoint["path"] == "/metrics"
+    if mode != "kserve":  # Standard: KServe keeps the chart's container port, name and all
+        for isvc in kinds["InferenceService"]:
+            (container,) = isvc["spec"]["predictor"]["containers"]
+            assert container["ports"] == [
+                {"name": endpoint["port"], "containerPort": 3000, "protocol": "TCP"}
+            ]
+
+
+@pytest.mark.parametrize("port", [8012, 9090, 8112])
+def test_a_bento_port_the_queue_proxy_takes_is_refused_in_kserve_mode(home: Path, port: int) -> None:
+    result = run_helm(["template", "br", str(CHART), *set_args({"service.port": port})], home)
+    assert result.returncode != 0
+    assert f"service.port {port} is a port Knative's queue-proxy takes" in result.stderr
+    kinds = by_kind(template(home, {"service.port": port, "routing.mode": "istio"}))
+    assert (
+        kinds["InferenceService"][0]["spec"]["predictor"]["containers"][0]["ports"][0]["containerPort"]
+        == port
+    )
+
+
 def test_read_only_root_filesystem_leaves_bentoml_its_writable_dirs(home: Path) -> None:
     """The Bento image (BENTOML_HOME=/home/bentoml/) writes metrics files and temp files only there."""
     (isvc,) = by_kind(template(home))["InferenceService"]

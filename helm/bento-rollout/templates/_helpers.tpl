@@ -75,6 +75,14 @@ app.kubernetes.io/component: controller
 {{- printf "%s-predictor.%s.svc.cluster.local" (include "bento-rollout.isvcName" .) $root.Release.Namespace -}}
 {{- end -}}
 
+{{/* The name the model pods' Bento port has on the pod. Standard: the chart's own ("http1": KServe
+     copies the predictor's containers as they are). Knative renames the user container's port
+     "user-port" on every revision's pods (knative.dev/serving pkg/reconciler/revision/resources/
+     deploy.go makeServingContainer/buildContainerPorts, v1.UserPortName). */}}
+{{- define "bento-rollout.modelPortName" -}}
+{{- if eq .Values.routing.mode "kserve" }}user-port{{ else }}http1{{ end -}}
+{{- end -}}
+
 {{- define "bento-rollout.routeName" -}}
 {{- .Values.service.name -}}
 {{- end -}}
