@@ -191,3 +191,25 @@ def start_bento_server(
     if wait:
         server.wait_ready(timeout)
     return server
+
+
+def pin_problem(address: str, model_tag: str, started_with: dict[str, str], pinned: str | None) -> str | None:
+    """Why a model server already running at ``address`` may not serve a rollout that pins
+    ``pinned`` (a ModelRollout's ``stable.digest`` / ``candidate.digest``), or None when it may.
+
+    It may when it was started with that pin (``started_with``: the environment it was started
+    with; the server then refused any other artifact and refuses one at each restart too), or,
+    started without it, when it says it serves exactly that artifact (``GET /v2/models/<name>``,
+    ``parameters.digest``: what it loaded). Anything else is named: a server started by `rollout up`
+    without ``--digest`` that serves another artifact would pass for the pinned model."""
+    if pinned is None or started_with.get(MODEL_DIGEST_ENV) == pinned:
+        return None
+    name = model_tag.partition(":")[0]
+    try:
+        meta = httpx.get(f"http://{address}/v2/models/{name}", timeout=5.0).json()
+        served = meta["parameters"]["digest"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        return f"{model_tag} at {address} was started without the pin and does not say what it serves ({exc})"
+    if served == pinned:
+        return None
+    return f"{model_tag} at {address} serves artifact {served}, not the pinned {pinned}"

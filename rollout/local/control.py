@@ -66,6 +66,7 @@ def begin(
                     echo(line)
             if others:
                 runner.stack.reload()  # their ends stopped (or unregistered) their candidates
+            runner.check_pins()  # a refusal leaves no rollout in progress behind
             return runner.start_state()
     except BaseException:
         runner.lock.release()

@@ -42,6 +42,7 @@ from rollout.actions import EnsureBackend, Finalize, Measure, MetricResult, Obse
 from rollout.engine import hold_on_error, new_rollout, step
 from rollout.errors import NotFoundError, RolloutError, StateError
 from rollout.exporter import MetricsServer, RolloutCollector
+from rollout.local.bento import pin_problem
 from rollout.local.commands import CommandQueue
 from rollout.local.lock import RunLock
 from rollout.local.processes import http_ok
@@ -157,6 +158,8 @@ class LocalRunner:
                 workers=self.workers,
                 digest=self.spec.stable.digest,
             )
+        else:
+            self._check_stable_pin(stable)
         current = self.router.get_backends() if self._has_routes() else {}
         if current.get("stable") not in (None, stable.address):
             serving = [
@@ -170,6 +173,24 @@ class LocalRunner:
         if not current.get("stable"):
             self.router.ensure(RouteTarget(self.spec.service, stable))
         return stable
+
+    def check_pins(self) -> None:
+        """Before the rollout starts (rollout.local.control.begin): StateError when a stable server
+        that already runs does not serve the artifact the spec pins (one it was not started for)."""
+        stable = self._backend(self.spec.stable.model)
+        if stable is not None:
+            self._check_stable_pin(stable)
+
+    def _check_stable_pin(self, stable: Backend) -> None:
+        if problem := self._pin_problem(stable, self.spec.stable.model, self.spec.stable.digest):
+            raise StateError(
+                f"the spec pins stable.digest, but the stable server {problem}; `rollout down`, then "
+                f"`rollout up --model {self.spec.stable.model} --digest {self.spec.stable.digest}`"
+            )
+
+    def _pin_problem(self, backend: Backend, tag: str, pinned: str | None) -> str | None:
+        started_with = self.stack.state["backends"].get(backend.name, {}).get("env", {})
+        return pin_problem(backend.address, tag, started_with, pinned)
 
     def _has_routes(self) -> bool:
         try:
@@ -194,6 +215,10 @@ class LocalRunner:
         ready = http_ok(f"http://{cand.address}/v2/health/ready")() and (
             self._candidate_was_ready or self._scraped(cand)
         )
+        if ready and not self._candidate_was_ready and self._starting is None:  # ran before this rollout
+            if problem := self._pin_problem(cand, self.spec.candidate.model, self.spec.candidate.digest):
+                self._start_error = f"the spec pins candidate.digest, but the candidate server {problem}"
+                return False, self._start_error
         if ready:
             if not self._candidate_was_ready:
                 stable = self._backend(self.spec.stable.model)

@@ -125,3 +125,53 @@ def test_the_local_stack_passes_the_pin_and_keeps_it_for_a_restart(
         )
     finally:
         stack.stop()
+
+
+def test_a_rollout_that_pins_stable_checks_a_stable_started_without_the_pin(
+    bentoml_home: Path, tmp_path: Path
+) -> None:
+    """`rollout up` without --digest, then `rollout run` of a spec that pins stable.digest: the
+    runner reused the running stable without looking, so a pin of another artifact passed. Now a
+    wrong pin ends the run at once (exit 1, one line naming both digests and the command to
+    restart it pinned); the right pin - what that server says it serves - goes on."""
+    import os
+    import subprocess
+    import sys
+
+    rollout_cli = str(Path(sys.executable).with_name("rollout"))
+    env = {**os.environ, "ROLLOUT_HOME": str(tmp_path / "home"), "BENTOML_HOME": str(bentoml_home)}
+
+    def cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([rollout_cli, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+    right = digest_of(bentoml_home / "models" / "iris" / "v1" / "model.pkl")
+    wrong = digest_of(bentoml_home / "models" / "iris" / "poisoned" / "model.pkl")
+
+    def spec(name: str, pin: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        body = {
+            "apiVersion": "bento-rollout.io/v1alpha1",
+            "kind": "ModelRollout",
+            "metadata": {"name": name},
+            "spec": {
+                "service": "iris",
+                "stable": {"model": "iris:v1", "digest": pin},
+                "candidate": {"model": "iris:v2"},
+                "strategy": {"canary": {"steps": [{"pause": {"duration": "1h"}}]}},
+            },
+        }
+        path.write_text(yaml.safe_dump(body))
+        return path
+
+    up = cli("up", "--model", "iris:v1")
+    assert up.returncode == 0, up.stderr
+    try:
+        r = cli("run", str(spec("wrong-pin", wrong)), "--timeout", "60")
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert right in r.stderr and wrong in r.stderr, r.stderr
+        assert f"rollout up --model iris:v1 --digest {wrong}" in r.stderr, r.stderr
+        r = cli("run", str(spec("right-pin", right)), "--timeout", "10")
+        assert r.returncode == 5 and "pins stable.digest" not in r.stdout + r.stderr, r.stdout + r.stderr
+        assert "still Progressing" in r.stderr, r.stderr
+    finally:
+        cli("down")
