@@ -1,15 +1,25 @@
 """KServe router: canary by ``spec.predictor.canaryTrafficPercent`` on one InferenceService.
 
-KServe's own canary model (Serverless mode, on Knative): when the predictor spec changes, Knative
-creates a new revision; ``canaryTrafficPercent: N`` sends N % to that latest *ready* revision and
-the rest to the previously rolled-out one. So with this router the candidate is "the ISVC's latest
-revision" and the stable is "its previous rolled-out revision"; whoever deploys the candidate
-(``helm upgrade``, a GitOps commit) changes the predictor, and this router only moves the percent.
+KServe's own canary model (Knative mode, formerly "Serverless"): when the predictor spec changes,
+Knative creates a new revision; ``canaryTrafficPercent: N`` sends N % to that latest *ready*
+revision and the rest to the previously rolled-out one. So with this router the candidate is "the
+ISVC's latest revision" and the stable is "its previous rolled-out revision"; whoever deploys the
+candidate (``helm upgrade``, a GitOps commit) changes the predictor, and this router only moves the
+percent.
 
 Limits, enforced (``UnsupportedRouteError``, never silently dropped):
 - no mirroring (shadow) and no header/cookie match (A/B by cohort): KServe has no such field;
 - no sticky split;
-- no canary at all in RawDeployment/Standard mode (no revisions): ``ensure`` refuses it.
+- no canary at all in Standard (formerly "RawDeployment") or ModelMesh mode (no revisions):
+  ``ensure`` refuses it.
+
+The mode is read as KServe v0.20.0 decides it (controller/v1beta1/inferenceservice/utils/utils.go
+``GetDeploymentMode``): ``status.deploymentMode`` (which KServe records at its first reconcile and
+then never lets change), else the ``serving.kserve.io/deploymentMode`` annotation, old names and
+new, else KServe's default, ``deploy.defaultDeploymentMode`` of its ``inferenceservice-config``
+ConfigMap (read when the controller may; the chart's Role does not grant it). When none of them
+can be read the mode is not known, and ``ensure`` raises a ``RouterError`` (retried: KServe
+records the mode when it reconciles) that says how to name it; it never guesses one.
 Absent ``canaryTrafficPercent`` means the latest revision takes 100 %, so ``get_routes`` reads it
 as candidate weight 100; ``finalize`` writes 0 (everything to the previous rolled-out revision).
 
@@ -23,15 +33,84 @@ every router provider whose backends are InferenceServices.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
-from rollout.errors import UnsupportedRouteError
+from rollout.errors import RolloutError, RouterError, UnsupportedRouteError, excerpt
 from rollout.k8s.client import INFERENCE_SERVICE, KubeClient, Obj
 from rollout.routers.base import Routes, RouteTarget
 from rollout.routers.matching import MANAGED_BY, target_annotations, target_from_annotations
 
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
-NO_REVISION_MODES = {"RawDeployment", "Standard", "ModelMesh"}
+# KServe v0.20.0 pkg/constants/constants.go: DeploymentModeType and ParseDeploymentMode
+KNATIVE, STANDARD, MODEL_MESH = "Knative", "Standard", "ModelMesh"
+LEGACY_MODES = {"Serverless": KNATIVE, "RawDeployment": STANDARD}  # deprecated names -> current
+KNOWN_MODES = {KNATIVE, STANDARD, MODEL_MESH}
+NO_REVISION_MODES = {STANDARD, MODEL_MESH}
+# where KServe keeps its default mode (constants.InferenceServiceConfigMapName, KServeNamespace)
+KSERVE_NAMESPACE = "kserve"
+KSERVE_CONFIG_MAP = "inferenceservice-config"
+
+
+def normalize_mode(mode: object) -> str | None:
+    """KServe's current name of a mode name, old or new; None for anything KServe does not know."""
+    if not isinstance(mode, str):
+        return None
+    mode = LEGACY_MODES.get(mode, mode)
+    return mode if mode in KNOWN_MODES else None
+
+
+def default_mode_from_config(config_map: Obj) -> str | None:
+    """``deploy.defaultDeploymentMode`` of KServe's inferenceservice-config ConfigMap, normalized
+    (v1beta1/configmap.go ``NewDeployConfig``); None when it names none KServe knows."""
+    raw = (config_map.get("data") or {}).get("deploy")
+    try:
+        deploy = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    return normalize_mode(deploy.get("defaultDeploymentMode")) if isinstance(deploy, dict) else None
+
+
+def named_mode(isvc: Obj) -> str | None:
+    """Pure: the mode ``isvc`` names, in KServe's own order (``GetDeploymentMode``):
+    ``status.deploymentMode``, then the annotation (a value KServe does not know counts as none);
+    None when it names none. A status value KServe never writes is UnsupportedRouteError."""
+    meta = isvc.get("metadata") or {}
+    reported = (isvc.get("status") or {}).get("deploymentMode")
+    if reported:
+        mode = normalize_mode(reported)
+        if mode is None:
+            raise UnsupportedRouteError(
+                f"InferenceService {meta.get('namespace', '?')}/{meta.get('name', '?')}: KServe reports "
+                f"status.deploymentMode {excerpt(reported, 40)!r}, which this router does not know "
+                "(known: Knative, Standard, ModelMesh and the old Serverless, RawDeployment)"
+            )
+        return mode
+    return normalize_mode((meta.get("annotations") or {}).get(DEPLOYMENT_MODE_ANNOTATION))
+
+
+def deployment_mode(isvc: Obj, default: str | None = None, why_no_default: str = "") -> str:
+    """Pure: the mode KServe runs ``isvc`` in: ``named_mode``, else ``default`` (KServe's
+    ``deploy.defaultDeploymentMode``, as KServe itself falls back to it). RouterError when neither
+    is known, saying how to name one (``why_no_default``: why the default is not known)."""
+    mode = named_mode(isvc) or default
+    if mode is not None:
+        return mode
+    meta = isvc.get("metadata") or {}
+    annotated = (meta.get("annotations") or {}).get(DEPLOYMENT_MODE_ANNOTATION)
+    found = (
+        f"its {DEPLOYMENT_MODE_ANNOTATION} annotation {excerpt(annotated, 40)!r} is no mode KServe knows"
+        if annotated
+        else f"it has no {DEPLOYMENT_MODE_ANNOTATION} annotation"
+    )
+    raise RouterError(
+        f"InferenceService {meta.get('namespace', '?')}/{meta.get('name', '?')}: deployment mode not "
+        f"known: KServe has not recorded status.deploymentMode (it does at its first reconcile), {found}, "
+        f"and KServe's default is not known{': ' + why_no_default if why_no_default else ''}. Annotate it "
+        f"{DEPLOYMENT_MODE_ANNOTATION}: Knative (kserve routing needs revisions), or let the controller "
+        f"get KServe's {KSERVE_CONFIG_MAP} ConfigMap",
+        delay=5.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -156,18 +235,39 @@ def traffic_from_status(isvc: Obj) -> int | None:
 class KServeRouter:
     """TrafficRouter over one InferenceService's ``canaryTrafficPercent``."""
 
-    def __init__(self, client: KubeClient, namespace: str, name: str) -> None:
+    def __init__(
+        self, client: KubeClient, namespace: str, name: str, kserve_namespace: str = KSERVE_NAMESPACE
+    ) -> None:
         self.client, self.namespace, self.name = client, namespace, name
+        self.kserve_namespace = kserve_namespace
         self.target: RouteTarget | None = None
+
+    def _kserve_default(self) -> tuple[str | None, str]:
+        """KServe's default mode from its ConfigMap, or None and why it is not known."""
+        where = f"ConfigMap {self.kserve_namespace}/{KSERVE_CONFIG_MAP}"
+        try:
+            cm = self.client.call(
+                where, self.client.core.read_namespaced_config_map, KSERVE_CONFIG_MAP, self.kserve_namespace
+            )
+        except RolloutError as exc:
+            return None, excerpt(str(exc))
+        mode = default_mode_from_config(self.client.api_client.sanitize_for_serialization(cm))
+        return mode, "" if mode else f"{where} names no deploy.defaultDeploymentMode KServe knows"
+
+    def mode(self, isvc: Obj) -> str:
+        """The mode KServe runs ``isvc`` in (``deployment_mode``; KServe's default read only when
+        the object names none)."""
+        return named_mode(isvc) or deployment_mode(isvc, *self._kserve_default())
 
     def ensure(self, target: RouteTarget) -> None:
         """Check the InferenceService exists and can canary; record the target in its annotations."""
         isvc = self.client.get(INFERENCE_SERVICE, self.namespace, self.name)
-        mode = (isvc["metadata"].get("annotations") or {}).get(DEPLOYMENT_MODE_ANNOTATION)
+        mode = self.mode(isvc)
         if mode in NO_REVISION_MODES:
             raise UnsupportedRouteError(
-                f"InferenceService {self.namespace}/{self.name} runs in {mode} mode, which has no revisions and "
-                "no canaryTrafficPercent: use Serverless mode or the istio / gateway-api router"
+                f"InferenceService {self.namespace}/{self.name} runs in KServe's {mode} mode, which has no "
+                "revisions, so KServe ignores canaryTrafficPercent there: use Knative mode or the istio / "
+                "gateway-api router"
             )
         self.target = target
         patch = {"metadata": {"annotations": target_annotations(target), "labels": dict(MANAGED_BY)}}

@@ -13,12 +13,19 @@ status subresource to simulate readiness.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from rollout.errors import ConflictError, InvalidObjectError, NotFoundError, UnsupportedRouteError
+from rollout.errors import (
+    ConflictError,
+    InvalidObjectError,
+    NotFoundError,
+    RouterError,
+    UnsupportedRouteError,
+)
 from rollout.k8s.client import HTTP_ROUTE, INFERENCE_SERVICE, VIRTUAL_SERVICE, KubeClient
 from rollout.routers.base import Backend, Routes, RouteTarget, TrafficRouter
 from rollout.routers.matching import normalize_routes
@@ -171,7 +178,7 @@ def _write_status(kube: KubeClient, ns: str, name: str, ready: bool, created: st
 
 
 def test_kserve_canary_traffic_percent_and_readiness(kube: KubeClient, k8s_namespace: str) -> None:
-    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("iris"))
+    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("iris", mode="Knative"))
     router = make_router("kserve", client=kube, namespace=k8s_namespace, name="iris")
     router.ensure(TARGET)
     _write_status(
@@ -211,11 +218,67 @@ def test_kserve_canary_traffic_percent_and_readiness(kube: KubeClient, k8s_names
     )
 
 
-def test_kserve_router_refuses_raw_deployment(kube: KubeClient, k8s_namespace: str) -> None:
-    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("raw", mode="RawDeployment"))
+@pytest.mark.parametrize("mode", ["RawDeployment", "Standard"])
+def test_kserve_router_refuses_standard_mode_by_either_name(
+    kube: KubeClient, k8s_namespace: str, mode: str
+) -> None:
+    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("raw", mode=mode))
     router = make_router("kserve", client=kube, namespace=k8s_namespace, name="raw")
-    with pytest.raises(UnsupportedRouteError, match="RawDeployment"):
+    with pytest.raises(UnsupportedRouteError, match="KServe's Standard mode"):
         router.ensure(TARGET)
+
+
+def _record_mode(kube: KubeClient, ns: str, name: str, mode: str) -> None:
+    """status.deploymentMode as KServe v0.20.0 records it at its first reconcile."""
+    isvc = kube.get(INFERENCE_SERVICE, ns, name)
+    isvc["status"] = {"deploymentMode": mode}
+    kube.replace_status(INFERENCE_SERVICE, ns, isvc)
+
+
+def test_kserve_router_reads_the_mode_kserve_recorded_before_the_annotation(
+    kube: KubeClient, k8s_namespace: str
+) -> None:
+    """KServe decides by status.deploymentMode first (and refuses to change it afterwards): an
+    object it runs in Standard mode is refused whatever its annotation says, or without one."""
+    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("plain"))
+    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("said-knative", mode="Knative"))
+    for name in ("plain", "said-knative"):
+        _record_mode(kube, k8s_namespace, name, "Standard")
+        router = make_router("kserve", client=kube, namespace=k8s_namespace, name=name)
+        with pytest.raises(UnsupportedRouteError, match="Standard mode"):
+            router.ensure(TARGET)
+    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("old-status"))
+    _record_mode(kube, k8s_namespace, "old-status", "Serverless")  # recorded by an older KServe
+    make_router("kserve", client=kube, namespace=k8s_namespace, name="old-status").ensure(TARGET)
+
+
+def test_kserve_router_takes_kserves_default_mode_when_the_object_names_none(
+    kube: KubeClient, k8s_namespace: str
+) -> None:
+    """No status and no annotation: KServe's default (its inferenceservice-config ConfigMap, here
+    in the test namespace); without a readable one, an error that says what to do, and no write."""
+    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("unnamed"))
+
+    def router() -> TrafficRouter:
+        return make_router(
+            "kserve", client=kube, namespace=k8s_namespace, name="unnamed", kserve_namespace=k8s_namespace
+        )
+
+    with pytest.raises(RouterError, match="deployment mode not known") as caught:
+        router().ensure(TARGET)
+    assert "Annotate it serving.kserve.io/deploymentMode: Knative" in str(caught.value)
+    assert "inferenceservice-config" in str(caught.value)
+    assert "labels" not in kube.get(INFERENCE_SERVICE, k8s_namespace, "unnamed")["metadata"]  # no write
+    body = {
+        "metadata": {"name": "inferenceservice-config"},
+        "data": {"deploy": json.dumps({"defaultDeploymentMode": "Standard"})},
+    }
+    kube.core.create_namespaced_config_map(k8s_namespace, body)
+    with pytest.raises(UnsupportedRouteError, match="Standard mode"):
+        router().ensure(TARGET)
+    body["data"]["deploy"] = json.dumps({"defaultDeploymentMode": "Serverless"})  # KServe's shipped one
+    kube.core.replace_namespaced_config_map("inferenceservice-config", k8s_namespace, body)
+    router().ensure(TARGET)
 
 
 def test_client_errors_and_conflict_retry(kube: KubeClient, k8s_namespace: str) -> None:

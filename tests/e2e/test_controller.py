@@ -109,7 +109,10 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 120.0, every:
 
 
 def isvc(kube: KubeClient, ns: str, name: str, ready: bool = True) -> None:
-    """An InferenceService plus the status KServe would write (no KServe controller runs here)."""
+    """An InferenceService plus the status KServe would write (no KServe controller runs here),
+    with the deployment mode KServe v0.20.0 records there and the chart gives it: Standard for
+    the ``-stable`` / ``-candidate`` pair (istio, gateway-api routing), Knative for the one object
+    of kserve routing (whose router refuses an object of no known mode)."""
     kube.create(
         INFERENCE_SERVICE,
         ns,
@@ -121,6 +124,7 @@ def isvc(kube: KubeClient, ns: str, name: str, ready: bool = True) -> None:
     obj = kube.get(INFERENCE_SERVICE, ns, name)
     flag = "True" if ready else "False"
     obj["status"] = {
+        "deploymentMode": "Standard" if name.endswith(("-stable", "-candidate")) else "Knative",
         "observedGeneration": obj["metadata"]["generation"],
         "conditions": [{"type": t, "status": flag} for t in ("PredictorReady", "Ready")],
         "components": {

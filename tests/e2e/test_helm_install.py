@@ -137,6 +137,13 @@ def test_install_every_object_is_accepted_by_the_server(
         assert predictor["canaryTrafficPercent"] == 10
         assert predictor["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
         assert predictor["labels"]["app.kubernetes.io/component"] == "model"
+    # KServe's current mode names (v0.20.0 deprecates Serverless / RawDeployment)
+    modes = {
+        i["metadata"]["annotations"]["serving.kserve.io/deploymentMode"]
+        for i in items
+        if i["kind"] == "InferenceService"
+    }
+    assert modes == {"Knative" if mode == "kserve" else "Standard"}
     rollout = server_object(k8s_cluster, k8s_namespace, "modelrollouts.bento-rollout.io", "iris")
     assert rollout["spec"]["strategy"]["canary"]["steps"][0] == {"setWeight": 10}
 

@@ -91,13 +91,31 @@ def test_every_value_combination_renders_what_it_promises(
 def test_kserve_mode_sets_canary_traffic_percent_on_the_candidate_revision(home: Path) -> None:
     (isvc,) = by_kind(template(home, {"routing.candidateWeight": 25}))["InferenceService"]
     predictor = isvc["spec"]["predictor"]
-    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
     assert predictor["canaryTrafficPercent"] == 25
     env = {e["name"]: e["value"] for e in predictor["containers"][0]["env"]}
     assert env["BENTO_MODEL_TAG"] == "iris:v2"
     (stable_only,) = by_kind(template(home, {"models.candidate": ""}))["InferenceService"]
     assert "canaryTrafficPercent" not in stable_only["spec"]["predictor"]
     assert stable_only["spec"]["predictor"]["containers"][0]["env"][0]["value"] == "iris:v1"
+
+
+@pytest.mark.parametrize(
+    ("mode", "deployment"), [("kserve", "Knative"), ("istio", "Standard"), ("gateway-api", "Standard")]
+)
+def test_every_inference_service_names_its_mode_by_kserves_current_name(
+    home: Path, mode: str, deployment: str
+) -> None:
+    """KServe v0.20.0 deprecates "Serverless" and "RawDeployment" (pkg/constants/constants.go);
+    the chart writes "Knative" / "Standard", and nothing else anywhere it renders."""
+    from rollout.routers.kserve import KNOWN_MODES, LEGACY_MODES
+
+    docs = template(home, {"routing.mode": mode, "rollout.enabled": True})
+    isvcs = by_kind(docs)["InferenceService"]
+    assert {i["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] for i in isvcs} == {deployment}
+    assert deployment in KNOWN_MODES
+    rendered = yaml.safe_dump_all(docs)
+    assert not [old for old in LEGACY_MODES if old in rendered]
 
 
 def test_istio_virtual_service_weights_mirror_and_header_match(home: Path) -> None:

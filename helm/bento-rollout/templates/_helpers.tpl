@@ -69,10 +69,18 @@ app.kubernetes.io/component: controller
 {{- end -}}
 {{- end -}}
 
-{{/* Cluster-local host of a role's predictor Service (RawDeployment: "<isvc>-predictor"). */}}
+{{/* Cluster-local host of a role's predictor Service (Standard mode: "<isvc>-predictor", port 80). */}}
 {{- define "bento-rollout.predictorHost" -}}
 {{- $root := index . 0 -}}
 {{- printf "%s-predictor.%s.svc.cluster.local" (include "bento-rollout.isvcName" .) $root.Release.Namespace -}}
+{{- end -}}
+
+{{/* The KServe deployment mode of the model pods: kserve routing needs revisions (Knative), the
+     others one plain Deployment per version (Standard). KServe v0.20.0's names: it still reads the
+     deprecated "Serverless" / "RawDeployment" as these (pkg/constants/constants.go
+     ParseDeploymentMode); a KServe older than the rename does not know the new ones. */}}
+{{- define "bento-rollout.deploymentMode" -}}
+{{- if eq .Values.routing.mode "kserve" }}Knative{{ else }}Standard{{ end -}}
 {{- end -}}
 
 {{/* The name the model pods' Bento port has on the pod. Standard: the chart's own ("http1": KServe

@@ -24,7 +24,7 @@
 {{- fail "rollout.enabled needs controller.enabled: nothing would run the ModelRollout" -}}
 {{- end -}}
 {{- if and (eq $mode "kserve") $v.monitoring.enabled (eq $v.monitoring.kind "ServiceMonitor") -}}
-{{- fail "monitoring.kind ServiceMonitor needs routing.mode istio or gateway-api (RawDeployment); use PodMonitor with kserve (Serverless)" -}}
+{{- fail "monitoring.kind ServiceMonitor needs routing.mode istio or gateway-api (Standard mode: KServe makes a predictor Service); use PodMonitor with kserve (Knative mode)" -}}
 {{- end -}}
 {{- if and (eq $mode "kserve") (has (int $v.service.port) (list 8008 8012 8013 8022 8112 9090 9091)) -}}
 {{- fail (printf "service.port %d is a port Knative's queue-proxy takes in every model pod in kserve routing mode (8008, 8012, 8013, 8022, 8112, 9090, 9091; Knative refuses all but 8112 for the model container): pick another port" (int $v.service.port)) -}}
