@@ -136,6 +136,9 @@ def test_install_every_object_is_accepted_by_the_server(
         predictor = isvc["spec"]["predictor"]
         assert predictor["canaryTrafficPercent"] == 10
         assert predictor["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+        # Knative refuses a pod-level securityContext by default: the user is the container's
+        assert predictor["containers"][0]["securityContext"]["runAsUser"] == 1034
+        assert "securityContext" not in predictor
         assert predictor["labels"]["app.kubernetes.io/component"] == "model"
     # KServe's current mode names (v0.20.0 deprecates Serverless / RawDeployment)
     modes = {

@@ -173,10 +173,12 @@ def test_every_pod_runs_restricted_with_oip_v2_probes(home: Path, mode: str) -> 
     specs = [(d["kind"], spec) for d in docs for spec in pod_specs(d)]
     assert {k for k, _ in specs} == {"InferenceService", "Deployment", "Job"}
     for kind, spec in specs:
-        assert spec["securityContext"]["runAsNonRoot"] is True, kind
-        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, kind
         for container in spec["containers"]:
-            sc = container["securityContext"]
+            # what the container runs with: its own securityContext over the pod's
+            sc = {**spec.get("securityContext", {}), **container["securityContext"]}
+            assert sc["runAsNonRoot"] is True, kind
+            assert (sc["runAsUser"], sc["runAsGroup"]) == (1034, 1034), kind
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, kind
             assert sc["allowPrivilegeEscalation"] is False, kind
             assert sc["readOnlyRootFilesystem"] is True, kind
             assert sc["capabilities"] == {"drop": ["ALL"]}, kind
@@ -188,6 +190,50 @@ def test_every_pod_runs_restricted_with_oip_v2_probes(home: Path, mode: str) -> 
         assert container["ports"][0]["containerPort"] == 3000
         # `bentoml serve` keeps idle connections longer than the proxies in front pool them
         assert container["args"] == ["--timeout-keep-alive", "75"]
+
+
+# What Knative v0.48.1's webhook admits with its default features (knative.dev/serving
+# pkg/apis/serving/fieldmask.go: PodSpecMask, ContainerMask, SecurityContextMask, VolumeSourceMask;
+# a field outside them is refused, "must not set the field(s)"). KServe copies the predictor's pod
+# fields into the Knative Service as they are (reconcilers/knative/ksvc_reconciler.go) and keeps
+# its own (ComponentExtensionSpec) out of it.
+KSERVE_COMPONENT_FIELDS = {"minReplicas", "maxReplicas", "labels", "annotations", "canaryTrafficPercent"}
+KNATIVE_POD_FIELDS = {"serviceAccountName", "containers", "volumes", "imagePullSecrets", "enableServiceLinks",
+                      "automountServiceAccountToken"}  # fmt: skip
+KNATIVE_CONTAINER_FIELDS = {
+    "name", "args", "command", "env", "workingDir", "envFrom", "image", "imagePullPolicy", "livenessProbe",
+    "ports", "readinessProbe", "resources", "securityContext", "startupProbe", "terminationMessagePath",
+    "terminationMessagePolicy", "volumeMounts",
+}  # fmt: skip
+KNATIVE_CONTAINER_SECURITY_FIELDS = {"capabilities", "readOnlyRootFilesystem", "runAsUser", "runAsGroup",
+                                     "runAsNonRoot", "allowPrivilegeEscalation", "seccompProfile"}  # fmt: skip
+
+
+def test_the_kserve_mode_predictor_is_one_knatives_default_features_admit(home: Path) -> None:
+    """The pod-level securityContext (runAsUser, runAsGroup, fsGroup, seccompProfile) is refused
+    by Knative unless kubernetes.podspec-securitycontext is on: with it the Knative Service was
+    never created. The user, group, non-root and seccomp now live on the container, which Knative
+    keeps (fsGroup is not needed: the volumes are emptyDirs)."""
+    (isvc,) = by_kind(template(home, {"routing.mode": "kserve"}))["InferenceService"]
+    predictor = isvc["spec"]["predictor"]
+    assert set(predictor) - KSERVE_COMPONENT_FIELDS <= KNATIVE_POD_FIELDS
+    assert "securityContext" not in predictor
+    assert predictor["automountServiceAccountToken"] is False  # Knative admits only false
+    assert all(set(v) == {"name", "emptyDir"} for v in predictor["volumes"])  # emptyDir: on by default
+    (container,) = predictor["containers"]
+    assert set(container) <= KNATIVE_CONTAINER_FIELDS
+    sc = container["securityContext"]
+    assert set(sc) <= KNATIVE_CONTAINER_SECURITY_FIELDS
+    assert set(sc["capabilities"]) == {"drop"}  # adding one needs another feature flag
+    assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"]) == (1034, 1034, True)
+
+
+@pytest.mark.parametrize("mode", ["istio", "gateway-api"])
+def test_standard_mode_predictors_keep_the_pod_security_context_with_fs_group(home: Path, mode: str) -> None:
+    for isvc in by_kind(template(home, {"routing.mode": mode, "securityContext.fsGroup": 2000}))[
+        "InferenceService"
+    ]:
+        assert isvc["spec"]["predictor"]["securityContext"]["fsGroup"] == 2000
 
 
 def test_controller_runs_rollout_controller_with_leader_election(home: Path) -> None:

@@ -95,11 +95,16 @@ app.kubernetes.io/component: controller
 {{- .Values.service.name -}}
 {{- end -}}
 
-{{/* The restricted container security context (Pod Security Standard "restricted"). */}}
+{{/* The restricted container security context (Pod Security Standard "restricted"), user and
+     group included: Knative (kserve routing) keeps a container's runAsUser / runAsGroup, but
+     refuses a pod-level securityContext unless the kubernetes.podspec-securitycontext feature is
+     on (knative.dev/serving v0.48.1 pkg/apis/serving/fieldmask.go PodSpecMask, SecurityContextMask). */}}
 {{- define "bento-rollout.containerSecurityContext" -}}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
 capabilities:
   drop: ["ALL"]
 seccompProfile:
@@ -134,8 +139,14 @@ labels:
   bento-rollout.io/role: {{ $role }}
   {{- end }}
 automountServiceAccountToken: false
+{{- /* Knative mode: no pod-level securityContext (Knative's webhook refuses one by default, so the
+       Knative Service KServe makes would never be created); the container's carries the user.
+       fsGroup, pod-level only, is then not applied: the chart's volumes are emptyDirs, which any
+       user may write. */}}
+{{- if ne $v.routing.mode "kserve" }}
 securityContext:
   {{- include "bento-rollout.podSecurityContext" $root | nindent 2 }}
+{{- end }}
 {{- with $v.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
