@@ -1,0 +1,431 @@
+"""A real Prometheus that scrapes the pods of the single-node cluster (tests/k8s/node.py), its scrape
+configuration generated from the cluster's PodMonitor objects as the Prometheus Operator does.
+
+Prometheus 3.5.0 (``build()``: Debian's 2.42 has no Kubernetes service discovery) runs inside the
+node's network namespace (``nsenter --net``: pod IPs are reachable only there), started by
+``start()`` as the test's own child and stopped by its pid. Its
+web port is bound to 127.0.0.1 inside the netns and reached from the host through
+``Node.forward``. It discovers pods with ``kubernetes_sd_configs`` (role ``pod``) against the node's
+API server at ``https://10.200.0.2:P`` (the netns side of the API server's forward), authenticating
+with the harness's admin client certificate and trusting its CA (file paths in the config).
+
+``scrape_configs(podmonitors, ...)`` turns PodMonitors (``monitoring.coreos.com/v1``, as read from
+the API server) into scrape configs the way prometheus-operator's ``generatePodMonitorConfig``
+(pkg/prometheus/promcfg.go) does, rule for rule, for one Prometheus that selects every PodMonitor
+of every namespace (``podMonitorSelector: {}``, ``podMonitorNamespaceSelector: {}``), one shard:
+
+- job_name ``podMonitor/<ns>/<name>/<i>`` per ``podMetricsEndpoints[i]``; ``namespaceSelector``:
+  ``any`` = every namespace, ``matchNames``, else the PodMonitor's own namespace (in the SD config);
+- ``selector`` as ``keep``/``drop`` relabelings on ``__meta_kubernetes_pod_label(present)_*``
+  (matchLabels, and matchExpressions In / NotIn / Exists / DoesNotExist), or with
+  ``selectorMechanism: RoleSelector`` as a label selector in the SD config;
+- ``filterRunning`` (default true): pods in phase Failed or Succeeded are dropped. That is the
+  operator's rule: a Pending pod that already has an IP is still a target;
+- the endpoint's ``port`` (a container port NAME), else ``portNumber``, else the deprecated
+  ``targetPort``, kept by ``__meta_kubernetes_pod_container_port_name`` / ``_number``;
+- target labels ``namespace``, ``container``, ``pod``, then ``podTargetLabels``, ``job`` =
+  ``<ns>/<name>`` (overridden by the pod's ``jobLabel`` label when it has one), ``endpoint`` = the
+  port name; then the endpoint's own ``relabelings`` and ``metricRelabelings``;
+- ``path`` (``metrics_path``, Prometheus' default /metrics), ``interval``, ``scrapeTimeout``,
+  ``scheme``, ``params``, ``honorLabels``.
+Not generated (unused by this project): authentication and TLS towards pods, scrape classes,
+limits, attachMetadata, the sharding ``hashmod`` rule (a no-op with one shard).
+
+``PodPrometheus.sync()`` re-reads the PodMonitors and, when the generated configuration changed,
+writes it and reloads Prometheus (``POST /-/reload``, ``--web.enable-lifecycle``); ``query()``,
+``vector()``, ``targets()`` and ``dropped()`` read its HTTP API. Called by
+tests/e2e/test_k8s_pod_prometheus.py.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from rollout.errors import ProcessError
+from tests.k8s.harness import _die_with_parent
+from tests.k8s.node import NODE_IP, Node
+
+__all__ = ["PodPrometheus", "Target", "build", "list_podmonitors", "render_config", "scrape_configs", "start"]
+
+# Debian's prometheus (2.42, /usr/bin/prometheus) is built without Kubernetes service discovery
+# (``field kubernetes_sd_configs not found in type config.ScrapeConfig``), so this builds the
+# version prometheus-operator v0.85.0 runs by default (operator.DefaultPrometheusVersion) from its
+# Go module, once, into .cache/prometheus (git-ignored), with Go's module and build caches.
+PROMETHEUS_VERSION = "v3.5.0"
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus@v0.305.0"  # Prometheus 3.5.0's Go module version
+ROOT = Path(__file__).resolve().parents[2]
+PROMETHEUS = ROOT / ".cache" / "prometheus" / f"prometheus-{PROMETHEUS_VERSION}"
+GOMODCACHE = ROOT / ".cache" / "go" / "mod"
+GROUP, VERSION, PLURAL = "monitoring.coreos.com", "v1", "podmonitors"
+GLOBAL = {"scrape_interval": "30s", "evaluation_interval": "30s"}  # the operator's defaults
+_INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+_RELABEL_KEYS = {"sourceLabels": "source_labels", "targetLabel": "target_label"}  # the rest: lower-case
+
+
+def _label(name: str) -> str:
+    return _INVALID_LABEL_CHARS.sub("_", name)
+
+
+def _keep(action: str, source: list[str], regex: str) -> dict[str, Any]:
+    return {"action": action, "source_labels": source, "regex": regex}
+
+
+def _selector_relabelings(selector: dict[str, Any]) -> list[dict[str, Any]]:
+    """A label selector as keep/drop rules on the pod's labels (the operator's Relabel mechanism)."""
+    rules = []
+    for key in sorted(selector.get("matchLabels") or {}):
+        value = selector["matchLabels"][key]
+        pair = [
+            f"__meta_kubernetes_pod_label_{_label(key)}",
+            f"__meta_kubernetes_pod_labelpresent_{_label(key)}",
+        ]
+        rules.append(_keep("keep", pair, f"({value});true"))
+    for exp in selector.get("matchExpressions") or []:
+        key, op, values = _label(exp["key"]), exp["operator"], "|".join(exp.get("values") or [])
+        pair = [f"__meta_kubernetes_pod_label_{key}", f"__meta_kubernetes_pod_labelpresent_{key}"]
+        present = [f"__meta_kubernetes_pod_labelpresent_{key}"]
+        rules.append({
+            "In": _keep("keep", pair, f"({values});true"),
+            "NotIn": _keep("drop", pair, f"({values});true"),
+            "Exists": _keep("keep", present, "true"),
+            "DoesNotExist": _keep("drop", present, "true"),
+        }[op])  # fmt: skip
+    return rules
+
+
+def _selector_string(selector: dict[str, Any]) -> str:
+    """A label selector as the API server's string form (``selectorMechanism: RoleSelector``)."""
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for exp in selector.get("matchExpressions") or []:
+        key, op, values = exp["key"], exp["operator"], ",".join(sorted(exp.get("values") or []))
+        parts.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
+                      "Exists": key, "DoesNotExist": f"!{key}"}[op])  # fmt: skip
+    return ",".join(parts)
+
+
+def _relabel_configs(rules: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A PodMonitor's ``relabelings`` (camelCase) in Prometheus' spelling."""
+    out = []
+    for rule in rules:
+        converted = {_RELABEL_KEYS.get(k, k.lower()): v for k, v in rule.items()}
+        if "action" in converted:
+            converted["action"] = converted["action"].lower()
+        out.append(converted)
+    return out
+
+
+def scrape_config(
+    monitor: dict[str, Any], endpoint: dict[str, Any], index: int, sd: dict[str, Any]
+) -> dict[str, Any]:
+    """The scrape config of ``monitor``'s ``podMetricsEndpoints[index]``; ``sd`` holds the API server
+    address and credentials of the ``kubernetes_sd_configs`` entry."""
+    meta, spec = monitor["metadata"], monitor.get("spec") or {}
+    ns, name = meta["namespace"], meta["name"]
+    selector = spec.get("selector") or {}
+    nsel = spec.get("namespaceSelector") or {}
+    discovery: dict[str, Any] = {"role": "pod"}
+    if not nsel.get("any"):
+        discovery["namespaces"] = {"names": list(nsel.get("matchNames") or [ns])}
+    discovery.update(sd)
+    role_selector = spec.get("selectorMechanism") == "RoleSelector"
+    if role_selector:
+        discovery["selectors"] = [{"role": "pod", "label": _selector_string(selector)}]
+
+    cfg: dict[str, Any] = {"job_name": f"podMonitor/{ns}/{name}/{index}",
+                           "honor_labels": bool(endpoint.get("honorLabels", False)),
+                           "kubernetes_sd_configs": [discovery]}  # fmt: skip
+    for key, target in (("interval", "scrape_interval"), ("scrapeTimeout", "scrape_timeout"),
+                        ("path", "metrics_path"), ("params", "params"), ("scheme", "scheme")):  # fmt: skip
+        if endpoint.get(key):
+            cfg[target] = endpoint[key]
+    if "honorTimestamps" in endpoint:
+        cfg["honor_timestamps"] = bool(endpoint["honorTimestamps"])
+
+    rules: list[dict[str, Any]] = [{"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"}]
+    if endpoint.get("filterRunning", True):
+        rules.append(_keep("drop", ["__meta_kubernetes_pod_phase"], "(Failed|Succeeded)"))
+    if not role_selector:
+        rules += _selector_relabelings(selector)
+    port, number, target_port = endpoint.get("port"), endpoint.get("portNumber"), endpoint.get("targetPort")
+    if port:
+        rules.append(_keep("keep", ["__meta_kubernetes_pod_container_port_name"], port))
+    elif number:
+        rules.append(_keep("keep", ["__meta_kubernetes_pod_container_port_number"], str(number)))
+    elif target_port:
+        which = "name" if isinstance(target_port, str) else "number"
+        rules.append(_keep("keep", [f"__meta_kubernetes_pod_container_port_{which}"], str(target_port)))
+    for source, target in (
+        ("namespace", "namespace"),
+        ("pod_container_name", "container"),
+        ("pod_name", "pod"),
+    ):
+        rules.append({"source_labels": [f"__meta_kubernetes_{source}"], "target_label": target})
+    for pod_label in spec.get("podTargetLabels") or []:
+        rules.append({"source_labels": [f"__meta_kubernetes_pod_label_{_label(pod_label)}"],
+                      "target_label": _label(pod_label), "regex": "(.+)", "replacement": "${1}"})  # fmt: skip
+    rules.append({"target_label": "job", "replacement": f"{ns}/{name}"})
+    if spec.get("jobLabel"):
+        rules.append({"source_labels": [f"__meta_kubernetes_pod_label_{_label(spec['jobLabel'])}"],
+                      "target_label": "job", "regex": "(.+)", "replacement": "${1}"})  # fmt: skip
+    if port or target_port:  # (as the operator: an int targetPort is named by its number, portNumber not)
+        rules.append({"target_label": "endpoint", "replacement": str(port or target_port)})
+    rules += _relabel_configs(endpoint.get("relabelings") or [])
+    cfg["relabel_configs"] = rules
+    if endpoint.get("metricRelabelings"):
+        cfg["metric_relabel_configs"] = _relabel_configs(endpoint["metricRelabelings"])
+    return cfg
+
+
+def scrape_configs(podmonitors: Iterable[dict[str, Any]], sd: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every PodMonitor's scrape configs, ordered by namespace and name as the operator orders them."""
+    ordered = sorted(podmonitors, key=lambda m: (m["metadata"]["namespace"], m["metadata"]["name"]))
+    return [
+        scrape_config(m, ep, i, sd)
+        for m in ordered
+        for i, ep in enumerate((m.get("spec") or {}).get("podMetricsEndpoints") or [])
+    ]
+
+
+def list_podmonitors(api_client: Any) -> list[dict[str, Any]]:
+    """Every PodMonitor in the cluster, as the API server returns them."""
+    from kubernetes import client
+
+    found = client.CustomObjectsApi(api_client).list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    return list(found["items"])
+
+
+def render_config(node: Node, sd: dict[str, Any]) -> str:
+    """The whole prometheus.yml for the PodMonitors in ``node``'s cluster now."""
+    api = node.control_plane.api_client()
+    try:
+        configs = scrape_configs(list_podmonitors(api), sd)
+    finally:
+        api.close()
+    return yaml.safe_dump({"global": GLOBAL, "scrape_configs": configs}, sort_keys=False)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One active target of Prometheus' /api/v1/targets."""
+
+    pool: str  # the scrape config's job_name, podMonitor/<ns>/<name>/<i>
+    labels: dict[str, str]
+    url: str
+    health: str  # "up", "down" or "unknown" (not scraped yet)
+    last_error: str
+
+
+@dataclass
+class PodPrometheus:
+    """A running Prometheus in ``node``'s netns. ``url`` is its 127.0.0.1 address on the host."""
+
+    node: Node
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+    url: str
+    sd: dict[str, Any]
+    config_text: str = ""
+    reloads: int = 0
+    started_in: float = 0.0  # seconds from exec to /-/ready
+    _http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10))
+
+    @property
+    def config_file(self) -> Path:
+        return self.workdir / "prometheus.yml"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "prometheus.log"
+
+    def sync(self) -> bool:
+        """Re-read the PodMonitors; when the configuration they make changed, write it and reload
+        Prometheus (a ProcessError with its message if it refuses it). True when it reloaded."""
+        text = render_config(self.node, self.sd)
+        if text == self.config_text:
+            return False
+        self.config_file.write_text(text)
+        self.check_alive()
+        resp = self._http.post(f"{self.url}/-/reload")
+        if resp.status_code != 200:
+            raise ProcessError(
+                f"Prometheus refused the configuration ({resp.status_code}): {resp.text.strip()}"
+            )
+        self.config_text = text
+        self.reloads += 1
+        return True
+
+    def _api(self, path: str, **params: str) -> Any:
+        self.check_alive()
+        resp = self._http.get(f"{self.url}/api/v1/{path}", params=params)
+        body = resp.json()
+        if body.get("status") != "success":
+            raise ProcessError(f"Prometheus /api/v1/{path} {params}: {body.get('error', resp.text)}")
+        return body["data"]
+
+    def vector(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        """An instant query's series: (labels, value) for each."""
+        data = self._api("query", query=promql)
+        if data["resultType"] == "scalar":
+            return [({}, float(data["result"][1]))]
+        return [(r["metric"], float(r["value"][1])) for r in data["result"]]
+
+    def query(self, promql: str) -> float | None:
+        """The value of an instant query that yields one series; None when it yields none."""
+        found = self.vector(promql)
+        if len(found) > 1:
+            raise LookupError(f"{promql!r} yields {len(found)} series: {[labels for labels, _ in found]}")
+        return found[0][1] if found else None
+
+    def targets(self, pool_prefix: str = "") -> list[Target]:
+        """The active targets (of the scrape pools whose name starts with ``pool_prefix``)."""
+        data = self._api("targets", state="active")
+        return [
+            Target(t["scrapePool"], t["labels"], t["scrapeUrl"], t["health"], t.get("lastError", ""))
+            for t in data["activeTargets"]
+            if t["scrapePool"].startswith(pool_prefix)
+        ]
+
+    def dropped(self, pool_prefix: str = "") -> list[dict[str, str]]:
+        """The discovered labels of the targets relabeling dropped (pod, container and port of each
+        discovered container port, in the ``__meta_kubernetes_*`` labels), by scrape pool prefix."""
+        data = self._api("targets", state="dropped")
+        return [
+            t["discoveredLabels"]
+            for t in data["droppedTargets"]
+            if t.get("scrapePool", t["discoveredLabels"].get("job", "")).startswith(pool_prefix)
+        ]
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise ProcessError(f"prometheus exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        """SIGTERM to the pid this started (SIGKILL after 10 s); the workdir stays."""
+        self._http.close()
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def build(timeout: float = 1800.0) -> Path:
+    """The Prometheus binary with Kubernetes service discovery, built unless it already is (first
+    build: minutes; ``python -m tests.k8s.pod_prometheus`` builds it by hand)."""
+    if os.access(PROMETHEUS, os.X_OK):
+        return PROMETHEUS
+    go = shutil.which("go")
+    if go is None:
+        raise ProcessError(f"'go' is not on PATH: it builds {PROMETHEUS_MODULE} into {PROMETHEUS}")
+    PROMETHEUS.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "GOMODCACHE": str(GOMODCACHE), "GOTOOLCHAIN": "local", "CGO_ENABLED": "0",
+           "GOFLAGS": "-trimpath -mod=readonly -modcacherw -buildvcs=false"}  # fmt: skip
+    with open(PROMETHEUS.parent / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the second finds it built
+        if os.access(PROMETHEUS, os.X_OK):
+            return PROMETHEUS
+        fetched = subprocess.run([go, "mod", "download", "-json", PROMETHEUS_MODULE], env=env,
+                                 capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        if fetched.returncode != 0:
+            raise ProcessError(
+                f"go mod download {PROMETHEUS_MODULE} failed: {fetched.stdout}{fetched.stderr}"
+            )
+        moddir = json.loads(fetched.stdout)["Dir"]
+        version = f"-X github.com/prometheus/common/version.Version={PROMETHEUS_VERSION.lstrip('v')}"
+        tmp = PROMETHEUS.with_name(PROMETHEUS.name + ".tmp")
+        built = subprocess.run(
+            ["nice", "-n", "10", go, "build", "-ldflags", f"-s -w {version}", "-o", str(tmp), "./cmd/prometheus"],
+            cwd=moddir, env=env, capture_output=True, text=True, timeout=timeout,
+        )  # fmt: skip
+        if built.returncode != 0:
+            raise ProcessError(f"go build of {PROMETHEUS_MODULE} failed:\n{built.stderr[-4000:]}")
+        tmp.rename(PROMETHEUS)
+    return PROMETHEUS
+
+
+def _free_port_in_netns(node: Node) -> int:
+    probe = "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"
+    proc = node.run(sys.executable, "-c", probe)
+    if proc.returncode != 0:
+        raise ProcessError(f"no free port in {node.netns}: {proc.stderr.strip()}")
+    return int(proc.stdout)
+
+
+def _wait(what: str, probe: Callable[[], bool], timeout: float, prom: PodPrometheus) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        prom.check_alive()
+        try:
+            if probe():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise ProcessError(f"{what} not within {timeout:.0f} s:\n{prom.log_tail()}")
+
+
+def start(node: Node, workdir: Path, timeout: float = 60.0) -> PodPrometheus:
+    """Start Prometheus in ``node``'s netns with the PodMonitors found now (``sync()`` later picks up
+    changes); return once it is ready. Stop it with ``stop()``."""
+    binary = build()
+    workdir.mkdir(parents=True, exist_ok=True)
+    pki = node.control_plane.pki
+    api_port = int(node.control_plane.server.rsplit(":", 1)[1])
+    sd = {
+        "api_server": f"https://{NODE_IP}:{api_port}",
+        "tls_config": {"ca_file": str(pki / "ca.crt"), "cert_file": str(pki / "admin.crt"),
+                       "key_file": str(pki / "admin.key")},
+    }  # fmt: skip
+    port = _free_port_in_netns(node)
+    args = [
+        str(binary),
+        f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-lifecycle",
+        "--storage.tsdb.retention.time=1d",
+    ]
+    config = render_config(node, sd)
+    (workdir / "prometheus.yml").write_text(config)
+    url = f"http://127.0.0.1:{node.forward('127.0.0.1', port)}"
+    begun = time.monotonic()
+    with (workdir / "prometheus.log").open("ab") as log:
+        proc = subprocess.Popen(
+            node.nsenter(*args), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+    prom = PodPrometheus(node, workdir, proc, url, sd, config_text=config)
+    try:
+        _wait(
+            "Prometheus /-/ready", lambda: prom._http.get(f"{url}/-/ready").status_code == 200, timeout, prom
+        )
+    except BaseException:
+        prom.stop()
+        raise
+    prom.started_in = time.monotonic() - begun
+    return prom
+
+
+if __name__ == "__main__":
+    print(build())
