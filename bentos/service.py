@@ -38,12 +38,10 @@ from bentos.app import Limits, ModelApp, Served
 from bentos.feedback import FeedbackStore
 from bentos.metrics import use_server_metrics_dir
 from bentos.parsing import BadRequest
-from rollout.registry import get_record, load_model, verify_artifact
+from rollout.registry import MODEL_DIGEST_ENV, MODEL_TAG_ENV, get_record, load_model, verify_artifact
 
 logger = logging.getLogger("bentos.service")
 
-MODEL_TAG_ENV = "BENTO_MODEL_TAG"
-MODEL_DIGEST_ENV = "BENTO_MODEL_DIGEST"
 DEFAULT_MODEL_TAG = "iris:v1"
 WORKERS = int(os.environ.get("BENTO_WORKERS", "1"))
 LIMITS = Limits(

@@ -439,8 +439,9 @@ def hold_on_error(state: RolloutState, message: str, now: float) -> Transition:
     they are, no action; a Warning event says what failed (once while the same error repeats).
     The next step that goes through returns it to Progressing. A finished rollout keeps its phase."""
     last = next((e for e in reversed(state.events) if e.reason == Reason.RECONCILE_ERROR), None)
-    paused = state.done or (state.phase == Phase.PAUSED and state.reason == Reason.RECONCILE_ERROR)
-    if paused and last is not None and last.message == message:
+    held = state.done or state.phase == Phase.PENDING
+    held = held or (state.phase == Phase.PAUSED and state.reason == Reason.RECONCILE_ERROR)
+    if held and last is not None and last.message == message:
         return Transition(state=state, actions=(), changed=False)
     s = state.model_copy()
     s.revision, s.updated_at = state.revision + 1, now
@@ -448,8 +449,9 @@ def hold_on_error(state: RolloutState, message: str, now: float) -> Transition:
         at=now, type=EventType.WARNING, reason=Reason.RECONCILE_ERROR, message=message, revision=s.revision
     )
     s.events = [*state.events, event][-MAX_EVENTS:]
-    if not s.done and s.phase != Phase.PENDING:  # a rollout that never started stays Pending
-        s.phase, s.reason = Phase.PAUSED, Reason.RECONCILE_ERROR
+    if not s.done:
+        if s.phase != Phase.PENDING:  # a rollout that never started stays Pending, saying why
+            s.phase, s.reason = Phase.PAUSED, Reason.RECONCILE_ERROR
         s.message = f"held: {message}"
     return Transition(state=s, actions=(), events=(event,), changed=True)
 

@@ -36,6 +36,10 @@ ARTIFACT_FILE = "model.pkl"
 METADATA_SCHEMA = 1
 DIGEST_PREFIX = "sha256:"
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")  # rollout.spec.MODEL_DIGEST
+# the model server's environment (bentos/service.py): which model to serve, and the pinned digest
+# of its artifact (refuse any other); set by rollout/local/bento.py and the chart's predictor
+MODEL_TAG_ENV = "BENTO_MODEL_TAG"
+MODEL_DIGEST_ENV = "BENTO_MODEL_DIGEST"
 
 
 @dataclass(frozen=True)

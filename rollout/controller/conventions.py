@@ -11,12 +11,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollout.k8s.client import KubeClient
+from rollout.k8s.client import KubeClient, Obj
 from rollout.routers.base import Backend, RouteTarget, TrafficRouter
 from rollout.routers.registry import make_router
 from rollout.spec import RolloutSpec
 
 BACKEND_PORT = 80
+MODEL_SERVER = "kserve-container"  # the chart's name for the Bento container of a predictor
+
+
+def server_env(isvc: Obj) -> dict[str, str]:
+    """The environment of an InferenceService's model server container (``kserve-container``,
+    else its first container): ``BENTO_MODEL_TAG`` says which model it serves. Pure."""
+    containers = ((isvc.get("spec") or {}).get("predictor") or {}).get("containers") or []
+    servers = [c for c in containers if isinstance(c, dict)] if isinstance(containers, list) else []
+    server = next((c for c in servers if c.get("name") == MODEL_SERVER), servers[0] if servers else {})
+    return {
+        str(e["name"]): str(e.get("value") or "")
+        for e in server.get("env") or []
+        if isinstance(e, dict) and e.get("name")
+    }
 
 
 def isvc_name(spec: RolloutSpec, role: str) -> str:

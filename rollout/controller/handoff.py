@@ -33,16 +33,17 @@ from collections.abc import Callable
 from rollout.errors import NotFoundError, RolloutError
 from rollout.k8s.client import INFERENCE_SERVICE, MODEL_ROLLOUT, KubeClient, Obj
 from rollout.model import Phase, RolloutState
+from rollout.registry import MODEL_TAG_ENV
 from rollout.routers.base import Routes, TrafficRouter
 from rollout.spec import RolloutSpec
 
+from .conventions import server_env
 from .status import iso
 
 log = logging.getLogger("rollout.controller")
 PROVIDERS = frozenset({"istio", "gateway-api"})
 MODEL_ANNOTATION = "bento-rollout.io/model"
 ROLE_LABEL = "bento-rollout.io/role"
-MODEL_ENV = "BENTO_MODEL_TAG"
 UPDATING, COMPLETE = "UpdatingStable", "Complete"
 REASON = "StableTookOver"
 
@@ -70,11 +71,7 @@ def model_of(isvc: Obj) -> str | None:
     tag = (isvc.get("metadata", {}).get("annotations") or {}).get(MODEL_ANNOTATION)
     if tag:
         return str(tag)
-    for c in isvc.get("spec", {}).get("predictor", {}).get("containers") or []:
-        for e in c.get("env") or []:
-            if e.get("name") == MODEL_ENV and e.get("value"):
-                return str(e["value"])
-    return None
+    return server_env(isvc).get(MODEL_TAG_ENV) or None
 
 
 def stable_predictor(stable: Obj, candidate: Obj) -> Obj:

@@ -9,6 +9,15 @@ stable's readiness, as KServe reports it on their InferenceServices.
   and resumes by itself once it is Ready again; past ``spec.progressDeadline`` it rolls back
   (``Observations.stable_ready``). A ``Ready`` that is Unknown is reported as not checked.
 
+Each version must also be the model the ModelRollout names: the InferenceService's predictor
+container runs ``BENTO_MODEL_TAG`` (and, when the spec pins ``stable.digest`` /
+``candidate.digest``, the server's own check ``BENTO_MODEL_DIGEST``: it refuses any other
+artifact). One that runs another model, or without the pin, is a ``mismatch`` (``served_as``)
+that holds the rollout in progress with its message, routes as they are, until the two agree: a
+hand-written or hand-edited ModelRollout whose pin the Helm values did not put on the
+InferenceService pinned nothing before. (In kserve routing mode only the candidate's is read:
+stable is an older revision of the same object.)
+
 In kserve routing mode both are one InferenceService (stable is the revision that holds the rest
 of the traffic), read once; in istio / gateway-api mode they are ``<service>-candidate`` and
 ``<service>-stable`` (conventions.py). Who calls it: rollout.controller.reconciler.
@@ -20,10 +29,11 @@ from dataclasses import dataclass
 
 from rollout.errors import NotFoundError
 from rollout.k8s.client import INFERENCE_SERVICE, KubeClient, Obj
+from rollout.registry import MODEL_DIGEST_ENV, MODEL_TAG_ENV
 from rollout.routers.kserve import Readiness, candidate_readiness, stable_readiness
-from rollout.spec import RolloutSpec
+from rollout.spec import ModelRef, RolloutSpec
 
-from .conventions import isvc_name
+from .conventions import isvc_name, server_env
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,7 @@ class Backends:
 
     candidate: Readiness
     stable: Readiness
+    mismatch: str | None = None  # a version's InferenceService runs another model or without its pin
 
 
 def observe(client: KubeClient, spec: RolloutSpec, namespace: str) -> Backends:
@@ -47,12 +58,33 @@ def observe(client: KubeClient, spec: RolloutSpec, namespace: str) -> Backends:
         return found[name]
 
     candidate_name, stable_name = isvc_name(spec, "candidate"), isvc_name(spec, "stable")
-    candidate = read(candidate_name)
+    candidate, stable = read(candidate_name), read(stable_name)
+    mismatch = served_as(candidate, spec.candidate, "candidate") if candidate is not None else None
+    if mismatch is None and stable is not None and stable_name != candidate_name:  # kserve mode: one spec
+        mismatch = served_as(stable, spec.stable, "stable")
     return Backends(
         candidate=(
             candidate_readiness(candidate)
             if candidate is not None
             else Readiness(False, f"InferenceService {namespace}/{candidate_name} does not exist yet")
         ),
-        stable=stable_readiness(read(stable_name), f"{namespace}/{stable_name}"),
+        stable=stable_readiness(stable, f"{namespace}/{stable_name}"),
+        mismatch=mismatch,
     )
+
+
+def served_as(isvc: Obj, model: ModelRef, role: str) -> str | None:
+    """Pure: why the predictor of ``isvc`` is not ``model`` (the rollout's ``role`` version), or None."""
+    env = server_env(isvc)
+    name = (isvc.get("metadata") or {}).get("name", "?")
+    tag = env.get(MODEL_TAG_ENV)
+    if tag and tag != model.model:
+        return f"{name} serves {MODEL_TAG_ENV}={tag}, but the ModelRollout's {role} is {model.model}"
+    if model.digest is not None and env.get(MODEL_DIGEST_ENV) != model.digest:
+        has = env.get(MODEL_DIGEST_ENV)
+        runs = f"with {MODEL_DIGEST_ENV}={has}" if has else f"without {MODEL_DIGEST_ENV}"
+        return (
+            f"{name} runs {runs}, but the ModelRollout pins {role}.digest {model.digest}: set "
+            f"models.{role}Digest to it in the chart's values (the server then refuses any other artifact)"
+        )
+    return None

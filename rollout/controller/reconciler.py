@@ -54,6 +54,7 @@ from rollout.errors import (
     ApiUnavailableError,
     ConflictError,
     MetricsAddressRefusedError,
+    ModelError,
     NotFoundError,
     PermanentError,
     RolloutError,
@@ -272,6 +273,8 @@ class Reconciler:
         force = ownership.is_busy(obj.get("status"))  # a ServiceBusy status is rewritten from the state
         for _ in range(MAX_STEPS_PER_RECONCILE):
             seen = readiness.observe(self.client, spec, namespace) if router is not None else None
+            if seen is not None and seen.mismatch and not state.done:
+                raise ModelError(seen.mismatch)  # held with its message (Event, status) until fixed
             now = self.clock()
             obs = Observations(
                 candidate_ready=seen.candidate.ready if seen is not None else None,

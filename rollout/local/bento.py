@@ -26,11 +26,10 @@ import httpx
 import psutil
 
 from rollout.errors import ProcessError
-from rollout.registry import check_digest
+from rollout.registry import MODEL_DIGEST_ENV, MODEL_TAG_ENV, check_digest
 
 LOOPBACK = "127.0.0.1"
 SERVICE = "bentos.service:ModelService"
-MODEL_DIGEST_ENV = "BENTO_MODEL_DIGEST"  # bentos/service.py reads it
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -68,7 +67,7 @@ def bento_server_command(
     env = dict(os.environ)
     env.update(
         {
-            "BENTO_MODEL_TAG": model_tag,
+            MODEL_TAG_ENV: model_tag,
             "BENTO_WORKERS": str(workers),
             "BENTOML_DO_NOT_TRACK": "True",
             "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),

@@ -13,7 +13,7 @@ import pytest
 
 from rollout.controller.reconciler import Reconciler
 from rollout.controller.status import command_annotation, status_from_state
-from rollout.errors import ConflictError, MetricsUnavailableError, PermanentError
+from rollout.errors import ConflictError, MetricsUnavailableError, NotFoundError, PermanentError
 from rollout.k8s.client import MODEL_ROLLOUT, KubeClient
 from rollout.model import Phase
 from rollout.spec import RolloutSpec
@@ -166,3 +166,65 @@ def test_no_prometheus_address_at_all_is_a_measurement_error_in_the_status(
     st = kube.get(MODEL_ROLLOUT, ns, "iris")["status"]
     assert "no Prometheus address" in st["analysis"][0]["message"], st["analysis"]
     assert vs_weights(kube, ns) == {"stable": 100, "candidate": 0}
+
+
+def test_a_pin_the_inference_service_does_not_carry_holds_the_rollout_until_it_does(
+    kube: KubeClient, k8s_namespace: str
+) -> None:
+    """A ModelRollout pinning candidate.digest whose InferenceService runs without it (a hand-written
+    rollout, or values without models.candidateDigest): the pin was read by nothing in the cluster,
+    traffic moved to an unpinned server. Now held in progress - message in the status and an Event,
+    no weight on the candidate - until the InferenceService carries the pin; then the canary starts."""
+    from rollout.controller.defence import HeldError
+    from rollout.k8s.client import INFERENCE_SERVICE
+
+    ns, pin = k8s_namespace, "sha256:" + "c" * 64
+
+    def served(name: str, *env: tuple[str, str]) -> None:
+        server = {
+            "name": "kserve-container",
+            "image": "bento-iris:1",
+            "env": [{"name": k, "value": v} for k, v in env],
+        }
+        try:
+            obj = kube.get(INFERENCE_SERVICE, ns, name)
+            obj["spec"]["predictor"]["containers"] = [server]
+            kube.replace(INFERENCE_SERVICE, ns, obj)
+        except NotFoundError:
+            kube.create(
+                INFERENCE_SERVICE,
+                ns,
+                {"metadata": {"name": name}, "spec": {"predictor": {"containers": [server]}}},
+            )
+        obj = kube.get(INFERENCE_SERVICE, ns, name)
+        obj["status"] = {
+            "deploymentMode": "Standard",
+            "observedGeneration": obj["metadata"]["generation"],
+            "conditions": [{"type": t, "status": "True"} for t in ("PredictorReady", "Ready")],
+        }
+        kube.replace_status(INFERENCE_SERVICE, ns, obj)
+
+    served("iris-stable", ("BENTO_MODEL_TAG", "iris:v1"))
+    served("iris-candidate", ("BENTO_MODEL_TAG", "iris:v2"))
+    body = rollout("iris", [{"setWeight": 20}, {"pause": {}}])
+    body["spec"]["candidate"]["digest"] = pin
+    kube.create(MODEL_ROLLOUT, ns, body)
+    rec = Reconciler(kube, _no_metrics, clock=Clock())
+    with pytest.raises(HeldError) as held:
+        rec.reconcile(ns, "iris")
+    assert (
+        f"iris-candidate runs without BENTO_MODEL_DIGEST, but the ModelRollout pins candidate.digest {pin}"
+        in str(held.value)
+    )
+    st = kube.get(MODEL_ROLLOUT, ns, "iris")["status"]
+    assert st["phase"] not in ("Promoted", "RolledBack", "Failed") and pin in st["message"], st
+    assert any(pin in e["message"] for e in kube.list_events(ns, "iris"))
+    assert vs_weights(kube, ns).get("candidate", 0) == 0
+    revision = st["revision"]
+    with pytest.raises(HeldError):  # said once: the same hold again writes nothing new
+        rec.reconcile(ns, "iris")
+    assert kube.get(MODEL_ROLLOUT, ns, "iris")["status"]["revision"] == revision
+    served("iris-candidate", ("BENTO_MODEL_TAG", "iris:v2"), ("BENTO_MODEL_DIGEST", pin))
+    state = rec.reconcile(ns, "iris")
+    assert state is not None and state.desired_routes.candidate_weight == 20
+    assert vs_weights(kube, ns) == {"stable": 80, "candidate": 20}
