@@ -10,8 +10,11 @@ percent.
 Limits, enforced (``UnsupportedRouteError``, never silently dropped):
 - no mirroring (shadow) and no header/cookie match (A/B by cohort): KServe has no such field;
 - no sticky split;
-- no canary at all in Standard (formerly "RawDeployment") or ModelMesh mode (no revisions):
-  ``ensure`` refuses it.
+- no canary at all in Standard (formerly "RawDeployment") or ModelMesh mode: no revisions, and
+  KServe reads ``canaryTrafficPercent`` only in Knative mode (v0.20.0's Standard-mode canary,
+  ``spec.canary``, wants a predictor with a storage URI or model; the chart's Bento carries its
+  models in the image): ``ensure`` and ``set_routes`` refuse it rather than write a field KServe
+  would keep and ignore.
 
 The mode is read as KServe v0.20.0 decides it (controller/v1beta1/inferenceservice/utils/utils.go
 ``GetDeploymentMode``): ``status.deploymentMode`` (which KServe records at its first reconcile and
@@ -259,9 +262,10 @@ class KServeRouter:
         the object names none)."""
         return named_mode(isvc) or deployment_mode(isvc, *self._kserve_default())
 
-    def ensure(self, target: RouteTarget) -> None:
-        """Check the InferenceService exists and can canary; record the target in its annotations."""
-        isvc = self.client.get(INFERENCE_SERVICE, self.namespace, self.name)
+    def _refuse_without_revisions(self, isvc: Obj) -> None:
+        """UnsupportedRouteError when KServe runs ``isvc`` in a mode without revisions: only its
+        Knative reconciler reads canaryTrafficPercent (reconcilers/knative/ksvc_reconciler.go);
+        Standard mode would keep the field and ignore it, all traffic on the one Deployment."""
         mode = self.mode(isvc)
         if mode in NO_REVISION_MODES:
             raise UnsupportedRouteError(
@@ -269,6 +273,10 @@ class KServeRouter:
                 "revisions, so KServe ignores canaryTrafficPercent there: use Knative mode or the istio / "
                 "gateway-api router"
             )
+
+    def ensure(self, target: RouteTarget) -> None:
+        """Check the InferenceService exists and can canary; record the target in its annotations."""
+        self._refuse_without_revisions(self.client.get(INFERENCE_SERVICE, self.namespace, self.name))
         self.target = target
         patch = {"metadata": {"annotations": target_annotations(target), "labels": dict(MANAGED_BY)}}
         self.client.patch(INFERENCE_SERVICE, self.namespace, self.name, patch)
@@ -277,10 +285,14 @@ class KServeRouter:
         return candidate_readiness(self.client.get(INFERENCE_SERVICE, self.namespace, self.name))
 
     def set_routes(self, routes: Routes) -> None:
-        patch = canary_patch(routes)
-        pct = patch["spec"]["predictor"]["canaryTrafficPercent"]
+        """Write the candidate's percent; refused (nothing written) in a mode without revisions,
+        checked on the object being written, not only at ``ensure``."""
+        self._write_percent(canary_patch(routes)["spec"]["predictor"]["canaryTrafficPercent"], check=True)
 
+    def _write_percent(self, pct: int, check: bool) -> None:
         def mutate(isvc: Obj) -> Obj | None:
+            if check:
+                self._refuse_without_revisions(isvc)
             pred = isvc["spec"].setdefault("predictor", {})
             if pred.get("canaryTrafficPercent") == pct:
                 return None
@@ -293,9 +305,20 @@ class KServeRouter:
         return routes_from_isvc(self.client.get(INFERENCE_SERVICE, self.namespace, self.name))
 
     def finalize(self, target: RouteTarget) -> None:
-        """All traffic back to the previous rolled-out revision (KServe's rollback: percent 0)."""
+        """All traffic back to the previous rolled-out revision (KServe's rollback: percent 0).
+        In a mode without revisions nothing is written: this router never split such an object
+        (``ensure`` and ``set_routes`` refuse it), so there is nothing to undo. A mode not known
+        (yet) does not hold a deletion up: percent 0 is the rollback in Knative mode and changes
+        nothing in the others."""
         self.target = target
-        self.set_routes(Routes.all_stable())
+        isvc = self.client.get(INFERENCE_SERVICE, self.namespace, self.name)
+        try:
+            mode: str | None = self.mode(isvc)
+        except RouterError:
+            mode = None
+        if mode in NO_REVISION_MODES:
+            return
+        self._write_percent(0, check=False)
 
     def recorded_target(self) -> RouteTarget | None:
         isvc = self.client.get(INFERENCE_SERVICE, self.namespace, self.name)

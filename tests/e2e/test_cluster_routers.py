@@ -252,6 +252,25 @@ def test_kserve_router_reads_the_mode_kserve_recorded_before_the_annotation(
     make_router("kserve", client=kube, namespace=k8s_namespace, name="old-status").ensure(TARGET)
 
 
+def test_kserve_router_writes_no_percent_kserve_would_ignore(kube: KubeClient, k8s_namespace: str) -> None:
+    """Standard mode reads no canaryTrafficPercent: set_routes refuses it on the object it would
+    write (not only at ensure), and finalize leaves such an object as it is."""
+    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("flip"))
+    _record_mode(kube, k8s_namespace, "flip", "Knative")
+    router = make_router("kserve", client=kube, namespace=k8s_namespace, name="flip")
+    router.ensure(TARGET)
+    router.set_routes(Routes(candidate_weight=10))
+    kube.delete(INFERENCE_SERVICE, k8s_namespace, "flip")  # recreated in Standard mode, same name
+    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("flip", mode="Standard"))
+    _record_mode(kube, k8s_namespace, "flip", "Standard")
+    with pytest.raises(UnsupportedRouteError, match="KServe ignores canaryTrafficPercent there"):
+        router.set_routes(Routes(candidate_weight=50))
+    router.finalize(TARGET)
+    assert (
+        "canaryTrafficPercent" not in kube.get(INFERENCE_SERVICE, k8s_namespace, "flip")["spec"]["predictor"]
+    )
+
+
 def test_kserve_router_takes_kserves_default_mode_when_the_object_names_none(
     kube: KubeClient, k8s_namespace: str
 ) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from rollout.errors import ForbiddenError, NotFoundError, RouterError, TemporaryError, UnsupportedRouteError
-from rollout.routers.base import Backend, RouteTarget
+from rollout.routers.base import Backend, Routes, RouteTarget
 from rollout.routers.kserve import (
     DEPLOYMENT_MODE_ANNOTATION,
     KServeRouter,
@@ -179,3 +179,36 @@ def test_no_mode_and_no_readable_default_is_an_error_naming_the_fix_and_nothing_
     assert ("forbidden" if forbidden else "not found") in str(caught.value)
     assert not isinstance(caught.value, UnsupportedRouteError)
     assert client.writes == []
+
+
+def test_set_routes_refuses_a_standard_mode_object_and_writes_nothing() -> None:
+    """Before, only ``ensure`` looked: an object KServe came to run in Standard mode (recreated
+    under the same name, the controller's router already ensured) got a canaryTrafficPercent
+    KServe keeps and ignores, the rollout believing it moved traffic."""
+    client = FakeClient(isvc("Knative"))
+    r = router(client)
+    r.ensure(TARGET)
+    r.set_routes(Routes(candidate_weight=10))
+    assert client.obj["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    client.obj["status"] = {"deploymentMode": "Standard"}
+    writes = len(client.writes)
+    with pytest.raises(UnsupportedRouteError, match="KServe ignores canaryTrafficPercent there"):
+        r.set_routes(Routes(candidate_weight=50))
+    assert len(client.writes) == writes and client.obj["spec"]["predictor"]["canaryTrafficPercent"] == 10
+
+
+@pytest.mark.parametrize(
+    ("obj", "written"),
+    [
+        (isvc("Knative"), 0),  # KServe's rollback: everything to the previous rolled-out revision
+        (isvc(None, "Standard"), None),  # never split (ensure refuses it): nothing to undo
+        (isvc("ModelMesh"), None),
+        (isvc(), 0),  # mode not known: 0 is safe in every mode, and a deletion is not held up
+    ],
+)
+def test_finalize_writes_the_rollback_only_where_kserve_reads_it(
+    obj: dict[str, Any], written: int | None
+) -> None:
+    client = FakeClient(obj, forbidden=True)
+    router(client).finalize(TARGET)
+    assert client.obj["spec"]["predictor"].get("canaryTrafficPercent") == written
