@@ -196,7 +196,8 @@ def test_pinned_crds_are_installed_and_established(k8s_cluster: K8sCluster) -> N
         assert obj.metadata.annotations["bento-rollout.dev/source"] in pinned
         conditions = {c.type: c.status for c in obj.status.conditions}
         assert conditions.get("Established") == "True", crd.name
-    assert k8s_cluster.crd("InferenceService").source == "github.com/kserve/kserve@v0.16.0"
+    kserve = f"{crds.KSERVE_MODULE}@{crds.pinned(crds.KSERVE_MODULE)}"  # also the controller's
+    assert k8s_cluster.crd("InferenceService").source == kserve
     assert {c.group for c in k8s_cluster.crds.values() if c.kind == "Gateway"} == {
         "gateway.networking.k8s.io",
         "networking.istio.io",

@@ -30,6 +30,8 @@ SOURCES = Path(__file__).with_name("crd-sources.yaml")
 GOMODCACHE = ROOT / ".cache" / "go" / "mod"
 FIELD_MANAGER = "bento-rollout-tests"
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+# Its version in crd-sources.yaml is also the KServe controller's (build-tools.sh, kserve.py).
+KSERVE_MODULE = "github.com/kserve/kserve"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,14 @@ def load_sources(path: Path = SOURCES) -> list[CrdSource]:
         )
         for e in raw
     ]
+
+
+def pinned(module: str, path: Path = SOURCES) -> str:
+    """The version crd-sources.yaml pins ``module`` at (KServe's: CRDs and controller alike)."""
+    versions = {s.version for s in load_sources(path) if s.module == module}
+    if len(versions) != 1:
+        raise ProcessError(f"{path} pins {module} at {sorted(versions) or 'no version'}: want one")
+    return versions.pop()
 
 
 def module_dir(module: str, version: str) -> Path:
