@@ -11,6 +11,8 @@
   control plane, kube-scheduler, containerd, kubelet, kube-proxy, in a network namespace of its
   own), yielding the ``node.Node``; one per test module, as it boots in seconds and so does not
   idle through the other modules' tests; ``k8s_node_namespace`` (function): a fresh namespace on it.
+- ``kserve_node`` (module): such a node with the real KServe controller installed and Ready
+  (tests/k8s/kserve.py, Standard mode), yielding the ``kserve.KServe`` (``.node`` is the Node).
 
 Tests that use them are marked ``@pytest.mark.k8s``. When the binaries are missing these fixtures
 FAIL (not skip) with the command that builds them: ``make tools``.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.k8s import crds, harness, node
+from tests.k8s import crds, harness, kserve, node
 
 
 @dataclass
@@ -110,6 +113,21 @@ def k8s_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[node.Node]:
     n = node.start(logdir=tmp_path_factory.mktemp("k8s-node"))
     try:
         yield n
+    finally:
+        n.stop()
+
+
+@pytest.fixture(scope="module")
+def kserve_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kserve.KServe]:
+    missing = harness.missing_binaries() + node.missing_tools() + kserve.missing()
+    if missing:
+        pytest.fail(
+            f"KServe cannot be installed ({', '.join(missing)} missing): run `make setup`", pytrace=False
+        )
+    started = time.monotonic()
+    n = node.start(logdir=tmp_path_factory.mktemp("kserve-node"))
+    try:
+        yield kserve.install(n, since=started)
     finally:
         n.stop()
 
