@@ -366,3 +366,65 @@ def test_the_charts_podmonitors_find_the_pods_kserve_makes_in_each_mode_and_the_
         )
         == 8
     )
+
+
+def test_the_charts_servicemonitor_finds_the_predictor_services_kserve_makes_in_standard_mode(
+    prom: pod_prometheus.PodPrometheus, k8s_node: nodekit.Node, k8s_node_namespace: str, tmp_path: Path
+) -> None:
+    """monitoring.kind ServiceMonitor (istio / gateway-api routing: Standard mode): KServe makes a
+    Deployment and a Service ``<isvc>-predictor`` per InferenceService (reconcilers/deployment,
+    reconcilers/service: the predictor's labels, ``serving.kserve.io/inferenceservice``, the pods
+    selected by ``app: isvc.<isvc>-predictor``, port 80 named as the container's first port, to its
+    number). The chart's ServiceMonitor (targetPort = the Bento port) scrapes the pods behind both."""
+    ns, api = k8s_node_namespace, k8s_node.control_plane.api_client()
+    core, image = client.CoreV1Api(api), k8s_node.images["busybox"].ref
+    values = {"routing.mode": "istio", "models.candidate": "iris:v2", "monitoring.kind": "ServiceMonitor"}
+    chart = helmkit.by_kind(helmkit.template(tmp_path / "helm", values))
+    [monitor] = chart["ServiceMonitor"]
+    served = {}
+    for value, isvc in enumerate(chart["InferenceService"], start=1):
+        component = f"{isvc['metadata']['name']}-predictor"
+        labels = _kserve_pod_labels(isvc)
+        [kc] = isvc["spec"]["predictor"]["containers"]
+        [port] = kc["ports"]
+        pod_labels = {**labels, "app": f"isvc.{component}"}
+        containers = [
+            _container(
+                image,
+                kc["name"],
+                {port["name"]: port["containerPort"]},
+                _serving(value, port["containerPort"]),
+            )
+        ]
+        core.create_namespaced_pod(ns, _pod(f"{component}-0", pod_labels, containers))
+        svc_port = client.V1ServicePort(
+            name=port["name"], port=80, target_port=port["containerPort"], protocol="TCP"
+        )
+        service = client.V1Service(
+            metadata=client.V1ObjectMeta(name=component, labels=labels),
+            spec=client.V1ServiceSpec(selector={"app": f"isvc.{component}"}, ports=[svc_port]),
+        )
+        core.create_namespaced_service(ns, service)
+        served[component] = value
+    _until("the predictor pods Running", _running(core, ns, {f"{c}-0" for c in served}), 90, prom)
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        "monitoring.coreos.com",
+        "v1",
+        ns,
+        "servicemonitors",
+        {**monitor, "metadata": {**monitor["metadata"], "namespace": ns}},
+    )
+    synced = time.monotonic()
+    assert prom.sync() is True
+    pool = f"serviceMonitor/{ns}/{monitor['metadata']['name']}/0"
+
+    def scraped() -> dict[str, float] | None:
+        found = {labels["job"]: v for labels, v in prom.vector(f'demo_requests_total{{namespace="{ns}"}}')}
+        return found if len(found) == len(served) else None
+
+    found = _until("both predictors' counters", scraped, 60, prom)
+    print(f"\nServiceMonitor: both predictors scraped {time.monotonic() - synced:.2f} s after sync()")
+    assert found == served  # job = the Service's name
+    [endpoint] = monitor["spec"]["endpoints"]
+    labels = {(t.labels["service"], t.labels["pod"], t.labels["endpoint"]) for t in prom.targets(pool)}
+    assert labels == {(c, f"{c}-0", str(endpoint["targetPort"])) for c in served}

@@ -1,37 +1,16 @@
 """A real Prometheus that scrapes the pods of the single-node cluster (tests/k8s/node.py), its scrape
-configuration generated from the cluster's PodMonitor objects as the Prometheus Operator does.
+configuration generated from the cluster's PodMonitor and ServiceMonitor objects as the Prometheus
+Operator generates it (tests/k8s/monitor_config.py says what each field means there).
 
 Prometheus 3.5.0 (``build()``: Debian's 2.42 has no Kubernetes service discovery) runs inside the
 node's network namespace (``nsenter --net``: pod IPs are reachable only there), started by
-``start()`` as the test's own child and stopped by its pid. Its
-web port is bound to 127.0.0.1 inside the netns and reached from the host through
-``Node.forward``. It discovers pods with ``kubernetes_sd_configs`` (role ``pod``) against the node's
-API server at ``https://10.200.0.2:P`` (the netns side of the API server's forward), authenticating
-with the harness's admin client certificate and trusting its CA (file paths in the config).
+``start()`` as the test's own child and stopped by its pid. Its web port is bound to 127.0.0.1
+inside the netns and reached from the host through ``Node.forward``. It discovers pods (and
+Endpoints, for ServiceMonitors) with ``kubernetes_sd_configs`` against the node's API server at
+``https://10.200.0.2:P`` (the netns side of the API server's forward), authenticating with the
+harness's admin client certificate and trusting its CA (file paths in the config).
 
-``scrape_configs(podmonitors, ...)`` turns PodMonitors (``monitoring.coreos.com/v1``, as read from
-the API server) into scrape configs the way prometheus-operator's ``generatePodMonitorConfig``
-(pkg/prometheus/promcfg.go) does, rule for rule, for one Prometheus that selects every PodMonitor
-of every namespace (``podMonitorSelector: {}``, ``podMonitorNamespaceSelector: {}``), one shard:
-
-- job_name ``podMonitor/<ns>/<name>/<i>`` per ``podMetricsEndpoints[i]``; ``namespaceSelector``:
-  ``any`` = every namespace, ``matchNames``, else the PodMonitor's own namespace (in the SD config);
-- ``selector`` as ``keep``/``drop`` relabelings on ``__meta_kubernetes_pod_label(present)_*``
-  (matchLabels, and matchExpressions In / NotIn / Exists / DoesNotExist), or with
-  ``selectorMechanism: RoleSelector`` as a label selector in the SD config;
-- ``filterRunning`` (default true): pods in phase Failed or Succeeded are dropped. That is the
-  operator's rule: a Pending pod that already has an IP is still a target;
-- the endpoint's ``port`` (a container port NAME), else ``portNumber``, else the deprecated
-  ``targetPort``, kept by ``__meta_kubernetes_pod_container_port_name`` / ``_number``;
-- target labels ``namespace``, ``container``, ``pod``, then ``podTargetLabels``, ``job`` =
-  ``<ns>/<name>`` (overridden by the pod's ``jobLabel`` label when it has one), ``endpoint`` = the
-  port name; then the endpoint's own ``relabelings`` and ``metricRelabelings``;
-- ``path`` (``metrics_path``, Prometheus' default /metrics), ``interval``, ``scrapeTimeout``,
-  ``scheme``, ``params``, ``honorLabels``.
-Not generated (unused by this project): authentication and TLS towards pods, scrape classes,
-limits, attachMetadata, the sharding ``hashmod`` rule (a no-op with one shard).
-
-``PodPrometheus.sync()`` re-reads the PodMonitors and, when the generated configuration changed,
+``PodPrometheus.sync()`` re-reads the monitors and, when the generated configuration changed,
 writes it and reloads Prometheus (``POST /-/reload``, ``--web.enable-lifecycle``); ``query()``,
 ``vector()``, ``targets()`` and ``dropped()`` read its HTTP API. Called by
 tests/e2e/test_k8s_pod_prometheus.py.
@@ -42,13 +21,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,9 +36,10 @@ import yaml
 
 from rollout.errors import ProcessError
 from tests.k8s.harness import _die_with_parent
+from tests.k8s.monitor_config import GLOBAL, scrape_configs
 from tests.k8s.node import NODE_IP, Node
 
-__all__ = ["PodPrometheus", "Target", "build", "list_podmonitors", "render_config", "scrape_configs", "start"]
+__all__ = ["PodPrometheus", "Target", "build", "list_monitors", "render_config", "start"]
 
 # Debian's prometheus (2.42, /usr/bin/prometheus) is built without Kubernetes service discovery
 # (``field kubernetes_sd_configs not found in type config.ScrapeConfig``), so this builds the
@@ -71,149 +50,23 @@ PROMETHEUS_MODULE = "github.com/prometheus/prometheus@v0.305.0"  # Prometheus 3.
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / ".cache" / "prometheus" / f"prometheus-{PROMETHEUS_VERSION}"
 GOMODCACHE = ROOT / ".cache" / "go" / "mod"
-GROUP, VERSION, PLURAL = "monitoring.coreos.com", "v1", "podmonitors"
-GLOBAL = {"scrape_interval": "30s", "evaluation_interval": "30s"}  # the operator's defaults
-_INVALID_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
-_RELABEL_KEYS = {"sourceLabels": "source_labels", "targetLabel": "target_label"}  # the rest: lower-case
 
 
-def _label(name: str) -> str:
-    return _INVALID_LABEL_CHARS.sub("_", name)
-
-
-def _keep(action: str, source: list[str], regex: str) -> dict[str, Any]:
-    return {"action": action, "source_labels": source, "regex": regex}
-
-
-def _selector_relabelings(selector: dict[str, Any]) -> list[dict[str, Any]]:
-    """A label selector as keep/drop rules on the pod's labels (the operator's Relabel mechanism)."""
-    rules = []
-    for key in sorted(selector.get("matchLabels") or {}):
-        value = selector["matchLabels"][key]
-        pair = [
-            f"__meta_kubernetes_pod_label_{_label(key)}",
-            f"__meta_kubernetes_pod_labelpresent_{_label(key)}",
-        ]
-        rules.append(_keep("keep", pair, f"({value});true"))
-    for exp in selector.get("matchExpressions") or []:
-        key, op, values = _label(exp["key"]), exp["operator"], "|".join(exp.get("values") or [])
-        pair = [f"__meta_kubernetes_pod_label_{key}", f"__meta_kubernetes_pod_labelpresent_{key}"]
-        present = [f"__meta_kubernetes_pod_labelpresent_{key}"]
-        rules.append({
-            "In": _keep("keep", pair, f"({values});true"),
-            "NotIn": _keep("drop", pair, f"({values});true"),
-            "Exists": _keep("keep", present, "true"),
-            "DoesNotExist": _keep("drop", present, "true"),
-        }[op])  # fmt: skip
-    return rules
-
-
-def _selector_string(selector: dict[str, Any]) -> str:
-    """A label selector as the API server's string form (``selectorMechanism: RoleSelector``)."""
-    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
-    for exp in selector.get("matchExpressions") or []:
-        key, op, values = exp["key"], exp["operator"], ",".join(sorted(exp.get("values") or []))
-        parts.append({"In": f"{key} in ({values})", "NotIn": f"{key} notin ({values})",
-                      "Exists": key, "DoesNotExist": f"!{key}"}[op])  # fmt: skip
-    return ",".join(parts)
-
-
-def _relabel_configs(rules: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A PodMonitor's ``relabelings`` (camelCase) in Prometheus' spelling."""
-    out = []
-    for rule in rules:
-        converted = {_RELABEL_KEYS.get(k, k.lower()): v for k, v in rule.items()}
-        if "action" in converted:
-            converted["action"] = converted["action"].lower()
-        out.append(converted)
-    return out
-
-
-def scrape_config(
-    monitor: dict[str, Any], endpoint: dict[str, Any], index: int, sd: dict[str, Any]
-) -> dict[str, Any]:
-    """The scrape config of ``monitor``'s ``podMetricsEndpoints[index]``; ``sd`` holds the API server
-    address and credentials of the ``kubernetes_sd_configs`` entry."""
-    meta, spec = monitor["metadata"], monitor.get("spec") or {}
-    ns, name = meta["namespace"], meta["name"]
-    selector = spec.get("selector") or {}
-    nsel = spec.get("namespaceSelector") or {}
-    discovery: dict[str, Any] = {"role": "pod"}
-    if not nsel.get("any"):
-        discovery["namespaces"] = {"names": list(nsel.get("matchNames") or [ns])}
-    discovery.update(sd)
-    role_selector = spec.get("selectorMechanism") == "RoleSelector"
-    if role_selector:
-        discovery["selectors"] = [{"role": "pod", "label": _selector_string(selector)}]
-
-    cfg: dict[str, Any] = {"job_name": f"podMonitor/{ns}/{name}/{index}",
-                           "honor_labels": bool(endpoint.get("honorLabels", False)),
-                           "kubernetes_sd_configs": [discovery]}  # fmt: skip
-    for key, target in (("interval", "scrape_interval"), ("scrapeTimeout", "scrape_timeout"),
-                        ("path", "metrics_path"), ("params", "params"), ("scheme", "scheme")):  # fmt: skip
-        if endpoint.get(key):
-            cfg[target] = endpoint[key]
-    if "honorTimestamps" in endpoint:
-        cfg["honor_timestamps"] = bool(endpoint["honorTimestamps"])
-
-    rules: list[dict[str, Any]] = [{"source_labels": ["job"], "target_label": "__tmp_prometheus_job_name"}]
-    if endpoint.get("filterRunning", True):
-        rules.append(_keep("drop", ["__meta_kubernetes_pod_phase"], "(Failed|Succeeded)"))
-    if not role_selector:
-        rules += _selector_relabelings(selector)
-    port, number, target_port = endpoint.get("port"), endpoint.get("portNumber"), endpoint.get("targetPort")
-    if port:
-        rules.append(_keep("keep", ["__meta_kubernetes_pod_container_port_name"], port))
-    elif number:
-        rules.append(_keep("keep", ["__meta_kubernetes_pod_container_port_number"], str(number)))
-    elif target_port:
-        which = "name" if isinstance(target_port, str) else "number"
-        rules.append(_keep("keep", [f"__meta_kubernetes_pod_container_port_{which}"], str(target_port)))
-    for source, target in (
-        ("namespace", "namespace"),
-        ("pod_container_name", "container"),
-        ("pod_name", "pod"),
-    ):
-        rules.append({"source_labels": [f"__meta_kubernetes_{source}"], "target_label": target})
-    for pod_label in spec.get("podTargetLabels") or []:
-        rules.append({"source_labels": [f"__meta_kubernetes_pod_label_{_label(pod_label)}"],
-                      "target_label": _label(pod_label), "regex": "(.+)", "replacement": "${1}"})  # fmt: skip
-    rules.append({"target_label": "job", "replacement": f"{ns}/{name}"})
-    if spec.get("jobLabel"):
-        rules.append({"source_labels": [f"__meta_kubernetes_pod_label_{_label(spec['jobLabel'])}"],
-                      "target_label": "job", "regex": "(.+)", "replacement": "${1}"})  # fmt: skip
-    if port or target_port:  # (as the operator: an int targetPort is named by its number, portNumber not)
-        rules.append({"target_label": "endpoint", "replacement": str(port or target_port)})
-    rules += _relabel_configs(endpoint.get("relabelings") or [])
-    cfg["relabel_configs"] = rules
-    if endpoint.get("metricRelabelings"):
-        cfg["metric_relabel_configs"] = _relabel_configs(endpoint["metricRelabelings"])
-    return cfg
-
-
-def scrape_configs(podmonitors: Iterable[dict[str, Any]], sd: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every PodMonitor's scrape configs, ordered by namespace and name as the operator orders them."""
-    ordered = sorted(podmonitors, key=lambda m: (m["metadata"]["namespace"], m["metadata"]["name"]))
-    return [
-        scrape_config(m, ep, i, sd)
-        for m in ordered
-        for i, ep in enumerate((m.get("spec") or {}).get("podMetricsEndpoints") or [])
-    ]
-
-
-def list_podmonitors(api_client: Any) -> list[dict[str, Any]]:
-    """Every PodMonitor in the cluster, as the API server returns them."""
+def list_monitors(api_client: Any, plural: str) -> list[dict[str, Any]]:
+    """Every object of ``plural`` (podmonitors, servicemonitors) in the cluster."""
     from kubernetes import client
 
-    found = client.CustomObjectsApi(api_client).list_cluster_custom_object(GROUP, VERSION, PLURAL)
+    found = client.CustomObjectsApi(api_client).list_cluster_custom_object(
+        "monitoring.coreos.com", "v1", plural
+    )
     return list(found["items"])
 
 
 def render_config(node: Node, sd: dict[str, Any]) -> str:
-    """The whole prometheus.yml for the PodMonitors in ``node``'s cluster now."""
+    """The whole prometheus.yml for the monitors in ``node``'s cluster now."""
     api = node.control_plane.api_client()
     try:
-        configs = scrape_configs(list_podmonitors(api), sd)
+        configs = scrape_configs(list_monitors(api, "podmonitors"), sd, list_monitors(api, "servicemonitors"))
     finally:
         api.close()
     return yaml.safe_dump({"global": GLOBAL, "scrape_configs": configs}, sort_keys=False)
@@ -223,7 +76,7 @@ def render_config(node: Node, sd: dict[str, Any]) -> str:
 class Target:
     """One active target of Prometheus' /api/v1/targets."""
 
-    pool: str  # the scrape config's job_name, podMonitor/<ns>/<name>/<i>
+    pool: str  # the scrape config's job_name: podMonitor/<ns>/<name>/<i>, serviceMonitor/...
     labels: dict[str, str]
     url: str
     health: str  # "up", "down" or "unknown" (not scraped yet)
@@ -253,7 +106,7 @@ class PodPrometheus:
         return self.workdir / "prometheus.log"
 
     def sync(self) -> bool:
-        """Re-read the PodMonitors; when the configuration they make changed, write it and reload
+        """Re-read the monitors; when the configuration they make changed, write it and reload
         Prometheus (a ProcessError with its message if it refuses it). True when it reloaded."""
         text = render_config(self.node, self.sd)
         if text == self.config_text:
@@ -386,7 +239,7 @@ def _wait(what: str, probe: Callable[[], bool], timeout: float, prom: PodPrometh
 
 
 def start(node: Node, workdir: Path, timeout: float = 60.0) -> PodPrometheus:
-    """Start Prometheus in ``node``'s netns with the PodMonitors found now (``sync()`` later picks up
+    """Start Prometheus in ``node``'s netns with the monitors found now (``sync()`` later picks up
     changes); return once it is ready. Stop it with ``stop()``."""
     binary = build()
     workdir.mkdir(parents=True, exist_ok=True)
