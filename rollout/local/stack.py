@@ -12,7 +12,7 @@ Usage (the runner and the CLI build on this)::
     stack.stop_backend("iris-v1"); stack.stop()
 
 Every process binds 127.0.0.1 on a free port and leads its own process group. The stack's state
-(pids with start times, ports, paths, backends) is kept in ``<home>/stack/stack.json`` so another
+(pids with start times, ports, paths, backends) is kept in ``<home>/stack/stack.json`` (stackfile.py) so another
 process can ``LocalStack.attach()`` (``rollout run``, ``rollout status``) or ``LocalStack.down()``
 (``rollout down``). With ``detach=False`` (tests, ``rollout demo``) everything stops when the
 Python process exits or gets Ctrl-C/SIGTERM; with ``detach=True`` (``rollout up``) and in attached
@@ -27,11 +27,9 @@ Who calls it: rollout/local/runner.py, the CLI (up/down/run/status), tests, the 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -39,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rollout.errors import NotFoundError, ProcessError, StateError
+from rollout.errors import NotFoundError, ProcessError
 from rollout.local.nginx import NginxConfig, NginxServer
 from rollout.local.processes import (
     LOOPBACK,
@@ -47,19 +45,26 @@ from rollout.local.processes import (
     Supervisor,
     free_port,
     http_ok,
-    is_running,
     stop_pid,
 )
 from rollout.local.prometheus import PrometheusServer
+from rollout.local.stackfile import (
+    DOWN_NAME,
+    STATE_NAME,
+    alive,
+    flock,
+    foreign,
+    kill_group,
+    read_state,
+    record,
+    write_state,
+)
 from rollout.metrics.prometheus import PrometheusProvider
 from rollout.routers.base import Backend
 from rollout.routers.nginx import NginxRouter
 
 if TYPE_CHECKING:
     from rollout.local.watchdog import Watchdog
-
-STATE_NAME = "stack.json"
-DOWN_NAME = "stack.json.down"  # the state of a stack being brought down (``down`` sets it aside)
 
 
 def default_home() -> Path:
@@ -101,8 +106,8 @@ class LocalStack:
         ``supervise``: restart whatever of the stack dies (rollout/local/watchdog.py): a thread of
         this process, or with ``detach`` a daemon that outlives it (``rollout up``)."""
         home = (home or default_home()).resolve()
-        existing = _read_state(home)
-        if existing and _alive(existing.get("nginx", {})):
+        existing = read_state(home)
+        if existing and alive(existing.get("nginx", {})):
             raise ProcessError(
                 f"a local stack is already running (nginx pid {existing['nginx']['pid']}); "
                 f"run `rollout down` first (state: {home / 'stack' / STATE_NAME})",
@@ -130,9 +135,9 @@ class LocalStack:
         stack = cls(home, Supervisor(cleanup_on_exit=not detach), state)
         try:
             stack.nginx.start()
-            stack._record_process(state["nginx"], stack.nginx.proc)
+            record(state["nginx"], stack.nginx.proc)
             stack.prometheus.start()
-            stack._record_process(state["prometheus"], stack.prometheus.proc)
+            record(state["prometheus"], stack.prometheus.proc)
             stack.prometheus.add_target(
                 "router", f"{LOOPBACK}:{state['nginx']['adminPort']}", {"component": "router"}
             )
@@ -155,7 +160,7 @@ class LocalStack:
         argv = [sys.executable, "-m", "rollout.local.watchdog", str(self.home)]
         proc = self.supervisor.start("watchdog", argv, self.dir / "watchdog.log")
         info: dict[str, Any] = {}
-        self._record_process(info, proc)
+        record(info, proc)
         with self._locked():
             self.state["watchdog"] = info
 
@@ -164,12 +169,12 @@ class LocalStack:
         """The stack another process brought up; NotFoundError when none is running (its nginx
         is gone and no watchdog is there to bring it back)."""
         home = (home or default_home()).resolve()
-        state = _read_state(home)
-        if not state or not (_alive(state.get("nginx", {})) or _alive(state.get("watchdog", {}))):
+        state = read_state(home)
+        if not state or not (alive(state.get("nginx", {})) or alive(state.get("watchdog", {}))):
             raise NotFoundError(f"no local stack is running under {home}; start one with `rollout up`")
         stack = cls(home, Supervisor(cleanup_on_exit=False), state)
-        stack.nginx.proc = _foreign("nginx", state["nginx"])
-        stack.prometheus.proc = _foreign("prometheus", state["prometheus"])
+        stack.nginx.proc = foreign("nginx", state["nginx"])
+        stack.prometheus.proc = foreign("prometheus", state["prometheus"])
         return stack
 
     @classmethod
@@ -184,21 +189,21 @@ class LocalStack:
         stack_dir = home / "stack"
         if not stack_dir.is_dir():
             return False
-        with _flock(stack_dir):
+        with flock(stack_dir):
             if (stack_dir / STATE_NAME).exists():
                 os.replace(stack_dir / STATE_NAME, stack_dir / DOWN_NAME)
-        state = _read_state(home, DOWN_NAME)
+        state = read_state(home, DOWN_NAME)
         if not state:
             return False
         was_running = False
         watchdog = state.get("watchdog", {})
-        if watchdog.get("pid") and _alive(watchdog):  # first, or it would restart what is stopped
+        if watchdog.get("pid") and alive(watchdog):  # first, or it would restart what is stopped
             stop_pid(watchdog["pid"], watchdog.get("startTime"), timeout=15)
         for info in list(state.get("backends", {}).values()) + [
             state.get("prometheus", {}),
             state.get("nginx", {}),
         ]:
-            if info.get("pid") and _alive(info):
+            if info.get("pid") and alive(info):
                 was_running = True
                 stop_pid(info["pid"], info.get("startTime"), timeout=15)
         _remove_data(state)
@@ -225,32 +230,32 @@ class LocalStack:
 
     def start_prometheus(self) -> None:
         """Start Prometheus again on the same port, data and targets; records its new pid."""
-        _kill_group(self.state["prometheus"])
+        kill_group(self.state["prometheus"])
         self.supervisor.processes.pop(self.prometheus.name, None)
         self.prometheus.start()
         with self._locked():
-            self._record_process(self.state["prometheus"], self.prometheus.proc)
+            record(self.state["prometheus"], self.prometheus.proc)
             self.state["prometheus"].pop("stopped", None)
 
     def restart_nginx(self) -> None:
         """Stop and start nginx (e.g. after a crash); routes come back from its routes file."""
         _stop_component(self.nginx.name, self.nginx.proc, self.supervisor, timeout=10)
-        _kill_group(self.state["nginx"])  # workers of a killed master would keep its ports
+        kill_group(self.state["nginx"])  # workers of a killed master would keep its ports
         self.nginx.proc = None
         self.nginx.start()
         with self._locked():
-            self._record_process(self.state["nginx"], self.nginx.proc)
+            record(self.state["nginx"], self.nginx.proc)
 
     def restart_backend(self, name: str, timeout: float = 180.0) -> Backend:
         """Start a model server that died again, on its address with its command (the watchdog)."""
         info = self.state["backends"].get(name)
         if info is None or not info.get("argv"):
             raise NotFoundError(f"backend {name!r} was not started by this stack; cannot restart it")
-        _kill_group(info)
+        kill_group(info)
         self.supervisor.processes.pop(f"backend:{name}", None)
         proc = self.supervisor.start(f"backend:{name}", info["argv"], Path(info["log"]), env=info.get("env"))
         with self._locked():
-            self._record_process(self.state["backends"][name], proc)
+            record(self.state["backends"][name], proc)
         self.supervisor.wait_ready(proc, http_ok(f"http://{info['address']}{info['readyPath']}"), timeout)
         return Backend(name=name, version=info["version"], address=info["address"])
 
@@ -258,7 +263,7 @@ class LocalStack:
         """Read the state file again (another process, the watchdog, may have restarted something):
         pids of nginx, Prometheus and the backends as recorded now. Returns the state, or None when
         the state file is gone: the stack was brought down (``rollout down``)."""
-        disk = _read_state(self.home)
+        disk = read_state(self.home)
         if disk is None:
             return None
         with self._thread_lock:
@@ -273,7 +278,7 @@ class LocalStack:
                 info = self.state[server.name]
                 proc = server.proc
                 if proc is not None and proc.popen is None and info.get("pid") != proc.pid:
-                    server.proc = _foreign(server.name, info)
+                    server.proc = foreign(server.name, info)
             return self.state
 
     def detach(self) -> None:
@@ -370,7 +375,7 @@ class LocalStack:
             "env": added,
             "readyPath": ready_path,
         }
-        self._record_process(info, proc)
+        record(info, proc)
         with self._locked():
             self.state["backends"][name] = info
         try:
@@ -435,78 +440,32 @@ class LocalStack:
             out = json.loads(json.dumps(self.state))
         for info in [out["nginx"], out["prometheus"], *out["backends"].values()]:
             if info.get("pid"):
-                info["running"] = _alive(info)
+                info["running"] = alive(info)
         return out
 
     # --- state file ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _record_process(info: dict[str, Any], proc: ManagedProcess | None) -> None:
-        if proc is None:
-            raise ProcessError("process did not start")
-        info.update(pid=proc.pid, startTime=proc.start_time, log=str(proc.log_path))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         """Read-modify-write of the state file under an flock; other processes may share the stack."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        with self._thread_lock, _flock(self.dir):
+        with self._thread_lock, flock(self.dir):
             if (self.dir / DOWN_NAME).exists():  # written now, it would bring the stack back to life
                 raise NotFoundError(
                     f"the local stack under {self.home} is being brought down (`rollout down`)"
                 )
-            disk = _read_state(self.home) or {}
+            disk = read_state(self.home) or {}
             for name, info in disk.get("backends", {}).items():
                 self.state["backends"].setdefault(name, info)
             services = self.state["nginx"]["services"]  # shared with NginxConfig: update in place
             for name, port in disk.get("nginx", {}).get("services", {}).items():
                 services.setdefault(name, port)
             yield
-            self._write()
+            write_state(self.dir, self.state)
 
     def _save(self) -> None:
         with self._locked():
             pass
-
-    def _write(self) -> None:
-        path = self.dir / STATE_NAME
-        tmp = path.with_suffix(".tmp")
-        try:
-            tmp.write_text(json.dumps(self.state, indent=2))
-            tmp.replace(path)
-        except OSError as exc:
-            raise StateError(f"cannot write the stack state {path}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def _flock(stack_dir: Path) -> Iterator[None]:
-    """The stack's lock (``stack.lock``), shared by every process that writes its state file."""
-    with open(stack_dir / "stack.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def _read_state(home: Path, name: str = STATE_NAME) -> dict[str, Any] | None:
-    path = home / "stack" / name
-    try:
-        return dict(json.loads(path.read_text()))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise StateError(
-            f"cannot read the stack state {path}: {exc}; remove it after stopping the processes"
-        ) from exc
-
-
-def _alive(info: dict[str, Any]) -> bool:
-    return bool(info.get("pid")) and is_running(int(info["pid"]), info.get("startTime"))
-
-
-def _foreign(name: str, info: dict[str, Any]) -> ManagedProcess:
-    return ManagedProcess(name, [], int(info["pid"]), info.get("startTime"), Path(info.get("log", "")))
 
 
 def _stop_component(name: str, proc: ManagedProcess | None, supervisor: Supervisor, timeout: float) -> None:
@@ -514,16 +473,6 @@ def _stop_component(name: str, proc: ManagedProcess | None, supervisor: Supervis
         supervisor.stop(name, timeout=timeout)
     elif proc is not None:  # started by another process (attached stack)
         stop_pid(proc.pid, proc.start_time, timeout=timeout)
-
-
-def _kill_group(info: dict[str, Any]) -> None:
-    """SIGKILL what is left of the process group of a recorded process whose leader died (its
-    workers would keep its ports). The group id is the leader's pid, which no other process can
-    take while the group has members; a group with none left is ESRCH."""
-    pid = info.get("pid")
-    if pid and not _alive(info):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(int(pid), signal.SIGKILL)
 
 
 def _remove_data(state: dict[str, Any]) -> None:

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rollout.errors import RolloutError
-from rollout.local.processes import is_running, log_tail
+from rollout.local.processes import log_tail
+from rollout.local.stackfile import alive
 
 if TYPE_CHECKING:
     from rollout.local.stack import LocalStack
@@ -105,10 +106,10 @@ class Watchdog:
         out = []
         for component in ("nginx", "prometheus"):
             info = state.get(component, {})
-            if info.get("pid") and not info.get("stopped") and not _alive(info):
+            if info.get("pid") and not info.get("stopped") and not alive(info):
                 out.append((component, info))
         for name, info in state.get("backends", {}).items():
-            if info.get("pid") and info.get("argv") and not info.get("stopping") and not _alive(info):
+            if info.get("pid") and info.get("argv") and not info.get("stopping") and not alive(info):
                 out.append((f"backend:{name}", info))
         return out
 
@@ -169,10 +170,6 @@ class Watchdog:
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=READY_TIMEOUT)
-
-
-def _alive(info: dict[str, Any]) -> bool:
-    return is_running(int(info["pid"]), info.get("startTime"))
 
 
 def main(argv: list[str] | None = None) -> int:
