@@ -264,7 +264,8 @@ def _wait_ready(node: Node, http: httpx.Client, timeout: float) -> None:
     isvcs = "/apis/serving.kserve.io/v1beta1/namespaces/default/inferenceservices"
     while time.monotonic() < deadline:
         node.check_alive()
-        status = http.get(deployment).json().get("status", {})
+        resp = http.get(deployment)
+        status = resp.json().get("status", {}) if resp.is_success else {"error": resp.status_code}
         if status.get("readyReplicas", 0) >= 1:
             resp = http.post(isvcs, params={"dryRun": "All"}, json=probe_isvc())
             if resp.is_success:
