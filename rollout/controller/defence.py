@@ -19,7 +19,7 @@ While the error is not forgotten, every engine step is told so (``Observations.e
 a reconcile that steps and then fails (a router refusing ``set_routes``) keeps the rollout held
 instead of writing Resumed and ReconcileError again on every retry. A reconcile that goes through
 forgets the error; the next one returns the rollout to Progressing (the engine does that). A
-measurement that fails unexpectedly is not a reconcile error: ``Reconciler._measure`` reports it
+measurement that fails unexpectedly is not a reconcile error: ``measure.measure`` reports it
 as ``MetricResult(error=...)`` (the gate holds, Paused/MetricsUnavailable) and logs it through an
 ``ErrorLog`` of its own. Who calls it: rollout.controller.reconciler and handlers.
 """

@@ -59,21 +59,20 @@ from rollout.errors import (
     PermanentError,
     RolloutError,
     SpecError,
-    excerpt,
 )
 from rollout.exporter import RolloutCollector
 from rollout.gate import JudgeFactory
 from rollout.k8s.client import MODEL_ROLLOUT, KubeClient, Obj
 from rollout.metrics.base import MetricProvider
 from rollout.metrics.guard import system_resolve
-from rollout.metrics.sampler import SampleContext, collect
 from rollout.model import EventType, Reason, RolloutState
 from rollout.routers.base import Routes, RouteTarget, TrafficRouter
 from rollout.spec import RolloutSpec, RouterProvider, parse_rollout
 
 from . import handoff, ownership, readiness
 from .conventions import default_router, isvc_name, route_target
-from .defence import MAX_MESSAGE, ErrorLog, HeldError
+from .defence import ErrorLog, HeldError
+from .measure import measure
 from .ownership import Turn, TurnKind
 from .status import applied_command_keys, commands_from_annotations, state_from_status, status_from_state
 
@@ -136,35 +135,6 @@ class Reconciler:
             mem.router.ensure(target)
             mem.ensured = target
         return mem.router
-
-    def _measure(
-        self, namespace: str, name: str, spec: RolloutSpec, state: RolloutState, actions: list[Measure]
-    ) -> tuple[MetricResult, ...]:
-        """Run the Measure actions. Every failure is a measurement in phase Error, never raised:
-        ours (Prometheus unreachable, no value, no Prometheus address at all) as they are, any other
-        exception (a bug, an answer nobody foresaw) with its type, logged with its traceback once
-        while it repeats."""
-        provider: MetricProvider | None = None
-        by_name = {m.name: m for m in spec.analysis.metrics}
-        out = []
-        for a in actions:
-            started = self.clock()
-            elapsed = started - state.analysis_started_at if state.analysis_started_at else None
-            ctx = SampleContext(spec.service, spec.stable.model, spec.candidate.model, a.window, elapsed)
-            key = (namespace, name, a.metric)
-            try:
-                provider = provider or self.metrics(spec)
-                sample = collect(by_name[a.metric], provider, ctx)
-            except RolloutError as exc:  # unreachable Prometheus, no value: a measurement in phase Error
-                error = excerpt(str(exc), MAX_MESSAGE)  # one line into the status and the Events
-            except Exception as exc:
-                error, _ = self.measure_errors.record(key, exc, f"{namespace}/{name}: measuring {a.metric}")
-            else:
-                self.measure_errors.clear(key)
-                out.append(MetricResult(a.metric, at=started, sample=sample, elapsed=self.clock() - started))
-                continue
-            out.append(MetricResult(a.metric, at=started, error=error, elapsed=self.clock() - started))
-        return tuple(out)
 
     def _save(self, obj: Obj, state: RolloutState, now: float, busy: Turn | None = None) -> Obj:
         """Write ``state`` to ``.status``, conditional on ``obj``'s resourceVersion (409: ConflictError).
@@ -297,7 +267,9 @@ class Reconciler:
             if not state.done:
                 _log_readiness(namespace, name, seen)
             moved = self._act(t, router, handoff.hold_routes(obj.get("status"), state))
-            mem.results = self._measure(namespace, name, spec, state, t.of(Measure))
+            mem.results = measure(
+                self.metrics, self.measure_errors, self.clock, (namespace, name), spec, state, t.of(Measure)
+            )
             if not (t.changed or moved or mem.results) or state.done:
                 break
         if router is not None and handoff.applies(spec, state):

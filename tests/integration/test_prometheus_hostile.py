@@ -5,7 +5,7 @@ bodies full of control characters, ANSI escapes, NULs and a fake ``error`` field
 every way PrometheusProvider reads an answer (5xx, 400, 200 that is not its API, an odd result),
 the MetricsUnavailableError / MetricQueryError message holds at most a 120-character excerpt of it,
 printable ASCII on one line, and nothing from past the excerpt (a marker at the end of each body
-never shows). Through the controller (``Reconciler._measure``, whose error becomes the measurement
+never shows). Through the controller (``rollout.controller.measure``, whose error becomes the measurement
 message in .status and the Events) the same holds. And the controller's transport reaches the
 server under a name it resolved itself, and refuses a name that resolves to a link-local address
 without a request.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,7 +97,8 @@ def test_the_error_holds_only_a_sanitised_excerpt_of_the_answer(hostile: FakePro
 
 
 def test_through_the_controller_the_measurement_error_is_one_bounded_line(hostile: FakePrometheus) -> None:
-    from rollout.controller.reconciler import Reconciler
+    from rollout.controller.defence import ErrorLog
+    from rollout.controller.measure import measure
 
     serve(hostile, 503, env(FAKE_ERROR))
     spec = parse_rollout(
@@ -115,8 +117,10 @@ def test_through_the_controller_the_measurement_error_is_one_bounded_line(hostil
             },
         }
     ).spec
-    reconciler = Reconciler(client=None, metrics=lambda s: PrometheusProvider(hostile.url))  # type: ignore[arg-type]
-    (result,) = reconciler._measure("ns", "h", spec, new_rollout(spec), [Measure("raw", 30.0)])
+    (result,) = measure(
+        lambda s: PrometheusProvider(hostile.url), ErrorLog(), time.time, ("ns", "h"), spec, new_rollout(spec),
+        [Measure("raw", 30.0)],
+    )  # fmt: skip
     assert result.error is not None and "EVIL line one EVIL line two EVIL" in result.error
     assert_sanitised(result.error, 300)
 
