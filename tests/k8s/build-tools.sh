@@ -55,9 +55,9 @@ build_tool() {
     echo "build-tools: $name $version already built ($out)"
     return 0
   fi
-  echo "build-tools: building $name $version from $pkg (nice -n 10; first build takes minutes) ..."
-  local TIMEFORMAT="build-tools: built $name $version in %0R s (CPU: %0U s user, %0S s system)"
-  time (cd "$moddir" && nice -n 10 go build -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
+  # .ci/step says how long it took last time (or on a first run) and how much is left, every 20 s
+  (cd "$moddir" && "$ROOT/.ci/step" "go-build-$name: building $name $version from $pkg (Go, nice -n 10)" \
+    nice -n 10 go build -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
   mv -f "$out.tmp" "$out"
   ln -sfn "$(basename "$out")" "$BIN/$name"
   built=$((built + 1))
@@ -115,10 +115,10 @@ else
     echo "build-tools: cannot fetch github.com/kserve/kserve@$kserve_version (go mod download)" >&2
     exit 1
   fi
-  echo "build-tools: building kserve-manager $kserve_version in $kserve_dir (nice -n 10; first build takes minutes) ..."
-  TIMEFORMAT="build-tools: built kserve-manager $kserve_version in %0R s (CPU: %0U s user, %0S s system)"
   # -modcacherw: the dependencies it downloads stay removable (the module dir itself is read-only).
-  time (cd "$kserve_dir" && GOFLAGS="$GOFLAGS -modcacherw" nice -n 10 go build -ldflags "-s -w" -o "$kserve_out.tmp" ./cmd/manager)
+  (cd "$kserve_dir" && GOFLAGS="$GOFLAGS -modcacherw" "$ROOT/.ci/step" \
+    "go-build-kserve-manager: building the KServe controller $kserve_version (Go, nice -n 10)" \
+    nice -n 10 go build -ldflags "-s -w" -o "$kserve_out.tmp" ./cmd/manager)
   mv -f "$kserve_out.tmp" "$kserve_out"
   ln -sfn "$(basename "$kserve_out")" "$BIN/kserve-manager"
   built=$((built + 1))
