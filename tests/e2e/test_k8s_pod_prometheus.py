@@ -1,15 +1,19 @@
 """A real Prometheus scrapes real pods of the single-node cluster (tests/k8s/pod_prometheus.py), its
-scrape configs generated from the PodMonitors in the cluster as the Prometheus Operator generates
-them: the pod a PodMonitor selects is scraped with the operator's target labels and the counter it
-serves, the pod it does not select is discovered and dropped, a port name no container has yields
-no target, a deleted pod's target goes. The chart's own PodMonitors (``helm template``) are then
-applied against pods shaped as KServe shapes them (RawDeployment: the predictor's container ports
-as written; Serverless: Knative renames the user container's port ``user-port`` and adds the
-queue-proxy's ports) and the controller's pod template."""
+scrape configs generated from the PodMonitors and ServiceMonitors in the cluster as the Prometheus
+Operator generates them: the pod a PodMonitor selects is scraped with the operator's target labels
+and the counter it serves, the pod it does not select is discovered and dropped, a port name no
+container has yields no target, a deleted pod's target goes, finished pods are dropped and Pending
+ones with an IP kept. The chart's own monitors (``helm template``) are then applied against pods
+shaped as KServe shapes them in each mode (Standard: the predictor's container ports as written;
+Knative: Knative renames the user container's port ``user-port`` and adds the queue-proxy's ports),
+the controller's pod template, and, on a node running the real KServe v0.20.0 controller, the pod
+KServe makes from the chart's InferenceService."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +22,7 @@ import pytest
 from kubernetes import client
 
 from tests.e2e import helmkit
-from tests.k8s import crds, pod_prometheus
+from tests.k8s import crds, kserve, pod_prometheus
 from tests.k8s import node as nodekit
 
 # the first run builds Prometheus (pod_prometheus.build: about 9 min here) inside the first test
@@ -57,16 +61,18 @@ def prom(
 
 # A static Prometheus text file served over HTTP/1.0 by busybox (``nc -ll -e``: a shell per
 # connection) with the text format's Content-Type: Prometheus 3 refuses busybox httpd's
-# application/octet-stream for a file with no extension. Any path but /metrics is a 404.
+# application/octet-stream for a file with no extension. /v2/health/* answers 200 (the chart's
+# probes), any other path 404.
 SERVE = r"""read -r method path proto
 CR=$(printf '\r')
 while read -r line; do case "$line" in "$CR"|"") break;; esac; done
-if [ "$path" = /metrics ]; then
-  printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nConnection: close\r\n\r\n'
-  cat /tmp/metrics
-else
-  printf 'HTTP/1.0 404 Not Found\r\nConnection: close\r\n\r\n'
-fi
+case "$path" in
+  /metrics)
+    printf 'HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nConnection: close\r\n\r\n'
+    cat /tmp/metrics;;
+  /v2/health/*) printf 'HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{}';;
+  *) printf 'HTTP/1.0 404 Not Found\r\nConnection: close\r\n\r\n';;
+esac
 """
 
 
@@ -428,3 +434,92 @@ def test_the_charts_servicemonitor_finds_the_predictor_services_kserve_makes_in_
     [endpoint] = monitor["spec"]["endpoints"]
     labels = {(t.labels["service"], t.labels["pod"], t.labels["endpoint"]) for t in prom.targets(pool)}
     assert labels == {(c, f"{c}-0", str(endpoint["targetPort"])) for c in served}
+
+
+@pytest.fixture(scope="module")
+def kserve_prom(
+    kserve_node: kserve.KServe, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[pod_prometheus.PodPrometheus]:
+    sources = [s for s in crds.load_sources() if s.module == OPERATOR_MODULE]
+    with kserve_node.node.control_plane.http(timeout=60) as http:
+        crds.install_pinned(http, sources)
+    server = pod_prometheus.start(kserve_node.node, tmp_path_factory.mktemp("kserve-prometheus"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def kserve_namespace(kserve_node: kserve.KServe) -> Iterator[str]:
+    core = client.CoreV1Api(kserve_node.node.control_plane.api_client())
+    name = f"kserve-prom-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    yield name
+    with contextlib.suppress(client.ApiException):
+        core.delete_namespace(name)
+
+
+def test_the_charts_monitors_scrape_the_pods_the_real_kserve_makes_in_standard_mode(
+    kserve_prom: pod_prometheus.PodPrometheus,
+    kserve_node: kserve.KServe,
+    kserve_namespace: str,
+    tmp_path: Path,
+) -> None:
+    """The chart's stable InferenceService (istio routing: Standard mode), its Bento image swapped
+    for busybox serving /metrics and /v2/health/* on the Bento port (labels, ports, probes,
+    securityContext, volumes as the chart writes them), handed to the real KServe v0.20.0
+    controller: its PodMonitor and its ServiceMonitor both scrape the pod KServe makes."""
+    prom, node = kserve_prom, kserve_node.node
+    api = node.control_plane.api_client()
+    core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+    ns = kserve_namespace
+    values = {"routing.mode": "istio", "models.candidate": "iris:v2"}
+    pod_chart = helmkit.by_kind(helmkit.template(tmp_path / "helm", values))
+    svc_chart = helmkit.by_kind(
+        helmkit.template(tmp_path / "helm", {**values, "monitoring.kind": "ServiceMonitor"})
+    )
+    isvc = next(i for i in pod_chart["InferenceService"] if i["metadata"]["name"].endswith("-stable"))
+    isvc["metadata"]["namespace"] = ns
+    [kc] = isvc["spec"]["predictor"]["containers"]
+    port = kc["ports"][0]["containerPort"]
+    kc.update(image=node.images["busybox"].ref, imagePullPolicy="Never", command=_serving(11, port)[:2],
+              args=_serving(11, port)[2:])  # fmt: skip
+    custom.create_namespaced_custom_object("serving.kserve.io", "v1beta1", ns, "inferenceservices", isvc)
+    [model] = [m for m in pod_chart["PodMonitor"] if m["metadata"]["name"].endswith("-model")]
+    [service_monitor] = svc_chart["ServiceMonitor"]
+    _create_monitor(api, ns, model)
+    custom.create_namespaced_custom_object(
+        "monitoring.coreos.com",
+        "v1",
+        ns,
+        "servicemonitors",
+        {**service_monitor, "metadata": {**service_monitor["metadata"], "namespace": ns}},
+    )
+
+    def kserve_pod() -> Any:
+        pods = core.list_namespaced_pod(
+            ns, label_selector=f"serving.kserve.io/inferenceservice={isvc['metadata']['name']}"
+        ).items
+        return next((p for p in pods if p.status.phase == "Running" and p.status.pod_ip), None)
+
+    pod = _until("KServe's predictor pod Running", kserve_pod, 120, prom)
+    ports = {p.name: p.container_port for c in pod.spec.containers for p in c.ports or []}
+    print(
+        f"\nKServe's pod {pod.metadata.name}: containers {[c.name for c in pod.spec.containers]}, ports {ports}"
+    )
+    synced = time.monotonic()
+    assert prom.sync() is True
+    model_job, service = f"{ns}/{model['metadata']['name']}", f"{isvc['metadata']['name']}-predictor"
+
+    def both() -> dict[str, float] | None:
+        found = {labels["job"]: v for labels, v in prom.vector(f'demo_requests_total{{namespace="{ns}"}}')}
+        return found if len(found) == 2 else None
+
+    found = _until("the pod scraped by the PodMonitor and the ServiceMonitor", both, 60, prom)
+    print(f"both monitors' first samples {time.monotonic() - synced:.2f} s after sync()")
+    assert found == {model_job: 11, service: 11}
+    pod_targets = prom.targets(f"podMonitor/{ns}/")
+    assert [(t.labels["pod"], t.labels["endpoint"]) for t in pod_targets] == [(pod.metadata.name, "http1")]
+    svc_targets = prom.targets(f"serviceMonitor/{ns}/")
+    assert [(t.labels["service"], t.labels["pod"]) for t in svc_targets] == [(service, pod.metadata.name)]
