@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from rollout.errors import RolloutError, RouterError, UnsupportedRouteError, excerpt
 from rollout.k8s.client import INFERENCE_SERVICE, KubeClient, Obj
 from rollout.routers.base import Routes, RouteTarget
-from rollout.routers.matching import MANAGED_BY, target_annotations, target_from_annotations
 
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # KServe v0.20.0 pkg/constants/constants.go: DeploymentModeType and ParseDeploymentMode
@@ -275,11 +274,13 @@ class KServeRouter:
             )
 
     def ensure(self, target: RouteTarget) -> None:
-        """Check the InferenceService exists and can canary; record the target in its annotations."""
+        """Check the InferenceService exists and can canary. Nothing is written: KServe copies an
+        InferenceService's labels and annotations into its Knative revision template
+        (components/predictor.go buildObjectMeta, reconcilers/knative/ksvc_reconciler.go), so
+        any change there is a new revision that takes the candidate's place; and the routes are
+        the percent alone, read back without a recorded target."""
         self._refuse_without_revisions(self.client.get(INFERENCE_SERVICE, self.namespace, self.name))
         self.target = target
-        patch = {"metadata": {"annotations": target_annotations(target), "labels": dict(MANAGED_BY)}}
-        self.client.patch(INFERENCE_SERVICE, self.namespace, self.name, patch)
 
     def readiness(self) -> Readiness:
         return candidate_readiness(self.client.get(INFERENCE_SERVICE, self.namespace, self.name))
@@ -319,7 +320,3 @@ class KServeRouter:
         if mode in NO_REVISION_MODES:
             return
         self._write_percent(0, check=False)
-
-    def recorded_target(self) -> RouteTarget | None:
-        isvc = self.client.get(INFERENCE_SERVICE, self.namespace, self.name)
-        return target_from_annotations(self.name, isvc["metadata"].get("annotations"))

@@ -178,9 +178,11 @@ def _write_status(kube: KubeClient, ns: str, name: str, ready: bool, created: st
 
 
 def test_kserve_canary_traffic_percent_and_readiness(kube: KubeClient, k8s_namespace: str) -> None:
-    kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("iris", mode="Knative"))
+    created = kube.create(INFERENCE_SERVICE, k8s_namespace, _isvc("iris", mode="Knative"))
     router = make_router("kserve", client=kube, namespace=k8s_namespace, name="iris")
     router.ensure(TARGET)
+    # KServe copies labels and annotations into the Knative revision template: ensure writes none
+    assert kube.get(INFERENCE_SERVICE, k8s_namespace, "iris")["metadata"] == created["metadata"]
     _write_status(
         kube,
         k8s_namespace,
