@@ -116,12 +116,16 @@ class Reconciler:
     _locks_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _cluster_spec(self, spec: RolloutSpec) -> RolloutSpec:
-        """``spec`` with a cluster router: the nginx router is the local mode's, never the cluster's."""
+        """``spec`` with a cluster router. A spec that names no provider gets the controller's
+        (``--router``, the chart's ``routing.mode``): the documented default of a cluster, as
+        nginx is of ``rollout run``. One that names nginx, the local data plane, is refused: no
+        provider ever stands in for another (routers/registry.py)."""
         if spec.router.provider != RouterProvider.NGINX:
             return spec
-        if self.default_provider == RouterProvider.NGINX.value:
+        if "provider" in spec.router.model_fields_set or self.default_provider == RouterProvider.NGINX.value:
             raise PermanentError(
-                "router.provider nginx is the local data plane; use kserve, istio or gateway-api"
+                "router.provider nginx is the local data plane (`rollout run`); in a cluster use kserve, "
+                f"istio or gateway-api, or leave router.provider out for the controller's ({self.default_provider})"
             )
         router = spec.router.model_copy(update={"provider": RouterProvider(self.default_provider)})
         return spec.model_copy(update={"router": router})

@@ -9,9 +9,9 @@ The HTTPRoute has at most two rules:
   (both listed, a weight may be 0), a ``RequestMirror`` filter with ``percent`` for shadow traffic,
   and ``sessionPersistence`` (Cookie or Header, named by the sticky key) for sticky splits.
 
-``RequestMirror.percent`` and ``sessionPersistence`` belong to Gateway API's experimental channel;
-with standard-channel CRDs the API server refuses them (we write with ``fieldValidation=Strict``)
-and the error says so. Backends are Services on ``port``. ``parentRefs`` name the Gateway when one
+``RequestMirror.percent`` is in Gateway API's standard channel since v1.3.0 (the CRDs the tests
+install); ``sessionPersistence`` is still experimental-channel only: with standard-channel CRDs
+the API server refuses it (we write with ``fieldValidation=Strict``) and the error says so. Backends are Services on ``port``. ``parentRefs`` name the Gateway when one
 is given. Who calls it: the controller through ``registry.make_router("gateway-api", ...)``.
 """
 
@@ -155,8 +155,12 @@ class GatewayApiRouter(RouteObjectRouter):
         try:
             super()._write(target, routes)
         except InvalidObjectError as exc:
-            if routes.mirror_percent or routes.sticky:
+            if routes.sticky:
                 raise InvalidObjectError(
-                    f"{exc} (mirror percent and sessionPersistence need Gateway API's experimental-channel CRDs)"
+                    f"{exc} (sessionPersistence needs Gateway API's experimental-channel HTTPRoute CRD)"
+                ) from None
+            if routes.mirror_percent:
+                raise InvalidObjectError(
+                    f"{exc} (RequestMirror.percent needs Gateway API v1.3.0 or later, or its experimental channel)"
                 ) from None
             raise

@@ -48,6 +48,3 @@ def make_router(provider: str, **kwargs: Any) -> TrafficRouter:
     if not isinstance(router, TrafficRouter):
         raise UnknownProviderError(f"{PROVIDERS[str(provider)]} does not implement TrafficRouter")
     return router
-
-
-ROUTERS = PROVIDERS  # the name the first version of this module used

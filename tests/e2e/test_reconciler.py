@@ -108,7 +108,8 @@ def test_status_of_a_fresh_state_is_accepted_by_the_crd(kube: KubeClient, k8s_na
 def test_a_spec_without_cluster_router_uses_the_controllers_default(
     kube: KubeClient, k8s_namespace: str
 ) -> None:
-    """``router.provider`` defaults to nginx (local mode); in the cluster the controller's --router applies."""
+    """``router.provider`` left out defaults to nginx in local mode; in the cluster the controller's
+    --router applies. Named nginx in a cluster it is refused (it was mapped to kserve silently)."""
     ns = k8s_namespace
     isvc(kube, ns, "iris-stable")
     isvc(kube, ns, "iris-candidate")
@@ -129,6 +130,12 @@ def test_a_spec_without_cluster_router_uses_the_controllers_default(
         kube.get(MODEL_ROLLOUT, ns, "plain")["metadata"]["resourceVersion"]
         == invalid["metadata"]["resourceVersion"]
     )
+    # a spec that names nginx is refused, whatever the controller's default: no provider stands in
+    named = rollout("named", [{"setWeight": 10}, {"pause": {}}], router={"provider": "nginx"})
+    kube.create(MODEL_ROLLOUT, ns, named)
+    with pytest.raises(PermanentError, match="leave router.provider out for the controller's"):
+        Reconciler(kube, _no_metrics, clock=Clock(), default_provider="istio").reconcile(ns, "named")
+    assert kube.get(MODEL_ROLLOUT, ns, "named")["status"]["phase"] == "Invalid"
 
 
 def test_no_prometheus_address_at_all_is_a_measurement_error_in_the_status(
