@@ -265,6 +265,26 @@ def test_the_phase_filter_drops_finished_pods_and_keeps_pending_ones_with_an_ip(
     assert all(d["__meta_kubernetes_pod_phase"] == "Succeeded" for d in dropped)
 
 
+def test_listening_on_the_node_address_pods_reach_it(
+    k8s_node: nodekit.Node, k8s_node_namespace: str, tmp_path: Path
+) -> None:
+    """start(listen=NODE_IP): a pod reaches Prometheus at 10.200.0.2:PORT (what a controller in a
+    pod needs to query it); the host reaches it only through the forward."""
+    ns, api = k8s_node_namespace, k8s_node.control_plane.api_client()
+    server = pod_prometheus.start(k8s_node, tmp_path / "prom", listen=nodekit.NODE_IP)
+    try:
+        url = f"http://{nodekit.NODE_IP}:{server.port}/api/v1/status/buildinfo"
+        client.CoreV1Api(api).create_namespaced_pod(ns, client.V1Pod(
+            metadata=client.V1ObjectMeta(name="asker"),
+            spec=client.V1PodSpec(restart_policy="Never", containers=[_container(
+                k8s_node.images["busybox"].ref, "wget", {}, ["wget", "-q", "-O", "-", url])]),
+        ))  # fmt: skip
+        _until("the pod's answer", lambda: '"version":"3.5.0"' in k8s_node.pod_log(ns, "asker"), 60, server)
+        assert server.query("vector(1)") == 1
+    finally:
+        server.stop()
+
+
 def _kserve_pod_labels(isvc: dict[str, Any]) -> dict[str, str]:
     """The labels KServe v0.16 gives a predictor's pods (components/predictor.go buildObjectMeta):
     the InferenceService's labels, the predictor's ``labels``, then its own two."""

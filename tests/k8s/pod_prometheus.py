@@ -92,6 +92,7 @@ class PodPrometheus:
     proc: subprocess.Popen[bytes]
     url: str
     sd: dict[str, Any]
+    port: int = 0  # its web port inside the node netns (on ``listen``, see start())
     config_text: str = ""
     reloads: int = 0
     started_in: float = 0.0  # seconds from exec to /-/ready
@@ -238,9 +239,11 @@ def _wait(what: str, probe: Callable[[], bool], timeout: float, prom: PodPrometh
     raise ProcessError(f"{what} not within {timeout:.0f} s:\n{prom.log_tail()}")
 
 
-def start(node: Node, workdir: Path, timeout: float = 60.0) -> PodPrometheus:
+def start(node: Node, workdir: Path, timeout: float = 60.0, listen: str = "127.0.0.1") -> PodPrometheus:
     """Start Prometheus in ``node``'s netns with the monitors found now (``sync()`` later picks up
-    changes); return once it is ready. Stop it with ``stop()``."""
+    changes); return once it is ready. Stop it with ``stop()``. ``listen``: the address its web port
+    binds in the netns; ``NODE_IP`` (or 0.0.0.0) lets pods reach it at ``http://10.200.0.2:PORT``
+    (``.port``), still only inside the netns (the host's namespace has no route there)."""
     binary = build()
     workdir.mkdir(parents=True, exist_ok=True)
     pki = node.control_plane.pki
@@ -255,20 +258,20 @@ def start(node: Node, workdir: Path, timeout: float = 60.0) -> PodPrometheus:
         str(binary),
         f"--config.file={workdir / 'prometheus.yml'}",
         f"--storage.tsdb.path={workdir / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
+        f"--web.listen-address={listen}:{port}",
         "--web.enable-lifecycle",
         "--storage.tsdb.retention.time=1d",
     ]
     config = render_config(node, sd)
     (workdir / "prometheus.yml").write_text(config)
-    url = f"http://127.0.0.1:{node.forward('127.0.0.1', port)}"
+    url = f"http://127.0.0.1:{node.forward('127.0.0.1' if listen == '0.0.0.0' else listen, port)}"
     begun = time.monotonic()
     with (workdir / "prometheus.log").open("ab") as log:
         proc = subprocess.Popen(
             node.nsenter(*args), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True, preexec_fn=_die_with_parent,
         )  # fmt: skip
-    prom = PodPrometheus(node, workdir, proc, url, sd, config_text=config)
+    prom = PodPrometheus(node, workdir, proc, url, sd, port=port, config_text=config)
     try:
         _wait(
             "Prometheus /-/ready", lambda: prom._http.get(f"{url}/-/ready").status_code == 200, timeout, prom
