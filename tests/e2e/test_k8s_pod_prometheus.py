@@ -26,7 +26,7 @@ from tests.k8s import crds, kserve, pod_prometheus
 from tests.k8s import node as nodekit
 
 # the first run builds Prometheus (pod_prometheus.build: about 9 min here) inside the first test
-pytestmark = [pytest.mark.k8s, pytest.mark.timeout(1800)]
+pytestmark = pytest.mark.k8s
 
 T = TypeVar("T")
 OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"

@@ -125,6 +125,36 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
+# Prometheus with Kubernetes service discovery (Debian's 2.42 has none), run inside the node's
+# netns by tests/k8s/pod_prometheus.py, whose PROMETHEUS_VERSION / PROMETHEUS_MODULE lines are
+# the one place its version is written. Built inside its own module (like KServe's controller),
+# into .cache/prometheus, not .cache/bin: the local stack runs Debian's `prometheus` from PATH.
+prom_py="$HERE/pod_prometheus.py"
+prom_version="$(sed -n 's/^PROMETHEUS_VERSION = "\(v[^"]*\)".*/\1/p' "$prom_py")"
+prom_module="$(sed -n 's/^PROMETHEUS_MODULE = "\([^"]*\)".*/\1/p' "$prom_py")"
+if [ -z "$prom_version" ] || [ -z "$prom_module" ]; then
+  echo "build-tools: no PROMETHEUS_VERSION / PROMETHEUS_MODULE in $prom_py" >&2
+  exit 1
+fi
+prom_out="$ROOT/.cache/prometheus/prometheus-$prom_version"
+if [ -x "$prom_out" ]; then
+  echo "build-tools: prometheus $prom_version already built ($prom_out)"
+else
+  mkdir -p "$(dirname "$prom_out")"
+  prom_dir="$(GOFLAGS=-mod=mod go mod download -json "$prom_module" | awk -F'"' '$2 == "Dir" {print $4}')"
+  if [ ! -f "$prom_dir/go.mod" ]; then
+    echo "build-tools: cannot fetch $prom_module (go mod download)" >&2
+    exit 1
+  fi
+  (cd "$prom_dir" && GOFLAGS="$GOFLAGS -modcacherw" "$ROOT/.ci/step" \
+    "go-build-prometheus: building Prometheus $prom_version with Kubernetes discovery (Go, nice -n 10)" \
+    nice -n 10 go build -ldflags "-s -w -X github.com/prometheus/common/version.Version=${prom_version#v}" \
+    -o "$prom_out.tmp" ./cmd/prometheus)
+  mv -f "$prom_out.tmp" "$prom_out"
+  built=$((built + 1))
+fi
+
+# ---------------------------------------------------------------------------------------------
 # skaffold (added by the packaging work, issue 5; owner of this block: helm/ + skaffold.yaml).
 # Validates skaffold.yaml with `skaffold diagnose` / `skaffold render --offline`
 # (tests/e2e/test_helm_skaffold.py). Pinned in tests/k8s/skaffold/go.mod, a wrapper module that

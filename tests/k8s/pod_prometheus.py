@@ -18,10 +18,7 @@ tests/e2e/test_k8s_pod_prometheus.py.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -44,12 +41,12 @@ __all__ = ["PodPrometheus", "Target", "build", "list_monitors", "render_config",
 # Debian's prometheus (2.42, /usr/bin/prometheus) is built without Kubernetes service discovery
 # (``field kubernetes_sd_configs not found in type config.ScrapeConfig``), so this builds the
 # version prometheus-operator v0.85.0 runs by default (operator.DefaultPrometheusVersion) from its
-# Go module, once, into .cache/prometheus (git-ignored), with Go's module and build caches.
+# Go module, once, into .cache/prometheus (git-ignored): tests/k8s/build-tools.sh reads these two
+# lines (the one place the version is written) and builds it with the other Go tools.
 PROMETHEUS_VERSION = "v3.5.0"
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus@v0.305.0"  # Prometheus 3.5.0's Go module version
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / ".cache" / "prometheus" / f"prometheus-{PROMETHEUS_VERSION}"
-GOMODCACHE = ROOT / ".cache" / "go" / "mod"
 
 
 def list_monitors(api_client: Any, plural: str) -> list[dict[str, Any]]:
@@ -184,37 +181,12 @@ class PodPrometheus:
             self.proc.wait(10)
 
 
-def build(timeout: float = 1800.0) -> Path:
-    """The Prometheus binary with Kubernetes service discovery, built unless it already is (first
-    build: minutes; ``python -m tests.k8s.pod_prometheus`` builds it by hand)."""
-    if os.access(PROMETHEUS, os.X_OK):
-        return PROMETHEUS
-    go = shutil.which("go")
-    if go is None:
-        raise ProcessError(f"'go' is not on PATH: it builds {PROMETHEUS_MODULE} into {PROMETHEUS}")
-    PROMETHEUS.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "GOMODCACHE": str(GOMODCACHE), "GOTOOLCHAIN": "local", "CGO_ENABLED": "0",
-           "GOFLAGS": "-trimpath -mod=readonly -modcacherw -buildvcs=false"}  # fmt: skip
-    with open(PROMETHEUS.parent / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time; the second finds it built
-        if os.access(PROMETHEUS, os.X_OK):
-            return PROMETHEUS
-        fetched = subprocess.run([go, "mod", "download", "-json", PROMETHEUS_MODULE], env=env,
-                                 capture_output=True, text=True, timeout=timeout)  # fmt: skip
-        if fetched.returncode != 0:
-            raise ProcessError(
-                f"go mod download {PROMETHEUS_MODULE} failed: {fetched.stdout}{fetched.stderr}"
-            )
-        moddir = json.loads(fetched.stdout)["Dir"]
-        version = f"-X github.com/prometheus/common/version.Version={PROMETHEUS_VERSION.lstrip('v')}"
-        tmp = PROMETHEUS.with_name(PROMETHEUS.name + ".tmp")
-        built = subprocess.run(
-            ["nice", "-n", "10", go, "build", "-ldflags", f"-s -w {version}", "-o", str(tmp), "./cmd/prometheus"],
-            cwd=moddir, env=env, capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
-        if built.returncode != 0:
-            raise ProcessError(f"go build of {PROMETHEUS_MODULE} failed:\n{built.stderr[-4000:]}")
-        tmp.rename(PROMETHEUS)
+def build() -> Path:
+    """The Prometheus binary with Kubernetes service discovery; tests/k8s/build-tools.sh builds it
+    (``make tools``: with the other Go tools, their caches and progress). ProcessError naming that
+    command when it is not built."""
+    if not os.access(PROMETHEUS, os.X_OK):
+        raise ProcessError(f"{PROMETHEUS} is not built ({PROMETHEUS_MODULE}): run `make tools`")
     return PROMETHEUS
 
 
