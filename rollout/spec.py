@@ -57,6 +57,11 @@ def parse_duration(value: Any) -> float:
     return seconds
 
 
+def _duration_doc(text: str) -> str:
+    """A Duration field's description: what it is, then the format of every duration."""
+    return f"{text} {DURATION_FORMAT}"
+
+
 def format_duration(seconds: float) -> str:
     if seconds and seconds < 1:
         return f"{round(seconds * 1000)}ms"
@@ -76,6 +81,7 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
     WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "x-kubernetes-int-or-string": True}),
 ]
+DURATION_FORMAT = "A duration: seconds, or a number with ms, s, m or h (500ms, 30s, 1.5m, 2h)."
 Percent = Annotated[int, Field(ge=0, le=100)]
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 MODEL_TAG = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}(:[A-Za-z0-9_.-]{1,128})?$"
@@ -104,31 +110,66 @@ def _exactly_one(model: BaseModel, names: list[str], what: str) -> None:
 
 # --- targets -------------------------------------------------------------------------------------
 
+# Field descriptions are the API documentation: they become the CRD's (``kubectl explain``) and the
+# chart's values schema's. Write them for the user of the field, as Kubernetes' own API docs are:
+# what it means, units, default, allowed values, how it interacts (tests/unit/test_field_docs.py).
+
 
 class ModelRef(_Model):
-    """A model version: a BentoML model store tag such as ``iris_clf:good``, optionally pinned to its artifact's digest."""
+    """A model version: a BentoML model store tag such as `iris:v2`, optionally pinned to its artifact's digest."""
 
     # digest: what `rollout models` shows; the model server (bentos/service.py) refuses any other
     # artifact under the tag, whoever rewrote the model store (rollout/registry.py)
 
-    model: str = Field(pattern=MODEL_TAG, description="BentoML model tag, name:version")
+    model: str = Field(
+        pattern=MODEL_TAG,
+        description=(
+            "BentoML model tag, name or name:version, as in the model store (`rollout models` lists "
+            "them). The version part (after ':') is the `version` label of the model's metric series."
+        ),
+    )
     digest: str | None = Field(
         default=None,
         pattern=MODEL_DIGEST,
-        description="sha256:<64 hex> of the model artifact; the server refuses any other artifact",
+        description=(
+            "Pins the model's artifact: sha256: and 64 hex digits, as `rollout models` prints it. A "
+            "server started with the pin (BENTO_MODEL_DIGEST; the chart's models.stableDigest / "
+            "candidateDigest) refuses any other artifact under the tag and never becomes ready. "
+            "`rollout run` starts its servers with it; the controller holds the rollout while the "
+            "InferenceService's server runs without it. Absent: not pinned."
+        ),
     )
-    replicas: int = Field(default=1, ge=0, le=100)
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        le=100,
+        description=(
+            "Reserved, 0-100, default 1: neither `rollout run` (one server per version) nor the "
+            "controller reads it; on a cluster the chart's replicas.min / replicas.max size the "
+            "predictors."
+        ),
+    )
 
 
 # --- routing -------------------------------------------------------------------------------------
 
 
 class HeaderMatch(_Model):
-    """Send requests whose header (or cookie) has this exact value to the candidate."""
+    """Requests whose header (or cookie) has exactly this value go to the candidate."""
 
-    header: str | None = Field(default=None, pattern=HEADER_NAME)
-    cookie: str | None = Field(default=None, pattern=HEADER_NAME)
-    value: str = Field(min_length=1, max_length=256)
+    header: str | None = Field(
+        default=None,
+        pattern=HEADER_NAME,
+        description="HTTP header to match (letters, digits and '-', up to 64). Exactly one of header, cookie.",
+    )
+    cookie: str | None = Field(
+        default=None,
+        pattern=HEADER_NAME,
+        description="Cookie to match instead of a header (letters, digits and '-', up to 64).",
+    )
+    value: str = Field(
+        min_length=1, max_length=256, description="The exact value to match, 1-256 characters."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> HeaderMatch:
@@ -137,10 +178,20 @@ class HeaderMatch(_Model):
 
 
 class StickyKey(_Model):
-    """Hash this header or cookie to assign a user to a version for good."""
+    """The header or cookie that identifies a user: the router hashes its value to keep each user on one version."""
 
-    header: str | None = Field(default=None, pattern=HEADER_NAME)
-    cookie: str | None = Field(default=None, pattern=HEADER_NAME)
+    header: str | None = Field(
+        default=None,
+        pattern=HEADER_NAME,
+        description=(
+            "HTTP header whose value identifies a user (e.g. x-user-id). Exactly one of header, cookie."
+        ),
+    )
+    cookie: str | None = Field(
+        default=None,
+        pattern=HEADER_NAME,
+        description="Cookie whose value identifies a user, instead of a header.",
+    )
 
     @model_validator(mode="after")
     def _one(self) -> StickyKey:
@@ -149,6 +200,8 @@ class StickyKey(_Model):
 
 
 class RouterProvider(StrEnum):
+    """The traffic router that applies a rollout's routes."""
+
     NGINX = "nginx"
     KSERVE = "kserve"
     ISTIO = "istio"
@@ -156,11 +209,36 @@ class RouterProvider(StrEnum):
 
 
 class RouterSpec(_Model):
-    provider: RouterProvider = RouterProvider.NGINX
+    """The traffic router that applies the weights, mirrors and matches, and its objects' names."""
+
+    provider: RouterProvider = Field(
+        default=RouterProvider.NGINX,
+        description=(
+            "nginx: the local data plane of `rollout run` (its default). kserve: canaryTrafficPercent "
+            "of one InferenceService (KServe's Knative mode; no mirror, match or sticky). istio: a "
+            "VirtualService over the <service>-stable and <service>-candidate InferenceServices "
+            "(no sticky). gateway-api: an HTTPRoute over the same. In a cluster, nginx written out "
+            "makes the ModelRollout Invalid; left out, the controller's --router (the chart's "
+            "routing.mode) applies."
+        ),
+    )
     # provider-specific names of the routing object (VirtualService / HTTPRoute / InferenceService)
-    name: str | None = Field(default=None, pattern=DNS_LABEL)
+    name: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        description=(
+            "Name of the routing object: the InferenceService (kserve), VirtualService (istio) or "
+            "HTTPRoute (gateway-api). Default: the service name. nginx ignores it."
+        ),
+    )
     gateway: str | None = Field(
-        default=None, description="Gateway (Istio or Gateway API) to attach routes to"
+        default=None,
+        description=(
+            "Gateway the routes attach to: istio, the VirtualService's gateway (name or "
+            "namespace/name); gateway-api, the HTTPRoute's parent Gateway (a name in the rollout's "
+            "namespace). Absent: an existing object's gateways or parentRefs are kept. kserve and "
+            "nginx ignore it."
+        ),
     )
 
 
@@ -168,14 +246,22 @@ class RouterSpec(_Model):
 
 
 class JudgeKind(StrEnum):
+    """How a metric's measurements are judged (rollout/analysis/registry.py)."""
+
     THRESHOLD = "threshold"
     COMPARATIVE = "comparative"
     SEQUENTIAL = "sequential"
 
 
 class Range(_Model):
-    min: float | None = None
-    max: float | None = None
+    """The passing range of a metric's headline value: min, max or both (min <= max)."""
+
+    min: float | None = Field(
+        default=None, description="Lowest passing value, inclusive: a value below it is Failed."
+    )
+    max: float | None = Field(
+        default=None, description="Highest passing value, inclusive: a value above it is Failed."
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
@@ -187,38 +273,134 @@ class Range(_Model):
 
 
 class Direction(StrEnum):
+    """Which way a metric's value is better."""
+
     HIGHER_IS_BETTER = "higher"
     LOWER_IS_BETTER = "lower"
 
 
 class JudgeSpec(_Model):
-    kind: JudgeKind = JudgeKind.THRESHOLD
+    """How a metric's measurements are judged: Successful, Failed, Inconclusive (no or too little data) or Error."""
+
+    kind: JudgeKind = Field(
+        default=JudgeKind.THRESHOLD,
+        description=(
+            "threshold (default): the candidate's headline value (error rate, accuracy, p99 latency, "
+            "PSI, KS distance, or a raw query's value) against `threshold`. comparative: candidate "
+            "against stable over the same window, a fixed-sample test (two-proportion z, Mann-Whitney "
+            "U, chi-square, KS): Failed only when a regression is significant at alpha and at least "
+            "minEffect. sequential: an always-valid test (mSPRT) on data since the analysis started, "
+            "valid at every look; error-rate, accuracy, latency-p99 and confidence-shift only. "
+            "comparative and sequential need a built-in template other than shadow-agreement."
+        ),
+    )
     # comparative / sequential: the smallest regression that matters (absolute for rates, relative
     # for latency, e.g. 0.01 = one percentage point or 1 %), the false-positive rate, min samples.
-    min_effect: float = Field(default=0.01, gt=0, le=10)
-    alpha: float = Field(default=0.01, gt=0, lt=0.5)
-    min_samples: int = Field(default=100, ge=1, le=10_000_000)
+    min_effect: float = Field(
+        default=0.01,
+        gt=0,
+        le=10,
+        description=(
+            "comparative, sequential: the smallest regression that matters; a smaller one is never "
+            "Failed. Absolute for rates (0.01 = one percentage point), relative for latency (0.2 = "
+            "20 % slower), PSI or KS distance for shifts. On the A/B test's metric, the size of "
+            "difference its test is tuned to find. Above 0, at most 10; default 0.01."
+        ),
+    )
+    alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=0.5,
+        description=(
+            "comparative, sequential: the false-positive rate, i.e. the chance of failing a candidate "
+            "that is no worse. Above 0, below 0.5; default 0.01. threshold ignores it."
+        ),
+    )
+    min_samples: int = Field(
+        default=100,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Observations a version needs before a verdict other than Inconclusive: each version's "
+            "for comparative and sequential (default 100); the candidate's for threshold, only when "
+            "written out (threshold has no minimum by default). 1-10000000."
+        ),
+    )
 
 
 class MetricSpec(_Model):
-    """One gate: a built-in template or a raw PromQL query, and how to judge it."""
+    """One analysis metric: a built-in template or a raw PromQL query, and how its measurements are judged."""
 
-    name: str = Field(pattern=DNS_LABEL)
+    name: str = Field(
+        pattern=DNS_LABEL,
+        description="Name of the metric, unique in this analysis (a DNS label); events, status and abTest.metric use it.",
+    )
     template: str | None = Field(
-        default=None, description="built-in: error-rate, latency-p99, accuracy, prediction-shift, ..."
+        default=None,
+        description=(
+            "Built-in template, queried for stable and candidate over the same window: error-rate "
+            "(5xx share), latency-p99 (seconds), accuracy (from delayed feedback labels), "
+            "prediction-shift (PSI of predicted classes), confidence-shift (KS distance), "
+            "feature-drift (largest per-feature PSI), shadow-agreement (candidate gave stable's "
+            "answer; threshold only). Exactly one of template, query."
+        ),
     )
     query: str | None = Field(
         default=None,
         max_length=4096,
-        description="PromQL; {{service}}, {{stable}}, {{candidate}}, {{version}}, {{window}} are filled in",
+        description=(
+            "Raw PromQL giving one number for the candidate; threshold judge only. {{service}}, "
+            "{{stable}}, {{candidate}}, {{version}} (the candidate's: the part of its tag after ':') "
+            "and {{window}} (a PromQL duration such as 30s) are filled in. Exactly one of template, query."
+        ),
     )
-    threshold: Range | None = None
-    judge: JudgeSpec = JudgeSpec()
-    direction: Direction = Direction.LOWER_IS_BETTER
-    interval: Duration | None = None
-    failure_limit: int = Field(default=1, ge=0, le=1000)
-    inconclusive_limit: int = Field(default=0, ge=0, le=1000)
-    provider: str = "prometheus"
+    threshold: Range | None = Field(
+        default=None,
+        description="Passing range of the headline value. Required by the threshold judge; ignored by the others.",
+    )
+    judge: JudgeSpec = Field(
+        default=JudgeSpec(), description="How measurements are judged. Default: threshold."
+    )
+    direction: Direction = Field(
+        default=Direction.LOWER_IS_BETTER,
+        description=(
+            "lower (default) or higher: which way the value is better. Only the A/B test reads it, to "
+            "name the winner on its metric: set higher for accuracy and shadow-agreement, it is not "
+            "taken from the template. The judges ignore it (a regression is what the template counts "
+            "as bad)."
+        ),
+    )
+    interval: Duration | None = Field(
+        default=None,
+        description=_duration_doc("Time between this metric's measurements, instead of analysis.interval."),
+    )
+    failure_limit: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description=(
+            "Failed measurements in a row tolerated: one more rolls the rollout back (AnalysisFailed); "
+            "0: the first Failed does. A Successful or Inconclusive measurement resets the count, an "
+            "Error does not. Meanwhile the gate holds. 0-1000, default 1."
+        ),
+    )
+    inconclusive_limit: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description=(
+            "Inconclusive measurements in a row tolerated before the rollout pauses for a human "
+            "(Paused, InconclusiveLimit: promote, resume or abort). 0 (default): never pauses; the "
+            "gate holds and progressDeadline applies. 0-1000."
+        ),
+    )
+    provider: str = Field(
+        default="prometheus",
+        description=(
+            "Reserved: Prometheus is the only metric provider, and every metric is queried there "
+            "(spec.metricsAddress) whatever this says. Default prometheus."
+        ),
+    )
 
     @model_validator(mode="after")
     def _source(self) -> MetricSpec:
@@ -229,13 +411,52 @@ class MetricSpec(_Model):
 
 
 class AnalysisSpec(_Model):
-    interval: Duration = 10.0
-    window: Duration | None = Field(default=None, description="PromQL range window; default: interval")
-    start_delay: Duration = 0.0
-    metrics: list[MetricSpec] = Field(default_factory=list, max_length=50)
+    """The metrics that gate the rollout, and when they are measured."""
+
+    interval: Duration = Field(
+        default=10.0,
+        description=_duration_doc(
+            "Time between measurements of each metric (a metric's interval overrides it); also the "
+            "default query window. Default 10s."
+        ),
+    )
+    window: Duration | None = Field(
+        default=None,
+        description=_duration_doc(
+            "PromQL range window: how far back a measurement looks. Default: the metric's interval. "
+            "Sequential metrics and the A/B test's metric query everything since the analysis "
+            "started; after Inconclusive results the window grows by one window per result in a row."
+        ),
+    )
+    start_delay: Duration = Field(
+        default=0.0,
+        description=_duration_doc(
+            "Wait this long after the analysis starts (the candidate gets traffic, a mirror or the "
+            "preview) before the first measurement. Default 0s."
+        ),
+    )
+    metrics: list[MetricSpec] = Field(
+        default_factory=list,
+        max_length=50,
+        description=(
+            "The metrics, at most 50, names unique. A step completes, and the candidate is promoted, "
+            "only while every metric's newest verdict is Successful (the gate holds otherwise). "
+            "Empty: steps wait on time and routing alone."
+        ),
+    )
     # consecutive provider errors (Prometheus unreachable) before the rollout is rolled back;
     # while errors last the rollout never promotes and holds its weights.
-    error_limit: int = Field(default=5, ge=1, le=1000)
+    error_limit: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description=(
+            "Error measurements (Prometheus unreachable, query failed) in a row tolerated per metric: "
+            "one more rolls back (MetricsUnavailable). While a metric's newest is an Error the rollout "
+            "is Paused (MetricsUnavailable), weights held, never promoting; it resumes by itself. "
+            "1-1000, default 5."
+        ),
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> AnalysisSpec:
@@ -250,20 +471,48 @@ class AnalysisSpec(_Model):
 
 
 class Pause(_Model):
-    duration: Duration | None = Field(default=None, description="absent: wait until promoted")
+    """Wait at the current weight: for a time, or until promoted."""
+
+    duration: Duration | None = Field(
+        default=None,
+        description=_duration_doc(
+            "How long to wait (the analysis keeps running; no step completes while it holds). "
+            "Absent: until `rollout promote` (Paused, WaitingForPromotion; progressDeadline does not "
+            "count the wait)."
+        ),
+    )
 
 
 class StepAnalysis(_Model):
     """Run the analysis at the current weight for this long (or this many intervals)."""
 
-    duration: Duration | None = None
-    intervals: int | None = Field(default=None, ge=1, le=10_000)
+    duration: Duration | None = Field(default=None, description=_duration_doc("Least time at this weight."))
+    intervals: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description=(
+            "Measurements of each metric needed since the step started, the newest Successful; 1 "
+            "when not given. Without metrics the step waits duration, else intervals x "
+            "analysis.interval. 1-10000."
+        ),
+    )
 
 
 class CanaryStep(_Model):
-    set_weight: Percent | None = None
-    pause: Pause | None = None
-    analysis: StepAnalysis | None = None
+    """One canary step: exactly one of setWeight, pause, analysis."""
+
+    set_weight: Percent | None = Field(
+        default=None,
+        description="Percent of user traffic (0-100) to the candidate; done once the router reports it applied.",
+    )
+    pause: Pause | None = Field(
+        default=None, description="Wait at the current weight: for a duration, or until promoted."
+    )
+    analysis: StepAnalysis | None = Field(
+        default=None,
+        description="Stay at the current weight until the analysis has passed for a duration or a number of intervals.",
+    )
 
     @model_validator(mode="after")
     def _one(self) -> CanaryStep:
@@ -272,12 +521,47 @@ class CanaryStep(_Model):
 
 
 class CanaryStrategy(_Model):
-    steps: list[CanaryStep] | None = Field(default=None, max_length=200)
+    """Move user traffic to the candidate step by step; after the last step it is promoted (100 %)."""
+
+    steps: list[CanaryStep] | None = Field(
+        default=None,
+        max_length=200,
+        description=(
+            "The steps in order, 1-200; the candidate is promoted after the last. No step completes "
+            "while a metric's newest verdict is not Successful; `rollout promote` ends the current "
+            "pause or analysis step. Exactly one of steps, stepWeight."
+        ),
+    )
     # Flagger-style generated steps when ``steps`` is absent: stepWeight every stepInterval up to maxWeight
-    step_weight: int | None = Field(default=None, ge=1, le=100)
-    max_weight: int = Field(default=100, ge=1, le=100)
-    step_interval: Duration = 30.0
-    sticky: StickyKey | None = None
+    step_weight: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description=(
+            "Generate the steps instead: setWeight stepWeight, 2 x stepWeight, ... up to maxWeight, "
+            "each followed by analysis for stepInterval. 1-100."
+        ),
+    )
+    max_weight: int = Field(
+        default=100,
+        ge=1,
+        le=100,
+        description="Last generated weight, 1-100 (default 100); promotion then moves to 100 %. Ignored with steps.",
+    )
+    step_interval: Duration = Field(
+        default=30.0,
+        description=_duration_doc(
+            "Analysis time after each generated weight. Default 30s. Ignored with steps."
+        ),
+    )
+    sticky: StickyKey | None = Field(
+        default=None,
+        description=(
+            "Keep each user on one version while the candidate has traffic: the router hashes this "
+            "header or cookie. nginx and gateway-api (HTTPRoute sessionPersistence: Gateway API's "
+            "experimental channel) only."
+        ),
+    )
 
     @model_validator(mode="after")
     def _steps(self) -> CanaryStrategy:
@@ -289,19 +573,73 @@ class CanaryStrategy(_Model):
 
 
 class BlueGreenStrategy(_Model):
-    preview_duration: Duration = 30.0  # analysis against the preview (no user traffic) this long
+    """Preview the candidate without user traffic, switch all traffic at once, watch it, then retire stable."""
+
+    preview_duration: Duration = Field(  # analysis against the preview (no user traffic) this long
+        default=30.0,
+        description=_duration_doc(
+            "Preview time: every user on stable; the candidate gets a mirror of live traffic and "
+            "requests with header X-Rollout-Preview: 1. Ends once this has passed and every metric's "
+            "newest verdict is Successful; a failure rolls back before any user saw the candidate. "
+            "Default 30s."
+        ),
+    )
     # during the preview the candidate gets this share of live traffic as a mirror (answers
-    # discarded, users unaffected) so that its analysis has real data; 0: preview requests only
-    preview_mirror_percent: Percent = 100
-    auto_promote: bool = True
-    post_promotion_duration: Duration = 30.0
-    scale_down_delay: Duration = 30.0  # keep the old version warm this long after the switch
+    # discarded, users unaffected) so that its analysis has data; 0: preview requests only
+    preview_mirror_percent: Percent = Field(
+        default=100,
+        description=(
+            "Percent of live traffic (0-100) mirrored to the candidate during the preview (answers "
+            "discarded, users unaffected), so its analysis has data. 0: preview requests only. "
+            "Default 100."
+        ),
+    )
+    auto_promote: bool = Field(
+        default=True,
+        description=(
+            "true (default): switch as soon as the preview passes. false: wait for `rollout promote` "
+            "(Paused, WaitingForPromotion)."
+        ),
+    )
+    post_promotion_duration: Duration = Field(
+        default=30.0,
+        description=_duration_doc(
+            "Analysis time after the switch (all traffic on the candidate; metrics that compare with "
+            "stable are not measured). A failure or abort switches back to stable at once. Default 30s."
+        ),
+    )
+    scale_down_delay: Duration = Field(  # keep the old version warm this long after the switch
+        default=30.0,
+        description=_duration_doc(
+            "Keep the old stable running this long after the post-promotion analysis, so an abort "
+            "still switches back at once; then the rollout is Promoted and it stops. Default 30s."
+        ),
+    )
 
 
 class ShadowStrategy(_Model):
-    mirror_percent: int = Field(default=100, ge=1, le=100)
-    duration: Duration = 60.0
-    promote_on_success: bool = False  # after a good shadow: switch to the candidate, or just report
+    """Mirror live traffic to the candidate; users only ever get stable's answers."""
+
+    mirror_percent: int = Field(
+        default=100,
+        ge=1,
+        le=100,
+        description="Percent of user requests (1-100) copied to the candidate; its answers are discarded. Default 100.",
+    )
+    duration: Duration = Field(
+        default=60.0,
+        description=_duration_doc(
+            "Analysis time once the router reports the mirror applied; the shadow passes after it "
+            "with every metric's newest verdict Successful. Default 60s."
+        ),
+    )
+    promote_on_success: bool = Field(  # after a good shadow: switch to the candidate, or just report
+        default=False,
+        description=(
+            "After a passing shadow: true moves all traffic to the candidate (Promoted); false "
+            "(default) removes the mirror and stops the candidate, stable keeps serving (Succeeded)."
+        ),
+    )
 
 
 class InconclusiveOutcome(StrEnum):
@@ -312,26 +650,69 @@ class InconclusiveOutcome(StrEnum):
 
 
 class ABTestStrategy(_Model):
-    weight: int = Field(default=50, ge=1, le=99)
-    sticky: StickyKey | None = None
-    match: list[HeaderMatch] | None = None
-    metric: str = Field(pattern=DNS_LABEL, description="name of the analysis metric that picks the winner")
-    min_samples: int = Field(default=500, ge=1, le=100_000_000)
-    max_duration: Duration = 600.0
+    """Split users between the versions; promote the one proven better on one metric."""
+
+    weight: int = Field(
+        default=50, ge=1, le=99, description="Percent of users (1-99) sent to the candidate. Default 50."
+    )
+    sticky: StickyKey | None = Field(
+        default=None,
+        description=(
+            "Keep each user on one version: the router hashes this header or cookie. nginx and "
+            "gateway-api (Gateway API's experimental channel) only."
+        ),
+    )
+    match: list[HeaderMatch] | None = Field(
+        default=None,
+        description="Requests matching any of these always go to the candidate (e.g. testers). Not with kserve.",
+    )
+    metric: str = Field(
+        pattern=DNS_LABEL,
+        description=(
+            "Name of the analysis metric that picks the winner, by its direction; measured over "
+            "everything since the experiment started."
+        ),
+    )
+    min_samples: int = Field(
+        default=500,
+        ge=1,
+        le=100_000_000,
+        description="Observations each version needs before a winner can be named. Default 500.",
+    )
+    max_duration: Duration = Field(
+        default=600.0,
+        description=_duration_doc(
+            "Longest the experiment runs once the split is applied; then onInconclusive decides. Default 10m."
+        ),
+    )
     # a winner only when the difference is significant at this confidence (an always-valid
     # sequential test, so looking every interval does not inflate false winners)
     confidence: float = Field(
-        default=0.95, ge=0.5, le=0.9999, description="confidence that the winner is really better"
+        default=0.95,
+        ge=0.5,
+        le=0.9999,
+        description=(
+            "A winner only when the difference is significant at this confidence, by an always-valid "
+            "sequential test (looking every interval does not inflate false winners). 0.5-0.9999, "
+            "default 0.95."
+        ),
     )
     max_samples: int | None = Field(
         default=None,
         ge=1,
         le=1_000_000_000,
-        description="end the experiment at this many samples per version",
+        description=(
+            "End the experiment once each version has this many samples (at least minSamples); then "
+            "onInconclusive decides. Absent: maxDuration alone."
+        ),
     )
     on_inconclusive: InconclusiveOutcome = Field(
         default=InconclusiveOutcome.KEEP_STABLE,
-        description="outcome at maxDuration/maxSamples without a significant difference",
+        description=(
+            "Outcome at maxDuration or maxSamples without a significant difference (reason "
+            "ExperimentInconclusive): keep-stable (default; RolledBack) or promote-candidate "
+            "(Promoted, unless another metric holds the gate)."
+        ),
     )
 
     @model_validator(mode="after")
@@ -342,10 +723,20 @@ class ABTestStrategy(_Model):
 
 
 class Strategy(_Model):
-    canary: CanaryStrategy | None = None
-    blue_green: BlueGreenStrategy | None = None
-    shadow: ShadowStrategy | None = None
-    ab_test: ABTestStrategy | None = None
+    """How traffic moves to the candidate: exactly one of canary, blueGreen, shadow, abTest."""
+
+    canary: CanaryStrategy | None = Field(
+        default=None, description="Shift user traffic in steps: setWeight, pause, analysis (or generated)."
+    )
+    blue_green: BlueGreenStrategy | None = Field(
+        default=None, description="Preview without users, then switch all traffic at once."
+    )
+    shadow: ShadowStrategy | None = Field(
+        default=None, description="Mirror traffic to the candidate; users only get stable's answers."
+    )
+    ab_test: ABTestStrategy | None = Field(
+        default=None, description="Split users between the versions; promote the proven winner on one metric."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> Strategy:
@@ -364,25 +755,50 @@ class Strategy(_Model):
 
 
 class RolloutSpec(_Model):
-    service: str = Field(pattern=DNS_LABEL, description="the served model's name (route and metric label)")
-    stable: ModelRef
-    candidate: ModelRef
-    strategy: Strategy
-    analysis: AnalysisSpec = AnalysisSpec()
-    router: RouterSpec = RouterSpec()
+    """What to roll out and how: service, stable and candidate models, strategy, analysis."""
+
+    service: str = Field(
+        pattern=DNS_LABEL,
+        description=(
+            "Name of the served model (a DNS label): the `model` label of its metric series, the "
+            "route's name and, on a cluster, the InferenceServices' (<service>, or <service>-stable "
+            "and <service>-candidate). One rollout in progress per service."
+        ),
+    )
+    stable: ModelRef = Field(
+        description="The version serving users now; it gets all traffic back on rollback or abort."
+    )
+    candidate: ModelRef = Field(
+        description="The new version; on promotion it becomes the stable. Not the same model as stable."
+    )
+    strategy: Strategy = Field(
+        description="How traffic moves: exactly one of canary, blueGreen, shadow, abTest."
+    )
+    analysis: AnalysisSpec = Field(
+        default=AnalysisSpec(), description="The metrics that gate every step and the promotion."
+    )
+    router: RouterSpec = Field(
+        default=RouterSpec(),
+        description="The traffic router. Default: nginx for `rollout run`; the controller's --router in a cluster.",
+    )
     metrics_address: MetricsURL | None = Field(
         default=None,
         description=(
-            "Prometheus URL, http(s)://host[:port][/path]; default: the controller's (the local "
-            "stack's for rollout run). The controller fetches only addresses on its allow-list"
+            "URL of the Prometheus the controller queries, http(s)://host[:port][/path]: no user "
+            "info, query or fragment, never a link-local or cloud metadata address. Default: the "
+            "controller's --metrics-address (the chart's controller.prometheusUrl). It fetches only addresses its allow-list names "
+            "(--allowed-metrics-address; default its own address): any other makes the ModelRollout "
+            "Invalid (MetricsAddressRefused) and nothing is fetched. `rollout run` queries its local "
+            "stack's Prometheus."
         ),
     )
     progress_deadline: Duration = Field(
         default=600.0,
-        description=(
-            "longest the rollout may hold by itself (analysis inconclusive or unmeasurable, candidate "
-            "not ready) before it is rolled back (ProgressDeadlineExceeded); 0: no deadline. Human "
-            "pauses and waits for promote do not count"
+        description=_duration_doc(
+            "Longest the rollout may hold by itself (a metric Inconclusive, Failed under its limit or "
+            "unmeasurable; the candidate not ready; stable not serving) before it is rolled back "
+            "(ProgressDeadlineExceeded). A human's pause and a wait for promote do not count. 0: no "
+            "deadline; else at least the longest metric interval. Default 10m."
         ),
     )
 
@@ -418,19 +834,51 @@ class RolloutSpec(_Model):
         return self
 
 
+# Kubernetes' own wording for the fields every object has (apimachinery's ObjectMeta/TypeMeta docs)
+API_CONVENTIONS = "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md"
+API_VERSION_DOC = (
+    "APIVersion defines the versioned schema of this representation of an object. Servers should "
+    "convert recognized schemas to the latest internal value, and may reject unrecognized values. "
+    f"More info: {API_CONVENTIONS}#resources"
+)
+KIND_DOC = (
+    "Kind is a string value representing the REST resource this object represents. Servers may "
+    "infer this from the endpoint the client submits requests to. Cannot be updated. In CamelCase. "
+    f"More info: {API_CONVENTIONS}#types-kinds"
+)
+METADATA_DOC = f"Standard object's metadata. More info: {API_CONVENTIONS}#metadata"
+
+
 class ObjectMeta(_Model):
+    """The part of Kubernetes' ObjectMeta a rollout file uses; other keys are kept as they are."""
+
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow", frozen=True)
-    name: str = Field(pattern=DNS_LABEL)
-    namespace: str | None = Field(default=None, pattern=DNS_LABEL)
-    labels: dict[str, str] | None = None
+    name: str = Field(
+        pattern=DNS_LABEL, description="Name of the rollout (a DNS label), unique in its namespace."
+    )
+    namespace: str | None = Field(
+        default=None, pattern=DNS_LABEL, description="Namespace of the rollout (a DNS label)."
+    )
+    labels: dict[str, str] | None = Field(
+        default=None, description="Labels of the rollout, as in Kubernetes."
+    )
 
 
 class ModelRollout(_Model):
-    api_version: Literal["bento-rollout.io/v1alpha1"] = API_VERSION
-    kind: Literal["ModelRollout"] = KIND
-    metadata: ObjectMeta
-    spec: RolloutSpec
-    status: dict[str, Any] | None = None
+    """A progressive rollout of a BentoML model version (canary, blue/green, shadow, A/B)."""
+
+    api_version: Literal["bento-rollout.io/v1alpha1"] = Field(
+        default=API_VERSION, description=API_VERSION_DOC
+    )
+    kind: Literal["ModelRollout"] = Field(default=KIND, description=KIND_DOC)
+    metadata: ObjectMeta = Field(description=METADATA_DOC)
+    spec: RolloutSpec = Field(
+        description="What to roll out and how: service, stable and candidate models, strategy, analysis."
+    )
+    status: dict[str, Any] | None = Field(
+        default=None,
+        description="Written by the controller (phase, weights, analysis, history); ignored in a rollout file.",
+    )
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ one; the cross-field checks that pydantic does in Python validators (exactly one
 with steps or stepWeight, ...) are repeated as CEL rules (``x-kubernetes-validations``) so the API
 server rejects the same objects with the same message. Defaults are left out on purpose: the
 controller parses objects with pydantic, which applies them, and ``kubectl get -o yaml`` shows what
-the user wrote.
+the user wrote. Every property's description is its pydantic field's (``kubectl explain`` prints
+them; tests/unit/test_field_docs.py); the status schema, which the controller's status.py fills
+and pydantic does not model, is described here.
 
 Who calls it: ``python -m rollout.k8s.generate`` (writes k8s/crd/), the Helm values-schema
 generator (rollout/k8s/values_schema.py) and tests/unit/test_crd*.py (drift and structure checks).
@@ -200,13 +202,40 @@ def _status_schema() -> dict[str, Any]:
     """Status is written by the controller; only the fields the printer columns read are typed."""
     return {
         "type": "object",
+        "description": (
+            "Most recently observed state of the rollout, written by the controller: phase, reason, "
+            "message, currentStep and stepName, candidateWeight and weights (stable, candidate, "
+            "mirror percent), conditions (CandidateReady, StableReady, Progressing, Paused, "
+            "Completed, Succeeded), analysis (per metric: newest verdict, value, counts), history "
+            "(the last 30 events), startedAt, finishedAt, handoff, waitingFor, and under state the "
+            "engine's whole state, from which a restarted controller resumes."
+        ),
         "x-kubernetes-preserve-unknown-fields": True,
         "properties": {
-            "phase": {"type": "string"},
-            "message": {"type": "string"},
-            "currentStep": {"type": "integer"},
-            "candidateWeight": {"type": "integer"},
-            "observedGeneration": {"type": "integer"},
+            "phase": {
+                "type": "string",
+                "description": (
+                    "Pending, Progressing, Paused (by a user, waiting for promote, or holding by "
+                    "itself: see reason), Promoted, RolledBack, Aborted, Succeeded (a shadow that "
+                    "passed without promoting) or Invalid (the spec was refused: see message)."
+                ),
+            },
+            "message": {
+                "type": "string",
+                "description": "What the rollout does now, or why it ended, in words.",
+            },
+            "currentStep": {
+                "type": "integer",
+                "description": "Index, from 0, of the strategy's current step (stepName names it).",
+            },
+            "candidateWeight": {
+                "type": "integer",
+                "description": "Percent of user traffic the rollout routes to the candidate now.",
+            },
+            "observedGeneration": {
+                "type": "integer",
+                "description": "The metadata.generation of the spec this status was computed from.",
+            },
         },
     }
 
@@ -228,12 +257,15 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
+def _doc(model: type[Any]) -> str:
+    return " ".join((model.__doc__ or "").split())
+
+
 def crd() -> dict[str, Any]:
     """The whole CustomResourceDefinition object (apiextensions.k8s.io/v1)."""
     spec_schema = structural_schema()
-    spec_schema["description"] = (
-        "What to roll out and how: service, stable and candidate models, strategy, analysis."
-    )
+    top = spec.ModelRollout.model_fields  # apiVersion and kind in Kubernetes' own wording
+    spec_schema["description"] = top["spec"].description
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -262,11 +294,16 @@ def crd() -> dict[str, Any]:
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": "A progressive rollout of a BentoML model version (canary, blue/green, shadow, A/B).",
+                            "description": _doc(spec.ModelRollout),
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": top["api_version"].description,
+                                },
+                                "kind": {"type": "string", "description": top["kind"].description},
+                                # the API server refuses anything but name and generateName under
+                                # metadata, even a description: it documents ObjectMeta itself
                                 "metadata": {"type": "object"},
                                 "spec": spec_schema,
                                 "status": _status_schema(),

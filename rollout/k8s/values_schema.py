@@ -69,212 +69,345 @@ def _int(description: str, minimum: int | None = None, maximum: int | None = Non
 def _image(description: str) -> dict[str, Any]:
     return _obj(
         {
-            "repository": _str("image repository", minLength=1, pattern=IMAGE_REF),
-            "tag": _str("image tag", minLength=1),
-            "digest": _str("optional sha256 digest; wins over tag", pattern=r"^(sha256:[a-f0-9]{64})?$"),
-            "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+            "repository": _str(
+                "Image repository (registry host and path).",
+                minLength=1,
+                pattern=IMAGE_REF,
+            ),
+            "tag": _str("Image tag.", minLength=1),
+            "digest": _str(
+                "sha256:<64 hex> of the image; when set the image is pulled by digest and tag is "
+                "ignored. Empty: by tag.",
+                pattern=r"^(sha256:[a-f0-9]{64})?$",
+            ),
+            "pullPolicy": {
+                "enum": ["Always", "IfNotPresent", "Never"],
+                "description": "The container's imagePullPolicy.",
+            },
         },
         ["repository", "tag"],
         description,
     )
 
 
-def _resources() -> dict[str, Any]:
+def _resources(whose: str) -> dict[str, Any]:
     quantity = {"type": ["string", "number"], "pattern": K8S_QUANTITY}
-    amounts = _obj({"cpu": quantity, "memory": quantity, "ephemeral-storage": quantity})
-    return _obj({"requests": amounts, "limits": amounts}, description="container resources")
+    amounts = {
+        "cpu": {**quantity, "description": "CPU, a Kubernetes quantity (250m, 1)."},
+        "memory": {**quantity, "description": "Memory, a Kubernetes quantity (512Mi, 1Gi)."},
+        "ephemeral-storage": {**quantity, "description": "Local ephemeral storage, a Kubernetes quantity."},
+    }
+    return _obj(
+        {
+            "requests": _obj(amounts, description="What the scheduler reserves for the container."),
+            "limits": _obj(amounts, description="The most the container may use."),
+        },
+        description=f"Resources of {whose} (the container's resources, as in a Pod).",
+    )
 
 
 def _enabled(description: str, **props: Any) -> dict[str, Any]:
-    return _obj({"enabled": {"type": "boolean"}, **props}, ["enabled"], description)
+    flag = {"type": "boolean", "description": f"true: on. {description}."}
+    return _obj({"enabled": flag, **props}, ["enabled"], f"{description}.")
+
+
+def _labels(description: str) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": {"type": "string"}, "description": description}
 
 
 def values_schema() -> dict[str, Any]:
     model_ref = spec.ModelRef.model_json_schema(by_alias=True)["properties"]["model"]
     tag = {"type": "string", "pattern": model_ref["pattern"], "description": model_ref["description"]}
     digest = _str(
-        "sha256:<64 hex> of the model's artifact (ModelRollout stable.digest / candidate.digest); "
-        "empty: not pinned",
+        "sha256:<64 hex> of the model's artifact (`rollout models` shows it): set as "
+        "BENTO_MODEL_DIGEST on the predictor, whose server then refuses any other artifact under the "
+        "tag, and as the ModelRollout's stable.digest / candidate.digest. Empty: not pinned.",
         pattern=f"({spec.MODEL_DIGEST})|^$",
     )
     rollout_spec = _spec_part(spec.RolloutSpec)
     defs = rollout_spec.pop("$defs")
-    pct = _int("percent", 0, 100)
-    header_name = _str("HTTP header name", pattern=spec.HEADER_NAME)
+    header_name = _str("HTTP header name (letters, digits and '-').", pattern=spec.HEADER_NAME)
+    seconds = "seconds, for the readiness and liveness probes of the model server"
     schema: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "bento-rollout chart values",
         "$defs": defs,
         **_obj(
             {
-                "nameOverride": _str("replaces the chart name in object names"),
-                "fullnameOverride": _str("replaces release-chart in object names"),
-                "commonLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "nameOverride": _str("Replaces the chart name in object names."),
+                "fullnameOverride": _str("Replaces <release>-<chart> in object names."),
+                "commonLabels": _labels("Labels added to every object the chart renders."),
                 "service": _obj(
                     {
                         "name": _str(
-                            "the served model's name: InferenceService prefix, route and metric label",
+                            "The served model's name: InferenceService prefix, route and metric label "
+                            "(spec.service of the ModelRollout). At most 45 characters.",
                             pattern=spec.DNS_LABEL,
                             maxLength=45,
                         ),
-                        "port": _int("the Bento's HTTP port (OIP v2 and /metrics)", 1024, 65535),
+                        "port": _int("The Bento's HTTP port (OIP v2 and /metrics), 1024-65535.", 1024, 65535),
                     },
                     ["name", "port"],
+                    "The served model.",
                 ),
-                "image": _image("the Bento image (bentoml containerize of the root bentofile.yaml)"),
-                "imagePullSecrets": {"type": "array", "items": _obj({"name": _str("secret name")}, ["name"])},
+                "image": _image(
+                    "The Bento image (bentoml containerize of the root bentofile.yaml); one image serves "
+                    "every model version, BENTO_MODEL_TAG picks it."
+                ),
+                "imagePullSecrets": {
+                    "type": "array",
+                    "description": "Secrets for pulling the images (imagePullSecrets of the model and controller pods).",
+                    "items": _obj(
+                        {"name": _str("Name of a docker-registry Secret in the release's namespace.")},
+                        ["name"],
+                    ),
+                },
                 "models": _obj(
                     {
                         "stable": tag,
-                        "candidate": {**tag, "pattern": f"({tag['pattern']})|^$"},
+                        "candidate": {
+                            **tag,
+                            "pattern": f"({tag['pattern']})|^$",
+                            "description": f"{tag['description']} Empty: stable only.",
+                        },
                         "stableDigest": digest,
                         "candidateDigest": digest,
                     },
                     ["stable"],
                     "BentoML model tags; an empty candidate deploys stable only. A digest pins the "
-                    "model's artifact (`rollout models` shows it): the server refuses any other",
+                    "model's artifact (`rollout models` shows it): the server refuses any other.",
                 ),
                 "replicas": _obj(
-                    {"min": _int("minimum replicas", 0, 100), "max": _int("maximum replicas", 1, 100)}
+                    {
+                        "min": _int("minReplicas of each predictor, 0-100.", 0, 100),
+                        "max": _int("maxReplicas of each predictor, 1-100.", 1, 100),
+                    },
+                    description="Replicas of each model predictor (stable and candidate alike).",
                 ),
-                "resources": _resources(),
+                "resources": _resources("the model server container"),
                 "probes": _obj(
                     {
-                        "initialDelaySeconds": _int("seconds", 0, 600),
-                        "periodSeconds": _int("seconds", 1, 300),
-                        "timeoutSeconds": _int("seconds", 1, 60),
-                        "failureThreshold": _int("count", 1, 30),
-                    }
+                        "initialDelaySeconds": _int(
+                            f"Delay before the first check, {seconds}; 0-600.", 0, 600
+                        ),
+                        "periodSeconds": _int(f"Time between checks, {seconds}; 1-300.", 1, 300),
+                        "timeoutSeconds": _int(f"Time a check may take, {seconds}; 1-60.", 1, 60),
+                        "failureThreshold": _int(
+                            "Failed checks in a row before not ready (or restarted), 1-30.", 1, 30
+                        ),
+                    },
+                    description="Readiness (/v2/health/ready) and liveness (/v2/health/live) probes of the model server.",
                 ),
                 "securityContext": _obj(
-                    {"runAsUser": _int("uid", 1), "runAsGroup": _int("gid", 1), "fsGroup": _int("gid", 1)},
-                    description="ids of the non-root user; the rest of the restricted context is fixed",
+                    {
+                        "runAsUser": _int("uid the model server runs as (not 0).", 1),
+                        "runAsGroup": _int("gid the model server runs as (not 0).", 1),
+                        "fsGroup": _int("fsGroup of the model pods (istio / gateway-api modes only).", 1),
+                    },
+                    description="ids of the non-root user; the rest of the restricted context is fixed.",
                 ),
                 "routing": _obj(
                     {
-                        "mode": {"enum": ROUTING_MODES, "description": "which object splits traffic"},
-                        "candidateWeight": {**pct, "description": "percent of user traffic to the candidate"},
+                        "mode": {
+                            "enum": ROUTING_MODES,
+                            "description": (
+                                "Which object splits traffic: kserve, one InferenceService's "
+                                "canaryTrafficPercent (Knative mode); istio, a VirtualService; "
+                                "gateway-api, an HTTPRoute (both over stable and candidate "
+                                "InferenceServices in Standard mode). Also the controller's --router."
+                            ),
+                        },
+                        "candidateWeight": _int(
+                            "Percent of user traffic to the candidate at install (0-100); the controller "
+                            "changes it as a rollout steps.",
+                            0,
+                            100,
+                        ),
                         "mirror": _enabled(
                             "istio / gateway-api: copy stable's traffic to the candidate (shadow)",
-                            percent=_int("percent of requests mirrored", 1, 100),
+                            percent=_int("Percent of requests mirrored, 1-100.", 1, 100),
                         ),
                         "headerMatch": _enabled(
                             "istio / gateway-api: requests with this header value go to the candidate",
                             header=header_name,
-                            value=_str("exact header value", minLength=1, maxLength=256),
+                            value=_str(
+                                "The exact header value, 1-256 characters.", minLength=1, maxLength=256
+                            ),
                         ),
-                        "hosts": {"type": "array", "items": _str("host name", minLength=1)},
+                        "hosts": {
+                            "type": "array",
+                            "description": (
+                                "Host names of the route (VirtualService hosts, HTTPRoute hostnames). "
+                                "Empty: the service's cluster-local name (istio), any (gateway-api)."
+                            ),
+                            "items": _str("A host name.", minLength=1),
+                        },
                         "istio": _obj(
-                            {"gateways": {"type": "array", "items": _str("namespace/name of a Gateway")}}
+                            {
+                                "gateways": {
+                                    "type": "array",
+                                    "description": "Gateways of the VirtualService; empty: the mesh only.",
+                                    "items": _str("namespace/name of an Istio Gateway."),
+                                }
+                            },
+                            description="istio mode settings.",
                         ),
                         "gatewayApi": _obj(
                             {
                                 "parentRefs": {
                                     "type": "array",
+                                    "description": "The Gateways the HTTPRoute attaches to (at least one).",
                                     "minItems": 1,
                                     "items": _obj(
                                         {
-                                            "name": _str("Gateway name", pattern=spec.DNS_LABEL),
-                                            "namespace": _str("Gateway namespace", pattern=spec.DNS_LABEL),
-                                            "sectionName": _str("listener name"),
+                                            "name": _str("Gateway name.", pattern=spec.DNS_LABEL),
+                                            "namespace": _str(
+                                                "Gateway namespace; default: the release's.",
+                                                pattern=spec.DNS_LABEL,
+                                            ),
+                                            "sectionName": _str(
+                                                "Listener name on the Gateway; default: all."
+                                            ),
                                         },
                                         ["name"],
                                     ),
                                 }
-                            }
+                            },
+                            description="gateway-api mode settings.",
                         ),
                     },
                     ["mode"],
+                    "How user traffic reaches stable and candidate.",
                 ),
                 "controller": _obj(
                     {
-                        "enabled": {"type": "boolean"},
-                        "replicas": _int("controller replicas; more than 1 needs leader election", 0, 5),
-                        "image": _image("the rollout controller image (runs `rollout controller`)"),
+                        "enabled": {
+                            "type": "boolean",
+                            "description": "true: deploy the rollout controller (`rollout controller`) and its RBAC.",
+                        },
+                        "replicas": _int(
+                            "Controller replicas, 0-5; more than 1 needs leader election.", 0, 5
+                        ),
+                        "image": _image("The rollout controller image (runs `rollout controller`)."),
                         "leaderElection": _enabled(
-                            "only the holder of a Lease acts",
+                            "Only the holder of a Lease acts",
                             leaseDuration={
                                 "type": "number",
                                 "minimum": 2,
                                 "maximum": 600,
-                                "description": "seconds",
+                                "description": "Seconds a leader holds the Lease without renewing it, 2-600.",
                             },
                         ),
                         "prometheusUrl": _str(
-                            "Prometheus the analysis queries: http(s)://host[:port][/path]",
+                            "Prometheus the analysis queries, http(s)://host[:port][/path]: the "
+                            "controller's --metrics-address, the metricsAddress of the chart's "
+                            "ModelRollout, and always on the allow-list.",
                             pattern=URL_PATTERN,
                             maxLength=MAX_URL,
                         ),
                         "allowedMetricsAddresses": {
                             "type": "array",
-                            "description": "what else spec.metricsAddress may name (prometheusUrl always "
-                            "may); link-local and cloud metadata addresses never",
+                            "description": "What else spec.metricsAddress may name (prometheusUrl always "
+                            "may); any other is refused (Invalid, MetricsAddressRefused) and never "
+                            "fetched; link-local and cloud metadata addresses never, even when listed.",
                             "items": _str(
-                                "host, host:port or an http(s)://host:port/path prefix",
+                                "host (any port), host:port or an http(s)://host:port/path prefix.",
                                 pattern=f"({URL_PATTERN})|({HOST_PORT})",
                                 maxLength=MAX_URL,
                             ),
                         },
-                        "logLevel": {"enum": ["debug", "info", "warning", "error"]},
+                        "logLevel": {
+                            "enum": ["debug", "info", "warning", "error"],
+                            "description": "The controller's log level.",
+                        },
                         "metricsPort": _int(
-                            "port of the controller's /metrics and of its probes' /healthz and /readyz",
+                            "Port of the controller's /metrics (the rollout_* series) and of its probes' "
+                            "/healthz and /readyz, 1024-65535.",
                             1024,
                             65535,
                         ),
                         "healthPort": _int(
-                            "port of kopf's own /healthz (the leader's only; not probed)", 1024, 65535
+                            "Port of kopf's own /healthz (the leader's only; not probed), 1024-65535.",
+                            1024,
+                            65535,
                         ),
-                        "resources": _resources(),
+                        "resources": _resources("the controller container"),
                     },
                     ["enabled"],
+                    "The rollout controller: reconciles the ModelRollouts of the release's namespace.",
                 ),
                 "monitoring": _obj(
                     {
-                        "enabled": {"type": "boolean"},
-                        "kind": {"enum": MONITOR_KINDS},
-                        "interval": _str("scrape interval", pattern=K8S_DURATION),
-                        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "enabled": {
+                            "type": "boolean",
+                            "description": "true: render the monitor and, as enabled below, the rules and dashboard.",
+                        },
+                        "kind": {
+                            "enum": MONITOR_KINDS,
+                            "description": (
+                                "PodMonitor scrapes the model pods (every routing mode); ServiceMonitor "
+                                "the predictor Services (istio, gateway-api only)."
+                            ),
+                        },
+                        "interval": _str("Scrape interval, a duration such as 15s.", pattern=K8S_DURATION),
+                        "labels": _labels(
+                            "Labels your Prometheus selects monitors and rules by (kube-prometheus-stack: "
+                            "release: <name>)."
+                        ),
                         "rules": _enabled("PrometheusRule with the alerts and recording rules"),
                         "dashboard": _enabled(
                             "Grafana dashboard ConfigMap picked up by Grafana's sidecar",
-                            sidecarLabel=_str("label the sidecar watches", minLength=1),
-                            sidecarLabelValue=_str("its value"),
-                            folder=_str("Grafana folder annotation value"),
+                            sidecarLabel=_str("Label the Grafana sidecar watches.", minLength=1),
+                            sidecarLabelValue=_str("Value of that label."),
+                            folder=_str("Grafana folder annotation value; empty: none."),
                         ),
                     },
                     ["enabled"],
+                    "Prometheus Operator monitors, alert rules and the Grafana dashboard.",
                 ),
                 "networkPolicy": _enabled(
-                    "allow the model pods' port only from these namespaces and this release",
-                    ingressNamespaces={"type": "array", "items": _str("namespace", pattern=spec.DNS_LABEL)},
+                    "Allow the model pods' ports only from these namespaces and this release",
+                    ingressNamespaces={
+                        "type": "array",
+                        "description": (
+                            "Namespaces whose pods may reach the model pods (ingress gateways, Knative's "
+                            "activator and autoscaler, Prometheus)."
+                        ),
+                        "items": _str("A namespace name.", pattern=spec.DNS_LABEL),
+                    },
                 ),
                 "podDisruptionBudget": _enabled(
-                    "keep model pods up during node drains",
-                    maxUnavailable=_int("pods evicted at a time", 1, 100),
+                    "Keep model pods up during node drains",
+                    maxUnavailable=_int("Model pods evicted at a time, 1-100.", 1, 100),
                 ),
                 "loadtest": _enabled(
-                    "a Locust Job against the service (loadtests/)",
-                    image=_image("Locust image"),
-                    locustfile=_str("file in loadtests/", pattern=r"^[A-Za-z0-9_.-]+\.py$"),
-                    host=_str("target URL; default: the service's address", pattern=r"^$|^https?://.+"),
-                    users=_int("concurrent users", 1, 10000),
-                    spawnRate=_int("users started per second", 1, 1000),
-                    runTime=_str("how long", pattern=r"^[0-9]+(s|m|h)$"),
-                    activeDeadlineSeconds=_int("hard stop", 60, 86400),
+                    "A Locust Job against the service (loadtests/)",
+                    image=_image("Image with Locust and the locustfile's imports."),
+                    locustfile=_str("File in loadtests/ to run.", pattern=r"^[A-Za-z0-9_.-]+\.py$"),
+                    host=_str(
+                        "Target URL; default: the service's cluster-local address (kserve) or the "
+                        "first of routing.hosts.",
+                        pattern=r"^$|^https?://.+",
+                    ),
+                    users=_int("Concurrent users, 1-10000.", 1, 10000),
+                    spawnRate=_int("Users started per second, 1-1000.", 1, 1000),
+                    runTime=_str("How long the test runs, e.g. 2m.", pattern=r"^[0-9]+(s|m|h)$"),
+                    activeDeadlineSeconds=_int("Hard stop of the Job, seconds, 60-86400.", 60, 86400),
                 ),
                 "rollout": _obj(
                     {
                         "enabled": {
                             "type": "boolean",
-                            "description": "create a ModelRollout of stable -> candidate",
+                            "description": "true: create a ModelRollout of models.stable -> models.candidate.",
                         },
                         "name": _str(
-                            "ModelRollout name (default: the service name)", pattern=r"^$|" + spec.DNS_LABEL
+                            "ModelRollout name (default: the service name).", pattern=r"^$|" + spec.DNS_LABEL
                         ),
                         "strategy": rollout_spec["properties"]["strategy"],
                         "analysis": rollout_spec["properties"]["analysis"],
                     },
                     ["enabled"],
+                    "A ModelRollout run by the controller; strategy and analysis as in rollout/spec.py.",
                 ),
             },
             ["service", "image", "models", "routing"],
