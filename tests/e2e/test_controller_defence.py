@@ -47,6 +47,7 @@ from rollout.spec import RolloutSpec
 from tests.e2e import test_controller as tc
 from tests.e2e.test_controller import isvc, phase_is, rollout, status, vs_weights, wait_for
 from tests.e2e.test_controller_strategies import RouteRecorder
+from tests.kit import ManualClock
 
 # the fixtures of test_controller.py: the CRD, an admin client, `rollout controller` processes
 rollout_crd, kube, controllers = tc.rollout_crd, tc.kube, tc.controllers
@@ -189,14 +190,6 @@ def test_an_unexpected_error_holds_the_rollout_with_one_event_and_it_recovers(
     assert proc.poll() is None
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _no_metrics(spec: RolloutSpec) -> Any:
     raise MetricsUnavailableError("no metrics in this test")
 
@@ -215,7 +208,7 @@ def test_the_same_error_writes_nothing_and_backs_off_and_a_clean_reconcile_resum
         routers.append(FlakyRouter(default_router(spec, namespace, client)))
         return routers[-1]
 
-    clock = Clock()
+    clock = ManualClock()
     rec = Reconciler(kube, _no_metrics, router_factory=factory, clock=clock)
     assert rec.reconcile(ns, name).desired_routes.candidate_weight == 20
     routers[-1].fault = KeyError("primary")
@@ -267,7 +260,7 @@ def test_an_error_after_the_state_was_written_holds_without_flapping(
         routers[-1].set_fault = KeyError("weights")
         return routers[-1]
 
-    clock = Clock()
+    clock = ManualClock()
     rec = Reconciler(kube, _no_metrics, router_factory=factory, clock=clock)
     for _ in range(5):
         with pytest.raises(HeldError):
@@ -304,7 +297,7 @@ def test_forbidden_by_the_charts_role_holds_the_rollout_saying_so(
         isvc(kube, ns, f"fraud-{role}")
     body = rollout("fraud", [{"setWeight": 30}, {"pause": {}}, {"setWeight": 100}], service="fraud")
     kube.create(MODEL_ROLLOUT, ns, body)
-    rec = Reconciler(sa, _no_metrics, clock=Clock())
+    rec = Reconciler(sa, _no_metrics, clock=ManualClock())
     delays = []
     with caplog.at_level(logging.INFO, logger="rollout.controller"):
         for _ in range(3):
@@ -348,7 +341,7 @@ def test_any_exception_from_a_measurement_is_a_measurement_error(
         name, [{"setWeight": 20}, {"analysis": {"intervals": 2}}, {"setWeight": 100}], analysis=analysis
     )
     kube.create(MODEL_ROLLOUT, ns, body)
-    clock = Clock()
+    clock = ManualClock()
     rec = Reconciler(kube, lambda spec: BrokenProvider(), clock=clock)
     seen = []
     with caplog.at_level(logging.INFO, logger="rollout.controller"):
@@ -414,7 +407,7 @@ def test_a_spec_the_engine_cannot_start_is_invalid_and_holds_no_service(
         MODEL_ROLLOUT, ns, rollout("iris-bad", [{"setWeight": 10}, {"analysis": {}}], analysis=analysis)
     )
     kube.create(MODEL_ROLLOUT, ns, _next("iris-next", [{"setWeight": 30}, {"pause": {}}]))
-    rec = Reconciler(kube, _no_metrics, clock=Clock())
+    rec = Reconciler(kube, _no_metrics, clock=ManualClock())
     with pytest.raises(PermanentError, match="unknown template 'nope'"):
         rec.reconcile(ns, "iris-bad")
     bad = status(kube, ns, "iris-bad")

@@ -42,14 +42,14 @@ import pytest
 import yaml
 
 from rollout.demo.scenarios import locust
-from rollout.local.bento import BentoServer, start_bento_server
-from rollout.local.processes import free_port
+from rollout.local.bento import BentoServer
 from rollout.local.runner import LocalRunner, rollout_dir
 from rollout.local.stack import LocalStack
 from rollout.model import Phase, Reason, RolloutState
 from rollout.routers.base import Backend, Routes, RouteTarget
-from rollout.spec import ModelRollout, parse_rollout
+from rollout.spec import ModelRollout
 from rollout.state import StateStore
+from tests.kit import bento_servers, rollout_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -75,19 +75,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def servers(home: Path) -> Iterator[dict[str, BentoServer]]:
     """iris:v1 and iris:v2, started once (in parallel) and reused by every drill."""
-    logs = home / "logs"
-    logs.mkdir()
-    started = {
-        v: start_bento_server(f"iris:{v}", free_port(), wait=False, log_path=logs / f"{v}.log")
-        for v in ("v1", "v2")
-    }
-    try:
-        for s in started.values():
-            s.wait_ready(300)
+    with bento_servers(home / "logs") as started:
         yield started
-    finally:
-        for s in started.values():
-            s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -111,25 +100,8 @@ def reset(stack: LocalStack, servers: dict[str, BentoServer], service: str = SER
 
 def make_rollout(name: str, steps: list[dict[str, Any]], metrics: list[dict[str, Any]] | None = None,
                  interval: str = "1s", error_limit: int = 5, service: str = SERVICE) -> ModelRollout:  # fmt: skip
-    return parse_rollout(
-        {
-            "apiVersion": "bento-rollout.io/v1alpha1",
-            "kind": "ModelRollout",
-            "metadata": {"name": name},
-            "spec": {
-                "service": service,
-                "stable": {"model": "iris:v1"},
-                "candidate": {"model": "iris:v2"},
-                "strategy": {"canary": {"steps": steps}},
-                "analysis": {
-                    "interval": interval,
-                    "window": "5s",
-                    "errorLimit": error_limit,
-                    "metrics": metrics or [],
-                },  # fmt: skip
-            },
-        }
-    )
+    analysis = {"interval": interval, "window": "5s", "errorLimit": error_limit, "metrics": metrics or []}
+    return rollout_spec(name, service=service, strategy={"canary": {"steps": steps}}, analysis=analysis)
 
 
 def spec_file(rollout: ModelRollout, directory: Path) -> Path:

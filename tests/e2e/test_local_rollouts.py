@@ -30,7 +30,8 @@ from rollout.local.control import abort_now
 from rollout.local.runner import LocalRunner, rollout_dir
 from rollout.local.stack import LocalStack
 from rollout.model import Phase, Reason, RolloutState
-from rollout.spec import ModelRollout, parse_rollout
+from rollout.spec import ModelRollout
+from tests.kit import rollout_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -54,19 +55,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 def make_rollout(name: str, strategy: dict[str, Any], metrics: list[dict[str, Any]], candidate: str = "iris:v2",
                  interval: str = "2s", window: str = "6s") -> ModelRollout:  # fmt: skip
-    return parse_rollout(
-        {
-            "apiVersion": "bento-rollout.io/v1alpha1",
-            "kind": "ModelRollout",
-            "metadata": {"name": name},
-            "spec": {
-                "service": SERVICE,
-                "stable": {"model": "iris:v1"},
-                "candidate": {"model": candidate},
-                "strategy": strategy,
-                "analysis": {"interval": interval, "window": window, "metrics": metrics},
-            },
-        }
+    analysis = {"interval": interval, "window": window, "metrics": metrics}
+    return rollout_spec(
+        name, service=SERVICE, candidate={"model": candidate}, strategy=strategy, analysis=analysis
     )
 
 

@@ -19,17 +19,10 @@ from rollout.model import Phase
 from rollout.spec import RolloutSpec
 from tests.e2e import test_controller as base
 from tests.e2e.test_controller import isvc, rollout, vs_weights
+from tests.kit import ManualClock
 
 pytestmark = pytest.mark.k8s
 kube, rollout_crd = base.kube, base.rollout_crd
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _no_metrics(spec: RolloutSpec) -> Any:
@@ -50,7 +43,7 @@ def test_reconciler_steps_with_an_injected_clock_and_refuses_stale_writes(
         {"setWeight": 100},
     ]
     kube.create(MODEL_ROLLOUT, ns, rollout("iris", steps))
-    clock = Clock()
+    clock = ManualClock()
     rec = Reconciler(kube, _no_metrics, clock=clock)
 
     state = rec.reconcile(ns, "iris")
@@ -116,7 +109,9 @@ def test_a_spec_without_cluster_router_uses_the_controllers_default(
     body = rollout("plain", [{"setWeight": 10}, {"pause": {}}])
     del body["spec"]["router"]
     kube.create(MODEL_ROLLOUT, ns, body)
-    state = Reconciler(kube, _no_metrics, clock=Clock(), default_provider="istio").reconcile(ns, "plain")
+    state = Reconciler(kube, _no_metrics, clock=ManualClock(), default_provider="istio").reconcile(
+        ns, "plain"
+    )
     assert state is not None and state.desired_routes.candidate_weight == 10
     assert vs_weights(kube, ns) == {"stable": 90, "candidate": 10}
     local = Reconciler(kube, _no_metrics, default_provider="nginx")
@@ -134,7 +129,7 @@ def test_a_spec_without_cluster_router_uses_the_controllers_default(
     named = rollout("named", [{"setWeight": 10}, {"pause": {}}], router={"provider": "nginx"})
     kube.create(MODEL_ROLLOUT, ns, named)
     with pytest.raises(PermanentError, match="leave router.provider out for the controller's"):
-        Reconciler(kube, _no_metrics, clock=Clock(), default_provider="istio").reconcile(ns, "named")
+        Reconciler(kube, _no_metrics, clock=ManualClock(), default_provider="istio").reconcile(ns, "named")
     assert kube.get(MODEL_ROLLOUT, ns, "named")["status"]["phase"] == "Invalid"
 
 
@@ -159,7 +154,7 @@ def test_no_prometheus_address_at_all_is_a_measurement_error_in_the_status(
         "iris", [{"setWeight": 30}, {"analysis": {"intervals": 2}}, {"setWeight": 100}], analysis=analysis
     )
     kube.create(MODEL_ROLLOUT, ns, body)
-    clock = Clock()
+    clock = ManualClock()
     rec = Reconciler(kube, _metrics_factory(None), clock=clock)
     seen = []
     for _ in range(8):
@@ -216,7 +211,7 @@ def test_a_pin_the_inference_service_does_not_carry_holds_the_rollout_until_it_d
     body = rollout("iris", [{"setWeight": 20}, {"pause": {}}])
     body["spec"]["candidate"]["digest"] = pin
     kube.create(MODEL_ROLLOUT, ns, body)
-    rec = Reconciler(kube, _no_metrics, clock=Clock())
+    rec = Reconciler(kube, _no_metrics, clock=ManualClock())
     with pytest.raises(HeldError) as held:
         rec.reconcile(ns, "iris")
     assert (

@@ -29,8 +29,9 @@ from rollout.local.runner import LocalRunner
 from rollout.local.stack import LocalStack
 from rollout.model import Phase, Reason, RolloutState
 from rollout.routers.base import RouteTarget
-from rollout.spec import ModelRollout, parse_rollout
+from rollout.spec import ModelRollout
 from tests.e2e import test_faults as faults
+from tests.kit import rollout_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SERVICE = "iris"
@@ -57,20 +58,8 @@ def stack(home: Path) -> Iterator[LocalStack]:
 
 
 def rollout(name: str, strategy: dict[str, Any]) -> ModelRollout:
-    return parse_rollout(
-        {
-            "apiVersion": "bento-rollout.io/v1alpha1",
-            "kind": "ModelRollout",
-            "metadata": {"name": name},
-            "spec": {
-                "service": SERVICE,
-                "stable": {"model": "iris:v1"},
-                "candidate": {"model": "iris:v2"},
-                "strategy": strategy,
-                "analysis": {"interval": "2s", "window": "10s", "metrics": METRICS},
-            },
-        }
-    )
+    analysis = {"interval": "2s", "window": "10s", "metrics": METRICS}
+    return rollout_spec(name, service=SERVICE, strategy=strategy, analysis=analysis)
 
 
 def serve_stable(stack: LocalStack) -> None:

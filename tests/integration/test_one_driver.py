@@ -33,14 +33,14 @@ import yaml
 
 from rollout.actions import Observations
 from rollout.engine import new_rollout, step
-from rollout.local.bento import BentoServer, start_bento_server
-from rollout.local.processes import free_port
+from rollout.local.bento import BentoServer
 from rollout.local.runner import rollout_dir
 from rollout.local.stack import LocalStack
 from rollout.model import Phase, Reason, RolloutState
 from rollout.routers.base import Backend, Routes, RouteTarget
-from rollout.spec import ModelRollout, parse_rollout
+from rollout.spec import ModelRollout
 from rollout.state import StateStore
+from tests.kit import bento_servers, rollout_spec
 
 pytestmark = pytest.mark.integration
 ROLLOUT = str(Path(sys.executable).with_name("rollout"))
@@ -53,17 +53,8 @@ QUICK = [{"setWeight": 50}, {"pause": {"duration": "1s"}}, {"setWeight": 100}]
 def servers(bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, BentoServer]]:
     logs = tmp_path_factory.mktemp("one-driver-logs")
     os.environ["BENTOML_HOME"] = str(bentoml_home)
-    started = {
-        v: start_bento_server(f"iris:{v}", free_port(), wait=False, log_path=logs / f"{v}.log")
-        for v in ("v1", "v2")
-    }
-    try:
-        for s in started.values():
-            s.wait_ready(300)
+    with bento_servers(logs) as started:
         yield started
-    finally:
-        for s in started.values():
-            s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -85,18 +76,8 @@ def reset(stack: LocalStack, servers: dict[str, BentoServer]) -> dict[str, Backe
 
 
 def make_rollout(name: str, steps: list[dict[str, Any]], candidate: str = "iris:v2") -> ModelRollout:
-    return parse_rollout(
-        {
-            "apiVersion": "bento-rollout.io/v1alpha1",
-            "kind": "ModelRollout",
-            "metadata": {"name": name},
-            "spec": {
-                "service": SERVICE,
-                "stable": {"model": "iris:v1"},
-                "candidate": {"model": candidate},
-                "strategy": {"canary": {"steps": steps}},
-            },
-        }
+    return rollout_spec(
+        name, service=SERVICE, candidate={"model": candidate}, strategy={"canary": {"steps": steps}}
     )
 
 

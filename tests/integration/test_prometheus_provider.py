@@ -30,6 +30,7 @@ from rollout.metrics.prometheus import PrometheusProvider
 from rollout.metrics.sampler import SampleContext, collect
 from rollout.spec import load_rollout
 from tests.integration.fake_prometheus import ONE, FakePrometheus, Reply, answer, vector
+from tests.kit import ManualClock
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -39,14 +40,6 @@ REPO = Path(__file__).resolve().parents[2]
 def fake() -> Iterator[FakePrometheus]:
     with FakePrometheus() as server:
         yield server
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 # --- a hung Prometheus -----------------------------------------------------------------------------
@@ -88,7 +81,7 @@ def test_one_analysis_round_against_a_hung_prometheus_costs_one_timeout(fake: Fa
 
 
 def test_after_the_hold_off_it_asks_again_and_an_answer_closes_the_breaker(fake: FakePrometheus) -> None:
-    clock = Clock()
+    clock = ManualClock(1000.0)
     provider = PrometheusProvider(fake.url, timeout=0.3, hold_off=2.0, clock=clock)
     fake.reply = Reply(hang=True)
     with pytest.raises(MetricsUnavailableError) as first:
