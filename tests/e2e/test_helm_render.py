@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from rollout.k8s import generate
-from tests.e2e.helmkit import CHART, by_kind, pod_specs, run_helm, set_args, template
+from tests.e2e.helmkit import CHART, ROOT, by_kind, pod_specs, run_helm, set_args, template
 
 pytestmark = pytest.mark.k8s
 
@@ -225,6 +225,20 @@ def test_the_kserve_mode_predictor_is_one_knatives_default_features_admit(home: 
     sc = container["securityContext"]
     assert set(sc) <= KNATIVE_CONTAINER_SECURITY_FIELDS
     assert set(sc["capabilities"]) == {"drop"}  # adding one needs another feature flag
+    assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"]) == (1034, 1034, True)
+
+
+def test_the_kustomize_base_inference_service_is_one_knative_admits_under_current_names() -> None:
+    """k8s/base (kubectl apply -k) had the chart's two old faults: the deprecated Serverless name
+    and a pod-level securityContext, with which the Knative Service was never created."""
+    isvc = yaml.safe_load((ROOT / "k8s" / "base" / "inferenceservice.yaml").read_text())
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
+    predictor = isvc["spec"]["predictor"]
+    assert set(predictor) - KSERVE_COMPONENT_FIELDS <= KNATIVE_POD_FIELDS
+    (container,) = predictor["containers"]
+    assert set(container) <= KNATIVE_CONTAINER_FIELDS
+    sc = container["securityContext"]
+    assert set(sc) <= KNATIVE_CONTAINER_SECURITY_FIELDS
     assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"]) == (1034, 1034, True)
 
 
