@@ -272,6 +272,10 @@ class Range(_Model):
         return self
 
 
+class MetricProviderKind(StrEnum):
+    PROMETHEUS = "prometheus"
+
+
 class Direction(StrEnum):
     """Which way a metric's value is better."""
 
@@ -394,11 +398,11 @@ class MetricSpec(_Model):
             "gate holds and progressDeadline applies. 0-1000."
         ),
     )
-    provider: str = Field(
-        default="prometheus",
+    provider: MetricProviderKind = Field(
+        default=MetricProviderKind.PROMETHEUS,
         description=(
-            "Reserved: Prometheus is the only metric provider, and every metric is queried there "
-            "(spec.metricsAddress) whatever this says. Default prometheus."
+            "Where the metric is queried: prometheus (spec.metricsAddress), the only provider; "
+            "any other name is refused, never queried on Prometheus instead. Default prometheus."
         ),
     )
 
