@@ -18,7 +18,7 @@ from rollout.analysis import checks
 from rollout.analysis.base import HistogramSample, Judge, Measurement, ProportionSample, Verdict
 from rollout.analysis.checks import check_sample, complete
 from rollout.analysis.experiment import ExperimentTest, decide
-from rollout.analysis.registry import make_judge, template_of
+from rollout.analysis.registry import higher_is_better, make_judge, template_of
 from rollout.analysis.threshold import headline, sample_size
 from rollout.errors import RolloutError
 from rollout.metrics.templates import Headline
@@ -35,7 +35,7 @@ from rollout.model import (
     RolloutState,
 )
 from rollout.routers.base import Routes
-from rollout.spec import Direction, JudgeKind, MetricSpec, RolloutSpec
+from rollout.spec import JudgeKind, MetricSpec, RolloutSpec
 from rollout.strategies.base import Comparison, Decision, DecisionKind, Gate, Note
 
 JudgeFactory = Callable[[MetricSpec], Judge]
@@ -392,7 +392,7 @@ def compare(metric: MetricSpec, sample: object, confidence: float | None = None)
         else:
             return None
         n_c, n_s = sample_size(sample)
-        higher = metric.direction == Direction.HIGHER_IS_BETTER
+        higher = higher_is_better(metric)
         result = None
         if confidence is not None and template is not None:
             test = ExperimentTest(template, metric.judge.min_effect, higher, confidence)

@@ -365,13 +365,13 @@ class MetricSpec(_Model):
     judge: JudgeSpec = Field(
         default=JudgeSpec(), description="How measurements are judged. Default: threshold."
     )
-    direction: Direction = Field(
-        default=Direction.LOWER_IS_BETTER,
+    direction: Direction | None = Field(
+        default=None,
         description=(
-            "lower (default) or higher: which way the value is better. Only the A/B test reads it, to "
-            "name the winner on its metric: set higher for accuracy and shadow-agreement, it is not "
-            "taken from the template. The judges ignore it (a regression is what the template counts "
-            "as bad)."
+            "lower or higher: which way the value is better. Only the A/B test reads it, to name the "
+            "winner on its metric. Left out: the template's (higher for accuracy and "
+            "shadow-agreement, lower for the others); lower for a raw query. The judges ignore it "
+            "(a regression is what the template counts as bad)."
         ),
     )
     interval: Duration | None = Field(

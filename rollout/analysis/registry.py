@@ -16,7 +16,7 @@ from rollout.analysis.sequential import SequentialJudge
 from rollout.analysis.threshold import ThresholdJudge
 from rollout.errors import SpecError, UnknownProviderError
 from rollout.metrics.templates import SampleKind, Template, get_template
-from rollout.spec import JudgeKind, MetricSpec
+from rollout.spec import Direction, JudgeKind, MetricSpec
 
 JudgeFactory = Callable[[MetricSpec, Template | None], Judge]
 
@@ -47,6 +47,15 @@ def template_of(metric: MetricSpec) -> Template | None:
     except SpecError as exc:
         reason = exc.message.removeprefix(f"{exc.field}: ") if exc.field else exc.message
         raise SpecError(f"metric {metric.name!r}: {reason}", field="template") from None
+
+
+def higher_is_better(metric: MetricSpec) -> bool:
+    """Which way the metric's value is better (the A/B winner): as written, else its template's
+    (accuracy and shadow-agreement higher, the others lower), else lower (a raw query)."""
+    if metric.direction is not None:
+        return metric.direction == Direction.HIGHER_IS_BETTER
+    template = template_of(metric)
+    return template is not None and template.higher_is_better
 
 
 def make_judge(metric: MetricSpec) -> Judge:

@@ -71,6 +71,12 @@ class Template:
     def has_stable(self) -> bool:
         return self.test != Test.NONE
 
+    @property
+    def higher_is_better(self) -> bool:
+        """Which way the headline is better: a good rate (accuracy, agreement) higher; a bad rate,
+        a quantile, a distance (shift, drift) lower."""
+        return self.headline == Headline.GOOD_RATE
+
 
 # the prediction endpoints (``endpoint`` label of requests and durations): feedback posts are not
 # model answers and would dilute the error rate and the latency

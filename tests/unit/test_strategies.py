@@ -247,3 +247,15 @@ def test_no_step_mutates_its_input(spec, source):
             break
         edge.now += 1
     assert state.done
+
+
+def test_ab_on_accuracy_without_a_direction_picks_the_more_accurate_version():
+    """direction left out defaulted to lower for every metric: an A/B test on accuracy promoted
+    the LESS accurate version. Now the template's way applies (accuracy: higher is better)."""
+    metric = {"name": "accuracy", "template": "accuracy", "threshold": {"min": 0.5}}
+    strategy = {"abTest": {"weight": 50, "metric": "accuracy", "minSamples": 300}}
+    edge = FakeEdge(source=proportions(0.05, 0.10, 10))  # candidate 95 % right, stable 90 %
+    state = run(make_spec(strategy, [metric]), edge)
+    assert state.phase == Phase.PROMOTED and state.reason == Reason.CANDIDATE_WON
+    edge = FakeEdge(source=proportions(0.10, 0.05, 10))
+    assert run(make_spec(strategy, [metric]), edge).phase == Phase.ROLLED_BACK
