@@ -214,6 +214,12 @@ class Node:
             raise ProcessError(f"ctr {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout
 
+    def import_image(self, image: Image, timeout: float = 600.0) -> str:
+        """Import an image built elsewhere (e.g. tests/k8s/buildah_images.py) into the node's
+        containerd, for a pod to run with ``imagePullPolicy: Never``; its reference."""
+        self.ctr("images", "import", str(image.archive), timeout=timeout)
+        return image.ref
+
     def stop(self) -> None:
         """Stop every process (the control plane's too if this node started it), then remove the
         netns, the cgroups and the run directory (footprint.cleanup). ``logdir`` stays if given."""
