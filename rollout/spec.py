@@ -37,15 +37,19 @@ API_GROUP = "bento-rollout.io"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "ModelRollout"
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")  # DURATION_PATTERN, the CRD's
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 DURATION_PATTERN = r"^\d+(\.\d+)?(ms|s|m|h)?$"
 
 
 def parse_duration(value: Any) -> float:
-    """'30s', '2m', '1h', '500ms' or a number of seconds -> seconds (float)."""
+    """'30s', '2m', '1h', '500ms' or a whole number of seconds -> seconds (float). Exactly what the
+    CRD admits (int-or-string with DURATION_PATTERN), so a spec ``rollout run`` takes is one the
+    API server takes: no fraction without a unit (1.5 -> '1.5s'), no spaces."""
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '30s', '2m', '500ms'")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"invalid duration {value!r}: a fraction needs a unit, as in '{value}s'")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
