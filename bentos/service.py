@@ -80,20 +80,29 @@ def _accept_one_connection_per_wakeup() -> None:
     selector_events.BaseSelectorEventLoop._accept_connection = accept_one  # type: ignore[method-assign]
 
 
+SUPERVISOR_PID_ENV = "BENTO_SUPERVISOR_PID"  # set by the supervisor, inherited by its workers
+
+
 def _die_with_the_supervisor() -> None:
     """Circus starts each worker in a process group of its own, so a SIGKILL of the supervisor's
     group (or of the supervisor) would leave the workers running, still holding the port. Ask
-    Linux to send SIGTERM to this worker when its parent dies (PR_SET_PDEATHSIG); elsewhere a no-op."""
+    Linux to send SIGTERM to this worker when its parent dies (PR_SET_PDEATHSIG); elsewhere a no-op.
+
+    The supervisor died before the request took effect when this worker's parent is no longer the
+    supervisor whose pid it inherited (``BENTO_SUPERVISOR_PID``; without it, the parent at this
+    call's start). Not "the parent is pid 1": in a container the image's entrypoint execs
+    ``bentoml serve``, so the supervisor IS pid 1, and every worker exited at once."""
     import ctypes
     import signal
 
+    supervisor = int(os.environ.get(SUPERVISOR_PID_ENV) or os.getppid())
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
         libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if os.getppid() == 1:  # the supervisor died before the request took effect
+    if os.getppid() != supervisor:  # the supervisor died before the request took effect
         os._exit(1)
 
 
@@ -104,11 +113,15 @@ if server_context.worker_index is not None:
     use_server_metrics_dir()
     if WORKERS > 1:
         _accept_one_connection_per_wakeup()
-elif os.environ.get(MODEL_TAG_ENV):
-    # in `bentoml serve`'s supervisor: fail fast, before any worker starts, on a missing or
-    # tampered model or one that is not the pinned artifact (workers would otherwise be restarted
-    # over and over); the error names both digests and the server never becomes ready
-    verify_artifact(get_record(os.environ[MODEL_TAG_ENV]), os.environ.get(MODEL_DIGEST_ENV))
+else:
+    # in `bentoml serve`'s supervisor (also `bentoml build`, harmlessly): its workers copy this
+    # environment (circus copy_env), so each knows which parent is its supervisor
+    os.environ[SUPERVISOR_PID_ENV] = str(os.getpid())
+    if os.environ.get(MODEL_TAG_ENV):
+        # fail fast, before any worker starts, on a missing or tampered model or one that is not
+        # the pinned artifact (workers would otherwise be restarted over and over); the error
+        # names both digests and the server never becomes ready
+        verify_artifact(get_record(os.environ[MODEL_TAG_ENV]), os.environ.get(MODEL_DIGEST_ENV))
 
 APP = ModelApp(LIMITS)
 
