@@ -13,7 +13,7 @@ export BENTOML_HOME ?= $(CURDIR)/.cache/bentoml
 export ROLLOUT_HOME ?= $(CURDIR)/.state
 export PATH := $(CURDIR)/.cache/bin:$(PATH)
 
-.PHONY: setup system venv tools checkov models demo test test-unit test-integration test-e2e lint bench clean
+.PHONY: setup system venv tools checkov images models demo test test-unit test-integration test-e2e lint bench clean
 
 setup: system venv tools checkov
 
@@ -44,6 +44,11 @@ $(CHECKOV_STAMP):
 	.ci/step 'checkov: the chart scanner $(CHECKOV_VERSION) into .cache/checkov (once)' \
 	  .cache/checkov/bin/pip install -q checkov==$(CHECKOV_VERSION)
 	@touch $@
+
+# the project's own images (the Bento, the controller) built with buildah into .cache/images, for
+# tests/e2e/test_k8s_images.py; not part of setup: the tests build what is missing (cold: minutes)
+images: system venv
+	.ci/step 'images: the Bento and controller images (buildah) into .cache/images' $(BIN)/python -m tests.k8s.buildah_images
 
 models: venv
 	.ci/step 'models: training the scikit-learn models into $(BENTOML_HOME)' $(BIN)/python -m bentos.train --all

@@ -35,10 +35,6 @@ POD_SPEC_FIELDS = {
 IRIS_ROW = [5.1, 3.5, 1.4, 0.2]  # a setosa
 
 
-class ContainerExited(AssertionError):
-    """The container ended (or was restarted) instead of becoming Ready."""
-
-
 def _until(what: str, probe: Callable[[], T | None], timeout: float, node: nodekit.Node) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -84,15 +80,6 @@ def _ready(core: client.CoreV1Api, ns: str, name: str) -> Any:
     return None
 
 
-@pytest.mark.xfail(
-    raises=ContainerExited,
-    strict=True,
-    reason="bentos/service.py _die_with_the_supervisor: a worker exits at once (os._exit(1), silently) when "
-    "its parent's pid is 1, which it takes for 'the supervisor died'; in a container the supervisor IS pid 1 "
-    "(the image's entrypoint execs `bentoml serve`), so circus reports 'No active process found for watcher' "
-    "and the pod never becomes Ready. Fix: compare os.getppid() with the parent pid read before prctl. "
-    "Checked by hand with that one-line fix: this test passes (Ready, infer, /metrics, uid 1034, read-only).",
-)
 def test_the_bento_image_serves_as_the_chart_runs_it(
     k8s_node: nodekit.Node, k8s_node_namespace: str, bento: buildah_images.BuiltImage, tmp_path: Path
 ) -> None:
@@ -119,7 +106,7 @@ def test_the_bento_image_serves_as_the_chart_runs_it(
             status = core.read_namespaced_pod("iris", ns).status
             for cs in status.container_statuses or []:
                 if cs.restart_count > 0 or (cs.state.terminated is not None):
-                    raise ContainerExited(
+                    raise AssertionError(
                         f"the Bento container exited:\n{k8s_node.pod_log(ns, 'iris')[:8000]}"
                     )
         return found
