@@ -19,8 +19,10 @@
 What differs from an upstream install, and why (``RENDER_CHANGES``): the Deployment runs our image
 with ``imagePullPolicy: Never`` (no registry here) and ``runAsUser/runAsGroup: 65532`` (what the
 upstream distroless ``nonroot`` image sets as its USER; ``images.oci_archive`` writes no user and
-the manifest says ``runAsNonRoot``); the ConfigMap says ``defaultDeploymentMode: Standard`` and
-``disableIngressCreation`` / ``disableIstioVirtualHost`` (no Istio, no ingress controller); the
+the manifest says ``runAsNonRoot``); the manager's readiness probe looks first after 1 s, then
+every 2 s (``READINESS_CHANGES``; upstream 30 s and 5 s, about half of a node + KServe start here;
+the liveness probe keeps upstream's 30 s); the ConfigMap says ``defaultDeploymentMode: Standard``
+and ``disableIngressCreation`` / ``disableIstioVirtualHost`` (no Istio, no ingress controller); the
 kube-rbac-proxy sidecar of ``config/default`` is not added (its image cannot be pulled), so the
 manager serves metrics on its own ``:8080`` as ``config/manager`` says.
 """
@@ -56,6 +58,11 @@ NONROOT = 65532  # the USER of gcr.io/distroless/static:nonroot, KServe's base i
 FIELD_MANAGER = "bento-rollout-tests"
 # The bases read from the module's config/ dir, in the order they are applied.
 BASES = ("base/namespace.yaml", "rbac", "configmap", "manager", "webhook")
+# The manager's readiness probe: upstream waits initialDelaySeconds 30 before its first look
+# (periodSeconds 5), half of a node + KServe start here, while the manager serves /readyz within
+# about a second of its start; install() also waits for the webhooks themselves (a dry run).
+# Its livenessProbe keeps upstream's 30 s, so a slow start is never killed for it.
+READINESS_CHANGES = {"initialDelaySeconds": 1, "periodSeconds": 2}
 RENDER_CHANGES = {
     "deploy": {"defaultDeploymentMode": "Standard"},
     "ingress": {"disableIngressCreation": True, "disableIstioVirtualHost": True},
@@ -210,6 +217,7 @@ def render(config: Path, image: str, certs: dict[str, bytes]) -> list[dict[str, 
                 for c in pod["containers"]:
                     if c["name"] == "manager":
                         c.update(image=image, imagePullPolicy="Never")
+                        c["readinessProbe"].update(READINESS_CHANGES)
             docs.append(doc)
     secret = {
         "apiVersion": "v1",
