@@ -38,8 +38,8 @@ an hour are removed when a new one is written. Measured times and sizes: tests/k
 Nothing global is touched: buildah's storage (graphroot and runroot), its signature policy (only
 local transports are accepted: nothing can be pulled), registries.conf (no search registries) and
 containers.conf (its CNI directory) are under ``.cache/images/buildah``; every buildah run is in a
-private mount namespace whose /var/lib is a fresh tmpfs, where containers/image would otherwise
-create /var/lib/containers/cache for its blob-info cache; TMPDIR is in the store too. References
+private mount namespace whose /var/lib and /run are fresh tmpfs, where containers/image would otherwise create
+/var/lib/containers/cache (its blob-info cache) and runc /run/runc; TMPDIR is in the store too. References
 are ``bento-rollout.test/NAME:KEY``, used with ``imagePullPolicy: Never``.
 """
 
@@ -87,8 +87,12 @@ CONTROLLER_IGNORE = CONTROLLER_DOCKERFILE.with_name(CONTROLLER_DOCKERFILE.name +
 CONTROLLER_SOURCES = ("pyproject.toml", "README.md", "rollout", "bentos", "loadtests")
 TOOLS = {"buildah": "buildah", "debootstrap": "debootstrap", "unshare": "util-linux"}
 # containers/image writes its blob-info cache to /var/lib/containers/cache, a path no option
-# moves: in the build's own mount namespace /var/lib is a fresh tmpfs, gone when the build ends
-_PRIVATE_VAR_LIB = 'mount -t tmpfs -o mode=0755,size=16m bento-rollout-buildah /var/lib && exec "$@"'
+# moves, and runc (a RUN step) its state to /run/runc: in the build's own mount namespace /var/lib
+# and /run are fresh tmpfs, gone when the build ends
+_PRIVATE_DIRS = " && ".join(
+    f"mount -t tmpfs -o mode=0755,size=16m bento-rollout-buildah {d}" for d in ("/var/lib", "/run")
+)
+_PRIVATE_VAR_LIB = _PRIVATE_DIRS + ' && exec "$@"'
 
 
 @dataclass(frozen=True)
@@ -175,7 +179,7 @@ class Buildah:
 
     @staticmethod
     def private(cmd: Sequence[str]) -> list[str]:
-        """``cmd`` in a private mount namespace with a fresh tmpfs on /var/lib."""
+        """``cmd`` in a private mount namespace with a fresh tmpfs on /var/lib and /run."""
         return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _PRIVATE_VAR_LIB,
                 "sh", *cmd]  # fmt: skip
 
