@@ -1,0 +1,340 @@
+"""Real pods end to end: the chart installed with ``helm install`` as a user would, on a single-node
+cluster running the real KServe v0.20.0 controller (fixture ``kserve_node``), the project's own
+images (tests/k8s/buildah_images.py) and a real Prometheus scraping the pods (tests/k8s/
+pod_prometheus.py).
+
+Given ``helm install`` of helm/bento-rollout in istio routing mode (the Standard-mode pair
+``iris-stable`` / ``iris-candidate``, the PodMonitor, the controller with the chart's RBAC and the
+chart's ModelRollout), then:
+
+- KServe makes the predictor Deployments and Services of both InferenceServices and its pods become
+  Ready through the chart's probes (KServe writes every InferenceService status; the test writes
+  none);
+- the ``<isvc>-predictor`` Service's ClusterIP answers, from inside the node netns, an Open
+  Inference Protocol v2 ``/v2/models/iris/infer`` and a ``/predict``: stable with iris:v1,
+  candidate with iris:v2 (body and ``X-Model-Version``);
+- Prometheus, configured from the chart's PodMonitor, scrapes both pods: ``model_requests_total``
+  of each pod rises by the requests sent, labelled with its pod and namespace;
+- the controller's Deployment (the controller image, its ServiceAccount token, the chart's
+  least-privilege Role) becomes Ready and reconciles the chart's ModelRollout against the
+  InferenceServices KServe manages: it writes its ``.status`` (phase, candidateWeight, conditions)
+  and the VirtualService's weights follow the first step (90 / 10). There is no Istio data plane:
+  the VirtualService is an object only.
+
+The Prometheus the controller queries is that same pod_prometheus, listening on the node's address
+(``start(listen=NODE_IP)``: pods reach ``http://10.200.0.2:PORT``); the chart's
+``controller.prometheusUrl`` names that address (no cluster DNS here, so no Service name).
+
+Each phase's time is measured and printed (``-s``); tests/k8s/README.md, "Real pods end to end",
+records them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+
+from rollout.metrics.names import REQUESTS_TOTAL, ROLLOUT_CANDIDATE_WEIGHT
+from tests.e2e import helmkit
+from tests.k8s import buildah_images, crds, pod_prometheus
+from tests.k8s.kserve import KServe
+from tests.k8s.node import NODE_IP, Node
+
+pytestmark = pytest.mark.k8s
+
+T = TypeVar("T")
+NAMESPACE = "models"
+RELEASE = "br"
+CONTROLLER = f"{RELEASE}-bento-rollout-controller"
+ROLLOUT = "iris"
+ISVCS = {"stable": ("iris-stable", "v1"), "candidate": ("iris-candidate", "v2")}
+IRIS_ROW = [5.1, 3.5, 1.4, 0.2]  # a setosa
+KSERVE = ("serving.kserve.io", "v1beta1", "inferenceservices")
+MODELROLLOUT = ("bento-rollout.io", "v1alpha1", "modelrollouts")
+VIRTUALSERVICE = ("networking.istio.io", "v1", "virtualservices")
+
+
+@dataclass
+class Release:
+    """The installed chart and what the tests share: clients, Prometheus, the measured times."""
+
+    node: Node
+    api: Any
+    prom: pod_prometheus.PodPrometheus
+    installed_at: float  # time.monotonic() when `helm install` began
+    installed_wall: float  # time.time() then: the API's timestamps (whole seconds) are read against it
+    times: dict[str, float] = field(default_factory=dict)
+    ready_pods: dict[str, str] = field(default_factory=dict)  # role -> pod name
+    sent: dict[str, int] = field(default_factory=dict)  # role -> requests counted in model_requests_total
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
+    @property
+    def custom(self) -> client.CustomObjectsApi:
+        return client.CustomObjectsApi(self.api)
+
+
+def _until(what: str, probe: Callable[[], T | None], timeout: float, node: Node, why: Callable[[], str]) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        node.check_alive()
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s\n{why()}")
+
+
+def _values(bento: str, controller: str, prometheus_url: str) -> dict[str, Any]:
+    repository, tag = bento.rsplit(":", 1)
+    c_repository, c_tag = controller.rsplit(":", 1)
+    return {
+        "routing.mode": "istio",
+        "image.repository": repository,
+        "image.tag": tag,
+        "image.pullPolicy": "Never",
+        "controller.image.repository": c_repository,
+        "controller.image.tag": c_tag,
+        "controller.image.pullPolicy": "Never",
+        "controller.replicas": 1,
+        "controller.prometheusUrl": prometheus_url,
+        "monitoring.enabled": True,
+        "monitoring.kind": "PodMonitor",
+        "monitoring.interval": "2s",
+        "rollout.enabled": True,
+    }
+
+
+@dataclass(frozen=True)
+class Images:
+    bento: buildah_images.BuiltImage
+    controller: buildah_images.BuiltImage
+    seconds: float
+    began: float  # time.monotonic() at the module's first fixture
+
+
+@pytest.fixture(scope="module")
+def images() -> Images:
+    """The project's images, built (or their cached archives found) before the node starts."""
+    began = time.monotonic()
+    bento, controller = buildah_images.bento_image(), buildah_images.controller_image()
+    return Images(bento, controller, time.monotonic() - began, began)
+
+
+@pytest.fixture(scope="module")
+def release(
+    images: Images, kserve_node: KServe, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Release]:
+    node = kserve_node.node
+    began = time.monotonic()
+    times = {"images (built or cached)": images.seconds, "node + KServe": kserve_node.seconds}
+    bento, controller = images.bento, images.controller
+    mark = time.monotonic()
+    node.import_image(bento.image)
+    node.import_image(controller.image)
+    times["ctr import of both"] = time.monotonic() - mark
+    mark = time.monotonic()
+    others = [s for s in crds.load_sources() if s.module != crds.KSERVE_MODULE]
+    with node.control_plane.http(timeout=60) as http:
+        crds.install_pinned(http, others)  # Istio, Gateway API, Prometheus Operator (KServe's are in)
+    times["the other pinned CRDs"] = time.monotonic() - mark
+    workdir = tmp_path_factory.mktemp("cluster-pods")
+    prom = pod_prometheus.start(node, workdir / "prometheus", listen=NODE_IP)  # pods reach it there
+    api = node.control_plane.api_client()
+    try:
+        client.CoreV1Api(api).create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE))
+        )
+        values = _values(bento.image.ref, controller.image.ref, f"http://{NODE_IP}:{prom.port}")
+        mark, wall = time.monotonic(), time.time()
+        result = helmkit.run_helm(
+            ["install", RELEASE, str(helmkit.CHART), "--namespace", NAMESPACE, *helmkit.set_args(values)],
+            workdir / "helm", kubeconfig=node.control_plane.kubeconfig,
+        )  # fmt: skip
+        assert result.returncode == 0, f"helm install failed:\n{result.stderr}"
+        times["helm install"] = time.monotonic() - mark
+        yield Release(node, api, prom, mark, wall, times)
+    finally:
+        print("\n--- real pods end to end: seconds per phase ---")
+        for what, seconds in times.items():
+            print(f"{what:>50}: {seconds:6.1f}")
+        print(f"{'after node + KServe, to the teardown':>50}: {time.monotonic() - began:6.1f}")
+        print(f"{'module, images to the teardown':>50}: {time.monotonic() - images.began:6.1f}")
+        prom.stop()
+        api.close()
+
+
+def _pod_state(rel: Release, selector: str) -> str:
+    out = []
+    for pod in rel.core.list_namespaced_pod(NAMESPACE, label_selector=selector).items:
+        statuses = [
+            (c.name, c.ready, c.restart_count, c.state.to_dict()) for c in pod.status.container_statuses or []
+        ]
+        out.append(f"{pod.metadata.name} {pod.status.phase} {statuses}")
+        log = rel.node.pod_log(NAMESPACE, pod.metadata.name)
+        out.append(log if len(log) < 6000 else f"{log[:3000]}\n[...]\n{log[-3000:]}")
+    events = rel.core.list_namespaced_event(NAMESPACE).items
+    out += [
+        f"event {e.involved_object.kind}/{e.involved_object.name}: {e.reason} {e.message}"
+        for e in events[-30:]
+    ]
+    return "\n".join(out)
+
+
+def _ready_pod(rel: Release, selector: str) -> str | None:
+    for pod in rel.core.list_namespaced_pod(NAMESPACE, label_selector=selector).items:
+        for cs in pod.status.container_statuses or []:
+            if cs.restart_count > 0 or cs.state.terminated is not None:
+                raise AssertionError(f"{pod.metadata.name} exited:\n{_pod_state(rel, selector)}")
+        if any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []):
+            return str(pod.metadata.name)
+    return None
+
+
+def _iso(stamp: str) -> float:
+    return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _pod_times(rel: Release, name: str) -> tuple[float, float]:
+    """A pod's container start and its Ready transition, in seconds after `helm install` began
+    (from the API's timestamps, whole seconds: the polls of these tests come later)."""
+    pod = rel.core.read_namespaced_pod(name, NAMESPACE)
+    (cs,) = pod.status.container_statuses
+    (ready,) = [c for c in pod.status.conditions if c.type == "Ready"]
+    started = cs.state.running.started_at.timestamp()
+    return started - rel.installed_wall, ready.last_transition_time.timestamp() - rel.installed_wall
+
+
+def _post(node: Node, url: str, body: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    proc = node.run("curl", "-sS", "--fail-with-body", "-m", "10", "-D", "/dev/stderr", "-H",
+                    "content-type: application/json", "--data", json.dumps(body), url)  # fmt: skip
+    assert proc.returncode == 0, f"POST {url}: {proc.returncode} {proc.stderr}\n{proc.stdout}"
+    headers = {}
+    for line in proc.stderr.splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return headers, json.loads(proc.stdout)
+
+
+def test_kserve_runs_both_predictors_ready_through_the_charts_probes(release: Release) -> None:
+    rel = release
+    for role, (isvc, _version) in ISVCS.items():
+        selector = f"serving.kserve.io/inferenceservice={isvc}"
+        pod = _until(f"a Ready pod of {isvc}", lambda s=selector: _ready_pod(rel, s), 300, rel.node,
+                     lambda s=selector: _pod_state(rel, s))  # fmt: skip
+        rel.ready_pods[role] = pod
+        started, ready = _pod_times(rel, pod)
+        rel.times[f"helm install -> {role} container started"] = started
+        rel.times[f"helm install -> {role} pod Ready"] = ready
+        deployment = rel.apps.read_namespaced_deployment(f"{isvc}-predictor", NAMESPACE)
+        assert (deployment.status.ready_replicas or 0) >= 1
+        (container,) = deployment.spec.template.spec.containers
+        assert container.image.startswith("bento-rollout.test/bento:")
+        env = {e.name: e.value for e in container.env}
+        assert env["BENTO_MODEL_TAG"] == f"iris:{ISVCS[role][1]}", env
+
+    def isvc_ready(name: str) -> dict[str, Any] | None:
+        obj = rel.custom.get_namespaced_custom_object(*KSERVE[:2], NAMESPACE, KSERVE[2], name)
+        conds = {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions") or []}
+        return obj if conds.get("Ready") == "True" else None
+
+    for isvc, _version in ISVCS.values():
+        obj = _until(f"KServe marks {isvc} Ready", lambda n=isvc: isvc_ready(n), 60, rel.node, lambda: "")
+        assert obj["status"]["deploymentMode"] == "Standard"
+        assert obj["status"]["address"]["url"] == f"http://{isvc}-predictor.{NAMESPACE}.svc.cluster.local"
+
+
+def test_each_predictor_service_answers_with_its_own_model(release: Release) -> None:
+    rel = release
+    infer = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": IRIS_ROW}]}
+    for role, (isvc, version) in ISVCS.items():
+        svc = rel.core.read_namespaced_service(f"{isvc}-predictor", NAMESPACE)
+        base = f"http://{svc.spec.cluster_ip}:{svc.spec.ports[0].port}"
+        headers, answer = _post(rel.node, f"{base}/v2/models/iris/infer", infer)
+        if role == "stable":
+            rel.times["helm install -> first prediction"] = time.monotonic() - rel.installed_at
+        assert answer["model_name"] == "iris" and answer["model_version"] == version, answer
+        assert headers["x-model-version"] == version and headers["x-model-name"] == "iris"
+        outputs = {o["name"]: o for o in answer["outputs"]}
+        assert outputs["predictions"]["data"] == ["setosa"]
+        headers, answer = _post(rel.node, f"{base}/predict", {"instances": [IRIS_ROW, IRIS_ROW]})
+        assert headers["x-model-version"] == version, headers
+        assert answer["predictions"] == ["setosa", "setosa"], answer
+        rel.sent[role] = 2
+
+
+def test_prometheus_scrapes_both_pods_through_the_charts_podmonitor(release: Release) -> None:
+    rel = release
+    assert rel.sent, "the predictions test runs first"
+    mark = time.monotonic()
+    rel.prom.sync()
+    for role, (_isvc, version) in ISVCS.items():
+        pod = rel.ready_pods[role]
+        query = f'sum({REQUESTS_TOTAL}{{namespace="{NAMESPACE}", pod="{pod}", version="{version}"}})'
+
+        def counted(q: str = query, n: int = rel.sent[role]) -> float | None:
+            value = rel.prom.query(q)
+            return value if value is not None and value >= n else None
+
+        _until(f"{REQUESTS_TOTAL} of {pod} >= {rel.sent[role]}", counted, 60, rel.node,
+               lambda: f"{rel.prom.targets()}\n{rel.prom.log_tail()}")  # fmt: skip
+        (target,) = [t for t in rel.prom.targets(f"podMonitor/{NAMESPACE}/") if t.labels.get("pod") == pod]
+        assert target.health == "up" and target.labels["namespace"] == NAMESPACE, target
+        assert target.labels["container"] == "kserve-container", target
+    rel.times["sync -> both pods' requests in Prometheus"] = time.monotonic() - mark
+
+
+def test_the_controller_in_a_pod_reconciles_the_charts_modelrollout(release: Release) -> None:
+    rel = release
+    selector = "app.kubernetes.io/component=controller"
+    pod = _until("the controller pod Ready", lambda: _ready_pod(rel, selector), 180, rel.node,
+                 lambda: _pod_state(rel, selector))  # fmt: skip
+    spec = rel.core.read_namespaced_pod(pod, NAMESPACE).spec
+    assert spec.service_account_name == CONTROLLER  # the chart's Role, through its projected token
+    assert spec.containers[0].image.startswith("bento-rollout.test/controller:")
+    started, ready = _pod_times(rel, pod)
+    rel.times["helm install -> controller container started"] = started
+    rel.times["helm install -> controller Ready"] = ready
+
+    def reconciled() -> dict[str, Any] | None:
+        obj = rel.custom.get_namespaced_custom_object(*MODELROLLOUT[:2], NAMESPACE, MODELROLLOUT[2], ROLLOUT)
+        status = obj.get("status") or {}
+        return status if status.get("candidateWeight") == 10 and status.get("phase") else None
+
+    status = _until("the ModelRollout's status at the first step (10 %)", reconciled, 180, rel.node,
+                    lambda: _pod_state(rel, selector))  # fmt: skip
+    first = _iso(status["history"][0]["time"]) - rel.installed_wall
+    (step,) = [
+        e for e in status["history"] if e["reason"] == "StepStarted" and "setWeight 10" in e["message"]
+    ]
+    rel.times["helm install -> first status (RolloutStarted)"] = first
+    rel.times["helm install -> status at 10 % (StepStarted)"] = _iso(step["time"]) - rel.installed_wall
+    assert status["phase"] == "Progressing", status
+    assert status["weights"] == {"stable": 90, "candidate": 10, "mirror": 0}
+    conds = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conds.get("StableReady") == "True", status["conditions"]
+    vs = rel.custom.get_namespaced_custom_object(*VIRTUALSERVICE[:2], NAMESPACE, VIRTUALSERVICE[2], "iris")
+    (primary,) = [r for r in vs["spec"]["http"] if r["name"] == "primary"]
+    weights = {d["destination"]["host"].split("-predictor")[0]: d["weight"] for d in primary["route"]}
+    assert weights == {"iris-stable": 90, "iris-candidate": 10}, primary
+
+    # ... and Prometheus scrapes the controller's own series through the chart's second PodMonitor
+    rel.prom.sync()
+    query = f'{ROLLOUT_CANDIDATE_WEIGHT}{{rollout="{ROLLOUT}", pod=~"{CONTROLLER}-.*"}}'
+    value = _until(f"{query} == 10", lambda: rel.prom.query(query) == 10, 60, rel.node,
+                   lambda: f"{rel.prom.targets(f'podMonitor/{NAMESPACE}/{CONTROLLER}/')}")  # fmt: skip
+    assert value
