@@ -2,10 +2,10 @@
 # Installs the Debian packages the project runs for real: nginx (+ Lua for reload-free routing),
 # Prometheus and promtool, wrk, etcd; and for the single-node cluster of tests/k8s (node.py):
 # containerd, runc, the CNI plugins, iptables, conntrack, busybox-static (the test images are built
-# from it) and socat; for the images of the model service and the controller (tests/k8s/images.py,
-# bento_images.py): debootstrap (their Debian base) and buildah (the builds; it brings uidmap and
-# golang-github-containers-common, whose /etc/containers files the builds never read or change:
-# they pass their own storage, policy and registries configuration). Idempotent.
+# from it) and socat; for the images of the model service and the controller
+# (tests/k8s/buildah_images.py): debootstrap (their Debian base) and buildah (the builds; it
+# brings uidmap and golang-github-containers-common, whose /etc/containers files the builds never
+# read or change: they pass their own storage, policy and registries configuration). Idempotent.
 #
 # Never starts the packaged services and leaves the host as it was: a postinst must not start
 # nginx, prometheus or containerd on the machine's own ports, so for the duration of `apt-get
