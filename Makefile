@@ -46,7 +46,8 @@ $(CHECKOV_STAMP):
 	@touch $@
 
 # the project's own images (the Bento, the controller) built with buildah into .cache/images, for
-# tests/e2e/test_k8s_images.py; not part of setup: the tests build what is missing (cold: minutes)
+# the tests that run them on real pods; `make test` builds them first (a test would build what is
+# missing too, but inside a fixture with no progress); an unchanged image takes no time
 images: system venv
 	.ci/step 'images: the Bento and controller images (buildah) into .cache/images' $(BIN)/python -m tests.k8s.buildah_images
 
@@ -57,7 +58,8 @@ models: venv
 demo: system venv
 	$(BIN)/rollout demo
 
-test: setup
+# images first (cold: minutes, with progress), so that no test fixture builds one silently
+test: setup images
 	$(BIN)/python -m pytest tests/unit tests/integration tests/e2e
 
 test-unit: venv
@@ -68,7 +70,7 @@ test-integration: system venv
 	$(BIN)/python -m pytest tests/integration
 
 # the Kubernetes tier (kube-apiserver, the single-node cluster, helm, checkov): everything
-test-e2e: setup
+test-e2e: setup images
 	$(BIN)/python -m pytest tests/e2e
 
 lint: venv
