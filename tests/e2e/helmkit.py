@@ -18,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "bento-rollout"
 BIN = ROOT / ".cache" / "bin"
-KUBECTL = Path("/usr/bin/kubectl")
+KUBECTL = BIN / "kubectl"  # built by tests/k8s/build-tools.sh at the cluster's version
 
 
 def helm_binary() -> Path:
@@ -30,7 +30,7 @@ def helm_binary() -> Path:
 
 def kubectl_binary() -> Path:
     if not os.access(KUBECTL, os.X_OK):
-        pytest.fail(f"kubectl is missing ({KUBECTL}): install the kubectl package", pytrace=False)
+        pytest.fail(f"kubectl is not built ({KUBECTL} missing): run `make tools`", pytrace=False)
     return KUBECTL
 
 

@@ -81,6 +81,8 @@ build_tool kube-controller-manager "$HERE" k8s.io/kubernetes/cmd/kube-controller
 build_tool kube-scheduler "$HERE" k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes "$kube_ldflags"
 build_tool kubelet "$HERE" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes "$kube_ldflags"
 build_tool kube-proxy "$HERE" k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes "$kube_ldflags"
+# kubectl of the same version (the tests' `kubectl apply/explain`; no Debian package has one)
+build_tool kubectl "$HERE" k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes "$kube_ldflags"
 
 # etcd at the version kube-apiserver itself pins (go.etcd.io/etcd/server/v3 in the same go.mod).
 build_tool etcd "$HERE" go.etcd.io/etcd/server/v3 go.etcd.io/etcd/server/v3
