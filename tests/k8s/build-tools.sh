@@ -17,8 +17,17 @@ HERE="$ROOT/tests/k8s"
 BIN="$ROOT/.cache/bin"
 mkdir -p "$BIN" "$ROOT/.cache/go"
 
+# The newest `go` directive of the modules built here: KServe v0.20.0's go.mod says go 1.25.8
+# (Kubernetes 1.34, helm and skaffold 1.24). GOTOOLCHAIN=local below: no toolchain is fetched, so
+# an older Go would fail deep inside a build; say it here, in one line.
+GO_MIN=1.25.8
 if ! command -v go >/dev/null 2>&1; then
-  echo "build-tools: 'go' is not on PATH; install Go >= 1.24 to build kube-apiserver, etcd and helm" >&2
+  echo "build-tools: 'go' is not on PATH; install Go >= $GO_MIN (https://go.dev/dl/) to build the Kubernetes tier's tools" >&2
+  exit 1
+fi
+go_have="$(go env GOVERSION | sed 's/^go//')"
+if [ "$(printf '%s\n%s\n' "$GO_MIN" "$go_have" | sort -V | head -1)" != "$GO_MIN" ]; then
+  echo "build-tools: Go $go_have is older than $GO_MIN, which KServe v0.20.0 needs; install Go >= $GO_MIN (https://go.dev/dl/)" >&2
   exit 1
 fi
 # Go's module and build caches: the user's (shared by every clone on the machine, so a fresh
