@@ -109,6 +109,12 @@ def run_cmd(spec_path: str, timeout: float | None, fresh: bool, quiet: bool, sup
     rollout = load_rollout(spec_path)
     stack = LocalStack.attach()
     name = rollout.metadata.name
+    if rollout.spec.metrics_address is not None:  # the cluster's setting: say that it is not used here
+        click.echo(
+            f"note: spec.metricsAddress ({rollout.spec.metrics_address}) is read by the cluster's "
+            f"controller; `rollout run` queries the local stack's Prometheus ({stack.prometheus_url})",
+            err=True,
+        )
     seen = [0]
 
     def report(state: RolloutState) -> None:

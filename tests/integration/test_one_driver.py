@@ -234,3 +234,25 @@ def test_supersede_aborts_the_service_s_other_rollouts_first(
     assert "superseding ghost:" in done.stdout and "superseded held: Aborted" in done.stdout, done.stdout
     phases = {n: s.phase for n in ("ghost", "held", "newer") if (s := load(stack, n)) is not None}
     assert phases == {"ghost": Phase.ABORTED, "held": Phase.ABORTED, "newer": Phase.PROMOTED}
+
+
+def test_a_metrics_address_in_the_spec_is_said_to_be_the_clusters(
+    stack: LocalStack, servers: dict[str, BentoServer], tmp_path: Path
+) -> None:
+    """spec.metricsAddress is the controller's: `rollout run` queried the local Prometheus and said
+    nothing, so a user believed the rollout was gated on the address written."""
+    reset(stack, servers)
+    rollout = rollout_spec(
+        "addressed", service=SERVICE, strategy={"canary": {"steps": HELD}},
+        metricsAddress="http://prometheus.monitoring.svc:9090",
+    )  # fmt: skip
+    spec = spec_file(rollout, tmp_path)
+    try:
+        r = cli(stack, "run", spec, "--timeout", "3")
+        assert r.returncode == 5, r.stdout + r.stderr
+        assert (
+            "note: spec.metricsAddress (http://prometheus.monitoring.svc:9090) is read by the cluster's "
+            f"controller; `rollout run` queries the local stack's Prometheus ({stack.prometheus_url})"
+        ) in r.stderr
+    finally:
+        cli(stack, "abort", "addressed")
