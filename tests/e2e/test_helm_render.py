@@ -189,7 +189,19 @@ def test_every_pod_runs_restricted_with_oip_v2_probes(home: Path, mode: str) -> 
         assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
         assert container["ports"][0]["containerPort"] == 3000
         # `bentoml serve` keeps idle connections longer than the proxies in front pool them
-        assert container["args"] == ["--timeout-keep-alive", "75"]
+        assert container["args"] == ["--port", "3000", "--timeout-keep-alive", "75"]
+
+
+def test_the_bento_listens_on_the_port_its_probes_and_container_port_say(home: Path) -> None:
+    """service.port other than 3000: the containerPort and probes moved, the server stayed on 3000
+    (the args never passed the port), so the pods never became Ready."""
+    for mode in ("kserve", "istio"):
+        for isvc in by_kind(template(home, {"routing.mode": mode, "service.port": 8080}))["InferenceService"]:
+            (container,) = isvc["spec"]["predictor"]["containers"]
+            args = container["args"]
+            assert args[args.index("--port") + 1] == "8080", args
+            assert container["ports"][0]["containerPort"] == 8080
+            assert container["readinessProbe"]["httpGet"]["port"] == 8080
 
 
 # What Knative v0.48.1's webhook admits with its default features (knative.dev/serving

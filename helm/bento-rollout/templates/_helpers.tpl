@@ -159,7 +159,9 @@ containers:
     # flag. Idle keep-alive connections live 75 s, not uvicorn's 5 s, so a proxy in front (the
     # queue-proxy, an Envoy sidecar, the gateway) that pools connections does not reuse one the
     # server is closing (a reset under a request; rollout/local/bento.py does the same locally).
-    args: ["--timeout-keep-alive", "75"]
+    # --port: the server listens where the containerPort and the probes say (service.port); it
+    # listened on BentoML's 3000 whatever the value.
+    args: ["--port", {{ $v.service.port | toString | quote }}, "--timeout-keep-alive", "75"]
     env:
       - name: BENTO_MODEL_TAG
         value: {{ $tag | quote }}
