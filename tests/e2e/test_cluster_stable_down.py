@@ -30,7 +30,8 @@ from rollout.routers.kserve import stable_readiness
 from tests.e2e import test_controller as tc
 from tests.e2e.test_controller import isvc, phase_is, rollout, status, vs_weights, wait_for
 from tests.e2e.test_controller_strategies import RouteRecorder
-from tests.e2e.test_reconciler import Clock, _no_metrics
+from tests.e2e.test_reconciler import _no_metrics
+from tests.kit import ManualClock
 
 rollout_crd, kube, controllers = tc.rollout_crd, tc.kube, tc.controllers
 DOWN_SECONDS = 6.0  # stable down for twice the 3 s pause it interrupts: 12 ticks of 0.5 s
@@ -166,7 +167,7 @@ def test_stable_gone_past_the_progress_deadline_is_rolled_back(kube: KubeClient,
     body = rollout("iris", [{"setWeight": 20}, {"pause": {"duration": "5s"}}, {"setWeight": 100}])
     body["spec"]["progressDeadline"] = "30s"
     kube.create(MODEL_ROLLOUT, ns, body)
-    clock = Clock()
+    clock = ManualClock()
     rec = Reconciler(kube, _no_metrics, clock=clock)
     assert rec.reconcile(ns, "iris").desired_routes.candidate_weight == 20
     kube.delete(INFERENCE_SERVICE, ns, "iris-stable")
