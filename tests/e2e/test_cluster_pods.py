@@ -14,12 +14,16 @@ chart's ModelRollout), then:
   Inference Protocol v2 ``/v2/models/iris/infer`` and a ``/predict``: stable with iris:v1,
   candidate with iris:v2 (body and ``X-Model-Version``);
 - Prometheus, configured from the chart's PodMonitor, scrapes both pods: ``model_requests_total``
-  of each pod rises by the requests sent, labelled with its pod and namespace;
+  of each pod rises by the requests sent, labelled with its pod and namespace and selected as the
+  analysis templates select it (its own ``endpoint`` label: the PodMonitor's ``honorLabels``);
 - the controller's Deployment (the controller image, its ServiceAccount token, the chart's
   least-privilege Role) becomes Ready and reconciles the chart's ModelRollout against the
   InferenceServices KServe manages: it writes its ``.status`` (phase, candidateWeight, conditions)
   and the VirtualService's weights follow the first step (90 / 10). There is no Istio data plane:
-  the VirtualService is an object only.
+  the VirtualService is an object only;
+- with requests sent to both predictor Services as the mesh would split them, the analysis
+  measures the candidate (error-rate, latency-p99 Successful) on that Prometheus and the rollout
+  steps on to 50 %, the VirtualService with it.
 
 The Prometheus the controller queries is that same pod_prometheus, listening on the node's address
 (``start(listen=NODE_IP)``: pods reach ``http://10.200.0.2:PORT``); the chart's
@@ -33,6 +37,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,8 +49,10 @@ import pytest
 from kubernetes import client
 
 from rollout.metrics.names import REQUESTS_TOTAL, ROLLOUT_CANDIDATE_WEIGHT
+from rollout.metrics.templates import PREDICT_ENDPOINTS
 from tests.e2e import helmkit
 from tests.k8s import buildah_images, crds, pod_prometheus
+from tests.k8s.harness import _die_with_parent
 from tests.k8s.kserve import KServe
 from tests.k8s.node import NODE_IP, Node
 
@@ -218,9 +227,23 @@ def _pod_times(rel: Release, name: str) -> tuple[float, float]:
     return started - rel.installed_wall, ready.last_transition_time.timestamp() - rel.installed_wall
 
 
-def _post(node: Node, url: str, body: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    proc = node.run("curl", "-sS", "--fail-with-body", "-m", "10", "-D", "/dev/stderr", "-H",
-                    "content-type: application/json", "--data", json.dumps(body), url)  # fmt: skip
+CURL_COULD_NOT_CONNECT = 7
+
+
+def _post(
+    node: Node, url: str, body: dict[str, Any], connect_for: float = 30
+) -> tuple[dict[str, str], dict[str, Any]]:
+    """POST from the node netns; the headers and the JSON answer. A refused connection is tried
+    again for ``connect_for`` seconds: a pod turns Ready before kube-proxy has written its
+    Service's rules (the EndpointSlice update, then kube-proxy's sync), and until then the
+    ClusterIP refuses."""
+    deadline = time.monotonic() + connect_for
+    while True:
+        proc = node.run("curl", "-sS", "--fail-with-body", "-m", "10", "-D", "/dev/stderr", "-H",
+                        "content-type: application/json", "--data", json.dumps(body), url)  # fmt: skip
+        if proc.returncode != CURL_COULD_NOT_CONNECT or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
     assert proc.returncode == 0, f"POST {url}: {proc.returncode} {proc.stderr}\n{proc.stdout}"
     headers = {}
     for line in proc.stderr.splitlines():
@@ -228,6 +251,26 @@ def _post(node: Node, url: str, body: dict[str, Any]) -> tuple[dict[str, str], d
         if sep:
             headers[name.strip().lower()] = value.strip()
     return headers, json.loads(proc.stdout)
+
+
+def _rollout_status(rel: Release) -> dict[str, Any]:
+    obj = rel.custom.get_namespaced_custom_object(*MODELROLLOUT[:2], NAMESPACE, MODELROLLOUT[2], ROLLOUT)
+    return dict(obj.get("status") or {})
+
+
+def _is_step(event: dict[str, Any], weight: int) -> bool:
+    return bool(event["reason"] == "StepStarted" and event["message"].endswith(f"setWeight {weight}"))
+
+
+def _vs_weights(rel: Release) -> dict[str, int]:
+    vs = rel.custom.get_namespaced_custom_object(*VIRTUALSERVICE[:2], NAMESPACE, VIRTUALSERVICE[2], "iris")
+    (primary,) = [r for r in vs["spec"]["http"] if r["name"] == "primary"]
+    return {d["destination"]["host"].removesuffix("-predictor"): d["weight"] for d in primary["route"]}
+
+
+def _routes_agree(rel: Release) -> bool:
+    weights = _rollout_status(rel)["weights"]
+    return _vs_weights(rel) == {"iris-stable": weights["stable"], "iris-candidate": weights["candidate"]}
 
 
 def test_kserve_runs_both_predictors_ready_through_the_charts_probes(release: Release) -> None:
@@ -284,7 +327,9 @@ def test_prometheus_scrapes_both_pods_through_the_charts_podmonitor(release: Rel
     rel.prom.sync()
     for role, (_isvc, version) in ISVCS.items():
         pod = rel.ready_pods[role]
-        query = f'sum({REQUESTS_TOTAL}{{namespace="{NAMESPACE}", pod="{pod}", version="{version}"}})'
+        # selected as the analysis templates select them: by their own endpoint label (predict, infer)
+        labels = f'namespace="{NAMESPACE}", pod="{pod}", version="{version}", {PREDICT_ENDPOINTS}'
+        query = f"sum({REQUESTS_TOTAL}{{{labels}}})"
 
         def counted(q: str = query, n: int = rel.sent[role]) -> float | None:
             value = rel.prom.query(q)
@@ -311,30 +356,69 @@ def test_the_controller_in_a_pod_reconciles_the_charts_modelrollout(release: Rel
     rel.times["helm install -> controller Ready"] = ready
 
     def reconciled() -> dict[str, Any] | None:
-        obj = rel.custom.get_namespaced_custom_object(*MODELROLLOUT[:2], NAMESPACE, MODELROLLOUT[2], ROLLOUT)
-        status = obj.get("status") or {}
-        return status if status.get("candidateWeight") == 10 and status.get("phase") else None
+        status = _rollout_status(rel)
+        return status if any(_is_step(e, 10) for e in status.get("history") or []) else None
 
+    # (the analysis after it may already have moved on: test 2's requests reached the candidate)
     status = _until("the ModelRollout's status at the first step (10 %)", reconciled, 180, rel.node,
                     lambda: _pod_state(rel, selector))  # fmt: skip
     first = _iso(status["history"][0]["time"]) - rel.installed_wall
-    (step,) = [
-        e for e in status["history"] if e["reason"] == "StepStarted" and "setWeight 10" in e["message"]
-    ]
+    (step,) = [e for e in status["history"] if _is_step(e, 10)]
     rel.times["helm install -> first status (RolloutStarted)"] = first
     rel.times["helm install -> status at 10 % (StepStarted)"] = _iso(step["time"]) - rel.installed_wall
     assert status["phase"] == "Progressing", status
-    assert status["weights"] == {"stable": 90, "candidate": 10, "mirror": 0}
+    assert status["candidateWeight"] in (10, 50), status
     conds = {c["type"]: c["status"] for c in status["conditions"]}
     assert conds.get("StableReady") == "True", status["conditions"]
-    vs = rel.custom.get_namespaced_custom_object(*VIRTUALSERVICE[:2], NAMESPACE, VIRTUALSERVICE[2], "iris")
-    (primary,) = [r for r in vs["spec"]["http"] if r["name"] == "primary"]
-    weights = {d["destination"]["host"].split("-predictor")[0]: d["weight"] for d in primary["route"]}
-    assert weights == {"iris-stable": 90, "iris-candidate": 10}, primary
+    assert conds.get("CandidateReady") == "True", status["conditions"]
+    # the VirtualService follows the status: 90 / 10 at the first step
+    _until("the VirtualService's weights as the status says", lambda: _routes_agree(rel), 30, rel.node,
+           lambda: f"{_rollout_status(rel).get('weights')} {_vs_weights(rel)}")  # fmt: skip
 
     # ... and Prometheus scrapes the controller's own series through the chart's second PodMonitor
     rel.prom.sync()
-    query = f'{ROLLOUT_CANDIDATE_WEIGHT}{{rollout="{ROLLOUT}", pod=~"{CONTROLLER}-.*"}}'
-    value = _until(f"{query} == 10", lambda: rel.prom.query(query) == 10, 60, rel.node,
-                   lambda: f"{rel.prom.targets(f'podMonitor/{NAMESPACE}/{CONTROLLER}/')}")  # fmt: skip
-    assert value
+    query = (
+        f'{ROLLOUT_CANDIDATE_WEIGHT}{{rollout="{ROLLOUT}", namespace="{NAMESPACE}", pod=~"{CONTROLLER}-.*"}}'
+    )
+
+    def exported() -> bool:
+        return rel.prom.query(query) == _rollout_status(rel)["candidateWeight"]
+
+    _until(f"{query} as the status says", exported, 60, rel.node,
+           lambda: f"{rel.prom.targets(f'podMonitor/{NAMESPACE}/{CONTROLLER}/')}")  # fmt: skip
+
+
+def test_the_analysis_measures_the_candidate_and_the_rollout_steps_on(release: Release) -> None:
+    """When requests reach both versions as the VirtualService splits them (no Istio data plane
+    here: the test sends them to each predictor Service, 9 to stable for 1 to the candidate), the
+    controller's error-rate and latency-p99 measure the candidate on the Prometheus that scrapes
+    the pods, Successful, and the rollout goes on to its next weight, 50 %, the VirtualService too."""
+    rel = release
+    ips = {role: rel.core.read_namespaced_service(f"{isvc}-predictor", NAMESPACE).spec.cluster_ip
+           for role, (isvc, _v) in ISVCS.items()}  # fmt: skip
+    post = "curl -s -o /dev/null -m 2 -H 'content-type: application/json' --data '{\"instances\": [[5.1, 3.5, 1.4, 0.2]]}'"
+    loop = (f"while :; do for i in 1 2 3 4 5 6 7 8 9; do {post} http://{ips['stable']}/predict; done; "
+            f"{post} http://{ips['candidate']}/predict; done")  # fmt: skip
+    load = subprocess.Popen(rel.node.nsenter("sh", "-c", loop), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=_die_with_parent)  # fmt: skip
+    mark = time.monotonic()
+    try:
+
+        def stepped() -> dict[str, Any] | None:
+            status = _rollout_status(rel)
+            return status if any(_is_step(e, 50) for e in status.get("history") or []) else None
+
+        status = _until("the rollout at 50 % after a Successful analysis", stepped, 150, rel.node,
+                        lambda: json.dumps(_rollout_status(rel).get("analysis"), indent=1))  # fmt: skip
+    finally:
+        os.killpg(load.pid, signal.SIGTERM)
+        load.wait(10)
+    rel.times["load -> analysis Successful, status at 50 %"] = time.monotonic() - mark
+    measured = {a["name"]: a for a in status["analysis"]}
+    for name in ("error-rate", "latency-p99"):
+        assert measured[name]["successful"] >= 1 and measured[name]["value"] is not None, measured
+    assert measured["error-rate"]["value"] == 0, measured
+    assert status["phase"] == "Progressing" and status["candidateWeight"] >= 50, status
+    _until("the VirtualService's weights as the status says", lambda: _routes_agree(rel), 30, rel.node,
+           lambda: f"{_rollout_status(rel).get('weights')} {_vs_weights(rel)}")  # fmt: skip
