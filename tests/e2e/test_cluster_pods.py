@@ -23,7 +23,11 @@ chart's ModelRollout), then:
   the VirtualService is an object only;
 - with requests sent to both predictor Services as the mesh would split them, the analysis
   measures the candidate (error-rate, latency-p99 Successful) on that Prometheus and the rollout
-  steps on to 50 %, the VirtualService with it.
+  steps on to 50 %, the VirtualService with it;
+- ``rollout promote --full`` (the CLI from the host): Promoted, iris:v2 handed over to the stable
+  InferenceService, all traffic back on stable, KServe rolls stable's pod and the stable Service
+  answers iris:v2. The hand-off says Complete before that pod serves (xfail, strict: a bug in
+  rollout/controller/handoff.py, see the test).
 
 The Prometheus the controller queries is that same pod_prometheus, listening on the node's address
 (``start(listen=NODE_IP)``: pods reach ``http://10.200.0.2:PORT``); the chart's
@@ -40,9 +44,11 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -82,6 +88,9 @@ class Release:
     times: dict[str, float] = field(default_factory=dict)
     ready_pods: dict[str, str] = field(default_factory=dict)  # role -> pod name
     sent: dict[str, int] = field(default_factory=dict)  # role -> requests counted in model_requests_total
+    served_at_handoff: list[str] | None = (
+        None  # stable pods Ready with iris:v2 when the hand-off was Complete
+    )
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -422,3 +431,82 @@ def test_the_analysis_measures_the_candidate_and_the_rollout_steps_on(release: R
     assert status["phase"] == "Progressing" and status["candidateWeight"] >= 50, status
     _until("the VirtualService's weights as the status says", lambda: _routes_agree(rel), 30, rel.node,
            lambda: f"{_rollout_status(rel).get('weights')} {_vs_weights(rel)}")  # fmt: skip
+
+
+def _serving_pods(rel: Release, isvc: str, tag: str) -> list[str]:
+    """The Ready pods of ``isvc`` whose container runs ``tag`` (BENTO_MODEL_TAG)."""
+    out = []
+    for pod in rel.core.list_namespaced_pod(
+        NAMESPACE, label_selector=f"serving.kserve.io/inferenceservice={isvc}"
+    ).items:
+        env = {e.name: e.value for e in pod.spec.containers[0].env or []}
+        ready = any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+        if ready and env.get("BENTO_MODEL_TAG") == tag and pod.metadata.deletion_timestamp is None:
+            out.append(str(pod.metadata.name))
+    return out
+
+
+def test_promote_hands_the_candidates_model_to_stable_and_kserve_rolls_its_pods(release: Release) -> None:
+    """`rollout promote --full` from the host (the CLI against the cluster, as a user): the controller
+    promotes, hands iris:v2 over to the stable InferenceService (its predictor becomes the
+    candidate's), routes all traffic back to stable, and KServe rolls stable's Deployment to a new
+    pod: the stable Service answers iris:v2; `rollout status` says Promoted."""
+    rel = release
+    cli = Path(sys.executable).with_name("rollout")
+    kubeconfig = str(rel.node.control_plane.kubeconfig)
+    mark = time.monotonic()
+    proc = subprocess.run(
+        [str(cli), "promote", ROLLOUT, "--full", "-n", NAMESPACE, "--kubeconfig", kubeconfig],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"rollout promote: {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+
+    def handed_off() -> dict[str, Any] | None:
+        status = _rollout_status(rel)
+        return status if (status.get("handoff") or {}).get("phase") == "Complete" else None
+
+    status = _until("the hand-off to stable Complete", handed_off, 240, rel.node,
+                    lambda: f"{json.dumps(_rollout_status(rel).get('handoff'))}\n"
+                            f"{_pod_state(rel, 'serving.kserve.io/inferenceservice=iris-stable')}")  # fmt: skip
+    rel.served_at_handoff = _serving_pods(rel, "iris-stable", "iris:v2")
+    rel.times["rollout promote -> hand-off Complete"] = time.monotonic() - mark
+    assert status["phase"] == "Promoted", status
+    _until("the VirtualService all on stable", lambda: _vs_weights(rel) == {"iris-stable": 100, "iris-candidate": 0},
+           30, rel.node, lambda: f"{_vs_weights(rel)}")  # fmt: skip
+    isvc = rel.custom.get_namespaced_custom_object(*KSERVE[:2], NAMESPACE, KSERVE[2], "iris-stable")
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["BENTO_MODEL_TAG"] == "iris:v2"
+    svc = rel.core.read_namespaced_service("iris-stable-predictor", NAMESPACE)
+    infer = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP64", "data": IRIS_ROW}]}
+
+    def answers_v2() -> bool:  # KServe's rolling update of the stable Deployment, old pod gone
+        if _serving_pods(rel, "iris-stable", "iris:v1"):
+            return False
+        headers, answer = _post(rel.node, f"http://{svc.spec.cluster_ip}/v2/models/iris/infer", infer)
+        return bool(answer["model_version"] == "v2" and headers["x-model-version"] == "v2")
+
+    _until("the stable Service answering iris:v2", answers_v2, 180, rel.node,
+           lambda: _pod_state(rel, "serving.kserve.io/inferenceservice=iris-stable"))  # fmt: skip
+    rel.times["rollout promote -> stable Service answers iris:v2"] = time.monotonic() - mark
+    # ... and `rollout status` from the host says so
+    shown = subprocess.run([str(cli), "status", ROLLOUT, "-n", NAMESPACE, "--kubeconfig", kubeconfig, "-o", "json"],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "Promoted" in shown.stdout, shown.stdout
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rollout/controller/handoff.py serves(): the hand-off is Complete (all traffic back to stable) "
+    "while stable still serves the old model - it takes the InferenceService's status.observedGeneration "
+    ">= metadata.generation and Ready for 'stable serves the new predictor', but KServe v0.20.0 in "
+    "Standard mode writes there the predictor Deployment's own observedGeneration (inference_service_"
+    "status.go PropagateRawStatus: another object's counter, already there once the Deployment's template "
+    "is updated) and keeps Ready True through the rolling update (the old pod is available). Measured: "
+    "Complete 4.8 s after `rollout promote`, no iris:v2 pod Ready then (a Bento pod needs 11 s or more). "
+    "Fix: read the predictor Deployment's rollout (updated, available replicas, no old ones; RBAC get on "
+    "deployments by name) or ask the stable server its model.",
+)
+def test_the_hand_off_completes_only_once_stable_serves_the_candidates_model(release: Release) -> None:
+    assert release.served_at_handoff is not None, "the promote test runs first"
+    assert release.served_at_handoff, "hand-off Complete with no Ready stable pod running iris:v2"
