@@ -6,20 +6,25 @@ hand, and the two model servers (iris:v1, iris:v2) that local drills route betwe
 - ``ManualClock``: ``clock()`` is ``clock.now``; a test sets it (no sleeping through a pause).
 - ``bento_servers(logs)``: real ``bentoml serve`` of iris:v1 and iris:v2 on free ports, started
   in parallel, ready, stopped on exit.
+- ``until(what, probe, timeout, check, why)``: poll ``probe`` until it returns something truthy;
+  ``check`` raises when what the test waits on died (a node, a Prometheus); ``why`` is appended
+  to the AssertionError (a log tail) when the time is up.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rollout.local.bento import BentoServer, start_bento_server
 from rollout.local.processes import free_port
 from rollout.spec import ModelRollout, parse_rollout
 
 API_VERSION = "bento-rollout.io/v1alpha1"
+T = TypeVar("T")
 
 
 def rollout_doc(name: str, **spec: Any) -> dict[str, Any]:
@@ -68,3 +73,22 @@ def bento_servers(logs: Path, versions: Sequence[str] = ("v1", "v2")) -> Iterato
     finally:
         for s in started.values():
             s.stop()
+
+
+def until(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    check: Callable[[], None] = lambda: None,
+    why: Callable[[], str] = lambda: "",
+    every: float = 0.5,
+) -> T:
+    """``probe()``'s first truthy value within ``timeout`` seconds; AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        check()
+        value = probe()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s\n{why()}")

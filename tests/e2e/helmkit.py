@@ -34,6 +34,18 @@ def kubectl_binary() -> Path:
     return KUBECTL
 
 
+def kubectl(cluster: Any, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The built kubectl against ``cluster`` (anything with a ``kubeconfig`` path)."""
+    return subprocess.run(
+        [str(kubectl_binary()), "--kubeconfig", str(cluster.kubeconfig), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
 def helm_env(home: Path, kubeconfig: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HELM_")}
     for sub in ("cache", "config", "data"):

@@ -61,6 +61,7 @@ from tests.k8s import buildah_images, crds, pod_prometheus
 from tests.k8s.harness import _die_with_parent
 from tests.k8s.kserve import KServe
 from tests.k8s.node import NODE_IP, Node
+from tests.kit import until
 
 pytestmark = pytest.mark.k8s
 
@@ -106,14 +107,7 @@ class Release:
 
 
 def _until(what: str, probe: Callable[[], T | None], timeout: float, node: Node, why: Callable[[], str]) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        node.check_alive()
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s\n{why()}")
+    return until(what, probe, timeout, node.check_alive, why)
 
 
 def _values(bento: str, controller: str, prometheus_url: str) -> dict[str, Any]:

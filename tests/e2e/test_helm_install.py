@@ -14,48 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
-from rollout.k8s import generate
-from tests.e2e.helmkit import CHART, ROOT, kubectl_binary, run_helm, set_args
+from tests.e2e.helmkit import CHART, ROOT, kubectl, run_helm, set_args
 from tests.k8s.fixtures import K8sCluster
 
 pytestmark = pytest.mark.k8s
 
 RELEASE = "br"
 CONTROLLER_SA = "br-bento-rollout-controller"
-
-
-def kubectl(cluster: K8sCluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(kubectl_binary()), "--kubeconfig", str(cluster.kubeconfig), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-
-
-@pytest.fixture(scope="module")
-def modelrollout_crd(k8s_cluster: K8sCluster) -> None:
-    """The project's CRD from k8s/crd (the chart installs the same file on first install)."""
-    applied = kubectl(
-        k8s_cluster,
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=tests",
-        "-f",
-        str(generate.CRD_FILE),
-    )
-    assert applied.returncode == 0, f"the API server rejected the ModelRollout CRD:\n{applied.stderr}"
-    waited = kubectl(
-        k8s_cluster,
-        "wait",
-        "--for=condition=Established",
-        "--timeout=120s",
-        "crd/modelrollouts.bento-rollout.io",
-    )
-    assert waited.returncode == 0, waited.stderr
 
 
 def helm(cluster: K8sCluster, home: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from kubernetes.stream import stream
 from tests.e2e import helmkit
 from tests.k8s import buildah_images
 from tests.k8s import node as nodekit
+from tests.kit import until
 
 # a cold build of both images takes minutes (tests/k8s/README.md), inside the fixtures' setup
 pytestmark = [pytest.mark.k8s, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -40,14 +40,9 @@ IRIS_ROW = [5.1, 3.5, 1.4, 0.2]  # a setosa
 
 
 def _until(what: str, probe: Callable[[], T | None], timeout: float, node: nodekit.Node) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        node.check_alive()
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s\n--- kubelet.log ---\n{node.log('kubelet')}")
+    return until(
+        what, probe, timeout, node.check_alive, lambda: f"--- kubelet.log ---\n{node.log('kubelet')}"
+    )
 
 
 HOST_PATHS = ("/var/lib/containers", "/etc/cni", "/run/runc", "/run/containers", "/run/buildah")

@@ -24,6 +24,7 @@ from kubernetes import client
 from tests.e2e import helmkit
 from tests.k8s import crds, kserve, pod_prometheus
 from tests.k8s import node as nodekit
+from tests.kit import until
 
 # the first run builds Prometheus (pod_prometheus.build: about 9 min here) inside the first test
 pytestmark = pytest.mark.k8s
@@ -33,15 +34,11 @@ OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
 
 
 def _until(what: str, probe: Callable[[], T | None], timeout: float, prom: pod_prometheus.PodPrometheus) -> T:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def alive() -> None:
         prom.check_alive()
         prom.node.check_alive()
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s\n--- prometheus.log ---\n{prom.log_tail()}")
+
+    return until(what, probe, timeout, alive, lambda: f"--- prometheus.log ---\n{prom.log_tail()}", every=0.1)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ never `<no description>`."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from typing import Any
 
@@ -14,20 +13,10 @@ import yaml
 
 from rollout.k8s import generate
 from rollout.spec import ModelRollout
-from tests.e2e.helmkit import kubectl_binary
+from tests.e2e.helmkit import kubectl
 from tests.k8s.fixtures import K8sCluster
 
 pytestmark = pytest.mark.k8s
-
-
-def kubectl(cluster: K8sCluster, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(kubectl_binary()), "--kubeconfig", str(cluster.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 def _schema() -> dict[str, Any]:
@@ -62,21 +51,8 @@ def _node(path: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def explain(k8s_cluster: K8sCluster):
-    """Installs the project's CRD and returns ``explain(path) -> kubectl's output``."""
-    applied = kubectl(
-        k8s_cluster, "apply", "--server-side", "--force-conflicts", "--field-manager=tests", "-f",
-        str(generate.CRD_FILE),
-    )  # fmt: skip
-    assert applied.returncode == 0, f"the API server rejected the ModelRollout CRD:\n{applied.stderr}"
-    waited = kubectl(
-        k8s_cluster,
-        "wait",
-        "--for=condition=Established",
-        "--timeout=120s",
-        "crd/modelrollouts.bento-rollout.io",
-    )
-    assert waited.returncode == 0, waited.stderr
+def explain(k8s_cluster: K8sCluster, modelrollout_crd: None):
+    """The project's CRD installed (test_helm_install's fixture); returns ``explain(path) -> kubectl's output``."""
 
     def run(path: str) -> str:
         result = kubectl(k8s_cluster, "explain", path)
