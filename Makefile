@@ -1,5 +1,6 @@
 # bento-rollout — every target installs what it needs and is idempotent.
 #   make demo   the local progressive-rollout demo (trains, brings the stack up, runs 5 rollouts)
+#   make demo-cluster  a good and a faulty release on a single-node cluster, through Traefik
 #   make test   unit + integration (real bentoml/nginx/prometheus/locust) + e2e (real kube-apiserver)
 #   make lint   ruff + import layering
 #   make bench  serving, router, rollback and judge benchmarks -> bench/results/*.json + summary.md
@@ -13,7 +14,7 @@ export BENTOML_HOME ?= $(CURDIR)/.cache/bentoml
 export ROLLOUT_HOME ?= $(CURDIR)/.state
 export PATH := $(CURDIR)/.cache/bin:$(PATH)
 
-.PHONY: setup system venv tools checkov images models demo test test-unit test-integration test-e2e lint bench clean
+.PHONY: setup system venv tools checkov images models demo demo-cluster test test-unit test-integration test-e2e lint bench clean
 
 setup: system venv tools checkov
 
@@ -57,6 +58,11 @@ models: venv
 # the local demo needs no Kubernetes toolchain (no Go builds, no checkov): packages and the venv only
 demo: system venv
 	$(BIN)/rollout demo
+
+# the same rollouts on a single-node cluster (KServe, Traefik as the Gateway API data plane, the
+# operator in its pod): everything the Kubernetes tier needs, then tests/k8s/cluster_rollouts.py
+demo-cluster: setup images
+	$(BIN)/python -m tests.k8s.cluster_rollouts
 
 # images first (cold: minutes, with progress), so that no test fixture builds one silently
 test: setup images

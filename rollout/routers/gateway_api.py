@@ -9,8 +9,8 @@ The HTTPRoute has at most two rules:
   (both listed, a weight may be 0), a ``RequestMirror`` filter with ``percent`` for shadow traffic,
   and ``sessionPersistence`` (Cookie or Header, named by the sticky key) for sticky splits.
 
-``RequestMirror.percent`` is in Gateway API's standard channel since v1.3.0 (the CRDs the tests
-install); ``sessionPersistence`` is still experimental-channel only: with standard-channel CRDs
+``RequestMirror.percent`` is in Gateway API's standard channel since v1.3.0 (the tests
+install v1.4.0); ``sessionPersistence`` is still experimental-channel only: with standard-channel CRDs
 the API server refuses it (we write with ``fieldValidation=Strict``) and the error says so. Backends are Services on ``port``. ``parentRefs`` name the Gateway when one
 is given. Who calls it: the controller through ``registry.make_router("gateway-api", ...)``.
 """

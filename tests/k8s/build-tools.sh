@@ -166,6 +166,36 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
+# Traefik, the Gateway API data plane of the real-pods tests (tests/k8s/gateway.py runs it in the
+# node's netns; its TRAEFIK_VERSION / TRAEFIK_MODULE lines are the one place its version is
+# written). Built inside its own module (its go.mod's replace lines apply only there), into
+# .cache/traefik.
+traefik_py="$HERE/gateway.py"
+traefik_version="$(sed -n 's/^TRAEFIK_VERSION = "\(v[^"]*\)".*/\1/p' "$traefik_py")"
+traefik_module="$(sed -n 's/^TRAEFIK_MODULE = "\([^"]*\)".*/\1/p' "$traefik_py")"
+if [ -z "$traefik_version" ] || [ -z "$traefik_module" ]; then
+  echo "build-tools: no TRAEFIK_VERSION / TRAEFIK_MODULE in $traefik_py" >&2
+  exit 1
+fi
+traefik_out="$ROOT/.cache/traefik/traefik-$traefik_version"
+if [ -x "$traefik_out" ]; then
+  echo "build-tools: traefik $traefik_version already built ($traefik_out)"
+else
+  mkdir -p "$(dirname "$traefik_out")"
+  traefik_dir="$(GOFLAGS=-mod=mod go mod download -json "$traefik_module@$traefik_version" | awk -F'"' '$2 == "Dir" {print $4}')"
+  if [ ! -f "$traefik_dir/go.mod" ]; then
+    echo "build-tools: cannot fetch $traefik_module@$traefik_version (go mod download)" >&2
+    exit 1
+  fi
+  (cd "$traefik_dir" && GOFLAGS="$GOFLAGS -modcacherw" "$ROOT/.ci/step" \
+    "go-build-traefik: building Traefik $traefik_version, the Gateway API data plane (Go, nice -n 10)" \
+    nice -n 10 go build -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=${traefik_version#v}" \
+    -o "$traefik_out.tmp" ./cmd/traefik)
+  mv -f "$traefik_out.tmp" "$traefik_out"
+  built=$((built + 1))
+fi
+
+# ---------------------------------------------------------------------------------------------
 # skaffold (added by the packaging work, issue 5; owner of this block: helm/ + skaffold.yaml).
 # Validates skaffold.yaml with `skaffold diagnose` / `skaffold render --offline`
 # (tests/e2e/test_helm_skaffold.py). Pinned in tests/k8s/skaffold/go.mod, a wrapper module that

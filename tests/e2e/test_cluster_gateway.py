@@ -1,0 +1,103 @@
+"""Rollouts on real pods through a real Gateway API data plane (Traefik, tests/k8s/gateway.py), under
+Locust, gated on Prometheus series scraped from the pods (tests/k8s/cluster_rollouts.py).
+
+The chart is installed with ``helm install`` in ``gateway-api`` mode serving iris:v1; each release
+is a ``helm upgrade`` as a user ships one, with Locust sending predictions to the Gateway the
+whole time:
+
+- a good candidate (iris:v2): the canary steps 20 % -> 60 % -> 100 % on Successful analyses of the
+  candidate pod's error rate and p99 latency, is promoted, handed over to the stable
+  InferenceService, and every answer through the Gateway is then iris:v2; no request fails;
+- a bad release (iris:v1 whose server fails 30 % of predictions with HTTP 500,
+  ``models.candidateEnv`` BENTO_FAULT_ERROR_RATE): the first analysis at 20 % fails and the rollout
+  is rolled back, all traffic on stable within 30 s of the candidate's first traffic; the share of
+  requests it hurt is reported (there is no retry on stable in the data plane: Traefik's
+  Gateway API provider has no retry filter).
+
+What is not real here: nothing of the data path (Traefik proxies to the pod IPs of the Services'
+EndpointSlices). Traefik runs as a process in the node's netns, not as a pod (gateway.py).
+Figures are printed (``-s``) and written to ``$BENCH_CLUSTER_JSON`` when set (``make bench``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.k8s import cluster_rollouts as cr
+from tests.k8s.kserve import KServe
+
+pytestmark = pytest.mark.k8s
+
+RESULTS: dict[str, cr.Shipped] = {}
+
+
+@pytest.fixture(scope="module")
+def stack(kserve_node: KServe, tmp_path_factory: pytest.TempPathFactory) -> Iterator[cr.ClusterStack]:
+    began = time.monotonic()
+    with cr.cluster_stack(kserve_node, tmp_path_factory.mktemp("cluster-gateway")) as s:
+        try:
+            yield s
+        finally:
+            print("\n--- rollouts through the Gateway: seconds per phase ---")
+            s.times["node + KServe"] = kserve_node.seconds
+            for what, seconds in s.times.items():
+                print(f"{what:>55}: {seconds:6.1f}")
+            print(f"{'after node + KServe, to the teardown':>55}: {time.monotonic() - began:6.1f}")
+            rows = [r.row() for r in RESULTS.values()]
+            for row in rows:
+                print(json.dumps({k: v for k, v in row.items() if k != "events"}))
+            if out := os.environ.get("BENCH_CLUSTER_JSON"):
+                Path(out).write_text(json.dumps({"setup_seconds": s.times, "releases": rows}, indent=1))
+
+
+def test_the_gateway_routes_by_the_charts_httproute(stack: cr.ClusterStack) -> None:
+    """Traefik accepted the chart's HTTPRoute on the Gateway and sends all of it to stable."""
+    route = stack.custom().get_namespaced_custom_object(
+        *cr.HTTPROUTE[:2], cr.NAMESPACE, cr.HTTPROUTE[2], cr.ROUTE
+    )
+    (parent,) = route["status"]["parents"]
+    conds = {c["type"]: c["status"] for c in parent["conditions"]}
+    assert parent["controllerName"] == "traefik.io/gateway-controller"
+    assert conds == {"Accepted": "True", "ResolvedRefs": "True"}, parent
+    assert stack.route_weights() == {"iris-stable": 100}
+    assert cr._only(stack, "v1", 20)
+
+
+def test_a_good_candidate_is_promoted_with_no_failed_request(stack: cr.ClusterStack) -> None:
+    shipped = cr.ship(stack, "canary-good", "iris:v2")
+    RESULTS[shipped.name] = shipped
+    reasons = [e["reason"] for e in shipped.history]
+    assert shipped.phase == "Promoted", shipped.row()
+    steps = [e["message"] for e in shipped.history if e["reason"] == "StepStarted"]
+    assert any(s.endswith("setWeight 20") for s in steps) and any(
+        s.endswith("setWeight 60") for s in steps
+    ), steps
+    assert "RolledBack" not in reasons
+    answers = shipped.locust["answers_by_version"]
+    assert answers.get("v2", 0) > 100 and answers.get("v1", 0) > 100, answers  # both versions served users
+    assert shipped.failed == 0, shipped.row()
+    assert stack.route_weights()["iris-stable"] == 100
+    assert cr._only(stack, "v2", 20)
+
+
+def test_a_bad_release_is_rolled_back_within_30_s_of_its_first_traffic(stack: cr.ClusterStack) -> None:
+    assert "canary-good" in RESULTS, "the good release runs first (stable is iris:v2 after it)"
+    shipped = cr.ship(
+        stack, "canary-faulty", "iris:v1",
+        extra={"models.stable": "iris:v2", "models.candidateEnv": cr.FAULTY_ENV},
+    )  # fmt: skip
+    RESULTS[shipped.name] = shipped
+    assert shipped.phase == "RolledBack", shipped.row()
+    assert shipped.first_traffic_to_rollback is not None and shipped.first_traffic_to_rollback < 30, (
+        shipped.row()
+    )
+    assert stack.route_weights() == {"iris-stable": 100, "iris-candidate": 0}
+    assert cr._only(stack, "v2", 20)
+    # what users saw: failures only from the candidate's share (about 30 % of its 20 %)
+    assert 0 < shipped.failed < 0.1 * shipped.requests, shipped.row()
