@@ -22,6 +22,8 @@ MONITOR_KINDS = ["PodMonitor", "ServiceMonitor"]
 K8S_QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 K8S_DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 IMAGE_REF = r"^[a-z0-9]+([._/:-][a-z0-9]+)*$"
+# Kubernetes' EnvVar name rule before 1.34 relaxed it (what every supported server admits)
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 HOST_PORT = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$"
 
 
@@ -115,6 +117,29 @@ def _labels(description: str) -> dict[str, Any]:
     return {"type": "object", "additionalProperties": {"type": "string"}, "description": description}
 
 
+def _extra_env(role: str) -> dict[str, Any]:
+    return {
+        "type": "array",
+        "description": (
+            f"Environment variables added to the {role}'s model server after the chart's own, "
+            "e.g. BENTO_WORKERS, or BENTO_FAULT_ERROR_RATE on the candidate for a rollback drill. "
+            "They may not name what the chart or the server sets (BENTO_MODEL_TAG, "
+            "BENTO_MODEL_DIGEST, TMPDIR, XDG_CACHE_HOME, BENTO_SUPERVISOR_PID). In kserve routing "
+            "mode the one predictor carries the candidate's while a candidate is set, else the "
+            "stable's."
+        ),
+        "items": _obj(
+            {
+                "name": _str(
+                    "Variable name (letters, digits, '_', '-', '.'; not a digit first).", pattern=ENV_NAME
+                ),
+                "value": _str("Its value, a string (quote numbers in YAML)."),
+            },
+            ["name", "value"],
+        ),
+    }
+
+
 def values_schema() -> dict[str, Any]:
     model_ref = spec.ModelRef.model_json_schema(by_alias=True)["properties"]["model"]
     tag = {"type": "string", "pattern": model_ref["pattern"], "description": model_ref["description"]}
@@ -172,6 +197,8 @@ def values_schema() -> dict[str, Any]:
                         },
                         "stableDigest": digest,
                         "candidateDigest": digest,
+                        "stableEnv": _extra_env("stable"),
+                        "candidateEnv": _extra_env("candidate"),
                     },
                     ["stable"],
                     "BentoML model tags; an empty candidate deploys stable only. A digest pins the "

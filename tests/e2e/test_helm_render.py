@@ -558,3 +558,83 @@ def test_read_only_root_filesystem_leaves_bentoml_its_writable_dirs(home: Path) 
     assert all("emptyDir" in v for v in predictor["volumes"])
     env = {e["name"] for e in predictor["containers"][0]["env"]}
     assert "BENTOML_HOME" not in env, "the image's BENTOML_HOME locates the packed bento; keep it"
+
+
+def container_env(isvc: dict[str, Any]) -> list[tuple[str, str]]:
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    return [(e["name"], e["value"]) for e in container["env"]]
+
+
+DRILL = [{"name": "BENTO_FAULT_ERROR_RATE", "value": "0.3"}, {"name": "BENTO_WORKERS", "value": "2"}]
+STABLE_ENV = [{"name": "BENTO_WORKERS", "value": "4"}]
+
+
+@pytest.mark.parametrize("mode", ["istio", "gateway-api"])
+def test_each_version_gets_its_own_extra_env_after_the_charts(home: Path, mode: str) -> None:
+    """models.stableEnv / models.candidateEnv: a rollback drill (BENTO_FAULT_ERROR_RATE on the
+    candidate only), workers per version; rendered after the chart's own variables."""
+    values = {"routing.mode": mode, "models.candidate": "iris:v2", "models.stableEnv": STABLE_ENV,
+              "models.candidateEnv": DRILL}  # fmt: skip
+    isvcs = {
+        i["metadata"]["name"]: container_env(i) for i in by_kind(template(home, values))["InferenceService"]
+    }
+    stable, candidate = isvcs["iris-stable"], isvcs["iris-candidate"]
+    assert stable[0] == ("BENTO_MODEL_TAG", "iris:v1") and candidate[0] == ("BENTO_MODEL_TAG", "iris:v2")
+    assert stable[-1:] == [("BENTO_WORKERS", "4")]
+    assert candidate[-2:] == [("BENTO_FAULT_ERROR_RATE", "0.3"), ("BENTO_WORKERS", "2")]
+    assert "BENTO_FAULT_ERROR_RATE" not in dict(stable)
+
+
+def test_kserve_mode_serves_the_env_of_the_version_its_latest_revision_runs(home: Path) -> None:
+    """One InferenceService: its predictor is the candidate's while a candidate is set (env
+    included), else the stable's."""
+    values = {"models.stableEnv": STABLE_ENV, "models.candidateEnv": DRILL}
+    (isvc,) = by_kind(template(home, {**values, "models.candidate": "iris:v2"}))["InferenceService"]
+    env = container_env(isvc)
+    assert env[0] == ("BENTO_MODEL_TAG", "iris:v2") and env[-2:] == [(d["name"], d["value"]) for d in DRILL]
+    assert ("BENTO_WORKERS", "4") not in env
+    (isvc,) = by_kind(template(home, {**values, "models.candidate": ""}))["InferenceService"]
+    env = container_env(isvc)
+    assert env[0] == ("BENTO_MODEL_TAG", "iris:v1") and env[-1] == ("BENTO_WORKERS", "4")
+    assert "BENTO_FAULT_ERROR_RATE" not in dict(env)
+
+
+def test_no_extra_env_renders_the_charts_own_only(home: Path) -> None:
+    for isvc in by_kind(template(home, {"routing.mode": "istio", "models.candidate": "iris:v2"}))[
+        "InferenceService"
+    ]:
+        assert [n for n, _ in container_env(isvc)] == ["BENTO_MODEL_TAG", "TMPDIR", "XDG_CACHE_HOME"]
+
+
+BAD_ENV = [
+    (
+        {"models.candidateEnv": [{"name": "BENTO_MODEL_TAG", "value": "iris:v9"}]},
+        ["models.candidateEnv sets BENTO_MODEL_TAG, which the chart sets itself", "models.candidate"],
+    ),
+    (
+        {"models.stableEnv": [{"name": "BENTO_MODEL_DIGEST", "value": PIN_A}]},
+        ["models.stableEnv sets BENTO_MODEL_DIGEST", "models.stableDigest"],
+    ),
+    ({"models.stableEnv": [{"name": "TMPDIR", "value": "/var"}]}, ["models.stableEnv sets TMPDIR"]),
+    (
+        {"models.candidateEnv": [{"name": "BENTO_SUPERVISOR_PID", "value": "1"}]},
+        ["models.candidateEnv sets BENTO_SUPERVISOR_PID"],
+    ),
+    ({"models.stableEnv": [{"name": "BAD NAME", "value": "1"}]}, ["models/stableEnv/0/name"]),
+    ({"models.stableEnv": [{"name": "BENTO_WORKERS"}]}, ["models/stableEnv/0", "value"]),
+    ({"models.candidateEnv": [{"name": "X", "value": 1}]}, ["models/candidateEnv/0/value"]),
+    (
+        {"models.candidate": "iris:v2", "models.candidateEnv": [{"name": "X", "value": "1"}] * 2},
+        ["models.candidateEnv names X twice"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "words"), BAD_ENV, ids=[str(i) for i in range(len(BAD_ENV))])
+def test_extra_env_may_not_replace_the_charts_own_variables(
+    home: Path, values: dict[str, Any], words: list[str]
+) -> None:
+    result = run_helm(["template", "br", str(CHART), *set_args(values)], home)
+    assert result.returncode != 0, f"{values} rendered but should have failed"
+    for word in words:
+        assert word in result.stderr, f"{word!r} not in helm's error:\n{result.stderr}"

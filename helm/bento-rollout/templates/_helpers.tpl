@@ -126,6 +126,13 @@ seccompProfile:
 {{- index $root.Values.models (printf "%sDigest" $role) | default "" -}}
 {{- end -}}
 
+{{/* The variables the chart sets on the model server (bento-rollout.predictor), and the one the
+     server sets for its own workers (bentos/service.py): models.stableEnv / candidateEnv may not
+     name them. */}}
+{{- define "bento-rollout.chartEnvNames" -}}
+BENTO_MODEL_TAG BENTO_MODEL_DIGEST TMPDIR XDG_CACHE_HOME BENTO_SUPERVISOR_PID
+{{- end -}}
+
 {{/* The predictor of one InferenceService: the Bento image serving one model tag. Args: root, role, tag. */}}
 {{- define "bento-rollout.predictor" -}}
 {{- $root := index . 0 -}}{{- $role := index . 1 -}}{{- $tag := index . 2 -}}
@@ -174,6 +181,10 @@ containers:
         value: /tmp
       - name: XDG_CACHE_HOME
         value: /tmp/.cache
+      {{- with index $v.models (printf "%sEnv" $role) }}
+      # models.{{ $role }}Env, after the chart's own (which _validate.tpl keeps it from replacing)
+      {{- toYaml . | nindent 6 }}
+      {{- end }}
     ports:
       - name: http1
         containerPort: {{ $v.service.port }}

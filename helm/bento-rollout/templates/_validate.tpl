@@ -29,6 +29,19 @@
 {{- if and (eq $mode "kserve") (has (int $v.service.port) (list 8008 8012 8013 8022 8112 9090 9091)) -}}
 {{- fail (printf "service.port %d is a port Knative's queue-proxy takes in every model pod in kserve routing mode (8008, 8012, 8013, 8022, 8112, 9090, 9091; Knative refuses all but 8112 for the model container): pick another port" (int $v.service.port)) -}}
 {{- end -}}
+{{- $own := splitList " " (include "bento-rollout.chartEnvNames" .) -}}
+{{- range $role := list "stable" "candidate" -}}
+{{- $seen := list -}}
+{{- range (index $v.models (printf "%sEnv" $role)) -}}
+{{- if has .name $own -}}
+{{- fail (printf "models.%sEnv sets %s, which the chart sets itself (%s): the model is models.%s / models.%sDigest; leave %s out" $role .name (join ", " $own) $role $role .name) -}}
+{{- end -}}
+{{- if has .name $seen -}}
+{{- fail (printf "models.%sEnv names %s twice: keep one" $role .name) -}}
+{{- end -}}
+{{- $seen = append $seen .name -}}
+{{- end -}}
+{{- end -}}
 {{- if and (gt (int $v.controller.replicas) 1) (not $v.controller.leaderElection.enabled) -}}
 {{- fail (printf "controller.replicas is %d: more than one controller needs controller.leaderElection.enabled=true so that only one acts" (int $v.controller.replicas)) -}}
 {{- end -}}
