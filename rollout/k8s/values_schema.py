@@ -193,7 +193,12 @@ def values_schema() -> dict[str, Any]:
                         "candidate": {
                             **tag,
                             "pattern": f"({tag['pattern']})|^$",
-                            "description": f"{tag['description']} Empty: stable only.",
+                            "description": (
+                                f"{tag['description']} Empty (the default): stable only. kserve routing "
+                                "mode: set it with helm upgrade after a stable-only install (KServe keeps "
+                                "the revision serving before as stable); a first install with one is "
+                                "refused."
+                            ),
                         },
                         "stableDigest": digest,
                         "candidateDigest": digest,
@@ -412,8 +417,10 @@ def values_schema() -> dict[str, Any]:
                     image=_image("Image with Locust and the locustfile's imports."),
                     locustfile=_str("File in loadtests/ to run.", pattern=r"^[A-Za-z0-9_.-]+\.py$"),
                     host=_str(
-                        "Target URL; default: the service's cluster-local address (kserve) or the "
-                        "first of routing.hosts.",
+                        "Target URL. Default: kserve, the InferenceService's address; istio, the first "
+                        "of routing.hosts, else the chart's Service (the VirtualService's host); "
+                        "gateway-api, the first of routing.hosts, else the address of the first "
+                        "parentRefs Gateway, read from the cluster at install.",
                         pattern=r"^$|^https?://.+",
                     ),
                     users=_int("Concurrent users, 1-10000.", 1, 10000),

@@ -13,12 +13,23 @@ The HTTPRoute has at most two rules:
 install v1.4.0); ``sessionPersistence`` is still experimental-channel only: with standard-channel CRDs
 the API server refuses it (we write with ``fieldValidation=Strict``) and the error says so. Backends are Services on ``port``. ``parentRefs`` name the Gateway when one
 is given. Who calls it: the controller through ``registry.make_router("gateway-api", ...)``.
+
+Before a route that mirrors (shadow, blue/green preview) is written, the router asks the Gateway's
+implementation whether it can: the ``status.supportedFeatures`` its controller publishes on the
+Gateway's GatewayClass (GEP-2162) must list ``HTTPRouteRequestMirror`` (and, for a share under 100 %,
+``HTTPRouteRequestPercentageMirror``). One that does not is refused (UnsupportedRouteError naming the
+class, its controller and the feature) and nothing is written: an implementation without the filter
+may fail the whole rule instead (Traefik v3.6 answers every request of such a rule with HTTP 500).
+A class that publishes no feature list is trusted; a Gateway or GatewayClass that cannot be read
+refuses the mirror too (the chart's Role and ClusterRole grant ``get`` on both).
 """
 
 from __future__ import annotations
 
-from rollout.errors import InvalidObjectError, RouterError
-from rollout.k8s.client import HTTP_ROUTE, KubeClient, Obj
+import time
+
+from rollout.errors import InvalidObjectError, RolloutError, RouterError, UnsupportedRouteError
+from rollout.k8s.client import HTTP_ROUTE, Kind, KubeClient, Obj
 from rollout.routers.base import Backend, Routes, RouteTarget
 from rollout.routers.matching import (
     MANAGED_BY,
@@ -31,6 +42,27 @@ from rollout.routers.matching import (
 from rollout.spec import StickyKey
 
 _MATCH_TYPE = {"exact": "Exact", "regex": "RegularExpression"}
+GATEWAY = Kind("gateway.networking.k8s.io", "v1", "gateways", "Gateway")
+GATEWAY_CLASS = Kind("gateway.networking.k8s.io", "v1", "gatewayclasses", "GatewayClass")
+MIRROR = "HTTPRouteRequestMirror"
+PERCENTAGE_MIRROR = "HTTPRouteRequestPercentageMirror"
+FEATURES_TTL = 60.0  # seconds a GatewayClass's feature list is reused
+
+
+def features_needed(routes: Routes) -> list[str]:
+    """The Gateway API features (GEP-2162 names) ``routes`` need beyond weights and header matches."""
+    if not routes.mirror_percent:
+        return []
+    return [MIRROR] if routes.mirror_percent >= 100 else [MIRROR, PERCENTAGE_MIRROR]
+
+
+def supported_features(gateway_class: Obj) -> set[str] | None:
+    """The features a GatewayClass's controller says it supports; None when it publishes no list.
+    (v1.2 wrote plain strings, v1.3+ writes ``{name: ...}`` objects.)"""
+    listed = (gateway_class.get("status") or {}).get("supportedFeatures")
+    if not listed:
+        return None
+    return {f["name"] if isinstance(f, dict) else str(f) for f in listed}
 
 
 def _ref(backend: Backend, port: int, weight: int | None = None) -> Obj:
@@ -138,6 +170,45 @@ class GatewayApiRouter(RouteObjectRouter):
     ) -> None:
         super().__init__(client, namespace, name)
         self.gateway, self.port = gateway, port
+        self._features: tuple[float, str, set[str] | None] | None = None  # (read at, class, features)
+
+    def _class_features(self) -> tuple[str, set[str] | None]:
+        """(class and controller, its supported features) of the Gateway this route is attached to."""
+        now = time.monotonic()
+        if self._features is not None and now - self._features[0] < FEATURES_TTL:
+            return self._features[1], self._features[2]
+        assert self.gateway is not None
+        gw = self.client.get(GATEWAY, self.namespace, self.gateway)
+        class_name = str(gw.get("spec", {}).get("gatewayClassName", ""))
+        gc = self.client.call(
+            f"GatewayClass {class_name}", self.client.custom.get_cluster_custom_object,
+            GATEWAY_CLASS.group, GATEWAY_CLASS.version, GATEWAY_CLASS.plural, class_name,
+        )  # fmt: skip
+        who = f"GatewayClass {class_name} (controller {gc.get('spec', {}).get('controllerName', '?')})"
+        self._features = (now, who, supported_features(gc))
+        return who, self._features[2]
+
+    def check_supported(self, routes: Routes) -> None:
+        """UnsupportedRouteError when the Gateway's implementation lacks a feature ``routes`` need."""
+        needed = features_needed(routes)
+        if not needed or not self.gateway:
+            return
+        try:
+            who, features = self._class_features()
+        except RolloutError as exc:
+            raise UnsupportedRouteError(
+                f"cannot tell whether Gateway {self.namespace}/{self.gateway} supports {needed[-1]} "
+                f"(needed to mirror {routes.mirror_percent}% to the candidate), so nothing was written: {exc}"
+            ) from None
+        missing = [f for f in needed if features is not None and f not in features]
+        if missing:
+            raise UnsupportedRouteError(
+                f"Gateway {self.namespace}/{self.gateway}: {who} does not support {', '.join(missing)} "
+                f"(its status.supportedFeatures), needed to mirror {routes.mirror_percent}% of traffic to "
+                "the candidate; nothing was written. Shadow and a blue/green preview with "
+                "previewMirrorPercent > 0 need a Gateway API implementation that mirrors; a blue/green "
+                "preview with previewMirrorPercent: 0 (header X-Rollout-Preview only) runs anywhere"
+            )
 
     def new_object(self, target: RouteTarget, routes: Routes) -> Obj:
         return http_route(self.name, target, routes, self.gateway, self.port)
@@ -152,6 +223,7 @@ class GatewayApiRouter(RouteObjectRouter):
         return routes_from_http_route(obj, target)
 
     def _write(self, target: RouteTarget, routes: Routes) -> None:
+        self.check_supported(routes)
         try:
             super()._write(target, routes)
         except InvalidObjectError as exc:

@@ -34,6 +34,7 @@ CHECKOV = ROOT / ".cache" / "checkov" / "bin" / "checkov"
 README = CHART / "README.md"
 MODES = ["kserve", "istio", "gateway-api"]
 EVERYTHING_ON = {
+    "models.candidate": "iris:v2",  # the defaults name none (stable alone)
     "rollout.enabled": True,
     "monitoring.enabled": True,
     "loadtest.enabled": True,

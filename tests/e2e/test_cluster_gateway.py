@@ -101,3 +101,50 @@ def test_a_bad_release_is_rolled_back_within_30_s_of_its_first_traffic(stack: cr
     assert cr._only(stack, "v2", 20)
     # what users saw: failures only from the candidate's share (about 30 % of its 20 %)
     assert 0 < shipped.failed < 0.1 * shipped.requests, shipped.row()
+
+
+def _delete_pods(stack: cr.ClusterStack, isvc: str) -> list[str]:
+    core = stack.core()
+    pods = core.list_namespaced_pod(cr.NAMESPACE, label_selector=f"serving.kserve.io/inferenceservice={isvc}")
+    names = [p.metadata.name for p in pods.items if p.metadata.deletion_timestamp is None]
+    for name in names:
+        core.delete_namespaced_pod(name, cr.NAMESPACE, grace_period_seconds=0)
+    return names
+
+
+def test_a_candidate_pod_killed_mid_canary(stack: cr.ClusterStack) -> None:
+    """The candidate's only pod deleted as soon as it has users' traffic: what users see (its share
+    of requests fails until the Service has no endpoint, then Traefik answers 503 for that share
+    until KServe's Deployment has a new pod Ready) and what the rollout does, reported as it is."""
+    assert "canary-faulty" in RESULTS, "runs after the faulty release"
+    killed: list[str] = []
+    shipped = cr.ship(
+        stack, "canary-candidate-killed", "iris:slow", extra={"models.candidateEnv": []},
+        during=lambda s, _status: killed.extend(_delete_pods(s, "iris-candidate")),
+    )  # fmt: skip
+    RESULTS[shipped.name] = shipped
+    assert killed, "the candidate's pod was deleted mid-canary"
+    assert shipped.phase in ("Promoted", "RolledBack"), shipped.row()
+    if shipped.phase == "Promoted":
+        assert cr._only(stack, "slow", 20)
+    else:
+        assert cr._only(stack, "v2", 20)
+
+
+def test_stable_pod_killed_mid_canary_holds_the_rollout(stack: cr.ClusterStack) -> None:
+    """Issue "When stable dies mid-rollout", on the cluster: stable's pod deleted while the canary
+    runs; the controller holds (StableUnavailable: no step while stable is not Ready), KServe
+    replaces the pod, the rollout goes on to its end; the failed share is reported."""
+    assert "canary-candidate-killed" in RESULTS, "runs after the candidate-kill drill"
+    stable = "iris:slow" if RESULTS["canary-candidate-killed"].phase == "Promoted" else "iris:v2"
+    candidate = "iris:v1" if stable == "iris:slow" else "iris:slow"
+    killed: list[str] = []
+    shipped = cr.ship(
+        stack, "canary-stable-killed", candidate, extra={"models.stable": stable, "models.candidateEnv": []},
+        during=lambda s, _status: killed.extend(_delete_pods(s, "iris-stable")),
+    )  # fmt: skip
+    RESULTS[shipped.name] = shipped
+    assert killed, "stable's pod was deleted mid-canary"
+    reasons = [e["reason"] for e in shipped.history]
+    assert "StableUnavailable" in reasons, reasons
+    assert shipped.phase == "Promoted", shipped.row()

@@ -103,7 +103,28 @@ def test_istio_router_adopts_an_existing_virtual_service(kube: KubeClient, k8s_n
     assert kube.get(VIRTUAL_SERVICE, k8s_namespace, "iris")["spec"]["hosts"] == ["iris.example.com"]
 
 
+def _gateway(kube: KubeClient, namespace: str, name: str, features: list[str] | None) -> None:
+    """A Gateway ``name`` of a GatewayClass of its own whose status lists ``features`` as a Gateway
+    API implementation publishes them (GEP-2162; written by the test: no implementation runs in this
+    API-only cluster; tests/e2e/test_cluster_gateway.py has Traefik's own)."""
+    group, version = "gateway.networking.k8s.io", "v1"
+    cls = f"{namespace}-{name}"
+    kube.custom.create_cluster_custom_object(group, version, "gatewayclasses", {
+        "apiVersion": f"{group}/{version}", "kind": "GatewayClass", "metadata": {"name": cls},
+        "spec": {"controllerName": "example.com/gateway-controller"},
+    })  # fmt: skip
+    if features is not None:
+        kube.custom.patch_cluster_custom_object_status(group, version, "gatewayclasses", cls, {
+            "status": {"supportedFeatures": [{"name": f} for f in sorted(features)], "conditions": []},
+        })  # fmt: skip
+    kube.custom.create_namespaced_custom_object(group, version, namespace, "gateways", {
+        "apiVersion": f"{group}/{version}", "kind": "Gateway", "metadata": {"name": name},
+        "spec": {"gatewayClassName": cls, "listeners": [{"name": "http", "protocol": "HTTP", "port": 80}]},
+    })  # fmt: skip
+
+
 def test_gateway_api_http_route_through_every_route_kind(kube: KubeClient, k8s_namespace: str) -> None:
+    _gateway(kube, k8s_namespace, "edge", ["HTTPRouteRequestMirror", "HTTPRouteRequestPercentageMirror"])
     router = make_router(
         "gateway-api", client=kube, namespace=k8s_namespace, name="iris", gateway="edge", port=3000
     )
@@ -120,6 +141,35 @@ def test_gateway_api_http_route_through_every_route_kind(kube: KubeClient, k8s_n
     with pytest.raises(InvalidObjectError, match="experimental"):
         router.set_routes(Routes(candidate_weight=50, sticky=StickyKey(header="X-User")))
     assert router.get_routes() == mirror
+
+
+def test_gateway_api_refuses_to_mirror_through_a_gateway_that_cannot(
+    kube: KubeClient, k8s_namespace: str
+) -> None:
+    """A Gateway whose implementation does not list RequestMirror among its supported features (as
+    Traefik v3.6 does not: it answers every request of such a rule with HTTP 500) gets no mirror
+    filter: refused with the class and the feature named, the route left as it was; weights and
+    header matches still go through."""
+    _gateway(kube, k8s_namespace, "edge", ["HTTPRouteHostRewrite", "HTTPRouteQueryParamMatching"])
+    router = make_router("gateway-api", client=kube, namespace=k8s_namespace, name="iris", gateway="edge")
+    router.ensure(TARGET)
+    router.set_routes(Routes(candidate_weight=20))
+    for mirror in (Routes(mirror_percent=100), Routes(candidate_weight=20, mirror_percent=30)):
+        with pytest.raises(
+            UnsupportedRouteError,
+            match=r"example.com/gateway-controller\) does not support HTTPRouteRequestMirror",
+        ):
+            router.set_routes(mirror)
+    assert router.get_routes() == Routes(candidate_weight=20)
+    assert "filters" not in kube.get(HTTP_ROUTE, k8s_namespace, "iris")["spec"]["rules"][-1]
+    router.set_routes(
+        Routes(candidate_weight=10, match=(HeaderMatch(header="x-rollout-preview", value="1"),))
+    )
+    assert router.get_routes().candidate_weight == 10
+    # a Gateway that cannot be read (here: none of that name) refuses the mirror too
+    other = make_router("gateway-api", client=kube, namespace=k8s_namespace, name="iris", gateway="missing")
+    with pytest.raises(UnsupportedRouteError, match="cannot tell whether Gateway"):
+        other.set_routes(Routes(mirror_percent=50))
 
 
 def test_the_real_crd_schema_rejects_a_bad_route(kube: KubeClient, k8s_namespace: str) -> None:

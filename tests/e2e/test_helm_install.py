@@ -16,6 +16,7 @@ import yaml
 
 from tests.e2e.helmkit import CHART, ROOT, kubectl, run_helm, set_args
 from tests.k8s.fixtures import K8sCluster
+from tests.kit import until
 
 pytestmark = pytest.mark.k8s
 
@@ -32,6 +33,15 @@ def install(cluster: K8sCluster, home: Path, namespace: str, values: dict[str, A
     assert result.returncode == 0, f"helm install failed:\n{result.stderr}"
 
 
+def upgrade(cluster: K8sCluster, home: Path, namespace: str, values: dict[str, Any]) -> str:
+    result = helm(
+        cluster, home, "upgrade", RELEASE, str(CHART), "--namespace", namespace, "--reuse-values",
+        *set_args(values),
+    )  # fmt: skip
+    assert result.returncode == 0, f"helm upgrade failed:\n{result.stderr}"
+    return result.stdout
+
+
 def server_object(cluster: K8sCluster, namespace: str, kind: str, name: str) -> dict[str, Any]:
     got = kubectl(cluster, "get", kind, name, "-n", namespace, "-o", "json")
     assert got.returncode == 0, got.stderr
@@ -39,6 +49,7 @@ def server_object(cluster: K8sCluster, namespace: str, kind: str, name: str) -> 
 
 
 FULL = {
+    "models.candidate": "iris:v2",
     "monitoring.enabled": True,
     "loadtest.enabled": True,
     "rollout.enabled": True,
@@ -57,7 +68,11 @@ def test_install_every_object_is_accepted_by_the_server(
     if mode == "gateway-api":
         values.update({"routing.mirror.enabled": True, "routing.headerMatch.enabled": True})
         values["loadtest.host"] = "http://inference-gateway.gateway-system"
-    install(k8s_cluster, tmp_path, k8s_namespace, values)
+    if mode == "kserve":  # two steps: stable alone, then the candidate (a first install is refused)
+        install(k8s_cluster, tmp_path, k8s_namespace, {"routing.mode": mode})
+        upgrade(k8s_cluster, tmp_path, k8s_namespace, values)
+    else:
+        install(k8s_cluster, tmp_path, k8s_namespace, values)
 
     manifest = helm(k8s_cluster, tmp_path, "get", "manifest", RELEASE, "-n", k8s_namespace)
     assert manifest.returncode == 0, manifest.stderr
@@ -119,7 +134,7 @@ def test_install_every_object_is_accepted_by_the_server(
 def test_upgrade_and_rollback_change_the_routing_on_the_server(
     k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
 ) -> None:
-    install(k8s_cluster, tmp_path, k8s_namespace, {"routing.mode": "istio"})
+    install(k8s_cluster, tmp_path, k8s_namespace, {"routing.mode": "istio", "models.candidate": "iris:v2"})
 
     def weights() -> list[int]:
         vs = server_object(k8s_cluster, k8s_namespace, "virtualservices.networking.istio.io", "iris")
@@ -159,6 +174,135 @@ def test_bad_values_fail_at_install_and_leave_nothing_behind(
     assert "candidateWeight" in result.stderr
     listed = helm(k8s_cluster, tmp_path, "list", "-n", k8s_namespace, "-a", "-q")
     assert listed.stdout.strip() == ""
+
+
+# --- what is served, and where clients and the load test reach it ---------------------------------
+
+
+def default_service_account(cluster: K8sCluster, namespace: str) -> None:
+    """The namespace's "default" ServiceAccount, which the chart asks for to know it sees a cluster
+    (kube-controller-manager creates it just after the namespace)."""
+    until(
+        f"ServiceAccount {namespace}/default",
+        lambda: kubectl(cluster, "get", "sa", "default", "-n", namespace).returncode == 0,
+        30,
+    )
+
+
+def served(isvc: dict[str, Any]) -> str:
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    return {e["name"]: e["value"] for e in container["env"]}["BENTO_MODEL_TAG"]
+
+
+def test_kserve_mode_installs_stable_alone_then_rolls_the_candidate_out_with_an_upgrade(
+    k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
+) -> None:
+    """The chart's defaults made one InferenceService whose only revision ran the candidate iris:v2
+    (all traffic: no previous revision) while its ModelRollout said stable is iris:v1. Now: the
+    defaults serve stable alone; a first install with a candidate is refused and leaves nothing;
+    the upgrade that sets one makes the candidate the latest revision at its weight, the
+    ModelRollout agreeing; a candidate over another stable than the one served is refused."""
+    default_service_account(k8s_cluster, k8s_namespace)
+    ns = k8s_namespace
+    first = helm(
+        k8s_cluster, tmp_path, "install", RELEASE, str(CHART), "-n", ns, "--set", "models.candidate=iris:v2"
+    )
+    assert first.returncode != 0
+    assert f"InferenceService {ns}/iris does not exist yet" in first.stderr, first.stderr
+    assert "Install with models.candidate=" in first.stderr
+    assert helm(k8s_cluster, tmp_path, "list", "-n", ns, "-a", "-q").stdout.strip() == ""
+
+    installed = helm(k8s_cluster, tmp_path, "install", RELEASE, str(CHART), "-n", ns)  # the defaults
+    assert installed.returncode == 0, installed.stderr
+    isvc = server_object(k8s_cluster, ns, "inferenceservices.serving.kserve.io", "iris")
+    assert served(isvc) == "iris:v1" and "canaryTrafficPercent" not in isvc["spec"]["predictor"]
+    assert "Model service iris: stable iris:v1." in installed.stdout  # NOTES: what is served
+    assert "--set models.candidate=<model:tag>" in installed.stdout
+
+    drill = [{"name": "BENTO_FAULT_ERROR_RATE", "value": "0.3"}]
+    values = {"models.candidate": "iris:v2", "routing.candidateWeight": 10, "rollout.enabled": True,
+              "models.candidateEnv": drill}  # fmt: skip
+    notes = upgrade(k8s_cluster, tmp_path, ns, values)
+    assert "stable iris:v1, candidate iris:v2 at 10% (kserve routing)" in notes and "WARNING" not in notes
+    isvc = server_object(k8s_cluster, ns, "inferenceservices.serving.kserve.io", "iris")
+    rollout = server_object(k8s_cluster, ns, "modelrollouts.bento-rollout.io", "iris")
+    predictor = isvc["spec"]["predictor"]
+    assert served(isvc) == rollout["spec"]["candidate"]["model"] == "iris:v2"
+    assert predictor["canaryTrafficPercent"] == 10
+    assert (
+        isvc["metadata"]["annotations"]["bento-rollout.io/stable-model"] == rollout["spec"]["stable"]["model"]
+    )
+    assert predictor["containers"][0]["env"][-1] == drill[0]  # the candidate's own env, stored
+
+    # a canary in flight over iris:v1: another stable is not what KServe keeps
+    refused = helm(k8s_cluster, tmp_path, "upgrade", RELEASE, str(CHART), "-n", ns, "--reuse-values",
+                   "--set", "models.stable=iris:v0")  # fmt: skip
+    assert refused.returncode != 0
+    assert f"InferenceService {ns}/iris serves iris:v1" in refused.stderr, refused.stderr
+    assert "set models.stable=iris:v1" in refused.stderr
+    # a new candidate over the same stable is fine
+    upgrade(k8s_cluster, tmp_path, ns, {"models.candidate": "iris:v3"})
+    assert served(server_object(k8s_cluster, ns, "inferenceservices.serving.kserve.io", "iris")) == "iris:v3"
+
+
+def test_the_service_the_virtual_service_names_exists_and_selects_stables_pods(
+    k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
+) -> None:
+    """<service>.<ns>.svc, the VirtualService's host and the Locust Job's target, was no object: the
+    chart creates it, selecting the labels KServe puts on stable's predictor pods (the predictor's
+    labels as the server stored them) and not the candidate's."""
+    values = {"routing.mode": "istio", "models.candidate": "iris:v2", "loadtest.enabled": True}
+    install(k8s_cluster, tmp_path, k8s_namespace, values)
+    service = server_object(k8s_cluster, k8s_namespace, "services", "iris")
+    assert service["spec"]["type"] == "ClusterIP" and service["spec"]["clusterIP"]
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(80, 3000)]
+    selector = service["spec"]["selector"].items()
+    labels = {
+        role: server_object(
+            k8s_cluster, k8s_namespace, "inferenceservices.serving.kserve.io", f"iris-{role}"
+        )["spec"]["predictor"]["labels"].items()
+        for role in ("stable", "candidate")
+    }
+    assert selector <= labels["stable"] and not selector <= labels["candidate"]
+    vs = server_object(k8s_cluster, k8s_namespace, "virtualservices.networking.istio.io", "iris")
+    assert vs["spec"]["hosts"] == [f"iris.{k8s_namespace}.svc.cluster.local"]
+    (job,) = json.loads(kubectl(k8s_cluster, "get", "jobs", "-n", k8s_namespace, "-o", "json").stdout)[
+        "items"
+    ]
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert f"--host=http://iris.{k8s_namespace}.svc.cluster.local" in command
+
+
+def test_the_gateway_api_load_test_targets_the_gateways_own_address(
+    k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
+) -> None:
+    """gateway-api: the Locust Job had no default but a value; now it reads the Gateway the route
+    attaches to (status.addresses, the HTTP listener's port)."""
+    gateway = {
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "inference-gateway", "namespace": k8s_namespace},
+        "spec": {"gatewayClassName": "test", "listeners": [
+            {"name": "tls", "protocol": "HTTPS", "port": 443, "tls": {"certificateRefs": [{"name": "x"}]}},
+            {"name": "web", "protocol": "HTTP", "port": 8000},
+        ]},
+    }  # fmt: skip
+    created = kubectl(k8s_cluster, "create", "-f", "-", stdin=json.dumps(gateway))
+    assert created.returncode == 0, created.stderr
+    address = {
+        "status": {"addresses": [{"type": "Hostname", "value": "gw.gateway-system.svc.cluster.local"}]}
+    }
+    patched = kubectl(
+        k8s_cluster, "patch", "gateways.gateway.networking.k8s.io", "inference-gateway", "-n", k8s_namespace,
+        "--subresource=status", "--type=merge", "-p", json.dumps(address),
+    )  # fmt: skip
+    assert patched.returncode == 0, patched.stderr
+    values = {"routing.mode": "gateway-api", "models.candidate": "iris:v2", "loadtest.enabled": True}
+    install(k8s_cluster, tmp_path, k8s_namespace, values)
+    (job,) = json.loads(kubectl(k8s_cluster, "get", "jobs", "-n", k8s_namespace, "-o", "json").stdout)[
+        "items"
+    ]
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--host=http://gw.gateway-system.svc.cluster.local:8000" in command
 
 
 # --- least privilege -------------------------------------------------------------------------------
@@ -233,7 +377,8 @@ def can_i(
 def test_controller_service_account_has_exactly_the_rights_the_operator_needs(
     k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
 ) -> None:
-    install(k8s_cluster, tmp_path, k8s_namespace, {"routing.mode": "istio", "rollout.enabled": True})
+    values = {"routing.mode": "istio", "rollout.enabled": True, "models.candidate": "iris:v2"}
+    install(k8s_cluster, tmp_path, k8s_namespace, values)
     missing = [f"{v} {r}" for v, r in NEEDED if not can_i(k8s_cluster, k8s_namespace, v, r)]
     assert missing == [], f"the controller cannot: {missing}"
     excess = [f"{v} {r}" for v, r in REFUSED if can_i(k8s_cluster, k8s_namespace, v, r)]
@@ -279,7 +424,8 @@ def test_the_controller_leases_the_charts_lease_and_helm_upgrade_leaves_its_hold
 def test_controller_identity_is_refused_secrets_by_a_real_request(
     k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
 ) -> None:
-    install(k8s_cluster, tmp_path, k8s_namespace, {"routing.mode": "kserve", "rollout.enabled": True})
+    install(k8s_cluster, tmp_path, k8s_namespace, {"routing.mode": "kserve"})
+    upgrade(k8s_cluster, tmp_path, k8s_namespace, {"rollout.enabled": True, "models.candidate": "iris:v2"})
     as_sa = ["--as", f"system:serviceaccount:{k8s_namespace}:{CONTROLLER_SA}", "-n", k8s_namespace]
     secrets = kubectl(k8s_cluster, "get", "secrets", *as_sa)
     assert secrets.returncode != 0 and "forbidden" in secrets.stderr.lower()

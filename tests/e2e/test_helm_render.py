@@ -20,6 +20,8 @@ pytestmark = pytest.mark.k8s
 
 MODES = ["kserve", "istio", "gateway-api"]
 MATRIX = list(itertools.product(MODES, [True, False], [True, False]))
+# the chart's defaults name no candidate (stable alone); the tests of a rollout name one
+CANDIDATE = {"models.candidate": "iris:v2"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +43,8 @@ def test_helm_lint_passes_for_each_routing_mode(home: Path, mode: str) -> None:
         "--set",
         "rollout.enabled=true",
         "--set",
+        "models.candidate=iris:v2",
+        "--set",
         "loadtest.enabled=true",
     ]
     if mode == "gateway-api":
@@ -56,6 +60,7 @@ def test_every_value_combination_renders_what_it_promises(
     home: Path, mode: str, monitoring: bool, loadtest: bool
 ) -> None:
     values: dict[str, Any] = {
+        **CANDIDATE,
         "routing.mode": mode,
         "monitoring.enabled": monitoring,
         "loadtest.enabled": loadtest,
@@ -89,7 +94,7 @@ def test_every_value_combination_renders_what_it_promises(
 
 
 def test_kserve_mode_sets_canary_traffic_percent_on_the_candidate_revision(home: Path) -> None:
-    (isvc,) = by_kind(template(home, {"routing.candidateWeight": 25}))["InferenceService"]
+    (isvc,) = by_kind(template(home, {**CANDIDATE, "routing.candidateWeight": 25}))["InferenceService"]
     predictor = isvc["spec"]["predictor"]
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
     assert predictor["canaryTrafficPercent"] == 25
@@ -110,7 +115,7 @@ def test_every_inference_service_names_its_mode_by_kserves_current_name(
     the chart writes "Knative" / "Standard", and nothing else anywhere it renders."""
     from rollout.routers.kserve import KNOWN_MODES, LEGACY_MODES
 
-    docs = template(home, {"routing.mode": mode, "rollout.enabled": True})
+    docs = template(home, {**CANDIDATE, "routing.mode": mode, "rollout.enabled": True})
     isvcs = by_kind(docs)["InferenceService"]
     assert {i["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] for i in isvcs} == {deployment}
     assert deployment in KNOWN_MODES
@@ -120,6 +125,7 @@ def test_every_inference_service_names_its_mode_by_kserves_current_name(
 
 def test_istio_virtual_service_weights_mirror_and_header_match(home: Path) -> None:
     values = {
+        **CANDIDATE,
         "routing.mode": "istio",
         "routing.candidateWeight": 30,
         "routing.mirror.enabled": True,
@@ -142,6 +148,7 @@ def test_istio_virtual_service_weights_mirror_and_header_match(home: Path) -> No
 
 def test_gateway_api_route_weights_request_mirror_and_header_match(home: Path) -> None:
     values = {
+        **CANDIDATE,
         "routing.mode": "gateway-api",
         "routing.candidateWeight": 10,
         "routing.mirror.enabled": True,
@@ -279,7 +286,7 @@ def test_the_controller_fetches_the_charts_prometheus_and_the_listed_addresses_o
     from rollout.errors import MetricsAddressRefusedError
 
     def allowed(values: dict[str, Any]) -> tuple[AddressPolicy, dict[str, list[dict[str, Any]]]]:
-        kinds = by_kind(template(home, {"rollout.enabled": True, **values}))
+        kinds = by_kind(template(home, {**CANDIDATE, "rollout.enabled": True, **values}))
         (container,) = kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         return AddressPolicy(
@@ -330,7 +337,7 @@ def role_rules(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 @pytest.mark.parametrize("mode", MODES)
 def test_the_controller_role_names_every_object_whose_name_the_chart_knows(home: Path, mode: str) -> None:
-    docs = template(home, {"routing.mode": mode, "rollout.enabled": True})
+    docs = template(home, {**CANDIDATE, "routing.mode": mode, "rollout.enabled": True})
     rules = role_rules(docs)
     isvc = rules["inferenceservices.serving.kserve.io"]
     assert isvc["resourceNames"] == (["iris"] if mode == "kserve" else ["iris-stable", "iris-candidate"])
@@ -382,7 +389,7 @@ def test_no_lease_without_leader_election(home: Path) -> None:
 
 def test_every_namespaced_object_names_the_release_namespace(home: Path) -> None:
     """`helm template | kubectl apply` lands in the release namespace, not the context's."""
-    docs = template(home, {"rollout.enabled": True, "loadtest.enabled": True})
+    docs = template(home, {**CANDIDATE, "rollout.enabled": True, "loadtest.enabled": True})
     assert {d["kind"]: d["metadata"].get("namespace") for d in docs} == {d["kind"]: "models" for d in docs}
 
 
@@ -420,6 +427,7 @@ def model_env(isvc: dict[str, Any]) -> dict[str, str]:
 @pytest.mark.parametrize("mode", MODES)
 def test_pinned_digests_reach_each_predictor_and_the_model_rollout(home: Path, mode: str) -> None:
     values = {
+        **CANDIDATE,
         "routing.mode": mode,
         "rollout.enabled": True,
         "models.stableDigest": PIN_A,
@@ -442,7 +450,7 @@ def test_pinned_digests_reach_each_predictor_and_the_model_rollout(home: Path, m
 
 
 def test_no_pin_sets_no_digest(home: Path) -> None:
-    kinds = by_kind(template(home, {"routing.mode": "istio", "rollout.enabled": True}))
+    kinds = by_kind(template(home, {**CANDIDATE, "routing.mode": "istio", "rollout.enabled": True}))
     assert all("BENTO_MODEL_DIGEST" not in model_env(i) for i in kinds["InferenceService"])
     (rollout,) = kinds["ModelRollout"]
     assert "digest" not in rollout["spec"]["stable"] and "digest" not in rollout["spec"]["candidate"]
@@ -483,7 +491,9 @@ def test_bad_values_fail_with_a_message_naming_the_problem(
 
 
 def test_service_monitor_selects_both_predictor_services(home: Path) -> None:
-    kinds = by_kind(template(home, {"routing.mode": "istio", "monitoring.kind": "ServiceMonitor"}))
+    kinds = by_kind(
+        template(home, {**CANDIDATE, "routing.mode": "istio", "monitoring.kind": "ServiceMonitor"})
+    )
     (monitor,) = kinds["ServiceMonitor"]
     (expr,) = monitor["spec"]["selector"]["matchExpressions"]
     assert expr["key"] == "serving.kserve.io/inferenceservice"
@@ -638,3 +648,122 @@ def test_extra_env_may_not_replace_the_charts_own_variables(
     assert result.returncode != 0, f"{values} rendered but should have failed"
     for word in words:
         assert word in result.stderr, f"{word!r} not in helm's error:\n{result.stderr}"
+
+
+def served_tag(isvc: dict[str, Any]) -> str:
+    return dict(container_env(isvc))["BENTO_MODEL_TAG"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_defaults_serve_stable_alone(home: Path, mode: str) -> None:
+    """Chart defaults (kserve): one InferenceService whose only revision ran the candidate iris:v2 -
+    all traffic, as KServe has no previous revision - while the chart's ModelRollout said stable
+    is iris:v1. Now the defaults name no candidate: every mode serves stable and nothing else."""
+    values = {"routing.mode": mode}
+    if mode == "gateway-api":
+        values["loadtest.host"] = "http://gw.example"
+    kinds = by_kind(template(home, values))
+    isvcs = kinds["InferenceService"]
+    assert [served_tag(i) for i in isvcs] == ["iris:v1"]
+    assert "canaryTrafficPercent" not in isvcs[0]["spec"]["predictor"]
+    assert not [a for a in isvcs[0]["metadata"]["annotations"] if "candidate" in a]
+    assert "ModelRollout" not in kinds
+    routes = kinds.get("VirtualService", []) + kinds.get("HTTPRoute", [])
+    assert "iris-candidate" not in yaml.safe_dump(routes)
+
+
+def test_kserve_mode_inference_service_and_model_rollout_agree_on_stable_and_candidate(home: Path) -> None:
+    values = {"models.candidate": "iris:v2", "routing.candidateWeight": 10, "rollout.enabled": True}
+    kinds = by_kind(template(home, values))
+    (isvc,) = kinds["InferenceService"]
+    (rollout,) = kinds["ModelRollout"]
+    notes = isvc["metadata"]["annotations"]
+    # the latest revision (the candidate's) takes canaryTrafficPercent; the previous one is stable
+    assert (
+        served_tag(isvc) == notes["bento-rollout.io/candidate-model"] == rollout["spec"]["candidate"]["model"]
+    )
+    assert notes["bento-rollout.io/stable-model"] == rollout["spec"]["stable"]["model"] == "iris:v1"
+    assert isvc["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert rollout["spec"]["router"] == {"provider": "kserve", "name": isvc["metadata"]["name"]}
+
+
+def cluster_host(url: str) -> str:
+    return url.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0]
+
+
+def locust_host(kinds: dict[str, list[dict[str, Any]]]) -> str:
+    (job,) = kinds["Job"]
+    (arg,) = [
+        a for a in job["spec"]["template"]["spec"]["containers"][0]["command"] if a.startswith("--host=")
+    ]
+    return arg.removeprefix("--host=")
+
+
+@pytest.mark.parametrize("mode", ["istio", "gateway-api"])
+def test_the_service_address_the_virtual_service_routes_is_a_service_the_chart_renders(
+    home: Path, mode: str
+) -> None:
+    """The VirtualService's host and the Locust Job named <service>.<ns>.svc, which nothing created:
+    the chart renders it (ClusterIP, port 80 -> the Bento port). It selects stable's pods: a mesh
+    client gets the route's split (Istio routes the host by the VirtualService, not by the Service's
+    endpoints), a client outside the mesh reaches stable, never a candidate at 0 %."""
+    values = {"routing.mode": mode, "models.candidate": "iris:v2", "service.port": 8080}
+    kinds = by_kind(template(home, values))
+    (service,) = [s for s in kinds["Service"] if s["metadata"]["name"] == "iris"]
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
+    selector = service["spec"]["selector"]
+    pods = {i["metadata"]["name"]: i["spec"]["predictor"]["labels"] for i in kinds["InferenceService"]}
+    assert selector.items() <= pods["iris-stable"].items()
+    assert not selector.items() <= pods["iris-candidate"].items()
+    if mode == "istio":
+        (vs,) = kinds["VirtualService"]
+        assert vs["spec"]["hosts"] == ["iris.models.svc.cluster.local"]
+
+
+def test_kserve_mode_renders_no_service_of_the_name_kserve_takes(home: Path) -> None:
+    """KServe (Knative mode) makes the "<service>" Service of the InferenceService itself."""
+    kinds = by_kind(template(home, {"loadtest.enabled": True}))
+    assert "Service" not in kinds
+    (isvc,) = kinds["InferenceService"]
+    assert locust_host(kinds) == f"http://{isvc['metadata']['name']}.models.svc.cluster.local"
+
+
+@pytest.mark.parametrize(
+    ("values", "host"),
+    [
+        ({"routing.mode": "istio"}, "http://iris.models.svc.cluster.local"),
+        (
+            {"routing.mode": "istio", "routing.hosts": ["iris.example.com"],
+             "routing.istio.gateways": ["istio-system/ingressgateway"]},
+            "http://iris.example.com",
+        ),
+        ({"routing.mode": "gateway-api", "routing.hosts": ["iris.example.com"]}, "http://iris.example.com"),
+        ({"routing.mode": "gateway-api", "loadtest.host": "http://gw.example:8080"}, "http://gw.example:8080"),
+    ],
+    ids=["istio-service", "istio-host", "gateway-api-host", "explicit"],
+)  # fmt: skip
+def test_the_locust_job_targets_an_address_the_chart_routes(
+    home: Path, values: dict[str, Any], host: str
+) -> None:
+    kinds = by_kind(template(home, {**values, "models.candidate": "iris:v2", "loadtest.enabled": True}))
+    assert locust_host(kinds) == host
+    if "loadtest.host" in values:
+        return
+    name = cluster_host(host)
+    route_hosts = [h for r in kinds.get("VirtualService", []) for h in r["spec"]["hosts"]]
+    route_hosts += [h for r in kinds.get("HTTPRoute", []) for h in r["spec"].get("hostnames", [])]
+    assert name in route_hosts  # the route applies to what the Job sends
+    if name.endswith(".svc.cluster.local"):
+        service, namespace = name.split(".")[:2]
+        assert namespace == "models" and service in [s["metadata"]["name"] for s in kinds["Service"]]
+
+
+def test_a_gateway_api_load_test_without_an_address_names_the_gateway_to_ask(home: Path) -> None:
+    """No cluster to read the Gateway's status.addresses from (helm template): say which Gateway
+    and what to set, instead of a host nothing serves."""
+    values = {"routing.mode": "gateway-api", "loadtest.enabled": True,
+              "routing.gatewayApi.parentRefs": [{"name": "edge", "namespace": "gateway-system"}]}  # fmt: skip
+    result = run_helm(["template", "br", str(CHART), *set_args(values)], home)
+    assert result.returncode != 0
+    assert "Gateway gateway-system/edge" in result.stderr and "loadtest.host" in result.stderr

@@ -308,8 +308,10 @@ def ship(
     strategy: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
     timeout: float = 420.0,
+    during: Callable[[ClusterStack, dict[str, Any]], None] | None = None,
 ) -> Shipped:
-    """One release of ``candidate`` under Locust through the Gateway, to its end (see module doc)."""
+    """One release of ``candidate`` under Locust through the Gateway, to its end (see module doc).
+    ``during(stack, status)``: called once, as soon as the candidate has user traffic (a drill)."""
     before = stack.traefik.requests()
     began, wall = time.monotonic(), time.time()
     with locust(stack, name) as summary, sampled(stack, candidate) as timeline:
@@ -318,11 +320,16 @@ def ship(
                   "rollout.strategy": strategy or CANARY, "rollout.analysis": ANALYSIS, **(extra or {})}  # fmt: skip
         stack.helm("upgrade", "--reuse-values", values=values)
 
+        fired: list[float] = []
+
         def ended() -> dict[str, Any] | None:
             status = stack.rollout_status()
             if status.get("candidate") != candidate:
                 return None  # the previous release's status, until the controller starts this one
             phase = status.get("phase")
+            if during and not fired and phase == "Progressing" and status.get("candidateWeight", 0) > 0:
+                fired.append(time.monotonic())
+                during(stack, status)
             if phase == "RolledBack":
                 return status
             if phase == "Promoted" and (status.get("handoff") or {}).get("phase") == "Complete":

@@ -178,7 +178,8 @@ def test_default_values_rollout_section_is_a_valid_spec() -> None:
         "spec": {
             "service": values["service"]["name"],
             "stable": {"model": values["models"]["stable"]},
-            "candidate": {"model": values["models"]["candidate"]},
+            # the defaults name no candidate (stable alone): the one a user sets
+            "candidate": {"model": values["models"]["candidate"] or "iris:v2"},
             "strategy": values["rollout"]["strategy"],
             "analysis": values["rollout"]["analysis"],
             "router": {"provider": values["routing"]["mode"]},

@@ -224,3 +224,27 @@ volumes:
     emptyDir:
       sizeLimit: 64Mi
 {{- end -}}
+
+
+{{/* gateway-api: the URL of the first of routing.gatewayApi.parentRefs, read from the cluster - its
+     first status.addresses entry (what the Gateway API says the Gateway is reachable at) and the
+     port of its HTTP listener (the parentRef's sectionName, else the first). Fails, naming the
+     Gateway and loadtest.host, when there is none (not programmed yet, or helm template: no cluster). */}}
+{{- define "bento-rollout.gatewayUrl" -}}
+{{- $ref := first .Values.routing.gatewayApi.parentRefs -}}
+{{- $ns := $ref.namespace | default .Release.Namespace -}}
+{{- $gw := lookup "gateway.networking.k8s.io/v1" "Gateway" $ns $ref.name -}}
+{{- $addr := "" -}}
+{{- with dig "status" "addresses" list $gw }}{{ $addr = get (first .) "value" }}{{ end -}}
+{{- if not $addr -}}
+{{- fail (printf "loadtest in gateway-api mode targets the Gateway %s/%s (routing.gatewayApi.parentRefs[0]), but it has no status.addresses here (not programmed yet, or no cluster to ask: helm template): set loadtest.host to its address, or routing.hosts" $ns $ref.name) -}}
+{{- end -}}
+{{- $port := 0 -}}
+{{- range dig "spec" "listeners" list $gw -}}
+{{- if and (not $port) (eq (get . "protocol") "HTTP") (or (not $ref.sectionName) (eq (get . "name") $ref.sectionName)) -}}
+{{- $port = int (get . "port") -}}
+{{- end -}}
+{{- end -}}
+{{- if contains ":" $addr }}{{ $addr = printf "[%s]" $addr }}{{ end -}}
+{{- if and $port (ne $port 80) }}http://{{ $addr }}:{{ $port }}{{ else }}http://{{ $addr }}{{ end -}}
+{{- end -}}

@@ -42,13 +42,48 @@
 {{- $seen = append $seen .name -}}
 {{- end -}}
 {{- end -}}
+{{- include "bento-rollout.validateKserveRevisions" . -}}
 {{- if and (gt (int $v.controller.replicas) 1) (not $v.controller.leaderElection.enabled) -}}
 {{- fail (printf "controller.replicas is %d: more than one controller needs controller.leaderElection.enabled=true so that only one acts" (int $v.controller.replicas)) -}}
 {{- end -}}
 {{- if gt (int $v.replicas.min) (int $v.replicas.max) -}}
 {{- fail (printf "replicas.min (%d) is greater than replicas.max (%d)" (int $v.replicas.min) (int $v.replicas.max)) -}}
 {{- end -}}
-{{- if and (eq $mode "gateway-api") $v.loadtest.enabled (not $v.loadtest.host) (not $v.routing.hosts) -}}
-{{- fail "loadtest with routing.mode gateway-api needs loadtest.host (the Gateway's address) or routing.hosts" -}}
+{{- end -}}
+
+
+{{/* kserve routing mode, a candidate set: KServe keeps the revision serving before this release as
+     stable and gives the new one (the candidate's) canaryTrafficPercent. Refused where the cluster
+     says that cannot hold: the InferenceService does not exist (its first and only revision would
+     run the candidate, with all traffic), or it serves another model than models.stable (the
+     ModelRollout would name a stable KServe does not keep). Only with a cluster to ask (helm
+     install / upgrade; the namespace's "default" ServiceAccount answers): helm template and
+     renders without a cluster (Argo CD) cannot tell a first install, and are not refused. */}}
+{{- define "bento-rollout.validateKserveRevisions" -}}
+{{- $v := .Values -}}
+{{- if and (eq $v.routing.mode "kserve") $v.models.candidate -}}
+{{- $ns := .Release.Namespace -}}
+{{- $name := include "bento-rollout.isvcName" (list . "stable") -}}
+{{- $isvc := lookup "serving.kserve.io/v1beta1" "InferenceService" $ns $name -}}
+{{- if $isvc -}}
+{{- $notes := dig "metadata" "annotations" dict $isvc -}}
+{{- $served := "" -}}
+{{- if hasKey $notes "bento-rollout.io/candidate-model" -}}
+{{- /* a canary in flight: stable is the revision from before it, as the chart recorded */ -}}
+{{- $served = index $notes "bento-rollout.io/stable-model" | default "" -}}
+{{- else -}}
+{{- /* stable alone: its latest revision, which becomes the previous one */ -}}
+{{- range dig "spec" "predictor" "containers" list $isvc -}}
+{{- range (get . "env" | default list) -}}
+{{- if eq (get . "name") "BENTO_MODEL_TAG" }}{{ $served = get . "value" }}{{ end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and $served (ne $served $v.models.stable) -}}
+{{- fail (printf "kserve routing mode: InferenceService %s/%s serves %s, the revision KServe keeps as stable when the candidate %s rolls out, but models.stable is %s: set models.stable=%s, or first make %s stable alone (models.candidate=\"\", models.stable=%s)" $ns $name $served $v.models.candidate $v.models.stable $served $v.models.stable $v.models.stable) -}}
+{{- end -}}
+{{- else if lookup "v1" "ServiceAccount" $ns "default" -}}
+{{- fail (printf "kserve routing mode: InferenceService %s/%s does not exist yet, so its first revision would run the candidate %s and KServe would send it all traffic (there is no previous revision to keep as stable %s). Install with models.candidate=\"\" (stable alone), then: helm upgrade --reuse-values --set models.candidate=%s" $ns $name $v.models.candidate $v.models.stable $v.models.candidate) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
