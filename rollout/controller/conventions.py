@@ -33,6 +33,11 @@ def server_env(isvc: Obj) -> dict[str, str]:
     }
 
 
+def predictor(isvc: str) -> str:
+    """The predictor Service (and, in Standard mode, Deployment) KServe makes for InferenceService ``isvc``."""
+    return f"{isvc}-predictor"
+
+
 def isvc_name(spec: RolloutSpec, role: str) -> str:
     if spec.router.provider.value == "kserve":
         return spec.router.name or spec.service
@@ -48,8 +53,8 @@ def route_target(spec: RolloutSpec) -> RouteTarget:
         )
     return RouteTarget(
         spec.service,
-        Backend(f"{isvc_name(spec, 'stable')}-predictor", spec.stable.model),
-        Backend(f"{isvc_name(spec, 'candidate')}-predictor", spec.candidate.model),
+        Backend(predictor(isvc_name(spec, "stable")), spec.stable.model),
+        Backend(predictor(isvc_name(spec, "candidate")), spec.candidate.model),
     )
 
 

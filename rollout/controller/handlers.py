@@ -36,6 +36,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,7 @@ from rollout.metrics.guard import system_resolve
 from rollout.spec import RolloutSpec
 
 from .reconciler import MetricsFactory, Reconciler, RouterFactory, default_router
+from .served import ServingProbe
 
 log = logging.getLogger("rollout.controller")
 FINALIZER = "bento-rollout.io/finalizer"
@@ -202,12 +204,14 @@ def run(
     metrics: MetricsFactory | None = None,
     router_factory: RouterFactory | None = None,
     judge_of: JudgeFactory | None = None,
+    probe: Callable[[KubeClient], ServingProbe] | None = None,
 ) -> None:
     """Run the operator until ``stop`` is set (or SIGINT/SIGTERM). Blocks.
 
-    ``metrics``, ``router_factory`` and ``judge_of`` replace the Reconciler's defaults (Prometheus
-    at the spec's address, the spec's router, the analysis registry's judges): seams for embedders
-    and for the fault drills of tests/e2e."""
+    ``metrics``, ``router_factory``, ``judge_of`` and ``probe`` replace the Reconciler's defaults
+    (Prometheus at the spec's address, the spec's router, the analysis registry's judges, asking
+    the pods what they serve): seams for embedders and for the tests of tests/e2e, where no pod
+    runs."""
     addresses = address_policy(cfg)
     log.info("metrics addresses a ModelRollout may name: %s", addresses.describe())
     client = KubeClient.auto(cfg.kubeconfig, cfg.context)
@@ -232,6 +236,7 @@ def run(
         exporter=exporter,
         judge_of=judge_of,
         addresses=addresses,
+        probe=probe(client) if probe is not None else None,
     )
     registry = build_registry(reconciler, cfg, elector, stop)
     liveness = f"http://{cfg.health_host}:{cfg.health_port}/healthz" if cfg.health_port else None

@@ -10,9 +10,15 @@ for the primary's rollout, route everything to the primary), the controller then
    ``BENTO_MODEL_TAG``, resources, replicas; the stable's own ``bento-rollout.io/role`` label is
    kept) and sets its ``bento-rollout.io/model`` annotation to the candidate's tag. Idempotent:
    repeated on every reconcile until the object says so.
-2. waits until stable **serves** it: its ``status.observedGeneration`` has reached the
-   ``metadata.generation`` that carries the new predictor and its ``Ready`` condition is True
-   (KServe's controller writes both once the new pods are ready; no traffic moves before).
+2. waits until stable **serves** it, which three things must say (no traffic moves before):
+   - the InferenceService: its ``status.observedGeneration`` has reached the ``metadata.generation``
+     that carries the new predictor and its ``Ready`` condition is True (``serves``). Not enough
+     alone: KServe v0.20.0 in Standard mode writes there the predictor Deployment's own
+     observedGeneration and keeps Ready True through the rolling update, while the old pods serve;
+   - the predictor Deployment ``<stable>-predictor``: its rollout is done - every replica updated
+     and available, no old one left (``served.rollout_progress``);
+   - the pods: every Ready endpoint of the ``<stable>-predictor`` Service answers the candidate's
+     model, tag and pinned digest (``served.check``; ``settled`` takes both).
 3. **Complete** - routes 100% to stable; the candidate keeps running at weight 0 (scaling it down
    is left to the deployer, as for the rest of the chart's objects).
 
@@ -37,6 +43,8 @@ from rollout.registry import MODEL_TAG_ENV
 from rollout.routers.base import Routes, TrafficRouter
 from rollout.spec import RolloutSpec
 
+from . import served
+from .conventions import predictor as predictor_service
 from .conventions import server_env
 from .status import iso
 
@@ -100,12 +108,23 @@ def serves(stable: Obj, predictor: Obj, model: str) -> tuple[bool, str]:
     return True, ""
 
 
+def settled(progress: served.Progress, verdict: served.Verdict) -> tuple[bool, str]:
+    """(True, "") once the stable predictor's Deployment is rolled out and all its Ready pods
+    answer the new model, else (False, why). Pure."""
+    if not progress.done:
+        return False, progress.message
+    if not verdict.ok:
+        return False, verdict.message
+    return True, ""
+
+
 class HandOff:
     """Drives the hand-off of one promoted rollout a step further on each call of ``advance``."""
 
-    def __init__(self, client: KubeClient, clock: Callable[[], float]) -> None:
+    def __init__(self, client: KubeClient, clock: Callable[[], float], probe: served.ServingProbe) -> None:
         self.client = client
         self.clock = clock
+        self.probe = probe
 
     def advance(
         self, obj: Obj, spec: RolloutSpec, state: RolloutState, router: TrafficRouter, names: tuple[str, str]
@@ -130,19 +149,24 @@ class HandOff:
             self._record(obj, h)
         try:
             candidate = self.client.get(INFERENCE_SERVICE, ns, candidate_name)
-            predictor = stable_predictor(self.client.get(INFERENCE_SERVICE, ns, stable_name), candidate)
+            wanted = stable_predictor(self.client.get(INFERENCE_SERVICE, ns, stable_name), candidate)
         except NotFoundError as exc:
             return self._record(obj, {**h, "message": f"waiting: {exc}"})
         stable = self.client.update(
-            INFERENCE_SERVICE, ns, stable_name, lambda o: _take_over(o, predictor, state.candidate)
+            INFERENCE_SERVICE, ns, stable_name, lambda o: _take_over(o, wanted, state.candidate)
         )
-        ok, why = serves(stable, predictor, state.candidate)
+        ok, why = serves(stable, wanted, state.candidate)
+        if not ok:
+            return self._record(obj, {**h, "message": why})
+        service = predictor_service(stable_name)  # its Deployment has the same name
+        verdict = served.check(self.probe.serving(ns, service, spec.candidate), spec.candidate, "candidate")
+        ok, why = settled(self.probe.progress(ns, service), verdict)
         if not ok:
             return self._record(obj, {**h, "message": why})
         done = {
             **h,
             "phase": COMPLETE,
-            "message": f"{stable_name} serves {state.candidate}; all traffic to stable",
+            "message": f"{stable_name} serves {state.candidate} ({verdict.message}); all traffic to stable",
             "completedAt": iso(self.clock()),
         }
         self._record(obj, done)  # persist first, then route (repeated by hold_routes if we die here)

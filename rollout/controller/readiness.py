@@ -18,6 +18,14 @@ hand-written or hand-edited ModelRollout whose pin the Helm values did not put o
 InferenceService pinned nothing before. (In kserve routing mode only the candidate's is read:
 stable is an older revision of the same object.)
 
+Neither the spec nor KServe's status says what the pods run (KServe v0.20.0 keeps a Standard-mode
+InferenceService Ready through a rolling update, the old pods answering). So in istio /
+gateway-api mode a candidate is ready only once every Ready endpoint of its predictor Service
+answers the ModelRollout's candidate - tag, and digest when pinned (``served.check``, asked with
+``probe``): until then it is not ready, no traffic moves to it, and ``Backends.served`` says what
+was expected and what was found (the reconciler writes it to the CandidateReady condition and an
+Event). No probe (a finished rollout): not asked.
+
 In kserve routing mode both are one InferenceService (stable is the revision that holds the rest
 of the traffic), read once; in istio / gateway-api mode they are ``<service>-candidate`` and
 ``<service>-stable`` (conventions.py). Who calls it: rollout.controller.reconciler.
@@ -33,7 +41,8 @@ from rollout.registry import MODEL_DIGEST_ENV, MODEL_TAG_ENV
 from rollout.routers.kserve import Readiness, candidate_readiness, stable_readiness
 from rollout.spec import ModelRef, RolloutSpec
 
-from .conventions import isvc_name, server_env
+from . import served
+from .conventions import isvc_name, predictor, server_env
 
 
 @dataclass(frozen=True)
@@ -43,10 +52,14 @@ class Backends:
     candidate: Readiness
     stable: Readiness
     mismatch: str | None = None  # a version's InferenceService runs another model or without its pin
+    served: served.Verdict | None = None  # what the candidate's pods answered (None: not asked)
 
 
-def observe(client: KubeClient, spec: RolloutSpec, namespace: str) -> Backends:
-    """Read the InferenceServices of ``spec``'s rollout (each once) and say whether each version serves."""
+def observe(
+    client: KubeClient, spec: RolloutSpec, namespace: str, probe: served.ServingProbe | None = None
+) -> Backends:
+    """Read the InferenceServices of ``spec``'s rollout (each once) and say whether each version
+    serves; with ``probe``, in istio / gateway-api mode, ask a Ready candidate's pods what they serve."""
     found: dict[str, Obj | None] = {}
 
     def read(name: str) -> Obj | None:
@@ -62,14 +75,22 @@ def observe(client: KubeClient, spec: RolloutSpec, namespace: str) -> Backends:
     mismatch = served_as(candidate, spec.candidate, "candidate") if candidate is not None else None
     if mismatch is None and stable is not None and stable_name != candidate_name:  # kserve mode: one spec
         mismatch = served_as(stable, spec.stable, "stable")
+    ready = (
+        candidate_readiness(candidate)
+        if candidate is not None
+        else Readiness(False, f"InferenceService {namespace}/{candidate_name} does not exist yet")
+    )
+    verdict = None
+    if probe is not None and ready.ready and mismatch is None and stable_name != candidate_name:
+        service = predictor(candidate_name)
+        verdict = served.check(probe.serving(namespace, service, spec.candidate), spec.candidate, "candidate")
+        if not verdict.ok:
+            ready = Readiness(False, verdict.message)
     return Backends(
-        candidate=(
-            candidate_readiness(candidate)
-            if candidate is not None
-            else Readiness(False, f"InferenceService {namespace}/{candidate_name} does not exist yet")
-        ),
+        candidate=ready,
         stable=stable_readiness(stable, f"{namespace}/{stable_name}"),
         mismatch=mismatch,
+        served=verdict,
     )
 
 

@@ -10,7 +10,11 @@ Cluster conventions (the Helm chart's names, in ``conventions.py``): InferenceSe
 ``<service>`` or ``<service>-stable`` / ``<service>-candidate``, predictor Services as route
 backends. Candidate and stable readiness come from their InferenceServices' status
 (``readiness.py``) before each step: no traffic moves to a candidate that is not ready, and a
-rollout whose stable does not serve holds (Paused, StableUnavailable) until it does.
+rollout whose stable does not serve holds (Paused, StableUnavailable) until it does. In istio /
+gateway-api mode a candidate is ready only once its pods answer the ModelRollout's candidate model
+(``served.py``, asked through ``probe``, once per reconcile): until they do, no traffic moves to
+it, its CandidateReady condition (ServedModelMismatch / ServedModelUnknown) and a Warning Event
+(once per distinct message) name what was expected and what was found.
 ``KeepWarm`` needs no action here (the chart keeps both InferenceServices running), and
 ``Finalize`` only sets the routes: scaling the old version down is left to the deployer (GitOps).
 After a promotion in istio / gateway-api mode the stable InferenceService takes the candidate's
@@ -69,7 +73,7 @@ from rollout.model import EventType, Reason, RolloutState
 from rollout.routers.base import Routes, RouteTarget, TrafficRouter
 from rollout.spec import RolloutSpec, RouterProvider, parse_rollout
 
-from . import handoff, ownership, readiness
+from . import handoff, ownership, readiness, served
 from .conventions import default_router, isvc_name, route_target
 from .defence import ErrorLog, HeldError
 from .measure import measure
@@ -93,6 +97,7 @@ class _Memory:
     results: tuple[MetricResult, ...] = ()
     ensured: RouteTarget | None = None
     router: TrafficRouter | None = None
+    said: str | None = None  # the last served-model verdict told in an Event
 
 
 @dataclass
@@ -112,8 +117,14 @@ class Reconciler:
     addresses: AddressPolicy = field(default_factory=lambda: AddressPolicy((), system_resolve))
     errors: ErrorLog = field(default_factory=ErrorLog)  # unexpected errors per rollout
     measure_errors: ErrorLog = field(default_factory=ErrorLog)  # ... per rollout and metric
+    # what the backends' pods serve (None: ask them over HTTP, served.PodProbe on ``client``)
+    probe: served.ServingProbe | None = None
     _locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict, repr=False)
     _locks_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.probe is None:
+            self.probe = served.PodProbe(self.client)
 
     def _cluster_spec(self, spec: RolloutSpec) -> RolloutSpec:
         """``spec`` with a cluster router. A spec that names no provider gets the controller's
@@ -140,12 +151,21 @@ class Reconciler:
             mem.ensured = target
         return mem.router
 
-    def _save(self, obj: Obj, state: RolloutState, now: float, busy: Turn | None = None) -> Obj:
+    def _save(
+        self,
+        obj: Obj,
+        state: RolloutState,
+        now: float,
+        busy: Turn | None = None,
+        verdict: served.Verdict | None = None,
+    ) -> Obj:
         """Write ``state`` to ``.status``, conditional on ``obj``'s resourceVersion (409: ConflictError).
-        ``busy``: overlaid with that ServiceBusy hold."""
+        ``busy``: overlaid with that ServiceBusy hold; ``verdict``: with what the candidate's pods serve."""
         status = status_from_state(state, now, obj["metadata"].get("generation"), obj.get("status"))
         if busy is not None:
             status = ownership.busy_status(status, busy)
+        if not state.done:
+            status = served.overlay(status, verdict)
         body = {
             "apiVersion": obj["apiVersion"],
             "kind": obj["kind"],
@@ -245,10 +265,16 @@ class Reconciler:
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         router = self._router(mem, spec, namespace) if act else None
         force = ownership.is_busy(obj.get("status"))  # a ServiceBusy status is rewritten from the state
+        assert self.probe is not None
+        probe = served.Memo(self.probe)  # the pods are asked once per reconcile
         for _ in range(MAX_STEPS_PER_RECONCILE):
-            seen = readiness.observe(self.client, spec, namespace) if router is not None else None
+            seen = None
+            if router is not None:
+                seen = readiness.observe(self.client, spec, namespace, None if state.done else probe)
             if seen is not None and seen.mismatch and not state.done:
                 raise ModelError(seen.mismatch)  # held with its message (Event, status) until fixed
+            verdict = seen.served if seen is not None and not state.done else None
+            force = force or served.stale(obj.get("status"), verdict)
             now = self.clock()
             obs = Observations(
                 candidate_ready=seen.candidate.ready if seen is not None else None,
@@ -260,9 +286,10 @@ class Reconciler:
             )
             t = step(spec, state, obs, now, judge_of=self.judge_of)
             if t.changed or force:
-                obj = self._save(obj, t.state, now)  # persist first; a 409 aborts before any action
+                obj = self._save(obj, t.state, now, verdict=verdict)  # persist first; a 409 aborts all
                 self._events(obj, t)
                 force = False
+            self._tell_served(obj, mem, None if t.state.done else verdict)
             mem.results = ()
             state = t.state
             self._export(namespace, name, state)
@@ -278,8 +305,23 @@ class Reconciler:
                 break
         if router is not None and handoff.applies(spec, state):
             names = (isvc_name(spec, "stable"), isvc_name(spec, "candidate"))
-            handoff.HandOff(self.client, self.clock).advance(obj, spec, state, router, names)
+            handoff.HandOff(self.client, self.clock, probe).advance(obj, spec, state, router, names)
         return state
+
+    def _tell_served(self, obj: Obj, mem: _Memory, verdict: served.Verdict | None) -> None:
+        """A Warning Event for a verdict that holds the candidate, once per distinct message."""
+        if verdict is None or verdict.ok:
+            mem.said = None
+            return
+        if mem.said == verdict.message:
+            return
+        mem.said = verdict.message
+        meta = obj["metadata"]
+        log.warning("%s/%s: candidate held: %s", meta["namespace"], meta["name"], verdict.message)
+        try:
+            self.client.emit_event(obj, verdict.reason, verdict.message, "Warning")
+        except RolloutError as exc:
+            log.warning("could not record event %s: %s", verdict.reason, exc)
 
     def _wait(
         self, obj: Obj, spec: RolloutSpec, state: RolloutState, turn: Turn, commands: tuple[Command, ...]

@@ -13,8 +13,10 @@ maps httpcore's):
 
 Writes use ``fieldValidation=Strict`` so that a field the real CRD schema does not know is refused
 instead of silently pruned. ``update`` is the optimistic-concurrency loop: get, mutate, replace with
-the read ``resourceVersion``, retry on 409. Who calls it: the cluster routers (routers/kserve.py,
-istio.py, gateway_api.py), the controller (rollout/controller/) and the cluster CLI commands.
+the read ``resourceVersion``, retry on 409. Two core reads serve the controller's check of what the
+pods serve (rollout/controller/served.py): a Service's EndpointSlices and a Deployment.
+Who calls it: the cluster routers (routers/kserve.py, istio.py, gateway_api.py), the controller
+(rollout/controller/) and the cluster CLI commands.
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ class KubeClient:
         self.api_client = api_client
         self.custom = k8s.CustomObjectsApi(api_client)
         self.core = k8s.CoreV1Api(api_client)
+        self.discovery = k8s.DiscoveryV1Api(api_client)
+        self.apps = k8s.AppsV1Api(api_client)
         self.field_manager = field_manager
 
     # --- construction ------------------------------------------------------------------------------
@@ -326,3 +330,24 @@ class KubeClient:
             field_selector=selector,
         )
         return [self.api_client.sanitize_for_serialization(e) for e in out.items]
+
+    # --- what runs behind a Service (read only) ----------------------------------------------------
+
+    def list_endpoint_slices(self, namespace: str, service: str) -> list[Obj]:
+        """The EndpointSlices of Service ``service`` (label ``kubernetes.io/service-name``), as dicts:
+        pod addresses, their Ready conditions and the target ports."""
+        out = self.call(
+            f"list EndpointSlices of Service {namespace}/{service}",
+            self.discovery.list_namespaced_endpoint_slice,
+            namespace,
+            label_selector=f"kubernetes.io/service-name={service}",
+            _request_timeout=10,
+        )
+        return [self.api_client.sanitize_for_serialization(s) for s in out.items]
+
+    def get_deployment(self, namespace: str, name: str) -> Obj:
+        out = self.call(
+            f"Deployment {namespace}/{name}", self.apps.read_namespaced_deployment, name, namespace,
+            _request_timeout=10,
+        )  # fmt: skip
+        return dict(self.api_client.sanitize_for_serialization(out))

@@ -18,6 +18,7 @@ from rollout.controller.reconciler import Reconciler
 from rollout.k8s.client import HTTP_ROUTE, INFERENCE_SERVICE, MODEL_ROLLOUT, VIRTUAL_SERVICE, KubeClient
 from rollout.model import Phase
 from tests.e2e import test_controller as base
+from tests.e2e.nopods import AsAsked  # FAKE: no pod runs here to ask what it serves
 from tests.e2e.test_controller import rollout
 from tests.e2e.test_reconciler import _no_metrics
 from tests.kit import ManualClock
@@ -86,7 +87,7 @@ def test_after_promotion_stable_runs_the_candidate_and_gets_all_traffic_back(
     body = rollout("iris", [{"setWeight": 50}, {"setWeight": 100}])
     body["spec"]["router"] = {"provider": provider}
     kube.create(MODEL_ROLLOUT, ns, body)
-    rec = Reconciler(kube, _no_metrics, clock=ManualClock())
+    rec = Reconciler(kube, _no_metrics, clock=ManualClock(), probe=AsAsked())
     to_stable = {"iris-stable-predictor": 100, "iris-candidate-predictor": 0}
     to_candidate = {"iris-stable-predictor": 0, "iris-candidate-predictor": 100}
 
@@ -122,7 +123,7 @@ def test_after_promotion_stable_runs_the_candidate_and_gets_all_traffic_back(
 
     # 4. for good: later reconciles, and a restarted controller, keep traffic on stable
     rec.reconcile(ns, "iris")
-    Reconciler(kube, _no_metrics, clock=ManualClock()).reconcile(ns, "iris")
+    Reconciler(kube, _no_metrics, clock=ManualClock(), probe=AsAsked()).reconcile(ns, "iris")
     assert stable_share(kube, ns, provider) == to_stable
     assert kube.get(INFERENCE_SERVICE, ns, "iris-stable")["metadata"]["generation"] == 2  # not rewritten
 
@@ -132,7 +133,7 @@ def test_a_rolled_back_rollout_leaves_stable_alone(kube: KubeClient, k8s_namespa
     chart_isvc(kube, ns, "stable", "iris:v1")
     chart_isvc(kube, ns, "candidate", "iris:v2")
     kube.create(MODEL_ROLLOUT, ns, rollout("iris", [{"setWeight": 50}, {"pause": {}}, {"setWeight": 100}]))
-    rec = Reconciler(kube, _no_metrics, clock=ManualClock())
+    rec = Reconciler(kube, _no_metrics, clock=ManualClock(), probe=AsAsked())
     rec.reconcile(ns, "iris")
     from rollout.controller.status import command_annotation
 

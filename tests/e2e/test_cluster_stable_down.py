@@ -28,6 +28,7 @@ from rollout.k8s.client import INFERENCE_SERVICE, MODEL_ROLLOUT, KubeClient, Obj
 from rollout.model import Phase
 from rollout.routers.kserve import stable_readiness
 from tests.e2e import test_controller as tc
+from tests.e2e.nopods import AsAsked  # FAKE: no pod runs here to ask what it serves
 from tests.e2e.test_controller import isvc, phase_is, rollout, status, vs_weights, wait_for
 from tests.e2e.test_controller_strategies import RouteRecorder
 from tests.e2e.test_reconciler import _no_metrics
@@ -168,7 +169,7 @@ def test_stable_gone_past_the_progress_deadline_is_rolled_back(kube: KubeClient,
     body["spec"]["progressDeadline"] = "30s"
     kube.create(MODEL_ROLLOUT, ns, body)
     clock = ManualClock()
-    rec = Reconciler(kube, _no_metrics, clock=clock)
+    rec = Reconciler(kube, _no_metrics, clock=clock, probe=AsAsked())
     assert rec.reconcile(ns, "iris").desired_routes.candidate_weight == 20
     kube.delete(INFERENCE_SERVICE, ns, "iris-stable")
     wait_for(

@@ -4,8 +4,9 @@ once, resumes after being killed, restores stable when a rollout is deleted mid-
 when Prometheus is unreachable past the error limit, and only the Lease holder acts.
 
 What cannot run here: no KServe controller, Knative or Istio runs (no pods), so the candidate
-InferenceService's readiness is written by the test through the status subresource, and "traffic"
-is the routing object as the API server stores it, checked through the API.
+InferenceService's readiness is written by the test through the status subresource, "traffic"
+is the routing object as the API server stores it, checked through the API, and what the pods
+serve comes from a fake that answers as asked (tests/e2e/nopods.py).
 """
 
 from __future__ import annotations
@@ -49,14 +50,16 @@ def kube(k8s_cluster: Any, rollout_crd: None) -> Iterator[KubeClient]:
 
 
 class Controller:
-    """``rollout controller`` as a child process in its own process group."""
+    """``rollout controller`` as a child process in its own process group; no pod runs here, so
+    its probe of what the pods serve is the FAKE ``tests.e2e.nopods.AsAsked``."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log: Path, identity: str, *extra: str) -> None:
         self.log = log
         if not any(a.startswith("--allowed-metrics-address") for a in extra):
             extra = ("--allowed-metrics-address", "127.0.0.1", *extra)  # the tests' Prometheus, any port
         cmd = [
-            str(Path(sys.executable).parent / "rollout"), "controller", "-n", namespace, "--kubeconfig", str(kubeconfig),
+            sys.executable, "-c", "import sys; from tests.e2e.nopods import controller; controller(sys.argv[1:])",
+            "controller", "-n", namespace, "--kubeconfig", str(kubeconfig),
             "--interval", "0.5", "--lease-namespace", namespace, "--lease-duration", "4", "--identity", identity,
             "--lease-name", "ctl", *extra,
         ]  # fmt: skip

@@ -45,6 +45,7 @@ from rollout.k8s.client import MODEL_ROLLOUT, KubeClient
 from rollout.routers.base import Routes, RouteTarget, TrafficRouter
 from rollout.spec import RolloutSpec
 from tests.e2e import test_controller as tc
+from tests.e2e.nopods import AsAsked, as_asked  # FAKE: no pod runs here to ask what it serves
 from tests.e2e.test_controller import isvc, phase_is, rollout, status, vs_weights, wait_for
 from tests.e2e.test_controller_strategies import RouteRecorder
 from tests.kit import ManualClock
@@ -102,7 +103,7 @@ def faulty_controller(kubeconfig: str, namespace: str, fault_file: str) -> None:
     def routers(spec: RolloutSpec, ns: str, client: KubeClient) -> TrafficRouter:
         return FlakyRouter(default_router(spec, ns, client), Path(fault_file))
 
-    run(cfg, router_factory=routers)
+    run(cfg, router_factory=routers, probe=as_asked)  # FAKE probe: no pod runs here
 
 
 @pytest.fixture
@@ -209,7 +210,7 @@ def test_the_same_error_writes_nothing_and_backs_off_and_a_clean_reconcile_resum
         return routers[-1]
 
     clock = ManualClock()
-    rec = Reconciler(kube, _no_metrics, router_factory=factory, clock=clock)
+    rec = Reconciler(kube, _no_metrics, router_factory=factory, clock=clock, probe=AsAsked())
     assert rec.reconcile(ns, name).desired_routes.candidate_weight == 20
     routers[-1].fault = KeyError("primary")
     delays = []
@@ -261,7 +262,7 @@ def test_an_error_after_the_state_was_written_holds_without_flapping(
         return routers[-1]
 
     clock = ManualClock()
-    rec = Reconciler(kube, _no_metrics, router_factory=factory, clock=clock)
+    rec = Reconciler(kube, _no_metrics, router_factory=factory, clock=clock, probe=AsAsked())
     for _ in range(5):
         with pytest.raises(HeldError):
             rec.reconcile(ns, name)
@@ -297,7 +298,7 @@ def test_forbidden_by_the_charts_role_holds_the_rollout_saying_so(
         isvc(kube, ns, f"fraud-{role}")
     body = rollout("fraud", [{"setWeight": 30}, {"pause": {}}, {"setWeight": 100}], service="fraud")
     kube.create(MODEL_ROLLOUT, ns, body)
-    rec = Reconciler(sa, _no_metrics, clock=ManualClock())
+    rec = Reconciler(sa, _no_metrics, clock=ManualClock(), probe=AsAsked())
     delays = []
     with caplog.at_level(logging.INFO, logger="rollout.controller"):
         for _ in range(3):
@@ -342,7 +343,7 @@ def test_any_exception_from_a_measurement_is_a_measurement_error(
     )
     kube.create(MODEL_ROLLOUT, ns, body)
     clock = ManualClock()
-    rec = Reconciler(kube, lambda spec: BrokenProvider(), clock=clock)
+    rec = Reconciler(kube, lambda spec: BrokenProvider(), clock=clock, probe=AsAsked())
     seen = []
     with caplog.at_level(logging.INFO, logger="rollout.controller"):
         for _ in range(12):
@@ -407,7 +408,7 @@ def test_a_spec_the_engine_cannot_start_is_invalid_and_holds_no_service(
         MODEL_ROLLOUT, ns, rollout("iris-bad", [{"setWeight": 10}, {"analysis": {}}], analysis=analysis)
     )
     kube.create(MODEL_ROLLOUT, ns, _next("iris-next", [{"setWeight": 30}, {"pause": {}}]))
-    rec = Reconciler(kube, _no_metrics, clock=ManualClock())
+    rec = Reconciler(kube, _no_metrics, clock=ManualClock(), probe=AsAsked())
     with pytest.raises(PermanentError, match="unknown template 'nope'"):
         rec.reconcile(ns, "iris-bad")
     bad = status(kube, ns, "iris-bad")

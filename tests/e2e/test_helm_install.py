@@ -322,6 +322,9 @@ NEEDED = [
     ("get", "virtualservices.networking.istio.io@iris"),
     ("update", "virtualservices.networking.istio.io@iris"),
     ("create", "events"),
+    # what the pods serve (rollout/controller/served.py): their IPs, and stable's rollout
+    ("list", "endpointslices.discovery.k8s.io"),
+    ("get", "deployments.apps@iris-stable-predictor"),
     ("get", f"leases.coordination.k8s.io@{LEASE}"),
     ("update", f"leases.coordination.k8s.io@{LEASE}"),
 ]
@@ -346,6 +349,13 @@ REFUSED = [
     ("create", "virtualservices.networking.istio.io"),
     ("list", "virtualservices.networking.istio.io"),
     ("patch", "httproutes.gateway.networking.k8s.io@iris"),  # istio mode: no Gateway API rights
+    # what runs behind the Services: read, and only what served.py reads
+    ("watch", "endpointslices.discovery.k8s.io"),
+    ("update", "endpointslices.discovery.k8s.io"),
+    ("list", "deployments.apps"),
+    ("get", "deployments.apps@iris-candidate-predictor"),
+    ("update", "deployments.apps@iris-stable-predictor"),
+    ("get", "pods"),
     # Leases: the chart creates its own; none other
     ("create", "leases.coordination.k8s.io"),
     ("update", "leases.coordination.k8s.io@kube-scheduler"),

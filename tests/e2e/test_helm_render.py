@@ -357,7 +357,18 @@ def test_the_controller_role_names_every_object_whose_name_the_chart_knows(home:
     assert not [k for k, v in every if v in ("delete", "deletecollection", "*")]
     assert all("*" not in r["resources"] and "*" not in r["apiGroups"] for r in rules.values())
     unnamed = sorted(k for k, r in rules.items() if "resourceNames" not in r)
-    assert unnamed == ["events", "modelrollouts.bento-rollout.io", "modelrollouts/status.bento-rollout.io"]
+    pods = [] if mode == "kserve" else ["endpointslices.discovery.k8s.io"]
+    assert unnamed == sorted(
+        ["events", "modelrollouts.bento-rollout.io", "modelrollouts/status.bento-rollout.io", *pods]
+    )
+    # istio / gateway-api: what the pods serve (rollout/controller/served.py) - the predictor
+    # Services' EndpointSlices, listed only, and stable's predictor Deployment by name, get only
+    if mode == "kserve":
+        assert "deployments.apps" not in rules
+    else:
+        assert rules["endpointslices.discovery.k8s.io"]["verbs"] == ["list"]
+        assert rules["deployments.apps"]["resourceNames"] == ["iris-stable-predictor"]
+        assert rules["deployments.apps"]["verbs"] == ["get"]
 
 
 def test_the_kustomize_base_role_grants_what_the_charts_does(home: Path) -> None:
@@ -529,6 +540,29 @@ def test_the_model_network_policy_admits_every_port_the_modes_pods_serve_and_no_
     assert {p["protocol"] for p in rule["ports"]} == {"TCP"}
     namespaces = rule["from"][1]["namespaceSelector"]["matchExpressions"][0]["values"]
     assert namespaces == ["istio-system", "knative-serving", "monitoring"]
+
+
+@pytest.mark.parametrize("mode", ["istio", "gateway-api"])
+def test_the_model_network_policy_lets_the_controller_ask_the_pods_what_they_serve(
+    home: Path, mode: str
+) -> None:
+    """The controller asks every Ready model pod GET /v2/models/<name> on the Bento port before
+    traffic moves to the candidate and before the hand-off completes (rollout/controller/served.py):
+    the model pods' policy admits the controller's pods there."""
+    kinds = by_kind(template(home, {"routing.mode": mode, "networkPolicy.enabled": True}))
+    (policy,) = [p for p in kinds["NetworkPolicy"] if p["metadata"]["name"].endswith("-model")]
+    (deployment,) = [d for d in kinds["Deployment"] if d["metadata"]["name"].endswith("-controller")]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (rule,) = policy["spec"]["ingress"]
+    admitted = [
+        peer
+        for peer in rule["from"]
+        if "podSelector" in peer
+        and labels.items() >= peer["podSelector"]["matchLabels"].items()
+        and "namespaceSelector" not in peer
+    ]
+    assert admitted, (labels, rule["from"])
+    assert {"port": 3000, "protocol": "TCP"} in rule["ports"]
 
 
 @pytest.mark.parametrize("mode", MODES)

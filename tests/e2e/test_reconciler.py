@@ -18,6 +18,7 @@ from rollout.k8s.client import MODEL_ROLLOUT, KubeClient
 from rollout.model import Phase
 from rollout.spec import RolloutSpec
 from tests.e2e import test_controller as base
+from tests.e2e.nopods import AsAsked  # FAKE: no pod runs here to ask what it serves
 from tests.e2e.test_controller import isvc, rollout, vs_weights
 from tests.kit import ManualClock
 
@@ -44,7 +45,7 @@ def test_reconciler_steps_with_an_injected_clock_and_refuses_stale_writes(
     ]
     kube.create(MODEL_ROLLOUT, ns, rollout("iris", steps))
     clock = ManualClock()
-    rec = Reconciler(kube, _no_metrics, clock=clock)
+    rec = Reconciler(kube, _no_metrics, clock=clock, probe=AsAsked())
 
     state = rec.reconcile(ns, "iris")
     assert state is not None and state.phase == Phase.PROGRESSING
@@ -109,12 +110,12 @@ def test_a_spec_without_cluster_router_uses_the_controllers_default(
     body = rollout("plain", [{"setWeight": 10}, {"pause": {}}])
     del body["spec"]["router"]
     kube.create(MODEL_ROLLOUT, ns, body)
-    state = Reconciler(kube, _no_metrics, clock=ManualClock(), default_provider="istio").reconcile(
-        ns, "plain"
-    )
+    state = Reconciler(
+        kube, _no_metrics, clock=ManualClock(), default_provider="istio", probe=AsAsked()
+    ).reconcile(ns, "plain")
     assert state is not None and state.desired_routes.candidate_weight == 10
     assert vs_weights(kube, ns) == {"stable": 90, "candidate": 10}
-    local = Reconciler(kube, _no_metrics, default_provider="nginx")
+    local = Reconciler(kube, _no_metrics, default_provider="nginx", probe=AsAsked())
     with pytest.raises(PermanentError, match="local data plane"):
         local.reconcile(ns, "plain")
     invalid = kube.get(MODEL_ROLLOUT, ns, "plain")
@@ -129,7 +130,9 @@ def test_a_spec_without_cluster_router_uses_the_controllers_default(
     named = rollout("named", [{"setWeight": 10}, {"pause": {}}], router={"provider": "nginx"})
     kube.create(MODEL_ROLLOUT, ns, named)
     with pytest.raises(PermanentError, match="leave router.provider out for the controller's"):
-        Reconciler(kube, _no_metrics, clock=ManualClock(), default_provider="istio").reconcile(ns, "named")
+        Reconciler(
+            kube, _no_metrics, clock=ManualClock(), default_provider="istio", probe=AsAsked()
+        ).reconcile(ns, "named")
     assert kube.get(MODEL_ROLLOUT, ns, "named")["status"]["phase"] == "Invalid"
 
 
@@ -155,7 +158,7 @@ def test_no_prometheus_address_at_all_is_a_measurement_error_in_the_status(
     )
     kube.create(MODEL_ROLLOUT, ns, body)
     clock = ManualClock()
-    rec = Reconciler(kube, _metrics_factory(None), clock=clock)
+    rec = Reconciler(kube, _metrics_factory(None), clock=clock, probe=AsAsked())
     seen = []
     for _ in range(8):
         state = rec.reconcile(ns, "iris")  # never raises
@@ -211,7 +214,7 @@ def test_a_pin_the_inference_service_does_not_carry_holds_the_rollout_until_it_d
     body = rollout("iris", [{"setWeight": 20}, {"pause": {}}])
     body["spec"]["candidate"]["digest"] = pin
     kube.create(MODEL_ROLLOUT, ns, body)
-    rec = Reconciler(kube, _no_metrics, clock=ManualClock())
+    rec = Reconciler(kube, _no_metrics, clock=ManualClock(), probe=AsAsked())
     with pytest.raises(HeldError) as held:
         rec.reconcile(ns, "iris")
     assert (
