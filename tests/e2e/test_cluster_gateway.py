@@ -70,7 +70,7 @@ def test_the_gateway_routes_by_the_charts_httproute(stack: cr.ClusterStack) -> N
 
 
 def test_a_good_candidate_is_promoted_with_no_failed_request(stack: cr.ClusterStack) -> None:
-    shipped = cr.ship(stack, "canary-good", "iris:v2")
+    shipped = cr.ship(stack, cr.RELEASES[0].name, cr.RELEASES[0].candidate)
     RESULTS[shipped.name] = shipped
     reasons = [e["reason"] for e in shipped.history]
     assert shipped.phase == "Promoted", shipped.row()
@@ -88,10 +88,8 @@ def test_a_good_candidate_is_promoted_with_no_failed_request(stack: cr.ClusterSt
 
 def test_a_bad_release_is_rolled_back_within_30_s_of_its_first_traffic(stack: cr.ClusterStack) -> None:
     assert "canary-good" in RESULTS, "the good release runs first (stable is iris:v2 after it)"
-    shipped = cr.ship(
-        stack, "canary-faulty", "iris:v1",
-        extra={"models.stable": "iris:v2", "models.candidateEnv": cr.FAULTY_ENV},
-    )  # fmt: skip
+    rel = cr.RELEASES[1]
+    shipped = cr.ship(stack, rel.name, rel.candidate, extra=rel.extra)
     RESULTS[shipped.name] = shipped
     assert shipped.phase == "RolledBack", shipped.row()
     assert shipped.first_traffic_to_rollback is not None and shipped.first_traffic_to_rollback < 30, (
@@ -103,48 +101,35 @@ def test_a_bad_release_is_rolled_back_within_30_s_of_its_first_traffic(stack: cr
     assert 0 < shipped.failed < 0.1 * shipped.requests, shipped.row()
 
 
-def _delete_pods(stack: cr.ClusterStack, isvc: str) -> list[str]:
-    core = stack.core()
-    pods = core.list_namespaced_pod(cr.NAMESPACE, label_selector=f"serving.kserve.io/inferenceservice={isvc}")
-    names = [p.metadata.name for p in pods.items if p.metadata.deletion_timestamp is None]
-    for name in names:
-        core.delete_namespaced_pod(name, cr.NAMESPACE, grace_period_seconds=0)
-    return names
-
-
 def test_a_candidate_pod_killed_mid_canary(stack: cr.ClusterStack) -> None:
     """The candidate's only pod deleted as soon as it has users' traffic: what users see (its share
-    of requests fails until the Service has no endpoint, then Traefik answers 503 for that share
+    of requests fails until Traefik drops the endpoint, then the weighted share has no backend
     until KServe's Deployment has a new pod Ready) and what the rollout does, reported as it is."""
     assert "canary-faulty" in RESULTS, "runs after the faulty release"
+    rel = cr.DRILLS[0]
     killed: list[str] = []
     shipped = cr.ship(
-        stack, "canary-candidate-killed", "iris:slow", extra={"models.candidateEnv": []},
-        during=lambda s, _status: killed.extend(_delete_pods(s, "iris-candidate")),
-    )  # fmt: skip
+        stack, rel.name, rel.candidate, extra=rel.extra, during=cr.kill_pods("iris-candidate", killed)
+    )
     RESULTS[shipped.name] = shipped
     assert killed, "the candidate's pod was deleted mid-canary"
-    assert shipped.phase in ("Promoted", "RolledBack"), shipped.row()
-    if shipped.phase == "Promoted":
-        assert cr._only(stack, "slow", 20)
-    else:
-        assert cr._only(stack, "v2", 20)
+    assert shipped.phase == "Promoted", shipped.row()
+    assert cr._only(stack, "slow", 20)
 
 
 def test_stable_pod_killed_mid_canary_holds_the_rollout(stack: cr.ClusterStack) -> None:
     """Issue "When stable dies mid-rollout", on the cluster: stable's pod deleted while the canary
     runs; the controller holds (StableUnavailable: no step while stable is not Ready), KServe
     replaces the pod, the rollout goes on to its end; the failed share is reported."""
-    assert "canary-candidate-killed" in RESULTS, "runs after the candidate-kill drill"
-    stable = "iris:slow" if RESULTS["canary-candidate-killed"].phase == "Promoted" else "iris:v2"
-    candidate = "iris:v1" if stable == "iris:slow" else "iris:slow"
+    assert RESULTS.get("candidate-pod-killed") and RESULTS["candidate-pod-killed"].phase == "Promoted"
+    rel = cr.DRILLS[1]
     killed: list[str] = []
     shipped = cr.ship(
-        stack, "canary-stable-killed", candidate, extra={"models.stable": stable, "models.candidateEnv": []},
-        during=lambda s, _status: killed.extend(_delete_pods(s, "iris-stable")),
-    )  # fmt: skip
+        stack, rel.name, rel.candidate, extra=rel.extra, during=cr.kill_pods("iris-stable", killed)
+    )
     RESULTS[shipped.name] = shipped
     assert killed, "stable's pod was deleted mid-canary"
     reasons = [e["reason"] for e in shipped.history]
     assert "StableUnavailable" in reasons, reasons
     assert shipped.phase == "Promoted", shipped.row()
+    assert cr._only(stack, "v1", 20)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -408,18 +409,49 @@ def cluster_stack(kserve: KServe, workdir: Path) -> Iterator[ClusterStack]:
         api.close()
 
 
-# --- make demo-cluster -------------------------------------------------------------------------
+# --- make demo-cluster, make bench ------------------------------------------------------------
 
 FAULTY_ENV = [{"name": "BENTO_FAULT_ERROR_RATE", "value": "0.3"}]
+
+
+def kill_pods(isvc: str, killed: list[str]) -> Callable[[ClusterStack, dict[str, Any]], None]:
+    """A ``during`` drill: delete every pod of InferenceService ``isvc`` at once (no grace period,
+    as a node failure would), their names appended to ``killed``."""
+
+    def drill(stack: ClusterStack, _status: dict[str, Any]) -> None:
+        core = stack.core()
+        pods = core.list_namespaced_pod(
+            NAMESPACE, label_selector=f"serving.kserve.io/inferenceservice={isvc}"
+        )
+        for pod in pods.items:
+            if pod.metadata.deletion_timestamp is None:
+                core.delete_namespaced_pod(pod.metadata.name, NAMESPACE, grace_period_seconds=0)
+                killed.append(pod.metadata.name)
+
+    return drill
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    candidate: str
+    extra: dict[str, Any]
+    expected: str  # the outcome it shows
+    drill: str = ""  # "candidate" / "stable": that pod is deleted once the candidate has traffic
+
+
 RELEASES = (
-    # name, candidate, extra values, the outcome it shows
-    ("canary-good", "iris:v2", {}, "Promoted"),
-    (
+    Release("canary-good", "iris:v2", {}, "Promoted"),
+    Release(
         "canary-faulty",
         "iris:v1",
         {"models.stable": "iris:v2", "models.candidateEnv": FAULTY_ENV},
         "RolledBack",
     ),
+)
+DRILLS = (
+    Release("candidate-pod-killed", "iris:slow", {"models.candidateEnv": []}, "Promoted", drill="candidate"),
+    Release("stable-pod-killed", "iris:v1", {"models.stable": "iris:slow"}, "Promoted", drill="stable"),
 )
 
 
@@ -430,11 +462,10 @@ def result(shipped: Shipped, expected: str, stable: str, plot: Path | None = Non
     by_version = shipped.locust.get("answers_by_version", {})
     # answers of the candidate's model (after a promotion, stable's pods serve it too)
     by_candidate = int(by_version.get(shipped.candidate.split(":", 1)[1], 0))
-    decision = shipped.first_traffic_to_rollback
     return ScenarioResult(
         name=shipped.name, strategy="canary", stable=stable, candidate=shipped.candidate, expected=expected,
         outcome=shipped.phase, reason=next((e["reason"] for e in reversed(shipped.history)), ""),
-        seconds_total=round(shipped.seconds, 1), seconds_to_decision=decision,
+        seconds_total=round(shipped.seconds, 1), seconds_to_decision=shipped.first_traffic_to_rollback,
         requests_total=shipped.requests, requests_by_candidate=by_candidate,
         candidate_share=round(by_candidate / shipped.requests, 3) if shipped.requests else 0.0,
         failed_requests=shipped.failed, failures=dict(shipped.locust.get("failures", {})),
@@ -442,55 +473,70 @@ def result(shipped: Shipped, expected: str, stable: str, plot: Path | None = Non
     )  # fmt: skip
 
 
+def run(report: Path, releases: tuple[Release, ...], echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """The cluster up, the chart installed, ``releases`` shipped one after the other, everything torn
+    down (the node's processes by pid, its netns): per release a PNG and a JSON in ``report``;
+    returns {"setup_seconds", "releases": [Shipped.row()...], "results": [ScenarioResult...]}."""
+    from rollout.demo.report import plot_rollout
+    from tests.k8s import kserve, node
+
+    report.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
+    echo("cluster: starting the single-node cluster and the KServe controller")
+    n = node.start(logdir=report / "node")
+    rows, results = [], []
+    try:
+        ks = kserve.install(n, since=began)
+        echo(f"cluster: node + KServe ready in {ks.seconds:.0f} s; Traefik, Prometheus, helm install")
+        with cluster_stack(ks, report / "work") as stack:
+            stack.times["node + KServe"] = ks.seconds
+            stable = "iris:v1"
+            for i, rel in enumerate(releases, start=1):
+                echo(f"cluster: [{i}/{len(releases)}] {rel.name}: helm upgrade, models.candidate={rel.candidate}, "
+                     "Locust through the Gateway")  # fmt: skip
+                killed: list[str] = []
+                during = kill_pods(f"{ROLLOUT}-{rel.drill}", killed) if rel.drill else None
+                shipped = ship(stack, rel.name, rel.candidate, extra=rel.extra, during=during)
+                for e in shipped.history:
+                    echo(f"  {e['time']} {e['reason']:<22} {e['message']}")
+                plot = plot_rollout(f"{rel.name}: {stable} -> {rel.candidate} ({shipped.phase})",
+                                    shipped.timeline, report / f"{rel.name}.png")  # fmt: skip
+                row = shipped.row() | {"expected": rel.expected, "pods_killed": killed}
+                (report / f"{rel.name}.json").write_text(json.dumps(row, indent=1))
+                rows.append(row)
+                results.append(result(shipped, rel.expected, stable, plot))
+                if shipped.phase == "Promoted":
+                    stable = rel.candidate
+            setup = dict(stack.times)
+    finally:
+        n.stop()
+    return {"setup_seconds": setup, "releases": rows, "results": results, "seconds": time.monotonic() - began}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``make demo-cluster``: the cluster up, the chart installed, a good and a faulty release under
-    Locust through the Gateway, a table and a PNG per release in reports/cluster-<time>/, all torn
-    down (the node's processes by pid, its netns)."""
+    """``make demo-cluster``: a good and a faulty release under Locust through the Gateway on the
+    single-node cluster; a table, and a PNG per release in reports/cluster-<time>/."""
     import argparse
 
-    from rollout.demo.report import plot_rollout, table, write_summary
-    from tests.k8s import kserve, node
+    from rollout.demo.report import table, write_summary
+    from tests.k8s import harness, kserve, node
 
     parser = argparse.ArgumentParser(prog="python -m tests.k8s.cluster_rollouts", description=main.__doc__)
     parser.add_argument("--report-dir", type=Path, default=None, help="default: reports/cluster-<time>")
+    parser.add_argument("--drills", action="store_true", help="also kill a candidate pod, then a stable pod")
     args = parser.parse_args(argv)
     report = args.report_dir or ROOT / "reports" / time.strftime("cluster-%Y%m%d-%H%M%S")
-    report.mkdir(parents=True, exist_ok=True)
-    missing = [*gateway.missing(), *kserve.missing(), *node.missing_tools()]
+    missing = [*gateway.missing(), *kserve.missing(), *node.missing_tools(), *harness.missing_binaries()]
+    if not os.access(pod_prometheus.PROMETHEUS, os.X_OK):
+        missing.append(str(pod_prometheus.PROMETHEUS))
     if missing:
         print(f"demo-cluster: {', '.join(missing)} missing: run `make setup`", file=sys.stderr)
         return 2
-    began = time.monotonic()
-    print("demo-cluster: starting the single-node cluster and the KServe controller", flush=True)
-    n = node.start(logdir=report / "node")
-    results = []
-    try:
-        ks = kserve.install(n, since=began)
-        print(
-            f"demo-cluster: node + KServe ready in {ks.seconds:.0f} s; Traefik, Prometheus, helm install",
-            flush=True,
-        )
-        with cluster_stack(ks, report / "work") as stack:
-            stable = "iris:v1"
-            for i, (name, candidate, extra, expected) in enumerate(RELEASES, start=1):
-                print(f"demo-cluster: [{i}/{len(RELEASES)}] {name}: helm upgrade, models.candidate={candidate}, "
-                      "Locust through the Gateway", flush=True)  # fmt: skip
-                shipped = ship(stack, name, candidate, extra=extra)
-                for e in shipped.history:
-                    print(f"  {e['time']} {e['reason']:<22} {e['message']}")
-                plot = plot_rollout(f"{name}: {stable} -> {candidate} ({shipped.phase})", shipped.timeline,
-                                    report / f"{name}.png")  # fmt: skip
-                results.append(result(shipped, expected, stable, plot))
-                (report / f"{name}.json").write_text(json.dumps(shipped.row(), indent=1))
-                if shipped.phase == "Promoted":
-                    stable = candidate
-    finally:
-        n.stop()
-    write_summary(
-        report, results, {"where": "single-node cluster", "seconds": round(time.monotonic() - began)}
-    )
+    out = run(report, RELEASES + (DRILLS if args.drills else ()), lambda m: print(m, flush=True))
+    results = out["results"]
+    write_summary(report, results, {"where": "single-node cluster", "seconds": round(out["seconds"])})
     print(table(results))
-    print(f"demo-cluster: report in {report} ({time.monotonic() - began:.0f} s)")
+    print(f"demo-cluster: report in {report} ({out['seconds']:.0f} s)")
     return 0 if results and all(r.as_expected for r in results) else 1
 
 
