@@ -219,6 +219,12 @@ def test_kserve_mode_installs_stable_alone_then_rolls_the_candidate_out_with_an_
     assert "Model service iris: stable iris:v1." in installed.stdout  # NOTES: what is served
     assert "--set models.candidate=<model:tag>" in installed.stdout
 
+    # stable alone serves iris:v1 (its predictor says so): a candidate over another stable is refused
+    other = helm(k8s_cluster, tmp_path, "upgrade", RELEASE, str(CHART), "-n", ns, "--reuse-values",
+                 "--set", "models.stable=iris:v0,models.candidate=iris:v2")  # fmt: skip
+    assert other.returncode != 0
+    assert f"InferenceService {ns}/iris serves iris:v1" in other.stderr, other.stderr
+
     drill = [{"name": "BENTO_FAULT_ERROR_RATE", "value": "0.3"}]
     values = {"models.candidate": "iris:v2", "routing.candidateWeight": 10, "rollout.enabled": True,
               "models.candidateEnv": drill}  # fmt: skip
