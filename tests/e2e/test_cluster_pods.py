@@ -26,8 +26,14 @@ chart's ModelRollout), then:
   steps on to 50 %, the VirtualService with it;
 - ``rollout promote --full`` (the CLI from the host): Promoted, iris:v2 handed over to the stable
   InferenceService, all traffic back on stable, KServe rolls stable's pod and the stable Service
-  answers iris:v2. The hand-off says Complete before that pod serves (xfail, strict: a bug in
-  rollout/controller/handoff.py, see the test).
+  answers iris:v2. The hand-off says Complete only once every Ready pod of stable's predictor
+  Service answers iris:v2 and its Deployment is rolled out: the controller asks the pods
+  (rollout/controller/served.py), since KServe keeps the InferenceService Ready through the
+  rolling update;
+- a new rollout whose candidate the pods do not serve (iris-candidate's new pods refuse the
+  pinned digest and never start, its old pod still answers iris:v2, KServe still says Ready) gets
+  no traffic: CandidateReady False (ServedModelMismatch) and a Warning Event name iris:v1 pinned
+  and iris:v2 found; once the pin goes and the new pods serve iris:v1, the first step sends 10 %.
 
 The Prometheus the controller queries is that same pod_prometheus, listening on the node's address
 (``start(listen=NODE_IP)``: pods reach ``http://10.200.0.2:PORT``); the chart's
@@ -92,6 +98,7 @@ class Release:
     served_at_handoff: list[str] | None = (
         None  # stable pods Ready with iris:v2 when the hand-off was Complete
     )
+    old_at_handoff: list[str] | None = None  # ... and those with iris:v1
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -115,6 +122,7 @@ def _values(bento: str, controller: str, prometheus_url: str) -> dict[str, Any]:
     c_repository, c_tag = controller.rsplit(":", 1)
     return {
         "routing.mode": "istio",
+        "models.candidate": "iris:v2",  # the chart's default is none (stable only)
         "image.repository": repository,
         "image.tag": tag,
         "image.pullPolicy": "Never",
@@ -463,6 +471,7 @@ def test_promote_hands_the_candidates_model_to_stable_and_kserve_rolls_its_pods(
                     lambda: f"{json.dumps(_rollout_status(rel).get('handoff'))}\n"
                             f"{_pod_state(rel, 'serving.kserve.io/inferenceservice=iris-stable')}")  # fmt: skip
     rel.served_at_handoff = _serving_pods(rel, "iris-stable", "iris:v2")
+    rel.old_at_handoff = _serving_pods(rel, "iris-stable", "iris:v1")
     rel.times["rollout promote -> hand-off Complete"] = time.monotonic() - mark
     assert status["phase"] == "Promoted", status
     _until("the VirtualService all on stable", lambda: _vs_weights(rel) == {"iris-stable": 100, "iris-candidate": 0},
@@ -489,18 +498,95 @@ def test_promote_hands_the_candidates_model_to_stable_and_kserve_rolls_its_pods(
     assert "Promoted" in shown.stdout, shown.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rollout/controller/handoff.py serves(): the hand-off is Complete (all traffic back to stable) "
-    "while stable still serves the old model - it takes the InferenceService's status.observedGeneration "
-    ">= metadata.generation and Ready for 'stable serves the new predictor', but KServe v0.20.0 in "
-    "Standard mode writes there the predictor Deployment's own observedGeneration (inference_service_"
-    "status.go PropagateRawStatus: another object's counter, already there once the Deployment's template "
-    "is updated) and keeps Ready True through the rolling update (the old pod is available). Measured: "
-    "Complete 4.8 s after `rollout promote`, no iris:v2 pod Ready then (a Bento pod needs 11 s or more). "
-    "Fix: read the predictor Deployment's rollout (updated, available replicas, no old ones; RBAC get on "
-    "deployments by name) or ask the stable server its model.",
-)
 def test_the_hand_off_completes_only_once_stable_serves_the_candidates_model(release: Release) -> None:
+    """KServe v0.20.0 keeps a Standard-mode InferenceService Ready through the rolling update (and
+    writes there the Deployment's observedGeneration), so the controller asks the pods: Complete
+    only once every Ready pod of iris-stable-predictor answers iris:v2 and its Deployment is
+    rolled out (it said Complete 4.8 s after the promote, no iris:v2 pod Ready, before)."""
     assert release.served_at_handoff is not None, "the promote test runs first"
     assert release.served_at_handoff, "hand-off Complete with no Ready stable pod running iris:v2"
+    assert release.old_at_handoff == [], f"hand-off Complete while {release.old_at_handoff} served iris:v1"
+
+
+PIN_NOBODY_HAS = "sha256:" + "0" * 64  # no artifact has it: a server pinned to it refuses to start
+
+
+def _set_candidate_isvc(rel: Release, tag: str, digest: str | None) -> None:
+    """iris-candidate's predictor as `helm upgrade --set models.candidate=TAG,models.candidateDigest=...`
+    renders it: its BENTO_MODEL_TAG, BENTO_MODEL_DIGEST and model annotation."""
+    obj = rel.custom.get_namespaced_custom_object(*KSERVE[:2], NAMESPACE, KSERVE[2], "iris-candidate")
+    (container,) = obj["spec"]["predictor"]["containers"]
+    env = [e for e in container["env"] if e["name"] not in ("BENTO_MODEL_TAG", "BENTO_MODEL_DIGEST")]
+    pinned = [{"name": "BENTO_MODEL_DIGEST", "value": digest}] if digest else []
+    container["env"] = [{"name": "BENTO_MODEL_TAG", "value": tag}, *pinned, *env]
+    obj["metadata"].setdefault("annotations", {})["bento-rollout.io/model"] = tag
+    rel.custom.replace_namespaced_custom_object(*KSERVE[:2], NAMESPACE, KSERVE[2], "iris-candidate", obj)
+
+
+def _candidate_ready_condition(rel: Release) -> dict[str, Any]:
+    conds = {c["type"]: c for c in _rollout_status(rel).get("conditions") or []}
+    return dict(conds.get("CandidateReady") or {})
+
+
+def test_a_candidate_whose_pods_serve_another_model_gets_no_traffic(release: Release) -> None:
+    """A new rollout iris:v2 -> iris:v1 pinned to a digest no artifact has: iris-candidate's new pod
+    refuses it and never becomes Ready, its old pod goes on answering iris:v2, and KServe keeps the
+    InferenceService Ready (its own readiness says "ready"). The controller asks the pods: no
+    traffic to the candidate, CandidateReady False and a Warning Event naming both. With the pin
+    gone the new pods serve iris:v1 and the first step sends 10 %, no iris:v2 candidate pod left."""
+    from rollout.routers.kserve import candidate_readiness
+
+    rel = release
+    assert (_rollout_status(rel).get("handoff") or {}).get("phase") == "Complete", (
+        "the promote test runs first"
+    )
+    mark = time.monotonic()
+    _set_candidate_isvc(rel, "iris:v1", PIN_NOBODY_HAS)  # the chart's order: the objects, then the rollout
+    patch = {
+        "spec": {"stable": {"model": "iris:v2"}, "candidate": {"model": "iris:v1", "digest": PIN_NOBODY_HAS}}
+    }
+    rel.custom.patch_namespaced_custom_object(*MODELROLLOUT[:2], NAMESPACE, MODELROLLOUT[2], ROLLOUT, patch)
+
+    def held() -> dict[str, Any] | None:
+        assert _vs_weights(rel)["iris-candidate"] == 0, "traffic moved to a candidate serving iris:v2"
+        cond = _candidate_ready_condition(rel)
+        return cond if cond.get("reason") == "ServedModelMismatch" else None
+
+    cond = _until("CandidateReady False: ServedModelMismatch", held, 90, rel.node,
+                  lambda: f"{_rollout_status(rel)}\n{_pod_state(rel, 'serving.kserve.io/inferenceservice=iris-candidate')}")  # fmt: skip
+    rel.times["new rollout -> candidate held (pods serve iris:v2)"] = time.monotonic() - mark
+    assert cond["status"] == "False"
+    assert "serve iris:v2" in cond["message"], cond
+    assert f"the ModelRollout's candidate is iris:v1 pinned to {PIN_NOBODY_HAS}" in cond["message"], cond
+    events = rel.core.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={ROLLOUT}").items
+    assert any(e.reason == "ServedModelMismatch" and e.type == "Warning" and "iris:v2" in e.message
+               for e in events), [(e.reason, e.message) for e in events[-10:]]  # fmt: skip
+    # what the InferenceService says would have let traffic through: KServe still reports it ready
+    isvc = rel.custom.get_namespaced_custom_object(*KSERVE[:2], NAMESPACE, KSERVE[2], "iris-candidate")
+    assert candidate_readiness(isvc).ready, candidate_readiness(isvc)
+    assert _serving_pods(rel, "iris-candidate", "iris:v2"), "the old pod serves on"
+    time.sleep(6)  # three more reconciles: still nothing to the candidate
+    assert _vs_weights(rel)["iris-candidate"] == 0
+    assert _rollout_status(rel)["weights"]["candidate"] == 0
+
+    # the pin goes (from the rollout, then from the InferenceService): KServe rolls iris:v1 out
+    unpin = {"spec": {"candidate": {"model": "iris:v1", "digest": None}}}
+    rel.custom.patch_namespaced_custom_object(*MODELROLLOUT[:2], NAMESPACE, MODELROLLOUT[2], ROLLOUT, unpin)
+    _set_candidate_isvc(rel, "iris:v1", None)
+    mark = time.monotonic()
+
+    def stepped() -> dict[str, Any] | None:
+        status = _rollout_status(rel)
+        if not any(_is_step(e, 10) for e in status.get("history") or []):
+            return None
+        return {"status": status, "old": _serving_pods(rel, "iris-candidate", "iris:v2")}
+
+    seen = _until("the first step (10 %) once the pods serve iris:v1", stepped, 180, rel.node,
+                  lambda: f"{_candidate_ready_condition(rel)}\n"
+                          f"{_pod_state(rel, 'serving.kserve.io/inferenceservice=iris-candidate')}")  # fmt: skip
+    rel.times["pin removed -> candidate pods serve iris:v1, 10 %"] = time.monotonic() - mark
+    assert seen["old"] == [], f"10 % to the candidate while {seen['old']} served iris:v2"
+    assert _serving_pods(rel, "iris-candidate", "iris:v1")
+    assert _candidate_ready_condition(rel)["status"] == "True"
+    _until("the VirtualService's weights as the status says", lambda: _routes_agree(rel), 30, rel.node,
+           lambda: f"{_rollout_status(rel).get('weights')} {_vs_weights(rel)}")  # fmt: skip
