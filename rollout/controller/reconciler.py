@@ -73,7 +73,7 @@ from rollout.model import EventType, Reason, RolloutState
 from rollout.routers.base import Routes, RouteTarget, TrafficRouter
 from rollout.spec import RolloutSpec, RouterProvider, parse_rollout
 
-from . import handoff, ownership, readiness, served
+from . import failover, handoff, ownership, readiness, served
 from .conventions import default_router, isvc_name, route_target
 from .defence import ErrorLog, HeldError
 from .measure import measure
@@ -98,6 +98,7 @@ class _Memory:
     ensured: RouteTarget | None = None
     router: TrafficRouter | None = None
     said: str | None = None  # the last served-model verdict told in an Event
+    failed_over: str | None = None  # the FailoverStarted message in force (failover.py)
 
 
 @dataclass
@@ -297,7 +298,9 @@ class Reconciler:
                 break
             if not state.done:
                 _log_readiness(namespace, name, seen)
-            moved = self._act(t, router, handoff.hold_routes(obj.get("status"), state))
+            moved = self._act(
+                t, router, handoff.hold_routes(obj.get("status"), state), (obj, spec, seen, mem)
+            )
             mem.results = measure(
                 self.metrics, self.measure_errors, self.clock, (namespace, name), spec, state, t.of(Measure)
             )
@@ -368,16 +371,40 @@ class Reconciler:
         with self._locks_guard:
             return self._locks.setdefault((namespace, service), threading.Lock())
 
-    def _act(self, t: Transition, router: TrafficRouter, hold: Routes | None = None) -> bool:
-        """Execute SetRoutes/Finalize (``hold``: these routes instead, after a promotion's hand-off).
-        Returns True when the routes changed."""
+    def _act(
+        self,
+        t: Transition,
+        router: TrafficRouter,
+        hold: Routes | None = None,
+        health: tuple[Obj, RolloutSpec, readiness.Backends, _Memory] | None = None,
+    ) -> bool:
+        """Execute SetRoutes/Finalize (``hold``: these routes instead, after a promotion's hand-off;
+        ``health``: fail over from a version with no Ready pod, failover.py). Returns True when the
+        routes changed."""
         wanted: Routes | None = None
         for a in t.actions:
             if isinstance(a, SetRoutes | Finalize):
                 wanted = hold or a.routes
             elif isinstance(a, EnsureBackend):
                 pass  # the InferenceServices are deployed by the chart; readiness is observed each step
-        if wanted is None or router.get_routes() == _normal(wanted):
+        if wanted is None:
+            return False
+        current = router.get_routes()
+        if health is not None and health[1].router.provider.value in failover.PROVIDERS:
+            obj, spec, seen, mem = health
+            desired = wanted
+            wanted = failover.effective(desired, seen.stable.ready, seen.candidate.ready, not t.state.done)
+            if _normal(wanted) != _normal(desired):
+                message = failover.why(desired, wanted, spec.stable.model, spec.candidate.model)
+                if message != mem.failed_over:
+                    self.client.emit_event(obj, failover.STARTED, message, "Warning")
+                    mem.failed_over = message
+            elif mem.failed_over is not None:
+                self.client.emit_event(
+                    obj, failover.ENDED, "both versions Ready: the rollout's routes again", "Normal"
+                )
+                mem.failed_over = None
+        if current == _normal(wanted):
             return False
         router.set_routes(wanted)
         return True

@@ -78,7 +78,7 @@ STEPS = [
 
 
 @pytest.mark.k8s
-def test_stable_not_ready_mid_canary_holds_the_weights_and_it_resumes_by_itself(
+def test_stable_not_ready_mid_canary_holds_fails_over_to_the_candidate_and_resumes_by_itself(
     kube: KubeClient, k8s_namespace: str, controllers: Any
 ) -> None:
     ns, name = k8s_namespace, "iris-stable-down"
@@ -98,7 +98,12 @@ def test_stable_not_ready_mid_canary_holds_the_weights_and_it_resumes_by_itself(
         st = status(kube, ns, name)
         assert (st["phase"], st["reason"], st["weights"]["candidate"]) == ("Paused", "StableUnavailable", 20)
         assert st["revision"] == held["revision"], "stable still down wrote the status again"
-        assert vs_weights(kube, ns) == {"stable": 80, "candidate": 20}
+        # the engine still wants 80/20; the route sends everyone to the Ready candidate (failover.py)
+        assert vs_weights(kube, ns) == {"stable": 0, "candidate": 100}
+        (failed_over,) = [e for e in kube.list_events(ns, name) if e["reason"] == "FailoverStarted"]
+        assert (
+            "stable iris:v1 has no Ready pod: all traffic to the candidate iris:v2" in failed_over["message"]
+        )
         conditions = {c["type"]: (c["status"], c["reason"]) for c in st["conditions"]}
         assert conditions["Paused"] == ("True", "StableUnavailable")
         assert conditions["StableReady"] == ("False", "StableUnavailable")
@@ -113,7 +118,9 @@ def test_stable_not_ready_mid_canary_holds_the_weights_and_it_resumes_by_itself(
         recorder.stop()
     assert recorder.seen["iris"] == [
         (100, 0, 0, False),
-        (80, 20, 0, False),  # held here while stable was down
+        (80, 20, 0, False),
+        (0, 100, 0, False),  # held while stable was down; everyone on the Ready candidate meanwhile
+        (80, 20, 0, False),  # stable back: the rollout's routes again, then on
         (40, 60, 0, False),
         (0, 100, 0, False),
         (100, 0, 0, False),  # handed off to stable
@@ -124,6 +131,10 @@ def test_stable_not_ready_mid_canary_holds_the_weights_and_it_resumes_by_itself(
     assert len(recovered) == 1 and "serves again after" in recovered[0]["message"], st["history"]
     assert not _reasons(st, "ProgressDeadlineExceeded")
     assert {c["type"]: c["status"] for c in st["conditions"]}["StableReady"] == "True"
+    assert [e["reason"] for e in kube.list_events(ns, name) if e["reason"].startswith("Failover")] == [
+        "FailoverStarted",
+        "FailoverEnded",
+    ]
 
 
 @pytest.mark.k8s
@@ -161,7 +172,8 @@ def test_kserve_mode_reads_stable_from_the_one_inference_service(
 @pytest.mark.k8s
 def test_stable_gone_past_the_progress_deadline_is_rolled_back(kube: KubeClient, k8s_namespace: str) -> None:
     """In-process with an injected clock: stable's InferenceService deleted mid-canary holds the
-    rollout; 30 s later (progressDeadline) it is rolled back and the routes return to stable."""
+    rollout (everyone on the Ready candidate meanwhile); 30 s later (progressDeadline) it is rolled
+    back and the routes return to stable: never to a rolled-back candidate."""
     ns = k8s_namespace
     isvc(kube, ns, "iris-stable")
     isvc(kube, ns, "iris-candidate")
@@ -180,7 +192,7 @@ def test_stable_gone_past_the_progress_deadline_is_rolled_back(kube: KubeClient,
         clock.now += 10
         state = rec.reconcile(ns, "iris")
         assert (state.phase, state.reason) == (Phase.PAUSED, "StableUnavailable")
-        assert vs_weights(kube, ns) == {"stable": 80, "candidate": 20}
+        assert vs_weights(kube, ns) == {"stable": 0, "candidate": 100}
     clock.now += 11  # 31 s since stable went away
     state = rec.reconcile(ns, "iris")
     assert (state.phase, state.reason) == (Phase.ROLLED_BACK, "ProgressDeadlineExceeded")

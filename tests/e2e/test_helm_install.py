@@ -516,6 +516,8 @@ def test_kustomize_base_renders_and_is_accepted(
             "ServiceAccount",
             "Role",
             "RoleBinding",
+            "ClusterRole",  # get GatewayClasses (Gateway API routing: can the implementation mirror?)
+            "ClusterRoleBinding",
             "Lease",
             "Deployment",
             "InferenceService",

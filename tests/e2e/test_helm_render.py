@@ -90,7 +90,14 @@ def test_every_value_combination_renders_what_it_promises(
     ):
         assert always in kinds, always
     assert kinds["ModelRollout"][0]["spec"]["router"]["provider"] == mode
-    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    if mode == "gateway-api":  # the one cluster-wide right: get GatewayClasses (their supportedFeatures)
+        (cluster_role,) = kinds["ClusterRole"]
+        assert cluster_role["rules"] == [
+            {"apiGroups": ["gateway.networking.k8s.io"], "resources": ["gatewayclasses"], "verbs": ["get"]}
+        ]
+        assert len(kinds["ClusterRoleBinding"]) == 1
+    else:
+        assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
 
 
 def test_kserve_mode_sets_canary_traffic_percent_on_the_candidate_revision(home: Path) -> None:
