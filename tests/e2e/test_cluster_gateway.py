@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,3 +135,45 @@ def test_stable_pod_killed_mid_canary_holds_the_rollout(stack: cr.ClusterStack) 
     assert "StableUnavailable" in reasons, reasons
     assert shipped.phase == "Promoted", shipped.row()
     assert cr._only(stack, "v1", 20)
+
+
+def test_a_shadow_through_a_gateway_that_cannot_mirror_is_held_and_users_never_notice(
+    stack: cr.ClusterStack,
+) -> None:
+    """Traefik v3.6 has no RequestMirror (a rule with one answers HTTP 500 to every request): the
+    controller reads Traefik's GatewayClass supportedFeatures, writes no mirror, holds the rollout
+    with a message naming the feature, and `rollout abort` ends it; no request fails meanwhile."""
+    assert RESULTS.get("stable-pod-killed"), "runs last"
+    stable = "iris:v1" if RESULTS["stable-pod-killed"].phase == "Promoted" else "iris:slow"
+    candidate = "iris:v2"
+    strategy = {"shadow": {"mirrorPercent": 100, "duration": "30s"}}
+    with cr.locust(stack, "shadow-refused") as summary:
+        time.sleep(3)
+        stack.helm("upgrade", "--reuse-values", values={
+            "models.stable": stable, "models.candidate": candidate, "rollout.strategy": strategy,
+        })  # fmt: skip
+
+        def held() -> dict | None:
+            st = stack.rollout_status()
+            ok = st.get("candidate") == candidate and st.get("phase") == "Paused"
+            return st if ok and "HTTPRouteRequestMirror" in (st.get("message") or "") else None
+
+        st = stack.until("the shadow held: the Gateway cannot mirror", held, 120,
+                         lambda: json.dumps(stack.rollout_status(), indent=1)[-2000:])  # fmt: skip
+        assert "traefik.io/gateway-controller" in st["message"], st["message"]
+        route = stack.custom().get_namespaced_custom_object(
+            *cr.HTTPROUTE[:2], cr.NAMESPACE, cr.HTTPROUTE[2], cr.ROUTE
+        )
+        assert not [r for r in route["spec"]["rules"] if r.get("filters")], route["spec"]["rules"]
+        time.sleep(10)  # users on stable meanwhile
+        cli = Path(sys.executable).with_name("rollout")
+        kubeconfig = str(stack.node.control_plane.kubeconfig)
+        proc = subprocess.run([str(cli), "abort", cr.ROLLOUT, "-n", cr.NAMESPACE, "--kubeconfig", kubeconfig],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        stack.until(
+            "RolledBack after the abort", lambda: stack.rollout_status().get("phase") == "RolledBack", 60
+        )
+    answered = json.loads(summary.read_text())
+    assert answered["total_failed"] == 0 and answered["total_answered"] > 100, answered
+    assert set(answered["answers_by_version"]) == {stable.split(":")[1]}, answered
