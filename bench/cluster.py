@@ -1,11 +1,12 @@
 """Rollouts on real pods (``make bench``): the single-node cluster with KServe's controller, Traefik as
 the Gateway API data plane and the operator in its pod; Locust sends predictions through the
-Gateway while four releases are shipped with ``helm upgrade`` (tests/k8s/cluster_rollouts.py):
+Gateway while five releases are shipped with ``helm upgrade`` (tests/k8s/cluster_rollouts.py):
 
 - canary-good (iris:v2): 20 -> 60 -> 100 %, promoted, handed over to stable;
 - canary-faulty (iris:v1 failing 30 % of predictions): rolled back at the first analysis;
-- candidate-pod-killed (iris:slow): its only pod deleted as soon as it has traffic;
-- stable-pod-killed (iris:v1): stable's only pod deleted as soon as the candidate has traffic.
+- bluegreen (iris:slow): a preview to testers only (no mirror: Traefik has none), then the switch;
+- candidate-pod-killed (iris:v1): its only pod deleted as soon as it has traffic;
+- stable-pod-killed (iris:v2): stable's only pod deleted as soon as the candidate has traffic.
 
 Writes bench/results/cluster.json (every release's figures and history) and one PNG per release.
 What each side had: no retry anywhere in the data plane (Traefik's Gateway API provider has no
@@ -53,7 +54,7 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
-        out = cr.run(Path(tmp), cr.RELEASES + cr.DRILLS)
+        out = cr.run(Path(tmp), cr.ALL)
         plots = []
         for row in out["releases"]:
             png = Path(tmp) / f"{row['release']}.png"

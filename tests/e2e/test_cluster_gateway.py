@@ -88,6 +88,31 @@ def test_a_good_candidate_is_promoted_with_no_failed_request(stack: cr.ClusterSt
     assert cr._only(stack, "v2", 20)
 
 
+def test_a_helm_upgrade_after_the_promotion_keeps_serving_the_promoted_model(stack: cr.ClusterStack) -> None:
+    """The hand-off made the Helm-owned stable InferenceService serve iris:v2; a `helm upgrade` that
+    changes nothing (models.stable still iris:v1 in the values) must not put it back on iris:v1:
+    the chart reads the ModelRollout's status (Promoted, hand-off Complete) and renders what the
+    controller wrote. No restart of stable's pod, no new rollout."""
+    assert "canary-good" in RESULTS, "runs after the promotion"
+    custom = stack.custom()
+    before = custom.get_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", cr.NAMESPACE, "inferenceservices", "iris-stable"
+    )
+    stack.helm("upgrade", "--reuse-values", values={"monitoring.interval": "2s"})
+    after = custom.get_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", cr.NAMESPACE, "inferenceservices", "iris-stable"
+    )
+    env = {e["name"]: e.get("value") for e in after["spec"]["predictor"]["containers"][0]["env"]}
+    assert env["BENTO_MODEL_TAG"] == "iris:v2", env
+    assert after["metadata"]["annotations"]["bento-rollout.io/model"] == "iris:v2"
+    assert after["spec"]["predictor"] == before["spec"]["predictor"]  # nothing for KServe to roll
+    for _ in range(3):
+        time.sleep(3)
+        assert cr._only(stack, "v2", 10)
+    st = stack.rollout_status()
+    assert (st["phase"], st["candidate"], st["handoff"]["phase"]) == ("Promoted", "iris:v2", "Complete"), st
+
+
 def test_a_bad_release_is_rolled_back_within_30_s_of_its_first_traffic(stack: cr.ClusterStack) -> None:
     assert "canary-good" in RESULTS, "the good release runs first (stable is iris:v2 after it)"
     rel = cr.RELEASES[1]
@@ -103,11 +128,29 @@ def test_a_bad_release_is_rolled_back_within_30_s_of_its_first_traffic(stack: cr
     assert 0 < shipped.failed < 0.1 * shipped.requests, shipped.row()
 
 
+def test_blue_green_previews_to_testers_only_then_switches_everyone(stack: cr.ClusterStack) -> None:
+    """Blue/green through the Gateway with no mirror (Traefik has none): during the preview only the
+    testers' requests (X-Rollout-Preview: 1, the HTTPRoute's header match) reach the candidate and
+    are measured; users stay on stable; then the switch, the post-promotion analysis, Promoted and
+    the hand-off; no request fails."""
+    assert "canary-faulty" in RESULTS, "runs after the faulty release (stable iris:v2)"
+    rel = cr.BLUEGREEN
+    shipped = cr.ship(stack, rel.name, rel.candidate, strategy=rel.strategy, preview=True, extra=rel.extra)
+    RESULTS[shipped.name] = shipped
+    assert shipped.phase == "Promoted", shipped.row()
+    assert shipped.failed == 0, shipped.row()
+    assert shipped.preview.get("slow", 0) > 50 and set(shipped.preview) == {"slow"}, shipped.preview
+    switched = [r for r in shipped.timeline if r["candidate_weight"] == 100]
+    before = [r for r in shipped.timeline if r is not None and not r["candidate_weight"]]
+    assert switched and before, shipped.timeline  # 0 % for users during the preview, then all of them
+    assert cr._only(stack, "slow", 20)
+
+
 def test_a_candidate_pod_killed_mid_canary(stack: cr.ClusterStack) -> None:
     """The candidate's only pod deleted as soon as it has users' traffic: what users see (its share
     of requests fails until Traefik drops the endpoint, then the weighted share has no backend
     until KServe's Deployment has a new pod Ready) and what the rollout does, reported as it is."""
-    assert "canary-faulty" in RESULTS, "runs after the faulty release"
+    assert RESULTS.get("bluegreen") and RESULTS["bluegreen"].phase == "Promoted", "runs after the blue/green"
     rel = cr.DRILLS[0]
     killed: list[str] = []
     shipped = cr.ship(
@@ -116,7 +159,10 @@ def test_a_candidate_pod_killed_mid_canary(stack: cr.ClusterStack) -> None:
     RESULTS[shipped.name] = shipped
     assert killed, "the candidate's pod was deleted mid-canary"
     assert shipped.phase == "Promoted", shipped.row()
-    assert cr._only(stack, "slow", 20)
+    assert cr._only(stack, "v1", 20)
+    # the candidate's share went to stable while it had no Ready pod (failover.py): without, 3.0 %
+    assert "FailoverStarted" in _events(stack), _events(stack)
+    assert shipped.failed < 0.02 * shipped.requests, shipped.row()
 
 
 def test_stable_pod_killed_mid_canary_holds_the_rollout(stack: cr.ClusterStack) -> None:
@@ -134,7 +180,19 @@ def test_stable_pod_killed_mid_canary_holds_the_rollout(stack: cr.ClusterStack) 
     reasons = [e["reason"] for e in shipped.history]
     assert "StableUnavailable" in reasons, reasons
     assert shipped.phase == "Promoted", shipped.row()
-    assert cr._only(stack, "v1", 20)
+    assert cr._only(stack, "v2", 20)
+    # everyone on the Ready candidate while stable had no Ready pod: without, 13.1 % failed
+    assert shipped.failed < 0.08 * shipped.requests, shipped.row()
+
+
+def _events(stack: cr.ClusterStack) -> dict[str, str]:
+    """The ModelRollout's Kubernetes Events: reason -> the latest message."""
+    events = (
+        stack.core()
+        .list_namespaced_event(cr.NAMESPACE, field_selector=f"involvedObject.name={cr.ROLLOUT}")
+        .items
+    )
+    return {e.reason: e.message for e in sorted(events, key=lambda e: str(e.last_timestamp or e.event_time))}
 
 
 def test_a_shadow_through_a_gateway_that_cannot_mirror_is_held_and_users_never_notice(

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,7 @@ class Shipped:
     candidate_pod_ready: float | None = None  # candidate container start -> Ready
     first_traffic_to_rollback: float | None = None
     traefik_codes: dict[str, float] = field(default_factory=dict)  # HTTP code -> requests (Traefik)
+    preview: dict[str, int] = field(default_factory=dict)  # blue/green: the testers' answers by version
     timeline: list[dict[str, Any]] = field(default_factory=list)  # rollout.local.telemetry rows
 
     @property
@@ -127,6 +129,7 @@ class Shipped:
             "candidate_pod_start_to_ready_s": self.candidate_pod_ready,
             "first_traffic_to_rollback_s": self.first_traffic_to_rollback,
             "traefik_requests_by_code": self.traefik_codes,
+            "preview_answers": self.preview,
             "events": [f"{e['reason']}: {e['message']}" for e in self.history],
         }  # fmt: skip
 
@@ -262,6 +265,40 @@ def locust(stack: ClusterStack, name: str, users: int = 8, seconds: int = 600) -
 
 
 @contextlib.contextmanager
+def preview_traffic(stack: ClusterStack, every: float = 0.05) -> Iterator[Counter[str]]:
+    """A tester's smoke traffic for a blue/green preview: requests with ``X-Rollout-Preview: 1``
+    through the Gateway (the HTTPRoute's header match sends them to the candidate) every ``every``
+    seconds; the answers' versions (or HTTP codes) are counted."""
+    import httpx
+
+    seen: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def loop() -> None:
+        with httpx.Client(timeout=5, headers={"X-Rollout-Preview": "1"}) as http:
+            while not stop.wait(every):
+                try:
+                    resp = http.post(
+                        f"{stack.traefik.url}/predict", json={"instances": [[6.3, 3.3, 6.0, 2.5]]}
+                    )
+                    seen[
+                        resp.headers.get("x-model-version", "")
+                        if resp.status_code == 200
+                        else str(resp.status_code)
+                    ] += 1
+                except httpx.HTTPError:
+                    seen["connection"] += 1
+
+    thread = threading.Thread(target=loop, name="preview", daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        thread.join(10)
+
+
+@contextlib.contextmanager
 def sampled(stack: ClusterStack, candidate: str, every: float = 1.0) -> Iterator[list[dict[str, Any]]]:
     """The rollout's state as the controller writes it (``.status.state``), sampled every
     ``every`` seconds as telemetry timeline rows (the rows ``rollout demo`` plots)."""
@@ -310,15 +347,25 @@ def ship(
     extra: dict[str, Any] | None = None,
     timeout: float = 420.0,
     during: Callable[[ClusterStack, dict[str, Any]], None] | None = None,
+    preview: bool = False,
 ) -> Shipped:
     """One release of ``candidate`` under Locust through the Gateway, to its end (see module doc).
     ``during(stack, status)``: called once, as soon as the candidate has user traffic (a drill)."""
     before = stack.traefik.requests()
     began, wall = time.monotonic(), time.time()
-    with locust(stack, name) as summary, sampled(stack, candidate) as timeline:
+    tester = preview_traffic(stack) if preview else contextlib.nullcontext(Counter[str]())
+    with locust(stack, name) as summary, sampled(stack, candidate) as timeline, tester as previewed:
         time.sleep(3)  # Locust's users under way on stable before the release
         values = {"models.candidate": candidate, "rollout.enabled": True,
                   "rollout.strategy": strategy or CANARY, "rollout.analysis": ANALYSIS, **(extra or {})}  # fmt: skip
+        for kind in (
+            "canary",
+            "blueGreen",
+            "shadow",
+            "abTest",
+        ):  # one strategy: the others out of the reused values
+            if kind not in (strategy or CANARY):
+                values[f"rollout.strategy.{kind}"] = None
         stack.helm("upgrade", "--reuse-values", values=values)
 
         fired: list[float] = []
@@ -351,7 +398,7 @@ def ship(
     history = list(status.get("history") or [])
     shipped = Shipped(name, candidate, status["phase"], locust_summary, history, seconds,
                       stack.candidate_pod_ready(wall), traefik_codes=_codes(before, stack.traefik.requests()),
-                      timeline=list(timeline))  # fmt: skip
+                      timeline=list(timeline), preview=dict(previewed))  # fmt: skip
     if status["phase"] == "RolledBack":
         first = [e for e in history if e["reason"] == "StepStarted" and _iso(e["time"]) >= wall - 1]
         back = [e for e in history if e["reason"] == "RolledBack"]
@@ -438,6 +485,7 @@ class Release:
     extra: dict[str, Any]
     expected: str  # the outcome it shows
     drill: str = ""  # "candidate" / "stable": that pod is deleted once the candidate has traffic
+    strategy: dict[str, Any] | None = None  # None: CANARY
 
 
 RELEASES = (
@@ -449,10 +497,22 @@ RELEASES = (
         "RolledBack",
     ),
 )
-DRILLS = (
-    Release("candidate-pod-killed", "iris:slow", {"models.candidateEnv": []}, "Promoted", drill="candidate"),
-    Release("stable-pod-killed", "iris:v1", {"models.stable": "iris:slow"}, "Promoted", drill="stable"),
+# a preview with no mirror (Traefik cannot mirror): testers' requests with X-Rollout-Preview: 1 only
+BLUE_GREEN = {
+    "blueGreen": {"previewDuration": "20s", "previewMirrorPercent": 0, "postPromotionDuration": "20s"}
+}
+BLUEGREEN = Release(
+    "bluegreen",
+    "iris:slow",
+    {"models.stable": "iris:v2", "models.candidateEnv": []},
+    "Promoted",
+    strategy=BLUE_GREEN,
 )
+DRILLS = (
+    Release("candidate-pod-killed", "iris:v1", {"models.stable": "iris:slow"}, "Promoted", drill="candidate"),
+    Release("stable-pod-killed", "iris:v2", {"models.stable": "iris:v1"}, "Promoted", drill="stable"),
+)
+ALL = (*RELEASES, BLUEGREEN, *DRILLS)  # each starts from the stable the one before left
 
 
 def result(shipped: Shipped, expected: str, stable: str, plot: Path | None = None) -> Any:
@@ -496,7 +556,8 @@ def run(report: Path, releases: tuple[Release, ...], echo: Callable[[str], None]
                      "Locust through the Gateway")  # fmt: skip
                 killed: list[str] = []
                 during = kill_pods(f"{ROLLOUT}-{rel.drill}", killed) if rel.drill else None
-                shipped = ship(stack, rel.name, rel.candidate, extra=rel.extra, during=during)
+                shipped = ship(stack, rel.name, rel.candidate, strategy=rel.strategy, extra=rel.extra, during=during,
+                               preview=rel.strategy is not None and "blueGreen" in rel.strategy)  # fmt: skip
                 for e in shipped.history:
                     echo(f"  {e['time']} {e['reason']:<22} {e['message']}")
                 plot = plot_rollout(f"{rel.name}: {stable} -> {rel.candidate} ({shipped.phase})",
@@ -523,7 +584,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m tests.k8s.cluster_rollouts", description=main.__doc__)
     parser.add_argument("--report-dir", type=Path, default=None, help="default: reports/cluster-<time>")
-    parser.add_argument("--drills", action="store_true", help="also kill a candidate pod, then a stable pod")
+    parser.add_argument(
+        "--all", action="store_true", help="also a blue/green, then a candidate pod and a stable pod killed"
+    )
     args = parser.parse_args(argv)
     report = args.report_dir or ROOT / "reports" / time.strftime("cluster-%Y%m%d-%H%M%S")
     missing = [*gateway.missing(), *kserve.missing(), *node.missing_tools(), *harness.missing_binaries()]
@@ -532,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"demo-cluster: {', '.join(missing)} missing: run `make setup`", file=sys.stderr)
         return 2
-    out = run(report, RELEASES + (DRILLS if args.drills else ()), lambda m: print(m, flush=True))
+    out = run(report, ALL if args.all else RELEASES, lambda m: print(m, flush=True))
     results = out["results"]
     write_summary(report, results, {"where": "single-node cluster", "seconds": round(out["seconds"])})
     print(table(results))

@@ -134,10 +134,30 @@ BENTO_MODEL_TAG BENTO_MODEL_DIGEST TMPDIR XDG_CACHE_HOME BENTO_SUPERVISOR_PID
 {{- end -}}
 
 {{/* The predictor of one InferenceService: the Bento image serving one model tag. Args: root, role, tag. */}}
+{{- /* A promotion's hand-off, as the cluster says it happened: "true" when this release's
+       ModelRollout (read with lookup at install/upgrade) is Promoted from models.stable to
+       models.candidate and its hand-off is Complete - the controller has made the stable
+       InferenceService serve the candidate's model. Without cluster access (helm template,
+       Argo CD) lookup finds nothing: set models.stable to the promoted model. */}}
+{{- define "bento-rollout.handedOff" -}}
+{{- $v := .Values -}}
+{{- if and $v.rollout.enabled $v.models.candidate (ne $v.routing.mode "kserve") -}}
+{{- $mr := lookup "bento-rollout.io/v1alpha1" "ModelRollout" .Release.Namespace (default $v.service.name $v.rollout.name) | default dict -}}
+{{- $st := get $mr "status" | default dict -}}
+{{- $handoff := get $st "handoff" | default dict -}}
+{{- if and (eq (toString (get $st "phase")) "Promoted") (eq (toString (get $handoff "phase")) "Complete") (eq (toString (get $st "stable")) $v.models.stable) (eq (toString (get $st "candidate")) $v.models.candidate) -}}
+true
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* A predictor: (root, role, tag[, source]) - source: the version whose digest pin and extra
+       env it carries (default: role's own; the candidate's on stable after a hand-off). */}}
 {{- define "bento-rollout.predictor" -}}
 {{- $root := index . 0 -}}{{- $role := index . 1 -}}{{- $tag := index . 2 -}}
+{{- $source := $role -}}{{- if gt (len .) 3 }}{{ $source = index . 3 }}{{ end -}}
 {{- $v := $root.Values -}}
-{{- $digest := include "bento-rollout.modelDigest" (list $root $role) -}}
+{{- $digest := include "bento-rollout.modelDigest" (list $root $source) -}}
 minReplicas: {{ $v.replicas.min }}
 maxReplicas: {{ $v.replicas.max }}
 labels:
@@ -173,7 +193,7 @@ containers:
       - name: BENTO_MODEL_TAG
         value: {{ $tag | quote }}
       {{- if $digest }}
-      # the server refuses any artifact but this one (models.{{ $role }}Digest)
+      # the server refuses any artifact but this one (models.{{ $source }}Digest)
       - name: BENTO_MODEL_DIGEST
         value: {{ $digest | quote }}
       {{- end }}
@@ -181,8 +201,8 @@ containers:
         value: /tmp
       - name: XDG_CACHE_HOME
         value: /tmp/.cache
-      {{- with index $v.models (printf "%sEnv" $role) }}
-      # models.{{ $role }}Env, after the chart's own (which _validate.tpl keeps it from replacing)
+      {{- with index $v.models (printf "%sEnv" $source) }}
+      # models.{{ $source }}Env, after the chart's own (which _validate.tpl keeps it from replacing)
       {{- toYaml . | nindent 6 }}
       {{- end }}
     ports:
