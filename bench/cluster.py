@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,11 @@ def main() -> None:
         "releases": out["releases"],
         "headline": headline(rows),
         "plots": plots,
+        "note": (
+            "rollouts on real pods (single-node cluster, KServe v0.20.0, Traefik v3.6.12 as the Gateway API "
+            "data plane, the operator in its pod), Locust 8 users through the Gateway; no retry in the data "
+            f"plane; measured {time.strftime('%Y-%m-%d')}"
+        ),
     }
     (RESULTS / "cluster.json").write_text(json.dumps(doc, indent=1))
     print(json.dumps(doc["headline"], indent=1))

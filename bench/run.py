@@ -65,6 +65,7 @@ def write_summary(status: dict[str, str]) -> Path:
     ]
     plots: list[str] = []
     details: list[str] = []
+    notes: list[str] = []
     for name in MODULES:
         path = RESULTS / f"{name}.json"
         if status.get(name, "").startswith("failed") or not path.exists():
@@ -77,7 +78,11 @@ def write_summary(status: dict[str, str]) -> Path:
             value = f"{_fmt(row.get('value'))} {row.get('unit', '')}".strip()
             lines.append(f"| {name} | {row.get('name')} | {value} | {row.get('target', '')} | {mark} |")
         plots += [f"![{name}]({p})" for p in data.get("plots", [])]
+        if data.get("note"):
+            notes.append(f"- `{name}`: {data['note']}")
         details.append(f"- `{name}`: [{path.name}]({path.name})")
+    if notes:
+        lines += ["", "Notes:", "", *notes]
     lines += ["", "## Plots", "", *plots, "", "## Raw results", "", *details, ""]
     out = RESULTS / "summary.md"
     out.write_text("\n".join(lines), encoding="utf-8")
