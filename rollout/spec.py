@@ -565,9 +565,9 @@ class CanaryStrategy(_Model):
     sticky: StickyKey | None = Field(
         default=None,
         description=(
-            "Keep each user on one version while the candidate has traffic: the router hashes this "
-            "header or cookie. nginx and gateway-api (HTTPRoute sessionPersistence: Gateway API's "
-            "experimental channel) only."
+            "Keep each user on one version while the candidate has traffic: nginx hashes this header "
+            "or cookie; gateway-api sends the keys ending in the candidate's share of the digits and "
+            "hex letters to it (header match; weights 10, 20 ... 90). nginx and gateway-api only."
         ),
     )
 
@@ -666,8 +666,9 @@ class ABTestStrategy(_Model):
     sticky: StickyKey | None = Field(
         default=None,
         description=(
-            "Keep each user on one version: the router hashes this header or cookie. nginx and "
-            "gateway-api (Gateway API's experimental channel) only."
+            "Keep each user on one version: nginx hashes this header or cookie; gateway-api sends the "
+            "keys ending in the candidate's share of the digits and hex letters to it (header match; "
+            "weight 10, 20 ... 90). nginx and gateway-api only."
         ),
     )
     match: list[HeaderMatch] | None = Field(

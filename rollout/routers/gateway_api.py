@@ -5,14 +5,17 @@ The HTTPRoute has at most two rules:
 - a *match rule* (only when routes carry matches): one ``matches`` entry per HeaderMatch (entries
   are ORed): ``Exact`` on the header, or ``RegularExpression`` on the ``Cookie`` header for a
   cookie (see matching.py); its only backend is the candidate;
+- a *bucket rule* (only for a sticky split): the sticky key's value ends with one of the
+  candidate's characters (buckets.py: a RegularExpression header match) -> the candidate; the
+  primary rule then sends everything else to stable;
 - the *primary rule* (no header match): ``backendRefs`` to stable and candidate with weights
-  (both listed, a weight may be 0), a ``RequestMirror`` filter with ``percent`` for shadow traffic,
-  and ``sessionPersistence`` (Cookie or Header, named by the sticky key) for sticky splits.
+  (both listed, a weight may be 0) and a ``RequestMirror`` filter with ``percent`` for shadow traffic.
 
 ``RequestMirror.percent`` is in Gateway API's standard channel since v1.3.0 (the tests
-install v1.4.0); ``sessionPersistence`` is still experimental-channel only: with standard-channel CRDs
-the API server refuses it (we write with ``fieldValidation=Strict``) and the error says so. Backends are Services on ``port``. ``parentRefs`` name the Gateway when one
-is given. Who calls it: the controller through ``registry.make_router("gateway-api", ...)``.
+install v1.4.0). Sticky splits do not use ``sessionPersistence``: it is experimental-channel only
+(the standard CRDs refuse it) and implementations may ignore it (Traefik v3.6 does); header
+buckets work on any implementation. Backends are Services on ``port``. ``parentRefs`` name the
+Gateway when one is given. Who calls it: the controller through ``registry.make_router("gateway-api", ...)``.
 
 Before a route that mirrors (shadow, blue/green preview) is written, the router asks the Gateway's
 implementation whether it can: the ``status.supportedFeatures`` its controller publishes on the
@@ -30,6 +33,7 @@ import time
 
 from rollout.errors import InvalidObjectError, RolloutError, RouterError, UnsupportedRouteError
 from rollout.k8s.client import HTTP_ROUTE, Kind, KubeClient, Obj
+from rollout.routers import buckets
 from rollout.routers.base import Backend, Routes, RouteTarget
 from rollout.routers.matching import (
     MANAGED_BY,
@@ -83,9 +87,16 @@ def http_route_rules(target: RouteTarget, routes: Routes, port: int = 80) -> lis
             for name, op, value in header_conditions(routes.match)
         ]
         rules.append({"matches": matches, "backendRefs": [_ref(cand, port, 1)]})
-    refs = [_ref(target.stable, port, routes.stable_weight)]
+    stable_weight, candidate_weight = routes.stable_weight, routes.candidate_weight
+    if routes.sticky is not None:
+        assert cand is not None
+        name, regex = buckets.condition(routes.sticky, routes.candidate_weight)
+        headers = [{"type": "RegularExpression", "name": name, "value": regex}]
+        rules.append({"matches": [{"headers": headers}], "backendRefs": [_ref(cand, port, 1)]})
+        stable_weight, candidate_weight = 100, 0  # the rest, with the key or without, to stable
+    refs = [_ref(target.stable, port, stable_weight)]
     if cand is not None:
-        refs.append(_ref(cand, port, routes.candidate_weight))
+        refs.append(_ref(cand, port, candidate_weight))
     primary: Obj = {"backendRefs": refs}
     if routes.mirror_percent:
         assert cand is not None
@@ -95,15 +106,6 @@ def http_route_rules(target: RouteTarget, routes: Routes, port: int = 80) -> lis
                 "requestMirror": {"backendRef": _ref(cand, port), "percent": routes.mirror_percent},
             }
         ]
-    if routes.sticky is not None:
-        kind, key = (
-            ("Cookie", routes.sticky.cookie) if routes.sticky.cookie else ("Header", routes.sticky.header)
-        )
-        assert key is not None
-        primary["sessionPersistence"] = {
-            "type": kind,
-            "sessionName": key if kind == "Cookie" else key.lower(),
-        }
     rules.append(primary)
     return rules
 
@@ -123,6 +125,13 @@ def http_route(
 
 def _header_conditions(rule: Obj) -> list[Obj]:
     return [h for m in rule.get("matches") or [] for h in m.get("headers") or []]
+
+
+def _bucket_of(rule: Obj) -> tuple[StickyKey, int] | None:
+    conditions = _header_conditions(rule)
+    if len(conditions) != 1 or conditions[0].get("type") != "RegularExpression":
+        return None
+    return buckets.parse(conditions[0]["name"], conditions[0]["value"])
 
 
 def routes_from_http_route(route: Obj, target: RouteTarget) -> Routes:
@@ -145,16 +154,22 @@ def routes_from_http_route(route: Obj, target: RouteTarget) -> Routes:
         if f.get("type") == "RequestMirror" and rm.get("backendRef", {}).get("name") == cand:
             mirror = int(rm.get("percent", 100))
     sticky = None
-    if sp := rule.get("sessionPersistence"):
-        name = sp.get("sessionName")
-        sticky = StickyKey(header=name) if sp.get("type") == "Header" else StickyKey(cookie=name)
+    matched = []
+    for r in rules:
+        if not _header_conditions(r):
+            continue
+        found = _bucket_of(r)
+        if found is not None and any(ref["name"] == cand for ref in r.get("backendRefs") or []):
+            sticky, candidate_weight = found
+        else:
+            matched.append(r)
     matches = matches_from_headers(
         (
             h["name"],
             h["value"] if h.get("type", "Exact") == "Exact" else None,
             h["value"] if h.get("type", "Exact") == "RegularExpression" else None,
         )
-        for r in rules
+        for r in matched
         for h in _header_conditions(r)
     )
     return Routes(candidate_weight=candidate_weight, mirror_percent=mirror, match=matches, sticky=sticky)
@@ -227,10 +242,6 @@ class GatewayApiRouter(RouteObjectRouter):
         try:
             super()._write(target, routes)
         except InvalidObjectError as exc:
-            if routes.sticky:
-                raise InvalidObjectError(
-                    f"{exc} (sessionPersistence needs Gateway API's experimental-channel HTTPRoute CRD)"
-                ) from None
             if routes.mirror_percent:
                 raise InvalidObjectError(
                     f"{exc} (RequestMirror.percent needs Gateway API v1.3.0 or later, or its experimental channel)"

@@ -137,10 +137,17 @@ def test_gateway_api_http_route_through_every_route_kind(kube: KubeClient, k8s_n
     router.set_routes(mirror)
     filt = kube.get(HTTP_ROUTE, k8s_namespace, "iris")["spec"]["rules"][-1]["filters"][0]
     assert filt["requestMirror"]["percent"] == 20 and filt["requestMirror"]["backendRef"]["name"] == "iris-v2"
-    # sessionPersistence is experimental-channel; the pinned standard-channel CRD refuses it, loudly
-    with pytest.raises(InvalidObjectError, match="experimental"):
-        router.set_routes(Routes(candidate_weight=50, sticky=StickyKey(header="X-User")))
-    assert router.get_routes() == mirror
+    # a sticky split is a header bucket rule (buckets.py), which the standard-channel CRD accepts
+    sticky = Routes(candidate_weight=50, sticky=StickyKey(header="X-User"))
+    router.set_routes(sticky)
+    assert router.get_routes() == Routes(candidate_weight=50, sticky=StickyKey(header="x-user"))
+    rules = kube.get(HTTP_ROUTE, k8s_namespace, "iris")["spec"]["rules"]
+    assert rules[0]["matches"][0]["headers"][0] == {
+        "type": "RegularExpression",
+        "name": "x-user",
+        "value": "^.*[01234abcABC]$",
+    }
+    assert "sessionPersistence" not in rules[-1]
 
 
 def test_gateway_api_refuses_to_mirror_through_a_gateway_that_cannot(
