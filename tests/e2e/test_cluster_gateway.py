@@ -128,12 +128,44 @@ def test_a_bad_release_is_rolled_back_within_30_s_of_its_first_traffic(stack: cr
     assert 0 < shipped.failed < 0.1 * shipped.requests, shipped.row()
 
 
+def test_ab_test_keeps_each_user_on_one_version_and_proves_stable_better(stack: cr.ClusterStack) -> None:
+    """A/B through Traefik, sticky by X-User-ID (header buckets: Traefik has no session affinity in
+    Gateway API): every Locust user sees one version only, half of them the candidate; the
+    candidate fails 30 % of its predictions and the experiment proves stable better: RolledBack."""
+    assert "canary-faulty" in RESULTS, "runs after the faulty release (stable iris:v2)"
+    rel = cr.ABTEST
+    seen: dict[str, set[str]] = {}
+
+    def users(s: cr.ClusterStack, _status: dict) -> None:  # while the split is in force
+        import httpx
+
+        time.sleep(3)  # the status is written before the route (persist, then act), Traefik follows
+        for i in range(1, 21):
+            for _ in range(4):
+                resp = httpx.post(f"{s.traefik.url}/predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]]},
+                                  headers={"X-User-ID": f"tester-{i}"}, timeout=5)  # fmt: skip
+                if resp.status_code == 200:  # the candidate fails 30 % of its answers
+                    seen.setdefault(f"tester-{i}", set()).add(resp.headers["x-model-version"])
+
+    shipped = cr.ship(stack, rel.name, rel.candidate, strategy=rel.strategy, extra=rel.extra, during=users)
+    RESULTS[shipped.name] = shipped
+    assert shipped.phase == "RolledBack", shipped.row()
+    assert all(len(v) == 1 for v in seen.values()), seen  # sticky: one version per user
+    on_candidate = {u for u, v in seen.items() if v == {"v1"}}
+    assert on_candidate == {f"tester-{i}" for i in range(1, 21) if i % 10 < 5} & set(seen), (
+        seen
+    )  # last digit 0-4
+    answers = shipped.locust["answers_by_version"]
+    assert answers.get("v1", 0) > 100, answers  # Locust's users 1-4 of 8 were on the candidate too
+    assert cr._only(stack, "v2", 20)
+
+
 def test_blue_green_previews_to_testers_only_then_switches_everyone(stack: cr.ClusterStack) -> None:
     """Blue/green through the Gateway with no mirror (Traefik has none): during the preview only the
     testers' requests (X-Rollout-Preview: 1, the HTTPRoute's header match) reach the candidate and
     are measured; users stay on stable; then the switch, the post-promotion analysis, Promoted and
     the hand-off; no request fails."""
-    assert "canary-faulty" in RESULTS, "runs after the faulty release (stable iris:v2)"
+    assert "abtest" in RESULTS, "runs after the A/B test (stable iris:v2)"
     rel = cr.BLUEGREEN
     shipped = cr.ship(stack, rel.name, rel.candidate, strategy=rel.strategy, preview=True, extra=rel.extra)
     RESULTS[shipped.name] = shipped

@@ -508,11 +508,21 @@ BLUEGREEN = Release(
     "Promoted",
     strategy=BLUE_GREEN,
 )
+# A/B with sticky users (header buckets: routers/buckets.py) between stable iris:v2 and a faulty
+# iris:v1, decided on the error rate of each version's users: stable is proven better
+AB_TEST = {"abTest": {"weight": 50, "sticky": {"header": "X-User-ID"}, "metric": "error-rate", "minSamples": 100,
+                      "maxDuration": "90s"}}  # fmt: skip
+AB_ANALYSIS = {"interval": "10s", "metrics": [
+    {"name": "error-rate", "template": "error-rate", "direction": "lower",
+     "judge": {"kind": "comparative", "minEffect": 0.02, "alpha": 0.05, "minSamples": 50}},
+]}  # fmt: skip
+ABTEST = Release("abtest", "iris:v1", {"models.stable": "iris:v2", "models.candidateEnv": FAULTY_ENV,
+                                       "rollout.analysis": AB_ANALYSIS}, "RolledBack", strategy=AB_TEST)  # fmt: skip
 DRILLS = (
     Release("candidate-pod-killed", "iris:v1", {"models.stable": "iris:slow"}, "Promoted", drill="candidate"),
     Release("stable-pod-killed", "iris:v2", {"models.stable": "iris:v1"}, "Promoted", drill="stable"),
 )
-ALL = (*RELEASES, BLUEGREEN, *DRILLS)  # each starts from the stable the one before left
+ALL = (*RELEASES, ABTEST, BLUEGREEN, *DRILLS)  # each starts from the stable the one before left
 
 
 def result(shipped: Shipped, expected: str, stable: str, plot: Path | None = None) -> Any:
