@@ -239,7 +239,7 @@ def test_a_shadow_through_a_gateway_that_cannot_mirror_is_held_and_users_never_n
     strategy = {"shadow": {"mirrorPercent": 100, "duration": "30s"}}
     with cr.locust(stack, "shadow-refused") as summary:
         time.sleep(3)
-        stack.helm("upgrade", "--reuse-values", values={
+        stack.upgrade({
             "models.stable": stable, "models.candidate": candidate, "rollout.enabled": True,
             "rollout.strategy": strategy, "rollout.strategy.canary": None,  # null: out of the reused values
         })  # fmt: skip

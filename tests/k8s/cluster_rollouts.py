@@ -366,7 +366,7 @@ def ship(
         ):  # one strategy: the others out of the reused values
             if kind not in (strategy or CANARY):
                 values[f"rollout.strategy.{kind}"] = None
-        stack.helm("upgrade", "--reuse-values", values=values)
+        stack.upgrade(values)
 
         fired: list[float] = []
 
