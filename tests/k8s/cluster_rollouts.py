@@ -166,6 +166,20 @@ class ClusterStack:
         if result.returncode != 0:
             raise AssertionError(f"helm {args[0]} failed:\n{result.stderr}")
 
+    def upgrade(self, values: dict[str, Any]) -> None:
+        """``helm upgrade`` with every value this stack set so far plus ``values`` (a None value:
+        the key out, the chart's default gone too). Not ``--reuse-values``: with it, Helm coalesces
+        the previous release's values back over a null (a strategy switched from canary to abTest
+        kept its canary, and the ModelRollout was refused: two strategies)."""
+        base = {
+            k: v
+            for k, v in self.values.items()
+            if k not in values and not any(k.startswith(f"{n}.") for n in values)
+        }
+        merged = {**base, **values}  # a key set again replaces its old sub-keys; order kept for --set-json
+        self.helm("upgrade", values=merged)
+        self.values = merged
+
     def until(
         self, what: str, probe: Callable[[], T | None], timeout: float, why: Callable[[], str] = lambda: ""
     ) -> T:
