@@ -130,8 +130,9 @@ def test_a_bad_release_is_rolled_back_within_30_s_of_its_first_traffic(stack: cr
 
 def test_ab_test_keeps_each_user_on_one_version_and_proves_stable_better(stack: cr.ClusterStack) -> None:
     """A/B through Traefik, sticky by X-User-ID (header buckets: Traefik has no session affinity in
-    Gateway API): every Locust user sees one version only, half of them the candidate; the
-    candidate fails 30 % of its predictions and the experiment proves stable better: RolledBack."""
+    Gateway API): each tester sees one version only, those whose id ends in 0-4 the candidate, and
+    Locust's users split likewise; both versions serve without errors, so no winner is proven and at
+    maxDuration the experiment keeps stable (RolledBack, ExperimentInconclusive)."""
     assert "canary-faulty" in RESULTS, "runs after the faulty release (stable iris:v2)"
     rel = cr.ABTEST
     seen: dict[str, set[str]] = {}
@@ -144,8 +145,8 @@ def test_ab_test_keeps_each_user_on_one_version_and_proves_stable_better(stack: 
             for _ in range(4):
                 resp = httpx.post(f"{s.traefik.url}/predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]]},
                                   headers={"X-User-ID": f"tester-{i}"}, timeout=5)  # fmt: skip
-                if resp.status_code == 200:  # the candidate fails 30 % of its answers
-                    seen.setdefault(f"tester-{i}", set()).add(resp.headers["x-model-version"])
+                assert resp.status_code == 200, resp.text
+                seen.setdefault(f"tester-{i}", set()).add(resp.headers["x-model-version"])
 
     shipped = cr.ship(stack, rel.name, rel.candidate, strategy=rel.strategy, extra=rel.extra, during=users)
     RESULTS[shipped.name] = shipped
