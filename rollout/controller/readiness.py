@@ -86,6 +86,10 @@ def observe(
         verdict = served.check(probe.serving(namespace, service, spec.candidate), spec.candidate, "candidate")
         if not verdict.ok:
             ready = Readiness(False, verdict.message)
+        else:  # a pod of the old template may serve the same model (e.g. only its env changed): not yet
+            progress = probe.progress(namespace, service)  # KServe names the Deployment as the Service
+            if not progress.done:
+                ready = Readiness(False, f"candidate not ready: {progress.message}")
     return Backends(
         candidate=ready,
         stable=stable_readiness(stable, f"{namespace}/{stable_name}"),

@@ -128,7 +128,9 @@ def test_a_bad_release_is_rolled_back_within_30_s_of_its_first_traffic(stack: cr
     assert 0 < shipped.failed < 0.1 * shipped.requests, shipped.row()
 
 
-def test_ab_test_keeps_each_user_on_one_version_and_proves_stable_better(stack: cr.ClusterStack) -> None:
+def test_ab_test_keeps_each_user_on_one_version_and_keeps_stable_without_a_winner(
+    stack: cr.ClusterStack,
+) -> None:
     """A/B through Traefik, sticky by X-User-ID (header buckets: Traefik has no session affinity in
     Gateway API): each tester sees one version only, those whose id ends in 0-4 the candidate, and
     Locust's users split likewise; both versions serve without errors, so no winner is proven and at
@@ -151,13 +153,12 @@ def test_ab_test_keeps_each_user_on_one_version_and_proves_stable_better(stack: 
     shipped = cr.ship(stack, rel.name, rel.candidate, strategy=rel.strategy, extra=rel.extra, during=users)
     RESULTS[shipped.name] = shipped
     assert shipped.phase == "RolledBack", shipped.row()
-    assert all(len(v) == 1 for v in seen.values()), seen  # sticky: one version per user
+    assert "ExperimentInconclusive" in {e["reason"] for e in shipped.history}, shipped.history
+    assert len(seen) == 20 and all(len(v) == 1 for v in seen.values()), seen  # sticky: one version per user
     on_candidate = {u for u, v in seen.items() if v == {"v1"}}
-    assert on_candidate == {f"tester-{i}" for i in range(1, 21) if i % 10 < 5} & set(seen), (
-        seen
-    )  # last digit 0-4
+    assert on_candidate == {f"tester-{i}" for i in range(1, 21) if i % 10 < 5}, seen  # last digit 0-4
     answers = shipped.locust["answers_by_version"]
-    assert answers.get("v1", 0) > 100, answers  # Locust's users 1-4 of 8 were on the candidate too
+    assert answers.get("v1", 0) > 300 and shipped.failed == 0, shipped.row()  # Locust's users 1-4 of 8 too
     assert cr._only(stack, "v2", 20)
 
 

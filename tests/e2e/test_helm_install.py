@@ -328,9 +328,10 @@ NEEDED = [
     ("get", "virtualservices.networking.istio.io@iris"),
     ("update", "virtualservices.networking.istio.io@iris"),
     ("create", "events"),
-    # what the pods serve (rollout/controller/served.py): their IPs, and stable's rollout
+    # what the pods serve (rollout/controller/served.py): their IPs, and the predictors' rollouts
     ("list", "endpointslices.discovery.k8s.io"),
     ("get", "deployments.apps@iris-stable-predictor"),
+    ("get", "deployments.apps@iris-candidate-predictor"),
     ("get", f"leases.coordination.k8s.io@{LEASE}"),
     ("update", f"leases.coordination.k8s.io@{LEASE}"),
 ]
@@ -359,7 +360,7 @@ REFUSED = [
     ("watch", "endpointslices.discovery.k8s.io"),
     ("update", "endpointslices.discovery.k8s.io"),
     ("list", "deployments.apps"),
-    ("get", "deployments.apps@iris-candidate-predictor"),
+    ("get", "deployments.apps@other-predictor"),
     ("update", "deployments.apps@iris-stable-predictor"),
     ("get", "pods"),
     # Leases: the chart creates its own; none other

@@ -374,7 +374,10 @@ def test_the_controller_role_names_every_object_whose_name_the_chart_knows(home:
         assert "deployments.apps" not in rules
     else:
         assert rules["endpointslices.discovery.k8s.io"]["verbs"] == ["list"]
-        assert rules["deployments.apps"]["resourceNames"] == ["iris-stable-predictor"]
+        assert rules["deployments.apps"]["resourceNames"] == [
+            "iris-stable-predictor",
+            "iris-candidate-predictor",
+        ]
         assert rules["deployments.apps"]["verbs"] == ["get"]
 
 

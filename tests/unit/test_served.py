@@ -96,14 +96,18 @@ def ready_isvc(name: str, tag: str) -> dict[str, Any]:
 class FakeProbe:
     """FAKE pods: ``models[service]`` is what its endpoints answer."""
 
-    def __init__(self, models: dict[str, Serving]) -> None:
-        self.models, self.asked = models, []
+    def __init__(self, models: dict[str, Serving], rolling: tuple[str, ...] = ()) -> None:
+        self.models, self.asked, self.rolling = models, [], rolling
 
     def serving(self, namespace: str, service: str, model: ModelRef) -> Serving:
         self.asked.append(service)
         return self.models[service]
 
     def progress(self, namespace: str, deployment: str) -> Progress:
+        if deployment in self.rolling:
+            return Progress(
+                deployment, False, f"Deployment {deployment} is rolling out: 1 old replica(s) still running"
+            )
         return Progress(deployment, True, "rolled out")
 
 
@@ -120,6 +124,23 @@ def test_observe_holds_a_ready_candidate_whose_pods_serve_the_old_model() -> Non
     probe.models["iris-candidate-predictor"] = serving(("iris:v2", None))
     seen = readiness.observe(client, spec, "ns", probe)  # type: ignore[arg-type]
     assert seen.candidate.ready is True and seen.served is not None and seen.served.ok
+
+
+def test_observe_holds_a_candidate_whose_deployment_still_rolls_out_even_if_every_pod_serves_its_model() -> (
+    None
+):
+    """Only the candidate's env changed (e.g. a fault injection removed): the old pods serve the
+    same model tag, and until KServe has replaced them no traffic moves (measured on the cluster:
+    an A/B began on the old, faulty pod and was decided in 5 s)."""
+    spec = rollout_spec("iris", router={"provider": "gateway-api"}, strategy=CANARY).spec
+    client = FakeClient(ready_isvc("iris-stable", "iris:v1"), ready_isvc("iris-candidate", "iris:v2"))
+    probe = FakeProbe(
+        {"iris-candidate-predictor": serving(("iris:v2", None))}, rolling=("iris-candidate-predictor",)
+    )
+    seen = readiness.observe(client, spec, "ns", probe)  # type: ignore[arg-type]
+    assert seen.candidate.ready is False and "old replica(s) still running" in seen.candidate.reason
+    probe.rolling = ()
+    assert readiness.observe(client, spec, "ns", probe).candidate.ready is True  # type: ignore[arg-type]
 
 
 def test_observe_asks_no_pod_in_kserve_mode_nor_without_a_probe_nor_before_kserve_says_ready() -> None:
