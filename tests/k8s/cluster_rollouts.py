@@ -313,7 +313,9 @@ def preview_traffic(stack: ClusterStack, every: float = 0.05) -> Iterator[Counte
 
 
 @contextlib.contextmanager
-def sampled(stack: ClusterStack, candidate: str, every: float = 1.0) -> Iterator[list[dict[str, Any]]]:
+def sampled(
+    stack: ClusterStack, candidate: str, since: float, every: float = 1.0
+) -> Iterator[list[dict[str, Any]]]:
     """The rollout's state as the controller writes it (``.status.state``), sampled every
     ``every`` seconds as telemetry timeline rows (the rows ``rollout demo`` plots)."""
     from rollout.local.telemetry import timeline_row
@@ -328,7 +330,7 @@ def sampled(stack: ClusterStack, candidate: str, every: float = 1.0) -> Iterator
                 status = stack.rollout_status()
             except Exception:  # a sample missed is a gap in a plot, nothing more
                 continue
-            if status.get("candidate") == candidate and status.get("state"):
+            if _this_release(status, candidate, since) and status.get("state"):
                 row = timeline_row(RolloutState.model_validate(status["state"]), time.time())
                 if not rows or {k: v for k, v in row.items() if k != "t"} != {
                     k: v for k, v in rows[-1].items() if k != "t"
@@ -342,6 +344,13 @@ def sampled(stack: ClusterStack, candidate: str, every: float = 1.0) -> Iterator
     finally:
         stop.set()
         thread.join(5)
+
+
+def _this_release(status: dict[str, Any], candidate: str, since: float) -> bool:
+    """``status`` is of the rollout started after ``since`` (wall clock) for ``candidate`` - not the
+    previous one, which may have had the same candidate (a rolled-back model shipped again)."""
+    started = status.get("startedAt")
+    return status.get("candidate") == candidate and bool(started) and _iso(str(started)) >= since - 2
 
 
 def _codes(before: dict[tuple[str, str], float], after: dict[tuple[str, str], float]) -> dict[str, float]:
@@ -368,7 +377,7 @@ def ship(
     before = stack.traefik.requests()
     began, wall = time.monotonic(), time.time()
     tester = preview_traffic(stack) if preview else contextlib.nullcontext(Counter[str]())
-    with locust(stack, name) as summary, sampled(stack, candidate) as timeline, tester as previewed:
+    with locust(stack, name) as summary, sampled(stack, candidate, wall) as timeline, tester as previewed:
         time.sleep(3)  # Locust's users under way on stable before the release
         values = {"models.candidate": candidate, "rollout.enabled": True,
                   "rollout.strategy": strategy or CANARY, "rollout.analysis": ANALYSIS, **(extra or {})}  # fmt: skip
@@ -386,7 +395,7 @@ def ship(
 
         def ended() -> dict[str, Any] | None:
             status = stack.rollout_status()
-            if status.get("candidate") != candidate:
+            if not _this_release(status, candidate, wall):
                 return None  # the previous release's status, until the controller starts this one
             phase = status.get("phase")
             if during and not fired and phase == "Progressing" and status.get("candidateWeight", 0) > 0:
