@@ -280,7 +280,7 @@ class Reconciler:
             obs = Observations(
                 candidate_ready=seen.candidate.ready if seen is not None else None,
                 stable_ready=seen.stable.ready if seen is not None else None,
-                routes=router.get_routes() if router is not None else None,
+                routes=_as_applied(router.get_routes(), state.desired_routes) if router is not None else None,
                 metrics=mem.results,
                 commands=commands,
                 edge_error=self.errors.last((namespace, name)),  # held until a reconcile goes through
@@ -481,6 +481,14 @@ def _log_readiness(namespace: str, name: str, seen: readiness.Backends) -> None:
         log.info("%s/%s: candidate not ready: %s", namespace, name, seen.candidate.reason)
     if seen.stable.ready is False:
         log.info("%s/%s: stable not serving: %s", namespace, name, seen.stable.reason)
+
+
+def _as_applied(read: Routes, desired: Routes) -> Routes:
+    """The routes read back, as the engine compares them with its own: the cluster routers write
+    header names lower-cased (HTTP names are case-insensitive), so routes that differ from the
+    desired ones only in that case are the desired ones (else a sticky split by ``X-User-ID`` was
+    never "applied" and its experiment never started)."""
+    return desired if _normal(read) == _normal(desired) else read
 
 
 def _normal(routes: Routes) -> Routes:
