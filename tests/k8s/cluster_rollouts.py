@@ -24,8 +24,6 @@ import contextlib
 import datetime
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -43,7 +41,6 @@ from tests.kit import until
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
-LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 NAMESPACE = "models"
 RELEASE = "br"
 ROLLOUT = "iris"
@@ -256,26 +253,14 @@ class ClusterStack:
 
 @contextlib.contextmanager
 def locust(stack: ClusterStack, name: str, users: int = 8, seconds: int = 600) -> Iterator[Path]:
-    """Locust against the Gateway for at most ``seconds``; its summary JSON path once it stopped."""
+    """Locust against the Gateway for at most ``seconds`` (``rollout demo``'s runner, no feedback
+    labels: issue 13 routes them on a cluster); its summary JSON path once it stopped."""
+    from rollout.demo.scenarios import locust as run_locust
+
     summary = stack.workdir / f"{name}.locust.json"
-    env = {"LOAD_SUMMARY": str(summary), "LOAD_FEEDBACK_SHARE": "0", "PATH": "/usr/bin:/bin"}
-    argv = [
-        str(Path(sys.executable).with_name("locust")), "-f", str(LOCUSTFILE), "--headless",
-        "-u", str(users), "-r", str(users), "--run-time", f"{seconds}s", "--host", stack.traefik.url,
-        "--only-summary", "--stop-timeout", "5",
-    ]  # fmt: skip
-    with (stack.workdir / f"{name}.locust.log").open("wb") as out:
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+    log = stack.workdir / f"{name}.locust.log"
+    with run_locust(stack.traefik.url, summary, users, seconds, log, feedback_share=0.0):
         yield summary
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @contextlib.contextmanager

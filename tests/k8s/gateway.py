@@ -31,7 +31,6 @@ tests/e2e/test_cluster_gateway.py.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -43,8 +42,8 @@ from typing import Any
 import httpx
 import yaml
 
-from rollout.errors import InvalidObjectError, ProcessError
-from tests.k8s import crds
+from rollout.errors import ProcessError
+from tests.k8s import crds, kserve
 from tests.k8s.harness import _die_with_parent
 from tests.k8s.node import NODE_IP, Node
 
@@ -65,14 +64,7 @@ GATEWAY_CLASS = "traefik"
 CONTROLLER_NAME = "traefik.io/gateway-controller"
 WEB_PORT = 8000  # the `web` entry point: a Gateway listener on this port is served by it
 PING_PORT = 8080  # the `traefik` entry point: /ping (readiness) and /metrics
-FIELD_MANAGER = "bento-rollout-tests"
 GATEWAY_API = "gateway.networking.k8s.io/v1"
-
-_PLURALS = {
-    "Namespace": "namespaces", "ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles",
-    "ClusterRoleBinding": "clusterrolebindings", "GatewayClass": "gatewayclasses", "Gateway": "gateways",
-}  # fmt: skip
-_CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "GatewayClass"}
 
 
 def missing() -> list[str]:
@@ -86,28 +78,9 @@ def binary() -> Path:
     return TRAEFIK
 
 
-def _path(doc: dict[str, Any]) -> str:
-    api = doc["apiVersion"]
-    prefix = "/api/v1" if api == "v1" else f"/apis/{api}"
-    kind, meta = doc["kind"], doc["metadata"]
-    ns = "" if kind in _CLUSTER_SCOPED else f"/namespaces/{meta['namespace']}"
-    return f"{prefix}{ns}/{_PLURALS[kind]}/{meta['name']}"
-
-
 def apply(http: httpx.Client, docs: list[dict[str, Any]]) -> None:
-    """Server-side apply of ``docs``, in order (an InvalidObjectError with the server's answer)."""
-    for doc in docs:
-        resp = http.patch(
-            _path(doc),
-            params={"fieldManager": FIELD_MANAGER, "force": "true"},
-            content=json.dumps(doc),
-            headers={"Content-Type": "application/apply-patch+yaml"},
-        )
-        if not resp.is_success:
-            raise InvalidObjectError(
-                f"the API server refused {doc['kind']} {doc['metadata']['name']} ({resp.status_code}): "
-                f"{resp.text[:1000]}"
-            )
+    """Server-side apply of ``docs``, in order: kserve.apply (one apply for the harness's manifests)."""
+    kserve.apply(http, docs)
 
 
 def rbac_documents() -> list[dict[str, Any]]:

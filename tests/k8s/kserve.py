@@ -86,6 +86,9 @@ _RESOURCES = {
     "ValidatingWebhookConfiguration": (
         "/apis/admissionregistration.k8s.io/v1", "validatingwebhookconfigurations", False,
     ),
+    # what gateway.py applies with the same apply()
+    "GatewayClass": ("/apis/gateway.networking.k8s.io/v1", "gatewayclasses", False),
+    "Gateway": ("/apis/gateway.networking.k8s.io/v1", "gateways", True),
 }  # fmt: skip
 
 
