@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project runs for real: nginx (+ Lua for reload-free routing),
-# Prometheus and promtool, wrk, etcd; and for the single-node cluster of tests/k8s (node.py):
+# Prometheus and promtool, wrk, etcd, redis-server (the store that joins feedback labels to
+# predictions, bentos/redis_join.py); and for the single-node cluster of tests/k8s (node.py):
 # containerd, runc, the CNI plugins, iptables, conntrack, busybox-static (the test images are built
 # from it) and socat; for the images of the model service and the controller
 # (tests/k8s/buildah_images.py): debootstrap (their Debian base) and buildah (the builds; it
@@ -16,7 +17,7 @@
 set -euo pipefail
 pkgs=(nginx libnginx-mod-http-lua lua-resty-core lua-cjson prometheus wrk etcd-server curl ca-certificates openssl
   containerd runc containernetworking-plugins iproute2 iptables conntrack socat busybox-static
-  debootstrap debian-archive-keyring buildah)
+  debootstrap debian-archive-keyring buildah redis-server)
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 POLICY_RC_D="${POLICY_RC_D:-/usr/sbin/policy-rc.d}"

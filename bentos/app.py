@@ -13,7 +13,8 @@ incoming ``X-Request-ID`` is honoured):
     POST /v1/models/{name}:predict     the same body (KServe v1 protocol)
     POST /v2/models/{name}/infer       Open Inference Protocol v2
     GET  /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready
-    POST /feedback                     {"request_id": ..., "label": ...}
+    POST /feedback                     {"request_id": ..., "label": ...}: joined by bentos/join.py
+                                       (bearer token when BENTO_FEEDBACK_TOKEN is set)
     POST /shadow/compare               {"request_id": ..., "labels": [...]}: stable's answer to a
                                        request mirrored here (the router sends it); counted in
                                        model_shadow_comparisons_total / _agreements_total
@@ -40,7 +41,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from bentos.feedback import FeedbackStore
+from bentos.join import FeedbackAuth, Join
 from bentos.metrics import ModelMetrics, render
 from bentos.parsing import BadRequest, Schema, parse_feedback, parse_predict, parse_v2_infer, valid_request_id
 from rollout.registry import LoadedModel
@@ -82,7 +83,12 @@ class Served:
     """Everything about the loaded model that a request needs, computed once at start-up."""
 
     def __init__(
-        self, loaded: LoadedModel, limits: Limits, metrics_dir: Path, feedback: FeedbackStore
+        self,
+        loaded: LoadedModel,
+        limits: Limits,
+        metrics_dir: Path,
+        feedback: Join,
+        auth: FeedbackAuth | None = None,
     ) -> None:
         meta = loaded.record.metadata
         self.estimator = loaded.estimator
@@ -104,6 +110,7 @@ class Served:
             meta.dataset_sha256,
         )
         self.feedback = feedback
+        self.auth = auth or FeedbackAuth(None)
         self.base_headers = [
             (b"x-model-name", self.name.encode()),
             (b"x-model-version", self.version.encode()),
@@ -202,18 +209,27 @@ class ModelApp:
             elif path == "/feedback":
                 endpoint = "feedback"
                 self._expect(method, "POST")
+                served.auth.check(scope["headers"])
                 feedback = parse_feedback(await self._body(scope, receive), served.class_names)
-                received, correct = await asyncio.to_thread(
+                resolved = await asyncio.to_thread(
                     served.feedback.resolve, feedback.request_id, feedback.labels
                 )
-                served.metrics.feedback(received, correct)
-                body = orjson.dumps(
-                    {"request_id": feedback.request_id, "received": received, "correct": correct}
-                )
+                if served.feedback.counts_itself and not resolved.duplicate:
+                    served.metrics.feedback(resolved.received, resolved.correct)
+                answer: dict[str, Any] = {
+                    "request_id": feedback.request_id,
+                    "received": resolved.received,
+                    "correct": resolved.correct,
+                    "duplicate": resolved.duplicate,
+                }
+                if resolved.versions:
+                    answer["counted_for"] = list(resolved.versions)
+                body = orjson.dumps(answer)
                 status = 200
             elif path == "/shadow/compare":
                 # stable's answer to a request that was mirrored here (sent by the router)
                 self._expect(method, "POST")
+                served.auth.check(scope["headers"])
                 ref = parse_feedback(await self._body(scope, receive), served.class_names)
                 compared, agreed = await asyncio.to_thread(
                     served.feedback.compare, ref.request_id, ref.labels

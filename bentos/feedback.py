@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from bentos.join import Resolved
 from bentos.parsing import BadRequest
 
 logger = logging.getLogger("bentos.feedback")
@@ -32,7 +33,11 @@ CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 
 
 class FeedbackStore:
-    """Predictions by request id for one server; feedback resolves against them once."""
+    """Predictions by request id for one server; feedback resolves against them once.
+
+    The ``local`` :class:`bentos.join.Join`: the server counts labels in its own metrics."""
+
+    counts_itself = True
 
     def __init__(
         self,
@@ -134,12 +139,13 @@ class FeedbackStore:
             )
         return len(predicted), sum(1 for p, r in zip(predicted, reference, strict=True) if p == r)
 
-    def resolve(self, request_id: str, labels: list[int]) -> tuple[int, int]:
-        """Record ``labels`` as the truth for ``request_id``; returns (received, correct).
+    def resolve(self, request_id: str, labels: list[int]) -> Resolved:
+        """Record ``labels`` as the truth for ``request_id``.
 
         Blocking (SQLite): run it in a thread. Raises BadRequest 404 for an unknown (or expired)
-        request id, 409 when feedback for it was already recorded, 422 when the number of labels
-        does not match the number of predicted rows.
+        request id, 409 when other labels for it were already recorded (the same labels again are
+        a duplicate, counted once), 422 when the number of labels does not match the number of
+        predicted rows.
         """
         self.flush()
         deadline = time.monotonic() + self.lookup_wait
@@ -159,10 +165,9 @@ class FeedbackStore:
                 f"{self.retention_seconds:.0f} s)",
             )
         predicted = [int(v) for v in row[0].split(",")]
+        sent = ",".join(map(str, labels))
         if row[1] is not None:
-            raise BadRequest(
-                409, "feedback_exists", f"feedback for request id {request_id!r} was already recorded"
-            )
+            return self._again(request_id, labels, row[1] == sent)
         if len(labels) != len(predicted):
             raise BadRequest(
                 422,
@@ -172,11 +177,21 @@ class FeedbackStore:
             )
         with self._lock:
             cursor = self._db.execute(
-                "UPDATE predictions SET label = ? WHERE request_id = ? AND label IS NULL",
-                (",".join(map(str, labels)), request_id),
+                "UPDATE predictions SET label = ? WHERE request_id = ? AND label IS NULL", (sent, request_id)
             )
-        if cursor.rowcount == 0:
-            raise BadRequest(
-                409, "feedback_exists", f"feedback for request id {request_id!r} was already recorded"
-            )
-        return len(labels), sum(1 for p, t in zip(predicted, labels, strict=True) if p == t)
+        if cursor.rowcount == 0:  # another worker recorded labels between the SELECT and here
+            with self._lock:
+                again = self._db.execute(
+                    "SELECT label FROM predictions WHERE request_id = ?", (request_id,)
+                ).fetchone()
+            return self._again(request_id, labels, again is not None and again[0] == sent)
+        correct = sum(1 for p, t in zip(predicted, labels, strict=True) if p == t)
+        return Resolved(len(labels), correct, False, ())
+
+    @staticmethod
+    def _again(request_id: str, labels: list[int], same: bool) -> Resolved:
+        if same:
+            return Resolved(len(labels), 0, True)
+        raise BadRequest(
+            409, "feedback_exists", f"other labels for request id {request_id!r} were already recorded"
+        )

@@ -14,6 +14,9 @@ Stable, candidate and shadow servers are this same code with different tags. Env
     BENTO_LEAN             0 sends every request through BentoML's full middleware stack (default 1:
                            the model app's paths skip it, see _LeanService)
     BENTO_GC_LOG           1 logs garbage-collection pauses over 5 ms (diagnosis)
+    BENTO_JOIN_STORE       where labels meet predictions: local (default, SQLite per server) or
+                           redis://host:port/db (every pod of every version; see bentos/join.py)
+    BENTO_FEEDBACK_TOKEN   bearer token /feedback and /shadow/compare require (or _TOKEN_FILE)
 
 The endpoints are a raw ASGI app (``bentos/app.py``) mounted at ``/``; BentoML's own per-request
 extras that cost time without serving this app (its request metrics, access log, tracing spans) are
@@ -35,7 +38,8 @@ import sklearn
 from bentoml._internal.context import server_context
 
 from bentos.app import Limits, ModelApp, Served
-from bentos.feedback import FeedbackStore
+from bentos.join import FeedbackAuth, open_join
+from bentos.join import check_env as check_join_env
 from bentos.metrics import use_server_metrics_dir
 from bentos.parsing import BadRequest
 from rollout.registry import MODEL_DIGEST_ENV, MODEL_TAG_ENV, get_record, load_model, verify_artifact
@@ -122,6 +126,7 @@ else:
         # the pinned artifact (workers would otherwise be restarted over and over); the error
         # names both digests and the server never becomes ready
         verify_artifact(get_record(os.environ[MODEL_TAG_ENV]), os.environ.get(MODEL_DIGEST_ENV))
+    check_join_env()  # a wrong join store or a shared one without a token: fail once, here
 
 APP = ModelApp(LIMITS)
 
@@ -145,12 +150,10 @@ class ModelService:
         loaded = load_model(tag, os.environ.get(MODEL_DIGEST_ENV))  # checked again: what is unpickled
         # our parser rejects NaN/inf before predict, so skip sklearn's own finiteness scan
         sklearn.set_config(assume_finite=True)
-        self.feedback = FeedbackStore(
-            metrics_dir / "feedback.sqlite3",
-            flush_interval=float(os.environ.get("BENTO_FEEDBACK_FLUSH_SECONDS", "0.05")),
-        )
+        record = loaded.record
+        self.feedback = open_join(record.name, record.version, metrics_dir)
         self.feedback.start()
-        served = Served(loaded, LIMITS, metrics_dir, self.feedback)
+        served = Served(loaded, LIMITS, metrics_dir, self.feedback, FeedbackAuth.from_env())
         warm = np.asarray([loaded.record.metadata.feature_means], dtype=np.float64)
         for _ in range(3):
             served.estimator.predict_proba(warm)

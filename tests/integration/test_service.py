@@ -222,8 +222,14 @@ def test_feedback_joins_predictions_answered_by_any_worker(server: BentoServer) 
         - metric(before, "model_feedback_correct_total", **mv)
         == 8
     )
+    # a labelling pipeline that retries gets a 200 and the label counts once; other labels: 409
     again = post(server, "/feedback", {"request_id": truths[0][0], "label": truths[0][1]})
-    assert again.status_code == 409
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    other = "setosa" if truths[0][1] != "setosa" else "virginica"
+    assert post(server, "/feedback", {"request_id": truths[0][0], "label": other}).status_code == 409
+    assert metric(settled(server), "model_feedback_total", **mv) == metric(
+        after, "model_feedback_total", **mv
+    )
 
 
 def test_feedback_for_a_batch_takes_one_label_per_row(server: BentoServer) -> None:
@@ -231,7 +237,7 @@ def test_feedback_for_a_batch_takes_one_label_per_row(server: BentoServer) -> No
     post(server, "/predict", {"instances": [SETOSA, VIRGINICA]}, headers={"X-Request-ID": rid})
     assert post(server, "/feedback", {"request_id": rid, "label": "setosa"}).status_code == 422
     response = post(server, "/feedback", {"request_id": rid, "labels": ["setosa", 2]})
-    assert response.json() == {"request_id": rid, "received": 2, "correct": 2}
+    assert response.json() == {"request_id": rid, "received": 2, "correct": 2, "duplicate": False}
 
 
 BAD_PREDICT = {
