@@ -9,6 +9,8 @@ Run by the demo and the benchmarks as ``locust -f loadtests/locustfile.py --head
 Settings (environment):
   LOAD_FEEDBACK_SHARE   share of predictions that get a feedback label (default 0.5)
   LOAD_FEEDBACK_DELAY   seconds between the answer and its label (default 1.0)
+  LOAD_FEEDBACK_TOKEN   the bearer token the model servers want for labels (BENTO_FEEDBACK_TOKEN;
+                        the chart's Secret <release>-feedback, key token); unset: none is sent
   LOAD_WAIT             seconds each user waits between requests (default 0.1)
   LOAD_SHAPE            "steady" (default: -u/-r from the command line) or "wave" (ramps up and down)
   LOAD_SUMMARY          path of a JSON summary written at the end: per-version answers, failures by
@@ -39,6 +41,7 @@ FEEDBACK_SHARE = float(os.environ.get("LOAD_FEEDBACK_SHARE", "0.5"))
 FEEDBACK_DELAY = float(os.environ.get("LOAD_FEEDBACK_DELAY", "1.0"))
 WAIT = float(os.environ.get("LOAD_WAIT", "0.1"))
 SUMMARY_PATH = os.environ.get("LOAD_SUMMARY")
+FEEDBACK_TOKEN = os.environ.get("LOAD_FEEDBACK_TOKEN", "")
 FEEDBACK_TRIES = 5  # a retryable 503 on /feedback is sent again this many times at most
 
 _user_ids = count(1)
@@ -92,6 +95,8 @@ class ModelUser(HttpUser):
         router keeps the label rather than give it to another version) is sent again after its
         Retry-After, up to FEEDBACK_TRIES times, as a labelling pipeline does."""
         headers = {"X-Model-Version": version} if version else {}
+        if FEEDBACK_TOKEN:
+            headers["Authorization"] = f"Bearer {FEEDBACK_TOKEN}"
         with self.client.post(
             "/feedback", json={"request_id": request_id, "label": label}, headers=headers, catch_response=True
         ) as resp:
@@ -102,7 +107,7 @@ class ModelUser(HttpUser):
                     _retried["feedback"] += 1
                 delay = min(float(retry_after), 10.0) if retry_after.isdigit() else 2.0
                 gevent.spawn_later(delay, self._feedback, request_id, label, version, attempt + 1)
-            elif resp.status_code >= 500 or resp.status_code == 0:
+            elif resp.status_code >= 500 or resp.status_code in (0, 401, 403):  # 401: a wrong token
                 resp.failure(f"feedback {resp.status_code}")
                 with _lock:
                     _failures[f"feedback_{resp.status_code or 'connection'}"] += 1

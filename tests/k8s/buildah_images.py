@@ -3,7 +3,7 @@ Bento of the root bentofile.yaml) and the controller (k8s/build/controller.Docke
 Debian base made from Debian's packages. Used by tests that run them on the single-node cluster
 (tests/e2e/test_k8s_images.py: ``node.import_image(bento_image())``); by hand::
 
-    .venv/bin/python -m tests.k8s.buildah_images [base|bento|controller ...]
+    .venv/bin/python -m tests.k8s.buildah_images [base|bento|controller|redis ...]
 
 - ``base``: ``debootstrap --variant=minbase bookworm`` with ``BASE_PACKAGES`` (python3, pip,
   CA certificates) into a ``buildah from scratch`` container, apt's lists and caches and the docs
@@ -25,6 +25,8 @@ Debian base made from Debian's packages. Used by tests that run them on the sing
   ``python -m bentos.train --all`` if one is missing).
 - ``controller``: ``buildah build`` of k8s/build/controller.Dockerfile with ``BASE_IMAGE`` set to
   the base (the Dockerfile's default stays ``python:3.11-slim`` for users with a registry).
+- ``redis``: ``buildah build`` of k8s/build/redis.Dockerfile (Debian's redis-server, the feedback
+  join store the chart deploys) on the base, from an empty context (it copies nothing).
 
 Caching, two levels. An image's KEY hashes everything it is made of (for the Bento: bentofile.yaml,
 the files it includes, the models' files, the bentoml version, the base's KEY; for the controller:
@@ -85,6 +87,7 @@ BENTOFILE = ROOT / "bentofile.yaml"
 CONTROLLER_DOCKERFILE = ROOT / "k8s" / "build" / "controller.Dockerfile"
 CONTROLLER_IGNORE = CONTROLLER_DOCKERFILE.with_name(CONTROLLER_DOCKERFILE.name + ".dockerignore")
 CONTROLLER_SOURCES = ("pyproject.toml", "README.md", "rollout", "bentos", "loadtests")
+REDIS_DOCKERFILE = ROOT / "k8s" / "build" / "redis.Dockerfile"
 TOOLS = {"buildah": "buildah", "debootstrap": "debootstrap", "unshare": "util-linux"}
 # containers/image writes its blob-info cache to /var/lib/containers/cache, a path no option
 # moves, and runc (a RUN step) its state to /run/runc: in the build's own mount namespace /var/lib
@@ -411,9 +414,41 @@ def controller_image(buildah: Buildah | None = None, cache_dir: Path = CACHE_DIR
     return BuiltImage(Image(ref, archive), built=True, seconds=time.monotonic() - started)
 
 
+# --- the join store ----------------------------------------------------------------------------
+
+
+def redis_key(base: str) -> str:
+    return _digest(base, REDIS_DOCKERFILE.read_bytes())
+
+
+def redis_image(buildah: Buildah | None = None, cache_dir: Path = CACHE_DIR) -> BuiltImage:
+    """The join store's image of k8s/build/redis.Dockerfile (Debian's redis-server) on the base."""
+    started = time.monotonic()
+    b = buildah or Buildah()
+    b.setup()
+    key = redis_key(_ref("base", base_key()))
+    ref, archive = _ref("redis", key), cache_dir / f"redis-{key}.oci.tar"
+    if archive.is_file():
+        return BuiltImage(Image(ref, archive), built=False, seconds=time.monotonic() - started)
+    base = base_image(b)
+    with tempfile.TemporaryDirectory(prefix="redis-context-") as context:  # it copies nothing
+        b.buildah(
+            "build", "--layers", "--network", "host", "--pull-never", "--signature-policy", str(b.policy),
+            "--build-arg", f"BASE_IMAGE={base}", "--file", str(REDIS_DOCKERFILE), "--tag", ref, context,
+            what=f"buildah build -f {REDIS_DOCKERFILE.relative_to(ROOT)}", log="redis",
+        )  # fmt: skip
+    b.export(ref, archive)
+    return BuiltImage(Image(ref, archive), built=True, seconds=time.monotonic() - started)
+
+
 def main(argv: Sequence[str]) -> int:
-    builders = {"base": lambda: base_image(), "bento": bento_image, "controller": controller_image}
-    for name in argv or ["bento", "controller"]:
+    builders = {
+        "base": lambda: base_image(),
+        "bento": bento_image,
+        "controller": controller_image,
+        "redis": redis_image,
+    }
+    for name in argv or ["bento", "controller", "redis"]:
         started = time.monotonic()
         result = builders[name]()
         print(f"{name}: {result} ({time.monotonic() - started:.1f} s)")
