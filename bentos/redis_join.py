@@ -44,6 +44,11 @@ MAX_PENDING = 200_000  # predictions kept while Redis is unreachable (then the o
 RECORD = """
 local model, version, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local field = 'v:' .. version
+-- this version's series exist (at 0) from its first prediction, so that Prometheus' increase()
+-- counts its first labels too (a series first seen at 5 adds nothing to an increase)
+for _, metric in ipairs({'@TOTAL@', '@CORRECT@', '@COMPARED@', '@AGREED@'}) do
+  redis.call('HSETNX', KEYS[1], metric .. '\\31' .. model .. '\\31' .. version, 0)
+end
 local function classes(value)
   local out = {}
   for c in string.gmatch(string.sub(value, string.find(value, '|', 1, true) + 1), '[^,]+') do
@@ -76,7 +81,14 @@ for i = 2, #KEYS do
   end
 end
 return #KEYS - 1
-""".replace("@COMPARED@", n.SHADOW_COMPARISONS_TOTAL).replace("@AGREED@", n.SHADOW_AGREEMENTS_TOTAL)
+"""
+for _mark, _name in {
+    "@TOTAL@": n.FEEDBACK_TOTAL,
+    "@CORRECT@": n.FEEDBACK_CORRECT_TOTAL,
+    "@COMPARED@": n.SHADOW_COMPARISONS_TOTAL,
+    "@AGREED@": n.SHADOW_AGREEMENTS_TOTAL,
+}.items():
+    RECORD = RECORD.replace(_mark, _name)
 
 # KEYS[1] counters, KEYS[2] the prediction hash; ARGV: model, labels ("1,0,2"), now, window
 LABEL = """

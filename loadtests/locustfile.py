@@ -14,7 +14,8 @@ Settings (environment):
   LOAD_WAIT             seconds each user waits between requests (default 0.1)
   LOAD_SHAPE            "steady" (default: -u/-r from the command line) or "wave" (ramps up and down)
   LOAD_SUMMARY          path of a JSON summary written at the end: per-version answers, failures by
-                        kind (predictions and feedback labels), retried labels, and a per-second
+                        kind (predictions and feedback labels), retried labels, labels by HTTP
+                        status, and a per-second
                         time series (used for the demo report)
 """
 
@@ -49,6 +50,7 @@ _lock = threading.Lock()
 _by_version: Counter[str] = Counter()
 _failures: Counter[str] = Counter()
 _retried: Counter[str] = Counter()
+_labels: Counter[str] = Counter()  # feedback answers by HTTP status ("200": accepted and counted)
 _series: dict[int, Counter[str]] = defaultdict(Counter)
 _versions_per_user: dict[str, set[str]] = defaultdict(set)
 _started = time.time()
@@ -101,6 +103,8 @@ class ModelUser(HttpUser):
             "/feedback", json={"request_id": request_id, "label": label}, headers=headers, catch_response=True
         ) as resp:
             retry_after = resp.headers.get("Retry-After")
+            with _lock:
+                _labels[str(resp.status_code)] += 1
             if resp.status_code == 503 and retry_after and attempt < FEEDBACK_TRIES:
                 resp.success()  # not lost: it is sent again
                 with _lock:
@@ -140,6 +144,7 @@ def _write_summary(**_: Any) -> None:
             "total_failed": sum(_failures.values()),
             "total_answered": sum(_by_version.values()),
             "retried": dict(_retried),  # retryable answers sent again (not failures)
+            "labels_by_status": dict(_labels),  # "200": accepted (counted once, whichever pod got it)
             "users": len(_versions_per_user),
             "users_with_one_version": sticky_users,
             "series": {str(k): dict(v) for k, v in sorted(_series.items())},

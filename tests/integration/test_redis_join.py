@@ -172,7 +172,11 @@ def test_the_exporter_serves_the_counters_under_the_service_metric_names(store: 
     j.record("e1", [1])
     j.flush()
     j.resolve("e1", [1])
+    fresh = RedisJoin(j.client, "iris", "v9", prefix=j.prefix)
+    fresh.record("e2", [0])  # a version with predictions and no label yet has its series, at 0,
+    fresh.flush()  # so that Prometheus' increase() counts its first labels
     text = render(j.client, j.prefix)
+    assert f'{n.FEEDBACK_TOTAL}{{model="iris",version="v9"}} 0' in text
     assert f'{n.FEEDBACK_TOTAL}{{model="iris",version="v2"}} 1' in text
     assert f"# TYPE {n.FEEDBACK_CORRECT_TOTAL} counter" in text and "model_join_store_up 1" in text
     dead = connect(f"redis://127.0.0.1:{free_port()}/0", timeout=0.3)
