@@ -124,7 +124,9 @@ def _extra_env(role: str) -> dict[str, Any]:
             f"Environment variables added to the {role}'s model server after the chart's own, "
             "e.g. BENTO_WORKERS, or BENTO_FAULT_ERROR_RATE on the candidate for a rollback drill. "
             "They may not name what the chart or the server sets (BENTO_MODEL_TAG, "
-            "BENTO_MODEL_DIGEST, TMPDIR, XDG_CACHE_HOME, BENTO_SUPERVISOR_PID). In kserve routing "
+            "BENTO_MODEL_DIGEST, TMPDIR, XDG_CACHE_HOME, BENTO_SUPERVISOR_PID; from feedback.*: "
+            "BENTO_JOIN_STORE, BENTO_JOIN_PASSWORD, BENTO_JOIN_WINDOW_SECONDS, "
+            "BENTO_FEEDBACK_TOKEN, BENTO_FEEDBACK_TOKEN_FILE). In kserve routing "
             "mode the one predictor carries the candidate's while a candidate is set, else the "
             "stable's."
         ),
@@ -138,6 +140,78 @@ def _extra_env(role: str) -> dict[str, Any]:
             ["name", "value"],
         ),
     }
+
+
+def _feedback() -> dict[str, Any]:
+    secret = r"^$|^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+    redis = _obj(
+        {
+            "address": _str(
+                "host:port of a Redis you run (then passwordSecret names its password). Empty: the "
+                "chart deploys one (<fullname>-join-redis).",
+                pattern=r"^$|^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$",
+            ),
+            "passwordSecret": _str(
+                'A Secret with the Redis password under the key "password" (needed with address). '
+                "Empty: the chart's <fullname>-feedback, key redis-password, a random one kept across "
+                "upgrades.",
+                pattern=secret,
+            ),
+            "image": _image("The Redis image of the chart's Redis (Debian's redis-server 7, uid 999)."),
+            "maxMemory": _str(
+                "Redis's maxmemory (e.g. 128mb, 1gb): a full store refuses writes (noeviction) "
+                "instead of being OOM-killed; about half of resources.limits.memory.",
+                pattern=r"^[0-9]+([kKmMgG][bB]?)?$",
+            ),
+            "persistence": _enabled(
+                "A PersistentVolumeClaim for the append-only file (false: an emptyDir, which "
+                "survives a container restart, not the pod's deletion)",
+                storageClass=_str("The claim's storageClassName; empty: the cluster's default."),
+                size={
+                    "type": "string",
+                    "pattern": K8S_QUANTITY,
+                    "description": "The claim's size, or the emptyDir's sizeLimit (a Kubernetes quantity).",
+                },
+            ),
+            "resources": _resources("the chart's Redis container"),
+        },
+        description="join: redis, the shared store: your Redis (address) or the chart's.",
+    )
+    exporter = _obj(
+        {
+            "port": _int("Port of the exporter's /metrics and /healthz, 1024-65535.", 1024, 65535),
+            "resources": _resources("the join exporter container"),
+        },
+        description="join: redis, the one exporter of the store's counters (bentos/join_exporter.py).",
+    )
+    return _obj(
+        {
+            "join": {
+                "enum": ["redis", "local"],
+                "description": (
+                    "Where labels meet predictions: redis, one Redis for every model pod of every "
+                    "version (labels may reach any pod); local, each pod's own SQLite (only right "
+                    "with one pod per version and labels sent back to the pod that answered)."
+                ),
+            },
+            "windowSeconds": _int(
+                "Seconds after a prediction that its label still counts (later: HTTP 410), 1-604800.",
+                1,
+                604800,
+            ),
+            "tokenSecret": _str(
+                "A Secret with the bearer token /feedback and /shadow/compare require under the key "
+                '"token" (16 characters or more). Empty: the chart\'s <fullname>-feedback, a random '
+                "one kept across upgrades.",
+                pattern=secret,
+            ),
+            "redis": redis,
+            "exporter": exporter,
+        },
+        ["join"],
+        "Feedback labels and mirrored answers joined to the predictions they are for, counted for "
+        "the version that answered; authenticated with a bearer token in both join modes.",
+    )
 
 
 def values_schema() -> dict[str, Any]:
@@ -311,6 +385,7 @@ def values_schema() -> dict[str, Any]:
                     ["mode"],
                     "How user traffic reaches stable and candidate.",
                 ),
+                "feedback": _feedback(),
                 "controller": _obj(
                     {
                         "enabled": {

@@ -41,9 +41,11 @@ EVERYTHING_ON = {
     "loadtest.host": "http://gateway.example",
     "networkPolicy.enabled": True,
     "podDisruptionBudget.enabled": True,
+    "feedback.redis.persistence.enabled": True,  # join: redis (the default) with its claim
 }
 DIGEST = "sha256:" + "0" * 64
-WITH_DIGESTS = {"image.digest": DIGEST, "controller.image.digest": DIGEST, "loadtest.image.digest": DIGEST}
+WITH_DIGESTS = {"image.digest": DIGEST, "controller.image.digest": DIGEST, "loadtest.image.digest": DIGEST,
+                "feedback.redis.image.digest": DIGEST}  # fmt: skip
 
 
 def skip_table() -> dict[str, set[str]]:

@@ -191,7 +191,7 @@ def default_service_account(cluster: K8sCluster, namespace: str) -> None:
 
 def served(isvc: dict[str, Any]) -> str:
     (container,) = isvc["spec"]["predictor"]["containers"]
-    return {e["name"]: e["value"] for e in container["env"]}["BENTO_MODEL_TAG"]
+    return {e["name"]: e.get("value") for e in container["env"]}["BENTO_MODEL_TAG"]
 
 
 def test_kserve_mode_installs_stable_alone_then_rolls_the_candidate_out_with_an_upgrade(

@@ -105,7 +105,7 @@ def test_kserve_mode_sets_canary_traffic_percent_on_the_candidate_revision(home:
     predictor = isvc["spec"]["predictor"]
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Knative"
     assert predictor["canaryTrafficPercent"] == 25
-    env = {e["name"]: e["value"] for e in predictor["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in predictor["containers"][0]["env"]}
     assert env["BENTO_MODEL_TAG"] == "iris:v2"
     (stable_only,) = by_kind(template(home, {"models.candidate": ""}))["InferenceService"]
     assert "canaryTrafficPercent" not in stable_only["spec"]["predictor"]
@@ -191,7 +191,9 @@ def test_every_pod_runs_restricted_with_oip_v2_probes(home: Path, mode: str) -> 
             # what the container runs with: its own securityContext over the pod's
             sc = {**spec.get("securityContext", {}), **container["securityContext"]}
             assert sc["runAsNonRoot"] is True, kind
-            assert (sc["runAsUser"], sc["runAsGroup"]) == (1034, 1034), kind
+            # the images' own users: the Bento's and the controller's bentoml, Debian's redis
+            uid = 999 if container["name"] == "redis" else 1034
+            assert (sc["runAsUser"], sc["runAsGroup"]) == (uid, uid), kind
             assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, kind
             assert sc["allowPrivilegeEscalation"] is False, kind
             assert sc["readOnlyRootFilesystem"] is True, kind
@@ -276,8 +278,13 @@ def test_standard_mode_predictors_keep_the_pod_security_context_with_fs_group(ho
         assert isvc["spec"]["predictor"]["securityContext"]["fsGroup"] == 2000
 
 
+def controller_deployment(kinds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    (deploy,) = [d for d in kinds["Deployment"] if d["metadata"]["name"] == "br-bento-rollout-controller"]
+    return deploy
+
+
 def test_controller_runs_rollout_controller_with_leader_election(home: Path) -> None:
-    (deploy,) = by_kind(template(home))["Deployment"]
+    deploy = controller_deployment(by_kind(template(home)))
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     assert container["command"] == ["rollout", "controller"]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
@@ -294,7 +301,7 @@ def test_the_controller_fetches_the_charts_prometheus_and_the_listed_addresses_o
 
     def allowed(values: dict[str, Any]) -> tuple[AddressPolicy, dict[str, list[dict[str, Any]]]]:
         kinds = by_kind(template(home, {**CANDIDATE, "rollout.enabled": True, **values}))
-        (container,) = kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"]
+        (container,) = controller_deployment(kinds)["spec"]["template"]["spec"]["containers"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         return AddressPolicy(
             split_entries([env["ROLLOUT_ALLOWED_METRICS_ADDRESSES"]]), lambda h, p: ()
@@ -325,7 +332,7 @@ def test_controller_probes_point_at_the_exporters_real_paths_on_its_metrics_port
     test_exporter_probes.py checks the server answers these very paths."""
     from rollout.exporter import HEALTH_PATH, READY_PATH
 
-    (deploy,) = by_kind(template(home, {"controller.metricsPort": 9333}))["Deployment"]
+    deploy = controller_deployment(by_kind(template(home, {"controller.metricsPort": 9333})))
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     env = {e["name"]: e.get("value") for e in container["env"]}
@@ -442,7 +449,7 @@ PIN_A, PIN_B = "sha256:" + "a" * 64, "sha256:" + "b" * 64
 
 def model_env(isvc: dict[str, Any]) -> dict[str, str]:
     (container,) = isvc["spec"]["predictor"]["containers"]
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {e["name"]: e.get("value") for e in container["env"]}
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -520,7 +527,10 @@ def test_service_monitor_selects_both_predictor_services(home: Path) -> None:
     assert expr["key"] == "serving.kserve.io/inferenceservice"
     assert expr["values"] == ["iris-stable", "iris-candidate"]
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
-    assert [p["metadata"]["name"] for p in kinds["PodMonitor"]] == ["br-bento-rollout-controller"]
+    assert sorted(p["metadata"]["name"] for p in kinds["PodMonitor"]) == [
+        "br-bento-rollout-controller",
+        "br-bento-rollout-join-exporter",
+    ]
 
 
 # The ports of the pods KServe v0.20.0 creates for the chart's predictor, per deployment mode, and
@@ -616,7 +626,7 @@ def test_read_only_root_filesystem_leaves_bentoml_its_writable_dirs(home: Path) 
 
 def container_env(isvc: dict[str, Any]) -> list[tuple[str, str]]:
     (container,) = isvc["spec"]["predictor"]["containers"]
-    return [(e["name"], e["value"]) for e in container["env"]]
+    return [(e["name"], e.get("value", e.get("valueFrom"))) for e in container["env"]]
 
 
 DRILL = [{"name": "BENTO_FAULT_ERROR_RATE", "value": "0.3"}, {"name": "BENTO_WORKERS", "value": "2"}]
@@ -657,7 +667,10 @@ def test_no_extra_env_renders_the_charts_own_only(home: Path) -> None:
     for isvc in by_kind(template(home, {"routing.mode": "istio", "models.candidate": "iris:v2"}))[
         "InferenceService"
     ]:
-        assert [n for n, _ in container_env(isvc)] == ["BENTO_MODEL_TAG", "TMPDIR", "XDG_CACHE_HOME"]
+        assert [n for n, _ in container_env(isvc)] == [
+            "BENTO_MODEL_TAG", "TMPDIR", "XDG_CACHE_HOME",
+            "BENTO_JOIN_STORE", "BENTO_JOIN_PASSWORD", "BENTO_FEEDBACK_TOKEN", "BENTO_JOIN_WINDOW_SECONDS",
+        ]  # fmt: skip
 
 
 BAD_ENV = [
@@ -768,7 +781,11 @@ def test_the_service_address_the_virtual_service_routes_is_a_service_the_chart_r
 def test_kserve_mode_renders_no_service_of_the_name_kserve_takes(home: Path) -> None:
     """KServe (Knative mode) makes the "<service>" Service of the InferenceService itself."""
     kinds = by_kind(template(home, {"loadtest.enabled": True}))
-    assert "Service" not in kinds
+    # the chart's Services are the feedback join's (tests/e2e/test_helm_feedback.py) only
+    assert {s["metadata"]["name"] for s in kinds["Service"]} == {
+        "br-bento-rollout-join-redis",
+        "br-bento-rollout-join-exporter",
+    }
     (isvc,) = kinds["InferenceService"]
     assert locust_host(kinds) == f"http://{isvc['metadata']['name']}.models.svc.cluster.local"
 

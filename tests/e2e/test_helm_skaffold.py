@@ -140,12 +140,18 @@ def test_skaffold_render_offline_renders_the_chart(tmp_path: Path, profile: str)
     docs = [d for d in yaml.safe_load_all(out.read_text()) if d]
     kinds = {d["kind"] for d in docs}
     assert {"InferenceService", "Deployment", "Role"} <= kinds
-    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    (deploy,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-controller")
+    ]
     assert deploy["spec"]["replicas"] == (1 if profile == "local" else 2)
     assert ("PodMonitor" in kinds) == (profile == "production")
     (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
     image = isvc["spec"]["predictor"]["containers"][0]["image"]
     assert image.startswith("bento-rollout/iris-service:"), "the chart deploys the image skaffold builds"
+    (store,) = [
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-join-redis")
+    ]
+    assert store["spec"]["template"]["spec"]["containers"][0]["image"].startswith("bento-rollout/redis:")
 
 
 # --- an all-digit short SHA ----------------------------------------------------------------------
@@ -227,7 +233,12 @@ def test_an_all_digit_short_sha_reaches_helm_as_a_string_tag(
         if d["kind"] == "Deployment"
         for c in d["spec"]["template"]["spec"]["containers"]
     }
-    assert images == {f"bento-rollout/controller:g{sha}"}
+    # the controller, the feedback join's exporter (the Bento image) and its Redis
+    assert images == {
+        f"bento-rollout/controller:g{sha}",
+        f"bento-rollout/iris-service:g{sha}",
+        f"bento-rollout/redis:g{sha}",
+    }
 
 
 def test_without_the_prefix_the_same_sha_is_refused_by_the_chart(

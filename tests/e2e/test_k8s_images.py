@@ -79,15 +79,19 @@ def controller(k8s_node: nodekit.Node, host_before: dict[str, object]) -> builda
     return built
 
 
-def _chart_predictor(tmp_path: Path, ref: str) -> dict[str, Any]:
-    """The pod spec the chart gives the Bento: its InferenceService's predictor, for iris:v1 alone."""
+def _chart_predictor(tmp_path: Path, ref: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod spec the chart gives the Bento: its InferenceService's predictor, for iris:v1 alone,
+    and the chart's feedback Secret it takes its token from. No Redis on this node: the join store
+    is the pod's own (feedback.join local); the token is required all the same."""
     repository, tag = ref.rsplit(":", 1)
     values = {"image.repository": repository, "image.tag": tag, "image.pullPolicy": "Never",
-              "models.stable": "iris:v1", "models.candidate": "", "controller.enabled": False}  # fmt: skip
+              "models.stable": "iris:v1", "models.candidate": "", "controller.enabled": False,
+              "feedback.join": "local"}  # fmt: skip
     docs = helmkit.template(tmp_path / "helm", values)
     (isvc,) = [d for d in docs if d["kind"] == "InferenceService"]
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
     predictor = isvc["spec"]["predictor"]
-    return {k: v for k, v in predictor.items() if k in POD_SPEC_FIELDS}
+    return {k: v for k, v in predictor.items() if k in POD_SPEC_FIELDS}, secret
 
 
 def _ready(core: client.CoreV1Api, ns: str, name: str) -> Any:
@@ -104,7 +108,8 @@ def test_the_bento_image_serves_as_the_chart_runs_it(
 ) -> None:
     ns, api = k8s_node_namespace, k8s_node.control_plane.api_client()
     core = client.CoreV1Api(api)
-    spec = _chart_predictor(tmp_path, bento.image.ref)
+    spec, secret = _chart_predictor(tmp_path, bento.image.ref)
+    core.create_namespaced_secret(ns, {**secret, "metadata": {**secret["metadata"], "namespace": ns}})
     (container,) = spec["containers"]
     assert container["image"] == bento.image.ref
     security = container["securityContext"]

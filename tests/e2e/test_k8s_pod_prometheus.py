@@ -338,17 +338,21 @@ def test_the_charts_podmonitors_find_the_pods_kserve_makes_in_each_mode_and_the_
     isvc = chart["InferenceService"][0]  # istio: the stable one; kserve: the only one
     for pod in _model_pods(image, isvc).values():
         core.create_namespaced_pod(ns, pod)
-    [deployment] = chart["Deployment"]
-    template = deployment["spec"]["template"]
-    [cc] = template["spec"]["containers"]
-    cports = {p["name"]: p["containerPort"] for p in cc["ports"]}
-    controller = [_container(image, cc["name"], cports, _serving(8, cports["metrics"]))]
-    core.create_namespaced_pod(ns, _pod("controller", template["metadata"]["labels"], controller))
-    _until("the three pods Running", _running(core, ns, {"standard", "knative", "controller"}), 90, prom)
+    # the controller's and the join exporter's pods, from their Deployments' pod templates
+    deployments = {d["metadata"]["name"].rsplit("-", 1)[-1]: d for d in chart["Deployment"]}
+    for pod_name, value in (("controller", 8), ("exporter", 9)):
+        template = deployments[pod_name]["spec"]["template"]
+        [cc] = template["spec"]["containers"]
+        cports = {p["name"]: p["containerPort"] for p in cc["ports"]}
+        serving = [_container(image, cc["name"], cports, _serving(value, cports["metrics"]))]
+        core.create_namespaced_pod(ns, _pod(pod_name, template["metadata"]["labels"], serving))
+    pods = {"standard", "knative", "controller", "exporter"}
+    _until("the four pods Running", _running(core, ns, pods), 90, prom)
 
-    model, ctl = sorted(chart["PodMonitor"], key=lambda m: not m["metadata"]["name"].endswith("-model"))
+    monitors = {m["metadata"]["name"].rsplit("-", 1)[-1]: m for m in chart["PodMonitor"]}
+    model, ctl, exporter = monitors["model"], monitors["controller"], monitors["exporter"]
     [endpoint] = model["spec"]["podMetricsEndpoints"]
-    for monitor in (model, ctl):
+    for monitor in (model, ctl, exporter):
         _create_monitor(api, ns, monitor)
     synced = time.monotonic()
     assert prom.sync() is True
@@ -388,6 +392,22 @@ def test_the_charts_podmonitors_find_the_pods_kserve_makes_in_each_mode_and_the_
             prom,
         )
         == 8
+    )
+    # The join exporter's PodMonitor (port metrics) scrapes the exporter's pod, and only it
+    exporter_pool = f"podMonitor/{ns}/{exporter['metadata']['name']}/0"
+    _until("the join exporter's target", lambda: prom.targets(exporter_pool), 60, prom)
+    assert [(t.labels["pod"], t.labels["endpoint"]) for t in prom.targets(exporter_pool)] == [
+        ("exporter", "metrics")
+    ]
+    exporter_job = f"{ns}/{exporter['metadata']['name']}"
+    assert (
+        _until(
+            "the join exporter's counter",
+            lambda: prom.query(f'demo_requests_total{{job="{exporter_job}"}}'),
+            60,
+            prom,
+        )
+        == 9
     )
 
 

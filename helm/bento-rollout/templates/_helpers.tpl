@@ -126,11 +126,12 @@ seccompProfile:
 {{- index $root.Values.models (printf "%sDigest" $role) | default "" -}}
 {{- end -}}
 
-{{/* The variables the chart sets on the model server (bento-rollout.predictor), and the one the
-     server sets for its own workers (bentos/service.py): models.stableEnv / candidateEnv may not
-     name them. */}}
+{{/* The variables the chart sets on the model server (bento-rollout.predictor; the feedback join's
+     from feedback.*, bento-rollout.feedbackEnv), the one the server sets for its own workers
+     (bentos/service.py), and BENTO_FEEDBACK_TOKEN_FILE, which would replace the chart's token
+     (bentos/join.py): models.stableEnv / candidateEnv may not name them. */}}
 {{- define "bento-rollout.chartEnvNames" -}}
-BENTO_MODEL_TAG BENTO_MODEL_DIGEST TMPDIR XDG_CACHE_HOME BENTO_SUPERVISOR_PID
+BENTO_MODEL_TAG BENTO_MODEL_DIGEST TMPDIR XDG_CACHE_HOME BENTO_SUPERVISOR_PID BENTO_JOIN_STORE BENTO_JOIN_PASSWORD BENTO_JOIN_WINDOW_SECONDS BENTO_FEEDBACK_TOKEN BENTO_FEEDBACK_TOKEN_FILE
 {{- end -}}
 
 {{/* The predictor of one InferenceService: the Bento image serving one model tag. Args: root, role, tag. */}}
@@ -201,6 +202,7 @@ containers:
         value: /tmp
       - name: XDG_CACHE_HOME
         value: /tmp/.cache
+      {{- include "bento-rollout.feedbackEnv" $root | nindent 6 }}
       {{- with index $v.models (printf "%sEnv" $source) }}
       # models.{{ $source }}Env, after the chart's own (which _validate.tpl keeps it from replacing)
       {{- toYaml . | nindent 6 }}

@@ -34,7 +34,11 @@
 {{- $seen := list -}}
 {{- range (index $v.models (printf "%sEnv" $role)) -}}
 {{- if has .name $own -}}
-{{- fail (printf "models.%sEnv sets %s, which the chart sets itself (%s): the model is models.%s / models.%sDigest; leave %s out" $role .name (join ", " $own) $role $role .name) -}}
+{{- $from := printf "the model is models.%s / models.%sDigest" $role $role -}}
+{{- if or (hasPrefix "BENTO_JOIN_" .name) (hasPrefix "BENTO_FEEDBACK_" .name) -}}
+{{- $from = "feedback labels are set by feedback.* (join, windowSeconds, tokenSecret, redis)" -}}
+{{- end -}}
+{{- fail (printf "models.%sEnv sets %s, which the chart sets itself (%s): %s; leave %s out" $role .name (join ", " $own) $from .name) -}}
 {{- end -}}
 {{- if has .name $seen -}}
 {{- fail (printf "models.%sEnv names %s twice: keep one" $role .name) -}}
@@ -43,6 +47,9 @@
 {{- end -}}
 {{- end -}}
 {{- include "bento-rollout.validateKserveRevisions" . -}}
+{{- if and (eq $v.feedback.join "redis") $v.feedback.redis.address (not $v.feedback.redis.passwordSecret) -}}
+{{- fail (printf "feedback.redis.address names your Redis (%s): set feedback.redis.passwordSecret to a Secret with its password under the key \"password\" (the chart's random one is not your Redis's)" $v.feedback.redis.address) -}}
+{{- end -}}
 {{- if and (gt (int $v.controller.replicas) 1) (not $v.controller.leaderElection.enabled) -}}
 {{- fail (printf "controller.replicas is %d: more than one controller needs controller.leaderElection.enabled=true so that only one acts" (int $v.controller.replicas)) -}}
 {{- end -}}
