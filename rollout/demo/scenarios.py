@@ -79,10 +79,17 @@ def serve_only(stack: LocalStack, service: str, tag: str) -> Backend:
 
 @contextlib.contextmanager
 def locust(
-    url: str, summary: Path, users: int, seconds: float, log: Path, feedback_share: float | None = None
+    url: str,
+    summary: Path,
+    users: int,
+    seconds: float,
+    log: Path,
+    feedback_share: float | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run Locust headless against ``url`` for at most ``seconds``; stop it gracefully on exit."""
-    env = dict(os.environ, LOAD_SUMMARY=str(summary))
+    """Run Locust headless against ``url`` for at most ``seconds``; stop it gracefully on exit.
+    ``extra_env``: more of the locustfile's settings (e.g. LOAD_FEEDBACK_TOKEN)."""
+    env = dict(os.environ, LOAD_SUMMARY=str(summary), **(extra_env or {}))
     if feedback_share is not None:
         env["LOAD_FEEDBACK_SHARE"] = str(feedback_share)
     argv = [

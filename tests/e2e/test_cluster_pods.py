@@ -64,6 +64,7 @@ from rollout.metrics.names import REQUESTS_TOTAL, ROLLOUT_CANDIDATE_WEIGHT
 from rollout.metrics.templates import PREDICT_ENDPOINTS
 from tests.e2e import helmkit
 from tests.k8s import buildah_images, crds, pod_prometheus
+from tests.k8s import cluster_rollouts as cr
 from tests.k8s.harness import _die_with_parent
 from tests.k8s.kserve import KServe
 from tests.k8s.node import NODE_IP, Node
@@ -117,31 +118,19 @@ def _until(what: str, probe: Callable[[], T | None], timeout: float, node: Node,
     return until(what, probe, timeout, node.check_alive, why)
 
 
-def _values(bento: str, controller: str, prometheus_url: str) -> dict[str, Any]:
-    repository, tag = bento.rsplit(":", 1)
-    c_repository, c_tag = controller.rsplit(":", 1)
-    return {
-        "routing.mode": "istio",
-        "models.candidate": "iris:v2",  # the chart's default is none (stable only)
-        "image.repository": repository,
-        "image.tag": tag,
-        "image.pullPolicy": "Never",
-        "controller.image.repository": c_repository,
-        "controller.image.tag": c_tag,
-        "controller.image.pullPolicy": "Never",
-        "controller.replicas": 1,
-        "controller.prometheusUrl": prometheus_url,
-        "monitoring.enabled": True,
-        "monitoring.kind": "PodMonitor",
-        "monitoring.interval": "2s",
-        "rollout.enabled": True,
-    }
+def _values(bento: str, controller: str, prometheus_url: str, redis: str) -> dict[str, Any]:
+    """The harness's install values (tests/k8s/cluster_rollouts.py, one source), in istio mode (the
+    VirtualService is only an object here: no Istio runs) with the candidate and its rollout."""
+    values = cr.install_values(bento, controller, prometheus_url, redis)
+    values.pop("routing.gatewayApi.parentRefs")
+    return {**values, "routing.mode": "istio", "models.candidate": "iris:v2", "rollout.enabled": True}
 
 
 @dataclass(frozen=True)
 class Images:
     bento: buildah_images.BuiltImage
     controller: buildah_images.BuiltImage
+    redis: buildah_images.BuiltImage
     seconds: float
     began: float  # time.monotonic() at the module's first fixture
 
@@ -151,7 +140,8 @@ def images() -> Images:
     """The project's images, built (or their cached archives found) before the node starts."""
     began = time.monotonic()
     bento, controller = buildah_images.bento_image(), buildah_images.controller_image()
-    return Images(bento, controller, time.monotonic() - began, began)
+    redis = buildah_images.redis_image()
+    return Images(bento, controller, redis, time.monotonic() - began, began)
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +153,9 @@ def release(
     times = {"images (built or cached)": images.seconds, "node + KServe": kserve_node.seconds}
     bento, controller = images.bento, images.controller
     mark = time.monotonic()
-    node.import_image(bento.image)
-    node.import_image(controller.image)
-    times["ctr import of both"] = time.monotonic() - mark
+    for built in (bento, controller, images.redis):
+        node.import_image(built.image)
+    times["ctr import of the three"] = time.monotonic() - mark
     mark = time.monotonic()
     others = [s for s in crds.load_sources() if s.module != crds.KSERVE_MODULE]
     with node.control_plane.http(timeout=60) as http:
@@ -178,7 +168,9 @@ def release(
         client.CoreV1Api(api).create_namespace(
             client.V1Namespace(metadata=client.V1ObjectMeta(name=NAMESPACE))
         )
-        values = _values(bento.image.ref, controller.image.ref, f"http://{NODE_IP}:{prom.port}")
+        values = _values(
+            bento.image.ref, controller.image.ref, f"http://{NODE_IP}:{prom.port}", images.redis.image.ref
+        )
         mark, wall = time.monotonic(), time.time()
         result = helmkit.run_helm(
             ["install", RELEASE, str(helmkit.CHART), "--namespace", NAMESPACE, *helmkit.set_args(values)],

@@ -65,10 +65,15 @@ CANARY = {"canary": {"steps": [
 ]}}  # fmt: skip
 
 
-def install_values(bento: str, controller: str, prometheus_url: str) -> dict[str, Any]:
+def install_values(bento: str, controller: str, prometheus_url: str, redis: str) -> dict[str, Any]:
     repository, tag = bento.rsplit(":", 1)
     c_repository, c_tag = controller.rsplit(":", 1)
+    r_repository, r_tag = redis.rsplit(":", 1)
     return {
+        # the chart's default join store (feedback.join redis): its Redis, from the image built here
+        "feedback.redis.image.repository": r_repository,
+        "feedback.redis.image.tag": r_tag,
+        "feedback.redis.image.pullPolicy": "Never",
         "routing.mode": "gateway-api",
         "routing.gatewayApi.parentRefs": [{"name": GATEWAY}],
         "image.repository": repository,
@@ -182,6 +187,20 @@ class ClusterStack:
     ) -> T:
         return until(what, probe, timeout, self.node.check_alive, why)
 
+    def feedback_token(self) -> str:
+        """The labelling pipeline's bearer token: the chart's Secret ``<release>-bento-rollout-feedback``."""
+        import base64
+
+        secret = self.core().read_namespaced_secret(f"{RELEASE}-bento-rollout-feedback", NAMESPACE)
+        return base64.b64decode(secret.data["token"]).decode()
+
+    def labels_counted(self) -> dict[str, float]:
+        """``model_feedback_total`` per version as Prometheus has it from the join store's exporter."""
+        return {
+            labels.get("version", ""): value
+            for labels, value in self.prom.vector("sum by (version) (model_feedback_total)")
+        }
+
     def rollout_status(self) -> dict[str, Any]:
         from kubernetes import client
 
@@ -252,14 +271,18 @@ class ClusterStack:
 
 
 @contextlib.contextmanager
-def locust(stack: ClusterStack, name: str, users: int = 8, seconds: int = 600) -> Iterator[Path]:
-    """Locust against the Gateway for at most ``seconds`` (``rollout demo``'s runner, no feedback
-    labels: issue 13 routes them on a cluster); its summary JSON path once it stopped."""
+def locust(
+    stack: ClusterStack, name: str, users: int = 8, seconds: int = 600, feedback_share: float = 0.0
+) -> Iterator[Path]:
+    """Locust against the Gateway for at most ``seconds`` (``rollout demo``'s runner), with labels
+    for ``feedback_share`` of its answers (sent through the Gateway with the chart's token, as a
+    labelling pipeline would); its summary JSON path once it stopped."""
     from rollout.demo.scenarios import locust as run_locust
 
     summary = stack.workdir / f"{name}.locust.json"
     log = stack.workdir / f"{name}.locust.log"
-    with run_locust(stack.traefik.url, summary, users, seconds, log, feedback_share=0.0):
+    env = {"LOAD_FEEDBACK_TOKEN": stack.feedback_token()} if feedback_share else {}
+    with run_locust(stack.traefik.url, summary, users, seconds, log, feedback_share, env):
         yield summary
 
 
@@ -356,13 +379,18 @@ def ship(
     timeout: float = 420.0,
     during: Callable[[ClusterStack, dict[str, Any]], None] | None = None,
     preview: bool = False,
+    feedback_share: float = 0.0,
 ) -> Shipped:
     """One release of ``candidate`` under Locust through the Gateway, to its end (see module doc).
     ``during(stack, status)``: called once, as soon as the candidate has user traffic (a drill)."""
     before = stack.traefik.requests()
     began, wall = time.monotonic(), time.time()
     tester = preview_traffic(stack) if preview else contextlib.nullcontext(Counter[str]())
-    with locust(stack, name) as summary, sampled(stack, candidate, wall) as timeline, tester as previewed:
+    with (
+        locust(stack, name, feedback_share=feedback_share) as summary,
+        sampled(stack, candidate, wall) as timeline,
+        tester as previewed,
+    ):
         time.sleep(3)  # Locust's users under way on stable before the release
         values = {"models.candidate": candidate, "rollout.enabled": True,
                   "rollout.strategy": strategy or CANARY, "rollout.analysis": ANALYSIS, **(extra or {})}  # fmt: skip
@@ -421,15 +449,19 @@ def _only(stack: ClusterStack, version: str, n: int = 10) -> bool:
 
 
 @contextlib.contextmanager
-def cluster_stack(kserve: KServe, workdir: Path) -> Iterator[ClusterStack]:
+def cluster_stack(
+    kserve: KServe, workdir: Path, extra: dict[str, Any] | None = None
+) -> Iterator[ClusterStack]:
     """Everything of the module doc up to ``helm install`` (stable iris:v1 answering through the
-    Gateway); torn down (Traefik, Prometheus by pid) on exit. The node is the caller's."""
+    Gateway; ``extra`` values over install_values'); torn down (Traefik, Prometheus by pid) on
+    exit. The node is the caller's."""
     node = kserve.node
     times: dict[str, float] = {}
     mark = time.monotonic()
     bento, controller = buildah_images.bento_image(), buildah_images.controller_image()
-    node.import_image(bento.image)
-    node.import_image(controller.image)
+    redis = buildah_images.redis_image()
+    for built in (bento, controller, redis):
+        node.import_image(built.image)
     times["images built or cached, imported"] = time.monotonic() - mark
     mark = time.monotonic()
     others = [s for s in crds.load_sources() if s.module != crds.KSERVE_MODULE]
@@ -450,7 +482,12 @@ def cluster_stack(kserve: KServe, workdir: Path) -> Iterator[ClusterStack]:
             gateway.apply(http, [gateway.gateway(NAMESPACE, GATEWAY)])
         times["Gateway Programmed"] = gateway.wait_programmed(node, traefik, NAMESPACE, GATEWAY)
         mark = time.monotonic()
-        stack.values = install_values(bento.image.ref, controller.image.ref, f"http://{NODE_IP}:{prom.port}")
+        stack.values = {
+            **install_values(
+                bento.image.ref, controller.image.ref, f"http://{NODE_IP}:{prom.port}", redis.image.ref
+            ),
+            **(extra or {}),
+        }
         stack.helm("install", values=stack.values)
         stack.until(
             "iris:v1 answering through the Gateway", lambda: _only(stack, "v1", 3), 300, stack.pod_state
