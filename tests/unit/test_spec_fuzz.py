@@ -204,13 +204,20 @@ def problems(err: SpecError) -> list[str]:
     return paths
 
 
+# rules across fields: an error at the first path may come from a change under the second (the
+# progress deadline must outlive every metric interval: a longer interval makes it too short)
+CROSS_FIELD = (("spec.progressDeadline", "spec.analysis"),)
+
+
 def related(named: str, mutated: str) -> bool:
-    """The named path is the mutated field, one of its parents, or inside it."""
+    """The named path is the mutated field, one of its parents, or inside it (or the two are
+    tied by a rule across fields, CROSS_FIELD)."""
 
     def bounded_prefix(a: str, b: str) -> bool:
         return b == a or b.startswith(a + ".") or b.startswith(a + "[")
 
-    return bounded_prefix(named, mutated) or bounded_prefix(mutated, named)
+    crossed = any(named == at and bounded_prefix(under, mutated) for at, under in CROSS_FIELD)
+    return bounded_prefix(named, mutated) or bounded_prefix(mutated, named) or crossed
 
 
 def parse_or_spec_error(doc: Any) -> ModelRollout | SpecError:
