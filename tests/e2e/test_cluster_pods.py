@@ -37,7 +37,7 @@ chart's ModelRollout), then:
 
 The Prometheus the controller queries is that same pod_prometheus, listening on the node's address
 (``start(listen=NODE_IP)``: pods reach ``http://10.200.0.2:PORT``); the chart's
-``controller.prometheusUrl`` names that address (no cluster DNS here, so no Service name).
+``controller.prometheusUrl`` names that address (Prometheus is a process, not a Service).
 
 Each phase's time is measured and printed (``-s``); tests/k8s/README.md, "Real pods end to end",
 records them.
@@ -550,9 +550,17 @@ def test_a_candidate_whose_pods_serve_another_model_gets_no_traffic(release: Rel
     assert cond["status"] == "False"
     assert "serve iris:v2" in cond["message"], cond
     assert f"the ModelRollout's candidate is iris:v1 pinned to {PIN_NOBODY_HAS}" in cond["message"], cond
-    events = rel.core.list_namespaced_event(NAMESPACE, field_selector=f"involvedObject.name={ROLLOUT}").items
-    assert any(e.reason == "ServedModelMismatch" and e.type == "Warning" and "iris:v2" in e.message
-               for e in events), [(e.reason, e.message) for e in events[-10:]]  # fmt: skip
+
+    def warned() -> bool:  # the Event is posted after the condition is written
+        events = rel.core.list_namespaced_event(
+            NAMESPACE, field_selector=f"involvedObject.name={ROLLOUT}"
+        ).items
+        return any(e.reason == "ServedModelMismatch" and e.type == "Warning" and "iris:v2" in e.message
+                   for e in events)  # fmt: skip
+
+    _until("a Warning Event ServedModelMismatch naming iris:v2", warned, 30, rel.node,
+           lambda: str([(e.reason, e.message) for e in rel.core.list_namespaced_event(
+               NAMESPACE, field_selector=f"involvedObject.name={ROLLOUT}").items[-10:]]))  # fmt: skip
     # what the InferenceService says would have let traffic through: KServe still reports it ready
     isvc = rel.custom.get_namespaced_custom_object(*KSERVE[:2], NAMESPACE, KSERVE[2], "iris-candidate")
     assert candidate_readiness(isvc).ready, candidate_readiness(isvc)

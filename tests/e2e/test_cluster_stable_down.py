@@ -131,7 +131,10 @@ def test_stable_not_ready_mid_canary_holds_fails_over_to_the_candidate_and_resum
     assert len(recovered) == 1 and "serves again after" in recovered[0]["message"], st["history"]
     assert not _reasons(st, "ProgressDeadlineExceeded")
     assert {c["type"]: c["status"] for c in st["conditions"]}["StableReady"] == "True"
-    assert [e["reason"] for e in kube.list_events(ns, name) if e["reason"].startswith("Failover")] == [
+    # the API lists Events by name (random suffixes), not by time
+    in_order = sorted(kube.list_events(ns, name), key=lambda e: (e["metadata"]["creationTimestamp"],
+                                                                int(e["metadata"]["resourceVersion"])))  # fmt: skip
+    assert [e["reason"] for e in in_order if e["reason"].startswith("Failover")] == [
         "FailoverStarted",
         "FailoverEnded",
     ]

@@ -136,64 +136,51 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
-# Prometheus with Kubernetes service discovery (Debian's 2.42 has none), run inside the node's
-# netns by tests/k8s/pod_prometheus.py, whose PROMETHEUS_VERSION / PROMETHEUS_MODULE lines are
-# the one place its version is written. Built inside its own module (like KServe's controller),
-# into .cache/prometheus, not .cache/bin: the local stack runs Debian's `prometheus` from PATH.
-prom_py="$HERE/pod_prometheus.py"
-prom_version="$(sed -n 's/^PROMETHEUS_VERSION = "\(v[^"]*\)".*/\1/p' "$prom_py")"
-prom_module="$(sed -n 's/^PROMETHEUS_MODULE = "\([^"]*\)".*/\1/p' "$prom_py")"
-if [ -z "$prom_version" ] || [ -z "$prom_module" ]; then
-  echo "build-tools: no PROMETHEUS_VERSION / PROMETHEUS_MODULE in $prom_py" >&2
-  exit 1
-fi
-prom_out="$ROOT/.cache/prometheus/prometheus-$prom_version"
-if [ -x "$prom_out" ]; then
-  echo "build-tools: prometheus $prom_version already built ($prom_out)"
-else
-  mkdir -p "$(dirname "$prom_out")"
-  prom_dir="$(GOFLAGS=-mod=mod go mod download -json "$prom_module" | awk -F'"' '$2 == "Dir" {print $4}')"
-  if [ ! -f "$prom_dir/go.mod" ]; then
-    echo "build-tools: cannot fetch $prom_module (go mod download)" >&2
+# Tools built inside their own Go module (their go.mod's replace lines apply only there), each
+# into .cache/<name>/<name>-<version>, not .cache/bin, and pinned by two lines of the Python
+# module that runs it, the one place its version is written: <NAME>_VERSION = "v..." and
+# <NAME>_MODULE = "module path" (or "path@module version" when that differs from the version).
+#   build_in_module NAME PYFILE PACKAGE WHAT [LDFLAGS]   (VERSION in LDFLAGS: the version, no v)
+build_in_module() {
+  local name="$1" py="$2" pkg="$3" what="$4" ldflags="${5:-}"
+  local upper version module out dir
+  upper="$(echo "$name" | tr '[:lower:]' '[:upper:]')"
+  version="$(sed -n "s/^${upper}_VERSION = \"\(v[^\"]*\)\".*/\1/p" "$py")"
+  module="$(sed -n "s/^${upper}_MODULE = \"\([^\"]*\)\".*/\1/p" "$py")"
+  if [ -z "$version" ] || [ -z "$module" ]; then
+    echo "build-tools: no ${upper}_VERSION / ${upper}_MODULE in $py" >&2
     exit 1
   fi
-  (cd "$prom_dir" && GOFLAGS="$GOFLAGS -modcacherw" "$ROOT/.ci/step" \
-    "go-build-prometheus: building Prometheus $prom_version with Kubernetes discovery (Go, nice -n 10)" \
-    nice -n 10 go build -ldflags "-s -w -X github.com/prometheus/common/version.Version=${prom_version#v}" \
-    -o "$prom_out.tmp" ./cmd/prometheus)
-  mv -f "$prom_out.tmp" "$prom_out"
+  case "$module" in *@*) ;; *) module="$module@$version" ;; esac
+  out="$ROOT/.cache/$name/$name-$version"
+  if [ -x "$out" ]; then
+    echo "build-tools: $name $version already built ($out)"
+    return
+  fi
+  mkdir -p "$(dirname "$out")"
+  dir="$(GOFLAGS=-mod=mod go mod download -json "$module" | awk -F'"' '$2 == "Dir" {print $4}')"
+  if [ ! -f "$dir/go.mod" ]; then
+    echo "build-tools: cannot fetch $module (go mod download)" >&2
+    exit 1
+  fi
+  (cd "$dir" && GOFLAGS="$GOFLAGS -modcacherw" "$ROOT/.ci/step" \
+    "go-build-$name: building $what $version (Go, nice -n 10)" \
+    nice -n 10 go build -ldflags "-s -w ${ldflags//VERSION/${version#v}}" -o "$out.tmp" "$pkg")
+  mv -f "$out.tmp" "$out"
   built=$((built + 1))
-fi
+}
 
-# ---------------------------------------------------------------------------------------------
+# Prometheus with Kubernetes service discovery (Debian's 2.42 has none), run inside the node's
+# netns by tests/k8s/pod_prometheus.py (the local stack runs Debian's `prometheus` from PATH).
+build_in_module prometheus "$HERE/pod_prometheus.py" ./cmd/prometheus \
+  "Prometheus with Kubernetes discovery" "-X github.com/prometheus/common/version.Version=VERSION"
 # Traefik, the Gateway API data plane of the real-pods tests (tests/k8s/gateway.py runs it in the
-# node's netns; its TRAEFIK_VERSION / TRAEFIK_MODULE lines are the one place its version is
-# written). Built inside its own module (its go.mod's replace lines apply only there), into
-# .cache/traefik.
-traefik_py="$HERE/gateway.py"
-traefik_version="$(sed -n 's/^TRAEFIK_VERSION = "\(v[^"]*\)".*/\1/p' "$traefik_py")"
-traefik_module="$(sed -n 's/^TRAEFIK_MODULE = "\([^"]*\)".*/\1/p' "$traefik_py")"
-if [ -z "$traefik_version" ] || [ -z "$traefik_module" ]; then
-  echo "build-tools: no TRAEFIK_VERSION / TRAEFIK_MODULE in $traefik_py" >&2
-  exit 1
-fi
-traefik_out="$ROOT/.cache/traefik/traefik-$traefik_version"
-if [ -x "$traefik_out" ]; then
-  echo "build-tools: traefik $traefik_version already built ($traefik_out)"
-else
-  mkdir -p "$(dirname "$traefik_out")"
-  traefik_dir="$(GOFLAGS=-mod=mod go mod download -json "$traefik_module@$traefik_version" | awk -F'"' '$2 == "Dir" {print $4}')"
-  if [ ! -f "$traefik_dir/go.mod" ]; then
-    echo "build-tools: cannot fetch $traefik_module@$traefik_version (go mod download)" >&2
-    exit 1
-  fi
-  (cd "$traefik_dir" && GOFLAGS="$GOFLAGS -modcacherw" "$ROOT/.ci/step" \
-    "go-build-traefik: building Traefik $traefik_version, the Gateway API data plane (Go, nice -n 10)" \
-    nice -n 10 go build -ldflags "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=${traefik_version#v}" \
-    -o "$traefik_out.tmp" ./cmd/traefik)
-  mv -f "$traefik_out.tmp" "$traefik_out"
-  built=$((built + 1))
-fi
+# node's netns).
+build_in_module traefik "$HERE/gateway.py" ./cmd/traefik \
+  "Traefik, the Gateway API data plane," "-X github.com/traefik/traefik/v3/pkg/version.Version=VERSION"
+# CoreDNS, the cluster DNS of the single-node cluster (tests/k8s/dns.py; node.py runs it in the
+# node's netns).
+build_in_module coredns "$HERE/dns.py" . "CoreDNS, the cluster DNS,"
 
 # ---------------------------------------------------------------------------------------------
 # skaffold (added by the packaging work, issue 5; owner of this block: helm/ + skaffold.yaml).

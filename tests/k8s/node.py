@@ -2,7 +2,8 @@
 
 On top of a control plane from harness.py (its own etcd + kube-apiserver + kube-controller-manager
 with all its default controllers, started by ``start()`` unless given) it runs kube-scheduler and,
-on the node, containerd + runc (Debian's), the kubelet and kube-proxy (iptables mode); pods are
+on the node, containerd + runc (Debian's), the kubelet, kube-proxy (iptables mode) and CoreDNS (the
+cluster DNS on the node's address, dns.py); pods are
 networked by the CNI ``bridge`` and ``host-local`` plugins (Debian's containernetworking-plugins).
 Images come from images.py (no registry): imported with ``ctr images import`` before the kubelet
 starts, containerd's ``sandbox_image`` being images.py's ``pause``. By hand: ``python -m
@@ -16,7 +17,8 @@ All cluster networking is in a network namespace the harness creates, never in t
     kube-scheduler  (talks to 127.0.0.1:P)  eth0 10.200.0.2/24 (a veth whose peer stays here),
                                               default route via 10.200.0.1 on it
                                             cni0 10.244.0.1/24 --veth-- pod netns 10.244.0.x
-                                            containerd, kubelet, kube-proxy (its iptables rules)
+                                            containerd, kubelet, kube-proxy (its iptables rules),
+                                            CoreDNS on 10.200.0.2:53
 
 - No interface reaches the host: the node reaches the API server through a unix socket in the run
   directory (one socat on each side); the API server reaches the kubelet, pods and Services (logs,
@@ -63,7 +65,7 @@ from pathlib import Path
 import yaml
 
 from rollout.errors import ProcessError
-from tests.k8s import footprint, harness
+from tests.k8s import dns, footprint, harness
 from tests.k8s.images import BUSYBOX, Image, busybox_images
 from tests.k8s.node_config import (
     CNI_BIN,
@@ -366,6 +368,15 @@ def _start_components(node: Node, timeout: float) -> None:
         f"--root-dir={r / 'kubelet'}", f"--hostname-override={NODE_NAME}", f"--node-ip={NODE_IP}", "--v=1",
         mount=True,
     ))  # fmt: skip
+    # cluster DNS (dns.py): CoreDNS on the node's address, where the pods' resolv.conf points
+    if why := dns.missing():
+        raise ProcessError(why, delay=0)
+    client_cert(pki, "coredns", f"/CN={dns.USER}")
+    with cp.http(timeout=10) as http:
+        dns.apply_rbac(http)
+    corefile = r / "Corefile"
+    corefile.write_text(dns.corefile(NODE_IP, kubeconfig(r / "coredns.kubeconfig", server, pki, "coredns")))
+    node._spawn("coredns", node.nsenter(str(dns.COREDNS), "-conf", str(corefile)))
     proxy_yaml = r / "kube-proxy.yaml"
     proxy_kubeconfig = kubeconfig(r / "kube-proxy.kubeconfig", server, pki, "kube-proxy")
     proxy_yaml.write_text(yaml.safe_dump(kube_proxy_config(proxy_kubeconfig)))
@@ -384,9 +395,11 @@ def _start_components(node: Node, timeout: float) -> None:
 
         try:
             _wait_for(ready, f"node {NODE_NAME} Ready", timeout, node.check_alive)
+            _wait_for(lambda: node.http_get(f"http://{NODE_IP}:{dns.READY_PORT}/ready"), "CoreDNS",
+                      timeout, node.check_alive)  # fmt: skip
         except ProcessError as exc:
             logs = "\n".join(
-                f"--- {n}.log ---\n{node.log(n)}" for n in ("containerd", "kubelet", "kube-proxy")
+                f"--- {n}.log ---\n{node.log(n)}" for n in ("containerd", "kubelet", "kube-proxy", "coredns")
             )
             raise ProcessError(f"{exc}\n{logs}") from None
 

@@ -145,7 +145,10 @@ def kubelet_config(rundir: Path, pki: Path, cgroup_root: str) -> dict[str, objec
         "healthzPort": 10248,
         "podLogsDir": str(rundir / "pod-logs"),
         "volumePluginDir": str(rundir / "kubelet" / "volume-plugins"),
-        "resolvConf": "",  # no cluster DNS here, and pods get none of the host's servers
+        # cluster DNS: CoreDNS on the node's address (dns.py); pods get none of the host's servers
+        "clusterDNS": [NODE_IP],
+        "clusterDomain": "cluster.local",
+        "resolvConf": "",
         "oomScoreAdj": 0,  # (lowering it is not permitted here)
         "imageGCHighThresholdPercent": 100,  # never garbage-collect the imported images
         "imageGCLowThresholdPercent": 99,
