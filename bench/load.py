@@ -32,10 +32,14 @@ SECONDS = int(os.environ.get("BENCH_LOAD_SECONDS", "20"))
 RATES: list[tuple[int, float]] = [(4, 0.1), (15, 0.1), (30, 0.0)]
 
 
-def run_locust(url: str, users: int, wait: float, seconds: int, workdir: Path, tag: str) -> dict[str, Any]:
-    """One headless Locust run; Locust's CSV statistics for /predict and the whole run."""
+def run_locust(
+    url: str, users: int, wait: float, seconds: int, workdir: Path, tag: str, token: str
+) -> dict[str, Any]:
+    """One headless Locust run; Locust's CSV statistics for /predict and the whole run. ``token``:
+    the stack's feedback token, which its model servers want for labels."""
     prefix = workdir / tag
     env = dict(os.environ, LOAD_WAIT=str(wait), LOAD_SUMMARY=str(prefix) + ".summary.json")
+    env["LOAD_FEEDBACK_TOKEN"] = token
     argv = [
         str(Path(sys.executable).with_name("locust")),
         "-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r", str(users),
@@ -94,11 +98,13 @@ def main() -> None:
     try:
         backend = serve_only(stack, "iris", "iris:v1")
         urls = {"router": stack.service_url("iris"), "direct": f"http://{backend.address}"}
-        run_locust(urls["router"], 2, 0.1, 5, home, "warm-up")
+        run_locust(urls["router"], 2, 0.1, 5, home, "warm-up", stack.feedback_token)
         for users, wait in RATES:
             cell: dict[str, Any] = {}
             for target in ("direct", "router"):
-                cell[target] = run_locust(urls[target], users, wait, SECONDS, home, f"{target}-{users}")
+                cell[target] = run_locust(
+                    urls[target], users, wait, SECONDS, home, f"{target}-{users}", stack.feedback_token
+                )
             cells.append(cell)
             print(f"{users} users, wait {wait}s: " + "  ".join(
                 f"{t} {c['predict_rps']} rps p50 {c['p50_ms']} p99 {c['p99_ms']} ms failed {c['failures']}"

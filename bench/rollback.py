@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout.demo.report import first_traffic, read_timeline
-from rollout.demo.scenarios import locust, serve_only
-from rollout.local.bento import bento_server_command
-from rollout.local.processes import free_port
+from rollout.demo.scenarios import locust_on, serve_only
 from rollout.local.runner import LocalRunner, rollout_dir
 from rollout.local.stack import LocalStack
 from rollout.spec import ModelRollout, parse_rollout
@@ -87,12 +85,7 @@ def bad_canary(name: str) -> ModelRollout:
 
 
 def start_faulty_candidate(stack: LocalStack) -> None:
-    port = free_port()
-    argv, env = bento_server_command(
-        "iris:v2", port, 1, extra_env={"BENTO_FAULT_ERROR_RATE": str(ERROR_RATE)}
-    )
-    argv = [a if a != str(port) else "{port}" for a in argv]
-    stack.start_backend("iris", "iris-v2", "v2", argv, env=env, ready_path="/v2/health/ready", timeout=180)
+    stack.start_bento("iris", "iris:v2", env={"BENTO_FAULT_ERROR_RATE": str(ERROR_RATE)})
 
 
 def one_run(stack: LocalStack, i: int, out: Path) -> dict[str, Any]:
@@ -100,7 +93,7 @@ def one_run(stack: LocalStack, i: int, out: Path) -> dict[str, Any]:
     start_faulty_candidate(stack)
     rollout = bad_canary(f"bad-canary-{i}")
     summary = out / f"rollback-{i}.locust.json"
-    with locust(stack.service_url("iris"), summary, USERS, 150, out / f"rollback-{i}.locust.log"):
+    with locust_on(stack, "iris", summary, USERS, 150, out / f"rollback-{i}.locust.log"):
         time.sleep(3)
         state = LocalRunner(rollout, stack).run(timeout=120)
         time.sleep(1)

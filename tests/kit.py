@@ -4,8 +4,8 @@ hand, and the two model servers (iris:v1, iris:v2) that local drills route betwe
 - ``rollout_doc(name, **spec)``: the full ``bento-rollout.io/v1alpha1`` document (service iris,
   stable iris:v1, candidate iris:v2 unless ``spec`` says otherwise); ``rollout_spec`` parses it.
 - ``ManualClock``: ``clock()`` is ``clock.now``; a test sets it (no sleeping through a pause).
-- ``bento_servers(logs)``: real ``bentoml serve`` of iris:v1 and iris:v2 on free ports, started
-  in parallel, ready, stopped on exit.
+- ``bento_servers(logs, env=...)``: real ``bentoml serve`` of iris:v1 and iris:v2 on free ports,
+  started in parallel, ready, stopped on exit (``env``: e.g. a local stack's ``join.server_env()``).
 - ``until(what, probe, timeout, check, why)``: poll ``probe`` until it returns something truthy;
   ``check`` raises when what the test waits on died (a node, a Prometheus); ``why`` is appended
   to the AssertionError (a log tail) when the time is up.
@@ -58,12 +58,14 @@ class ManualClock:
 
 
 @contextlib.contextmanager
-def bento_servers(logs: Path, versions: Sequence[str] = ("v1", "v2")) -> Iterator[dict[str, BentoServer]]:
+def bento_servers(
+    logs: Path, versions: Sequence[str] = ("v1", "v2"), env: dict[str, str] | None = None
+) -> Iterator[dict[str, BentoServer]]:
     """``bentoml serve`` of ``iris:<version>`` for each version, started at once, all ready;
-    ``BENTOML_HOME`` as the environment says. Stopped (whole process groups) on exit."""
+    ``BENTOML_HOME`` as the environment says, ``env`` added. Stopped (whole process groups) on exit."""
     logs.mkdir(parents=True, exist_ok=True)
     started = {
-        v: start_bento_server(f"iris:{v}", free_port(), wait=False, log_path=logs / f"{v}.log")
+        v: start_bento_server(f"iris:{v}", free_port(), wait=False, log_path=logs / f"{v}.log", extra_env=env)
         for v in versions
     }
     try:

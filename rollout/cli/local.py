@@ -1,9 +1,10 @@
 """Local-mode commands: ``rollout up|down|run|status|promote|abort|pause|resume``.
 
-``up`` starts the embedded data plane (nginx + Prometheus on 127.0.0.1) and the stable model
-server, and leaves it running; ``run SPEC`` drives one rollout on it to the end (exit 0 promoted
-or shadow passed, 1 rolled back, 4 aborted, 2 bad spec, or refused: another live ``run`` drives
-it, or another rollout of the service is in progress - ``--supersede`` aborts that one first);
+``up`` starts the embedded data plane (nginx, Prometheus and the feedback join store on
+127.0.0.1) and the stable model server, and leaves it running; ``run SPEC`` drives one rollout on
+it to the end (exit 0 promoted or shadow passed, 1 rolled back, 4 aborted, 2 bad spec, or refused:
+another live ``run`` drives it, or another rollout of the service is in progress - ``--supersede``
+aborts that one first);
 ``status`` shows the live view (the same one as ``rollout status NAME -n NS`` on a cluster);
 ``promote|abort|pause|resume`` queue a command that the running ``run`` applies once; with no
 live ``run``, ``abort`` acts at once and the others wait for the next ``run`` (it says so);
@@ -59,7 +60,8 @@ def render_local(name: str, state: RolloutState) -> str:
     "the server refuses any other",
 )
 def up_cmd(service: str, model_tag: str, workers: int, digest: str | None) -> None:
-    """Start nginx, Prometheus and the stable model server on 127.0.0.1 (stays up until `rollout down`)."""
+    """Start nginx, Prometheus, the join store and the stable model server on 127.0.0.1 (stays up
+    until `rollout down`)."""
     from bentos.train import default_bentoml_home
     from rollout.local.stack import LocalStack
     from rollout.registry import check_digest, get_record, verify_artifact
@@ -80,6 +82,10 @@ def up_cmd(service: str, model_tag: str, workers: int, digest: str | None) -> No
     stack.detach()
     click.echo(f"service {service}: {stack.service_url(service)}  (stable {model_tag} at {stable.address})")
     click.echo(f"prometheus:   {stack.prometheus_url}")
+    click.echo(
+        f"labels:       POST {stack.service_url(service)}/feedback with 'Authorization: Bearer <token>'"
+        f" (the token is in {stack.join.token_file})"
+    )
     click.echo("next: rollout run SPEC; rollout status --watch; rollout down")
 
 

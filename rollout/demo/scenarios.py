@@ -1,12 +1,14 @@
 """``rollout demo``: the local progressive-rollout demo, under real Locust load.
 
-Trains the model variants, brings up the embedded stack (BentoML servers, nginx, Prometheus on
-127.0.0.1) and runs five rollouts one after the other, each from ``iris:v1`` serving all traffic:
-a canary of the good candidate (promoted), a canary of the poisoned candidate (rolled back), a
-shadow of the slow candidate (rejected on latency), a blue/green switch (promoted) and an A/B test
-(the winner is promoted). Locust sends prediction traffic with user ids and delayed feedback
-labels throughout. The report folder ``reports/<run>/`` gets ``summary.json``, one PNG per rollout
-and the runner's state and timelines; a table is printed at the end.
+Trains the model variants, brings up the embedded stack (BentoML servers, nginx, Prometheus and
+the feedback join store - Redis and its exporter - on 127.0.0.1) and runs five rollouts one after
+the other, each from ``iris:v1`` serving all traffic: a canary of the good candidate (promoted), a
+canary of the poisoned candidate (rolled back), a shadow of the slow candidate (rejected on
+latency), a blue/green switch (promoted) and an A/B test (the winner is promoted). Locust sends
+prediction traffic with user ids and delayed feedback labels throughout, with the stack's feedback
+token; the labels are joined in its Redis, as on a cluster. The report folder ``reports/<run>/``
+gets ``summary.json``, one PNG per rollout and the runner's state and timelines; a table is
+printed at the end.
 Who calls it: ``rollout demo`` (rollout/cli/demo.py), ``make demo``.
 """
 
@@ -111,6 +113,21 @@ def locust(
             proc.wait()
 
 
+def locust_on(
+    stack: LocalStack,
+    service: str,
+    summary: Path,
+    users: int,
+    seconds: float,
+    log: Path,
+    feedback_share: float | None = None,
+) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    """``locust`` against ``service`` of the local stack, its labels sent with the stack's feedback
+    token (its model servers refuse a label without it: 401, a failure in Locust's summary)."""
+    env = {"LOAD_FEEDBACK_TOKEN": stack.feedback_token}
+    return locust(stack.service_url(service), summary, users, seconds, log, feedback_share, env)
+
+
 def _printer(echo: Callable[[str], None], prefix: str) -> Callable[[RolloutState], None]:
     seen = [0]
 
@@ -140,8 +157,9 @@ def run_scenario(
     )
     serve_only(stack, spec.service, spec.stable.model)
     summary = report_dir / f"{sc.name}.locust.json"
-    with locust(
-        stack.service_url(spec.service),
+    with locust_on(
+        stack,
+        spec.service,
         summary,
         users,
         sc.timeout + 30,
@@ -202,7 +220,9 @@ def run_demo(
     scenarios = [s for s in SCENARIOS if not only or s.name in only]
     home = report_dir / "state"
     n = len(scenarios)
-    echo(f"stack: starting nginx and Prometheus; then {n} rollout{'s' * (n != 1)}, each under Locust load")
+    echo(
+        f"stack: starting nginx, Prometheus and the join store; then {n} rollout{'s' * (n != 1)}, each under Locust load"
+    )
     stack = LocalStack.up(home=home, services=["iris"], supervise=True)
     results: list[ScenarioResult] = []
     try:

@@ -11,7 +11,9 @@ under load cuts idle keep-alive connections under clients' next requests (bench/
 Admin server (127.0.0.1 only; /routes and /drain want ``Authorization: Bearer <token>``, the token
 in ``<prefix>/admin-token``): GET/POST /routes/<service>, POST/DELETE /drain, GET /metrics
 (rollout_router_requests_total{service,routed_to,code}, rollout_router_mirrored_total,
-rollout_router_retries_total), GET /healthz.
+rollout_router_retries_total, rollout_router_failovers_total, rollout_router_mirror_copies_total),
+GET /healthz. Shadowing sends the candidate a copy of the request under the same X-Request-ID
+after the client has its answer; the model servers' join store compares the two answers.
 
 nginx runs as a non-daemon child with its own prefix (config, pid, logs, temp dirs in one
 directory), never the system's /etc/nginx. Who calls it: rollout/local/stack.py, tests, bench.
@@ -160,15 +162,14 @@ _PROXY_SHIELDED = _PROXY_TEMPLATE.format(retry_5xx=" http_500 http_502 http_503 
 _MIRRORED = """
             # the copy for the candidate is sent from a timer once the client has its answer (not
             # nginx's `mirror`, which holds a keep-alive client's next request until the copy is
-            # answered); stable's answer then goes to the candidate for the shadow agreement metric
+            # answered), under the request's X-Request-ID: the join store compares the two answers
             client_body_buffer_size 64k;
-            rewrite_by_lua_block { require("rollout_router").read_for_mirror() }
-            body_filter_by_lua_block { require("rollout_router").capture() }"""
+            rewrite_by_lua_block { require("rollout_router").read_for_mirror() }"""
 
 
 def _service_server(name: str, port: int) -> str:
     # Requests the Lua router picks for shadowing jump to @rollout_mirrored, the only location that
-    # keeps the body and stable's answer for the copy: the others pay nothing for shadowing.
+    # keeps the body for the copy: the others pay nothing for shadowing.
     return f"""
     server {{
         listen {LOOPBACK}:{port} reuseport;

@@ -1,4 +1,4 @@
-"""LocalStack: the embedded data plane (nginx router + Prometheus + model servers) as one object.
+"""LocalStack: the embedded data plane (nginx router, Prometheus, join store, model servers) as one object.
 
 Usage (the runner and the CLI build on this)::
 
@@ -17,10 +17,13 @@ process can ``LocalStack.attach()`` (``rollout run``, ``rollout status``) or ``L
 (``rollout down``). With ``detach=False`` (tests, ``rollout demo``) everything stops when the
 Python process exits or gets Ctrl-C/SIGTERM; with ``detach=True`` (``rollout up``) and in attached
 stacks, processes outlive the Python process until ``down()``. Routes survive an nginx restart
-(nginx keeps them in ``routes.json`` too; ``restart_nginx``). For fault drills: ``stop_prometheus``,
+(nginx keeps them in ``routes.json`` too; ``restart("nginx")``). For fault drills: ``stop_prometheus``,
 ``start_prometheus``, ``stop_backend``. ``home`` defaults to $ROLLOUT_HOME or ``.state``.
-Prometheus scrapes every backend (labels service, backend) and nginx's router counters
-(label component="router") every second.
+Prometheus scrapes every backend (labels service, backend), nginx's router counters
+(label component="router") and the join store's exporter (component="join") every second.
+The join store (rollout/local/join.py: Redis + exporter + feedback token) is where every model
+server ``start_bento`` starts joins labels and mirrored answers; clients send labels with
+``Authorization: Bearer <stack.feedback_token>``.
 Who calls it: rollout/local/runner.py, the CLI (up/down/run/status), tests, the demo.
 """
 
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rollout.errors import NotFoundError, ProcessError
+from rollout.local.join import SECRET_ENV, JoinExporter, JoinStore
 from rollout.local.nginx import NginxConfig, NginxServer
 from rollout.local.processes import (
     LOOPBACK,
@@ -48,10 +52,13 @@ from rollout.local.processes import (
     stop_pid,
 )
 from rollout.local.prometheus import PrometheusServer
+from rollout.local.redis import RedisServer
 from rollout.local.stackfile import (
+    COMPONENTS,
     DOWN_NAME,
     STATE_NAME,
     alive,
+    bring_down,
     flock,
     foreign,
     kill_group,
@@ -72,7 +79,7 @@ def default_home() -> Path:
 
 
 class LocalStack:
-    """nginx + Prometheus + model servers under ``home/stack``; see the module docstring."""
+    """nginx + Prometheus + join store + model servers under ``home/stack``; see the module docstring."""
 
     def __init__(self, home: Path, supervisor: Supervisor, state: dict[str, Any]) -> None:
         self.home = home
@@ -90,6 +97,13 @@ class LocalStack:
         self.prometheus = PrometheusServer(
             supervisor, Path(pr["home"]), pr["port"], data_dir=Path(pr["data"])
         )
+        if "redis" not in state:  # brought up by an older bento-rollout
+            raise ProcessError(
+                f"the stack under {home} has no join store: `rollout down`, then `rollout up`", delay=0
+            )
+        self.join = JoinStore(
+            supervisor, self.dir / "join", state["redis"]["port"], state["joinExporter"]["port"]
+        )
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -101,7 +115,8 @@ class LocalStack:
         detach: bool = False,
         supervise: bool = False,
     ) -> LocalStack:
-        """Start nginx and Prometheus (and nothing else); ProcessError if a stack already runs here.
+        """Start nginx, Prometheus and the join store (Redis and its exporter), no model server;
+        ProcessError if a stack already runs here.
 
         ``supervise``: restart whatever of the stack dies (rollout/local/watchdog.py): a thread of
         this process, or with ``detach`` a daemon that outlives it (``rollout up``)."""
@@ -130,17 +145,18 @@ class LocalStack:
                 "port": free_port(),
                 "data": tempfile.mkdtemp(prefix="rollout-prometheus-"),
             },
+            "redis": {"port": free_port()},
+            "joinExporter": {"port": free_port()},
             "backends": {},
         }
         stack = cls(home, Supervisor(cleanup_on_exit=not detach), state)
         try:
-            stack.nginx.start()
-            record(state["nginx"], stack.nginx.proc)
-            stack.prometheus.start()
-            record(state["prometheus"], stack.prometheus.proc)
-            stack.prometheus.add_target(
-                "router", f"{LOOPBACK}:{state['nginx']['adminPort']}", {"component": "router"}
-            )
+            for server in stack._servers():  # Redis before its exporter
+                server.start()
+                record(state[server.name], server.proc)
+            router = f"{LOOPBACK}:{state['nginx']['adminPort']}"
+            stack.prometheus.add_target("router", router, {"component": "router"})
+            stack.prometheus.add_target("join", stack.join.exporter.address, {"component": "join"})
             stack._save()
             if supervise:
                 stack.supervise(daemon=detach)
@@ -173,50 +189,26 @@ class LocalStack:
         if not state or not (alive(state.get("nginx", {})) or alive(state.get("watchdog", {}))):
             raise NotFoundError(f"no local stack is running under {home}; start one with `rollout up`")
         stack = cls(home, Supervisor(cleanup_on_exit=False), state)
-        stack.nginx.proc = foreign("nginx", state["nginx"])
-        stack.prometheus.proc = foreign("prometheus", state["prometheus"])
+        for server in stack._servers():
+            server.proc = foreign(server.name, state[server.name])
         return stack
 
     @classmethod
     def down(cls, home: Path | None = None) -> bool:
-        """Stop every process recorded in the state file; False when nothing was running.
-
-        The file is set aside first (``stack.json.down``, under the stack's lock), so whoever looks
-        at the stack meanwhile finds it gone: a live ``rollout run`` ends at its next look, rather
-        than see its candidate being stopped and roll it back. It is removed last; a ``down`` cut
-        short is finished by the next ``down`` or ``up``."""
-        home = (home or default_home()).resolve()
-        stack_dir = home / "stack"
-        if not stack_dir.is_dir():
-            return False
-        with flock(stack_dir):
-            if (stack_dir / STATE_NAME).exists():
-                os.replace(stack_dir / STATE_NAME, stack_dir / DOWN_NAME)
-        state = read_state(home, DOWN_NAME)
-        if not state:
-            return False
-        was_running = False
-        watchdog = state.get("watchdog", {})
-        if watchdog.get("pid") and alive(watchdog):  # first, or it would restart what is stopped
-            stop_pid(watchdog["pid"], watchdog.get("startTime"), timeout=15)
-        for info in list(state.get("backends", {}).values()) + [
-            state.get("prometheus", {}),
-            state.get("nginx", {}),
-        ]:
-            if info.get("pid") and alive(info):
-                was_running = True
-                stop_pid(info["pid"], info.get("startTime"), timeout=15)
-        _remove_data(state)
-        (stack_dir / DOWN_NAME).unlink(missing_ok=True)
-        return was_running
+        """Stop every process recorded in the state file (stackfile.bring_down: a live ``rollout
+        run`` sees the stack gone first); False when nothing was running."""
+        return bring_down((home or default_home()).resolve())
 
     def stop(self) -> None:
-        """Stop the backends, Prometheus and nginx of this stack and forget its state."""
+        """Stop the backends, the join store, Prometheus and nginx of this stack and forget its state."""
         if self.watchdog is not None:
             self.watchdog.stop()
             self.watchdog = None
         for name in list(self.state["backends"]):
             self.stop_backend(name)
+        for server in (self.join.exporter, self.join.redis):
+            _stop_component(server.name, server.proc, self.supervisor, timeout=10)
+            server.proc = None
         self.prometheus.stop()
         self.nginx.stop()
         LocalStack.down(self.home)  # anything recorded but not started by this process
@@ -229,22 +221,23 @@ class LocalStack:
         self.prometheus.proc = None
 
     def start_prometheus(self) -> None:
-        """Start Prometheus again on the same port, data and targets; records its new pid."""
-        kill_group(self.state["prometheus"])
-        self.supervisor.processes.pop(self.prometheus.name, None)
-        self.prometheus.start()
-        with self._locked():
-            record(self.state["prometheus"], self.prometheus.proc)
-            self.state["prometheus"].pop("stopped", None)
+        """Start Prometheus again on the same port, data and targets (after ``stop_prometheus``)."""
+        self.restart("prometheus")
 
-    def restart_nginx(self) -> None:
-        """Stop and start nginx (e.g. after a crash); routes come back from its routes file."""
-        _stop_component(self.nginx.name, self.nginx.proc, self.supervisor, timeout=10)
-        kill_group(self.state["nginx"])  # workers of a killed master would keep its ports
-        self.nginx.proc = None
-        self.nginx.start()
+    def restart(self, component: str) -> None:
+        """Stop (if it runs) and start ``component`` (stackfile.COMPONENTS) on its port, and record
+        its new pid: nginx's routes come back from its routes file, Prometheus' series from its
+        TSDB, every label Redis acknowledged from its append-only file, the exporter's counters
+        from Redis. The watchdog calls it for what died."""
+        server = next(s for s in self._servers() if s.name == component)
+        _stop_component(server.name, server.proc, self.supervisor, timeout=10)
+        kill_group(self.state[component])  # workers of a killed leader would keep its port
+        self.supervisor.processes.pop(server.name, None)
+        server.proc = None
+        server.start()
         with self._locked():
-            record(self.state["nginx"], self.nginx.proc)
+            record(self.state[component], server.proc)
+            self.state[component].pop("stopped", None)
 
     def restart_backend(self, name: str, timeout: float = 180.0) -> Backend:
         """Start a model server that died again, on its address with its command (the watchdog)."""
@@ -253,7 +246,8 @@ class LocalStack:
             raise NotFoundError(f"backend {name!r} was not started by this stack; cannot restart it")
         kill_group(info)
         self.supervisor.processes.pop(f"backend:{name}", None)
-        proc = self.supervisor.start(f"backend:{name}", info["argv"], Path(info["log"]), env=info.get("env"))
+        env = {**info.get("env", {}), **self.join.secret_env(info.get("env", {}))}
+        proc = self.supervisor.start(f"backend:{name}", info["argv"], Path(info["log"]), env=env)
         with self._locked():
             record(self.state["backends"][name], proc)
         self.supervisor.wait_ready(proc, http_ok(f"http://{info['address']}{info['readyPath']}"), timeout)
@@ -261,20 +255,20 @@ class LocalStack:
 
     def reload(self) -> dict[str, Any] | None:
         """Read the state file again (another process, the watchdog, may have restarted something):
-        pids of nginx, Prometheus and the backends as recorded now. Returns the state, or None when
-        the state file is gone: the stack was brought down (``rollout down``)."""
+        pids of nginx, Prometheus, the join store and the backends as recorded now. Returns the
+        state, or None when the state file is gone: the stack was brought down (``rollout down``)."""
         disk = read_state(self.home)
         if disk is None:
             return None
         with self._thread_lock:
-            for component in ("nginx", "prometheus", "watchdog"):
+            for component in (*COMPONENTS, "watchdog"):
                 if component in disk:
                     self.state.setdefault(component, {}).update(disk[component])
                     if "stopped" not in disk[component]:
                         self.state[component].pop("stopped", None)
             if "backends" in disk:
                 self.state["backends"] = disk["backends"]
-            for server in (self.nginx, self.prometheus):
+            for server in self._servers():
                 info = self.state[server.name]
                 proc = server.proc
                 if proc is not None and proc.popen is None and info.get("pid") != proc.pid:
@@ -330,8 +324,10 @@ class LocalStack:
         workers: int = 1,
         timeout: float = 180.0,
         digest: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> Backend:
-        """Start ``bentoml serve`` of the model service for ``model_tag`` (rollout/local/bento.py).
+        """Start ``bentoml serve`` of the model service for ``model_tag`` (rollout/local/bento.py),
+        joining labels in the stack's join store; ``env``: more of its settings (a fault rate).
 
         The backend is named ``name`` (default ``<service>-<version>``), its version is the tag's
         version; ready when ``/v2/health/ready`` answers, scraped at ``/metrics``. ``digest`` (a
@@ -343,9 +339,14 @@ class LocalStack:
 
         version = model_tag.partition(":")[2] or model_tag
         port = free_port()
-        argv, env = bento_server_command(model_tag, port, workers, digest=digest)
+        extra = {**self.join.server_env(), **(env or {})}
+        argv, full = bento_server_command(model_tag, port, workers, extra_env=extra, digest=digest)
         name = name or f"{service}-{version}"
-        return self._start(service, name, version, port, argv, env, "/v2/health/ready", "/metrics", timeout)
+        backend = self._start(
+            service, name, version, port, argv, full, "/v2/health/ready", "/metrics", timeout
+        )
+        self.join.declare(model_tag.partition(":")[0], version)  # its series at 0 before its traffic
+        return backend
 
     def _start(
         self,
@@ -364,8 +365,9 @@ class LocalStack:
         log = self.dir / "backends" / f"{name}.log"
         proc = self.supervisor.start(f"backend:{name}", argv, log, env=env)
         address = f"{LOOPBACK}:{port}"
-        # what a restart needs: the command and the environment it adds (not the whole environment)
-        added = {k: v for k, v in env.items() if os.environ.get(k) != v}
+        # what a restart needs: the command and the environment it adds (not the whole environment,
+        # nor a secret: restart_backend adds the join store's password again)
+        added = {k: v for k, v in env.items() if os.environ.get(k) != v and k not in SECRET_ENV}
         info: dict[str, Any] = {
             "service": service,
             "version": version,
@@ -434,11 +436,17 @@ class LocalStack:
     def prometheus_url(self) -> str:
         return self.prometheus.url
 
+    @property
+    def feedback_token(self) -> str:
+        """The bearer token the stack's model servers want for labels (``/feedback``); a server
+        started elsewhere joins this stack's store with ``stack.join.server_env()``."""
+        return self.join.token
+
     def status(self) -> dict[str, Any]:
         """Ports, pids and liveness of every process, for ``rollout status``."""
         with self._thread_lock:
             out = json.loads(json.dumps(self.state))
-        for info in [out["nginx"], out["prometheus"], *out["backends"].values()]:
+        for info in [*(out[c] for c in COMPONENTS), *out["backends"].values()]:
             if info.get("pid"):
                 info["running"] = alive(info)
         return out
@@ -467,15 +475,13 @@ class LocalStack:
         with self._locked():
             pass
 
+    def _servers(self) -> tuple[NginxServer | PrometheusServer | RedisServer | JoinExporter, ...]:
+        """The processes besides the model servers, in COMPONENTS order (``.name`` is the key)."""
+        return (self.nginx, self.prometheus, self.join.redis, self.join.exporter)
+
 
 def _stop_component(name: str, proc: ManagedProcess | None, supervisor: Supervisor, timeout: float) -> None:
     if name in supervisor.processes:
         supervisor.stop(name, timeout=timeout)
     elif proc is not None:  # started by another process (attached stack)
         stop_pid(proc.pid, proc.start_time, timeout=timeout)
-
-
-def _remove_data(state: dict[str, Any]) -> None:
-    data = state.get("prometheus", {}).get("data")
-    if data and Path(data).name.startswith("rollout-prometheus-"):
-        shutil.rmtree(data, ignore_errors=True)

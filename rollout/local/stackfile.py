@@ -6,6 +6,7 @@ It is read and written under ``stack.lock`` (an flock shared by every process th
 ``down`` sets it aside as ``stack.json.down`` first, so a stack being brought down is seen as gone.
 A recorded process is a dict with ``pid``, ``startTime`` and ``log``: alive only while that pid is
 still the process that started then (a pid reused by another program is not ours).
+``bring_down`` stops what a state records (``rollout down``).
 Who calls it: rollout/local/stack.py, rollout/local/watchdog.py.
 """
 
@@ -15,14 +16,17 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from rollout.errors import ProcessError, StateError
-from rollout.local.processes import ManagedProcess, is_running
+from rollout.local.processes import ManagedProcess, is_running, stop_pid
 
+# what runs besides the model servers, by the key of its record (also the process' name)
+COMPONENTS = ("nginx", "prometheus", "redis", "joinExporter")
 STATE_NAME = "stack.json"
 DOWN_NAME = "stack.json.down"  # the state of a stack being brought down (``down`` sets it aside)
 
@@ -87,3 +91,35 @@ def kill_group(info: dict[str, Any]) -> None:
     if pid and not alive(info):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(int(pid), signal.SIGKILL)
+
+
+def bring_down(home: Path) -> bool:
+    """Stop every process recorded in the state under ``home``; False when nothing was running.
+
+    The file is set aside first (``stack.json.down``, under the stack's lock), so whoever looks
+    at the stack meanwhile finds it gone: a live ``rollout run`` ends at its next look, rather
+    than see its candidate being stopped and roll it back. It is removed last; a ``down`` cut
+    short is finished by the next ``down`` or ``up``. The watchdog goes first (it would restart
+    what is stopped), then the model servers (their last predictions reach Redis), then the rest."""
+    stack_dir = home / "stack"
+    if not stack_dir.is_dir():
+        return False
+    with flock(stack_dir):
+        if (stack_dir / STATE_NAME).exists():
+            os.replace(stack_dir / STATE_NAME, stack_dir / DOWN_NAME)
+    state = read_state(home, DOWN_NAME)
+    if not state:
+        return False
+    was_running = False
+    watchdog = state.get("watchdog", {})
+    if watchdog.get("pid") and alive(watchdog):
+        stop_pid(watchdog["pid"], watchdog.get("startTime"), timeout=15)
+    for info in [*state.get("backends", {}).values(), *(state.get(c, {}) for c in reversed(COMPONENTS))]:
+        if info.get("pid") and alive(info):
+            was_running = True
+            stop_pid(info["pid"], info.get("startTime"), timeout=15)
+    data = state.get("prometheus", {}).get("data")
+    if data and Path(data).name.startswith("rollout-prometheus-"):
+        shutil.rmtree(data, ignore_errors=True)
+    (stack_dir / DOWN_NAME).unlink(missing_ok=True)
+    return was_running

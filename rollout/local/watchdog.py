@@ -1,4 +1,4 @@
-"""The local stack's watchdog: restarts a model server, nginx or Prometheus that died.
+"""The local stack's watchdog: restarts a model server, nginx, Prometheus or the join store that died.
 
 On Kubernetes the kubelet restarts a crashed container; on one machine nothing plays that part
 unless this does. ``Watchdog(stack).check()`` looks at every process recorded in the stack's state
@@ -9,7 +9,9 @@ dying) and each is one line in ``<home>/stack/events.jsonl`` (time, component, b
 service, message) that the runner turns into an event of its rollout (``Observations.notices``)
 and ``rollout status`` shows. A process that is stopped (SIGSTOP) but alive is not restarted: it is
 not dead. Routes survive an nginx restart (its routes file), series survive a Prometheus restart
-(same TSDB), a model server comes back on its address, so nothing else has to change.
+(same TSDB), every label Redis acknowledged survives its restart (its append-only file, fsynced
+before each answer) and the join exporter reads the counters from Redis; a model server comes back
+on its address, with the join store's settings, so nothing else has to change.
 
 It runs as a thread of the process that brought the stack up (``LocalStack.up(supervise=True)``,
 the demo) or as the detached daemon ``python -m rollout.local.watchdog HOME`` that ``rollout up``
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from rollout.errors import RolloutError
 from rollout.local.processes import log_tail
-from rollout.local.stackfile import alive
+from rollout.local.stackfile import COMPONENTS, alive
 
 if TYPE_CHECKING:
     from rollout.local.stack import LocalStack
@@ -104,7 +106,7 @@ class Watchdog:
             self._stop.set()
             return []
         out = []
-        for component in ("nginx", "prometheus"):
+        for component in COMPONENTS:
             info = state.get(component, {})
             if info.get("pid") and not info.get("stopped") and not alive(info):
                 out.append((component, info))
@@ -131,10 +133,8 @@ class Watchdog:
         detail = {k: info[k] for k in ("service", "version") if k in info}
         pid = info["pid"]  # the restart records the new one in the same dict
         try:
-            if component == "nginx":
-                self.stack.restart_nginx()
-            elif component == "prometheus":
-                self.stack.start_prometheus()
+            if component in COMPONENTS:
+                self.stack.restart(component)
             else:
                 self.stack.restart_backend(what)
             message = f"{what} (pid {pid}) died; restarted (restart {attempt})"

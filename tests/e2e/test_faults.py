@@ -16,7 +16,8 @@ a candidate iris:v2, when a rollout runs and
 
 To keep the drills short, two model servers (iris:v1, iris:v2) are started once for the module and
 registered with the stack as external backends (``LocalStack.add_backend``): finishing a rollout
-only unregisters them, so the next drill reuses them. Only the candidate-kill drill lets the runner
+only unregisters them, so the next drill reuses them. They join labels in the stack's join store,
+as the servers the stack starts do, and Locust sends its labels with the stack's token. Only the candidate-kill drill lets the runner
 start its own candidate, since killing it is the point.
 """
 
@@ -41,7 +42,7 @@ import psutil
 import pytest
 import yaml
 
-from rollout.demo.scenarios import locust
+from rollout.demo.scenarios import locust_on
 from rollout.local.bento import BentoServer
 from rollout.local.runner import LocalRunner, rollout_dir
 from rollout.local.stack import LocalStack
@@ -73,19 +74,20 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(home: Path) -> Iterator[dict[str, BentoServer]]:
-    """iris:v1 and iris:v2, started once (in parallel) and reused by every drill."""
-    with bento_servers(home / "logs") as started:
-        yield started
-
-
-@pytest.fixture(scope="module")
-def stack(home: Path, servers: dict[str, BentoServer]) -> Iterator[LocalStack]:
+def stack(home: Path) -> Iterator[LocalStack]:
     s = LocalStack.up(home=home / "rollout", services=[SERVICE, *LANES])
     try:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture(scope="module")
+def servers(home: Path, stack: LocalStack) -> Iterator[dict[str, BentoServer]]:
+    """iris:v1 and iris:v2, started once (in parallel) and reused by every drill; they join labels
+    in the stack's store (stopped before it)."""
+    with bento_servers(home / "logs", env=stack.join.server_env()) as started:
+        yield started
 
 
 def reset(stack: LocalStack, servers: dict[str, BentoServer], service: str = SERVICE) -> dict[str, Backend]:
@@ -162,7 +164,7 @@ def test_killed_candidate_is_rolled_back_and_no_client_sees_an_error(
     runner = LocalRunner(rollout, stack)
     summary = tmp_path / "load.json"
     with (
-        locust(stack.service_url(SERVICE), summary, 4, 400, tmp_path / "locust.log"),
+        locust_on(stack, SERVICE, summary, 4, 400, tmp_path / "locust.log"),
         running(runner, 300) as out,
     ):
         wait_for(
@@ -224,7 +226,7 @@ def prometheus_drill(stack: LocalStack, servers: dict[str, BentoServer], tmp_pat
     summary = tmp_path / "load.json"
     try:
         with (
-            locust(stack.service_url(SERVICE), summary, 3, 300, tmp_path / "locust.log"),
+            locust_on(stack, SERVICE, summary, 3, 300, tmp_path / "locust.log"),
             running(runner, 200) as out,
         ):
             observe_while(stack, name, lambda s: s.desired_routes.candidate_weight == 20
@@ -285,7 +287,7 @@ def test_fifty_nginx_reloads_under_load_fail_no_request(
     router.set_routes(Routes(candidate_weight=50))
     summary = tmp_path / "load.json"
     applied: list[float] = []
-    with locust(stack.service_url(SERVICE), summary, 4, 600, tmp_path / "locust.log"):
+    with locust_on(stack, SERVICE, summary, 4, 600, tmp_path / "locust.log"):
         time.sleep(3)
         t0 = time.monotonic()
         for _ in range(50):

@@ -36,7 +36,7 @@ import psutil
 import pytest
 import yaml
 
-from rollout.demo.scenarios import locust
+from rollout.demo.scenarios import locust_on
 from rollout.local.bento import BentoServer
 from rollout.local.runner import rollout_dir
 from rollout.local.stack import LocalStack
@@ -121,7 +121,7 @@ def hung_prometheus_drill(stack: LocalStack, servers: dict[str, BentoServer], tm
         return all(m.measurements and m.measurements[-1].at >= started for m in s.metrics.values())
 
     with (
-        locust(stack.service_url(faults.SERVICE), summary, USERS, 170, tmp_path / f"{name}-locust.log"),
+        locust_on(stack, faults.SERVICE, summary, USERS, 170, tmp_path / f"{name}-locust.log"),
         out_path.open("wb") as out,
     ):
         proc = subprocess.Popen([*faults.ROLLOUT, "run", str(spec)], env=env, stdout=out,

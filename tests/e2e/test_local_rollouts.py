@@ -25,7 +25,7 @@ import httpx
 import pytest
 import yaml
 
-from rollout.demo.scenarios import locust, serve_only
+from rollout.demo.scenarios import locust_on, serve_only
 from rollout.local.control import abort_now
 from rollout.local.runner import LocalRunner, rollout_dir
 from rollout.local.stack import LocalStack
@@ -75,7 +75,7 @@ def run_under_load(
 ) -> tuple[RolloutState, dict]:
     serve_only(stack, SERVICE, rollout.spec.stable.model)
     summary = tmp / f"{rollout.metadata.name}.json"
-    with locust(stack.service_url(SERVICE), summary, 6, timeout + 30, tmp / "locust.log"):
+    with locust_on(stack, SERVICE, summary, 6, timeout + 30, tmp / "locust.log"):
         time.sleep(2)
         state = LocalRunner(rollout, stack).run(timeout=timeout)
         time.sleep(1)

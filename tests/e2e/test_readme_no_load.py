@@ -4,12 +4,14 @@
 client sending a request: every measurement is Inconclusive (no requests in the window) and the
 rollout holds at 10 %, then its ``progressDeadline`` rolls it back - exit 1, one clear line, no
 traceback (it used to die of an IndexError at the first analysis). Then ``rollout abort`` says it
-has ended, ``rollout status`` shows it, ``rollout down`` stops everything. The spec is the README's
+has ended, ``rollout status`` shows it, ``rollout down`` stops everything, the join store's Redis
+and exporter included. The spec is the README's
 file with only ``progressDeadline`` shortened from 2m to 20s to keep the test short.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -18,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from rollout.local.processes import is_running
+from rollout.local.stackfile import COMPONENTS
 from tests.e2e import test_faults as faults
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -52,6 +56,11 @@ def test_the_readme_steps_with_no_load_end_at_the_progress_deadline(home: Path, 
         assert abort.returncode != 0 and "already ended (RolledBack)" in abort.stderr, abort
         status = cli(env, "status")
         assert "RolledBack" in status.stdout and "candidate   0%" in status.stdout, status.stdout
+        assert "Authorization: Bearer <token>" in up.stdout and "feedback-token" in up.stdout, up.stdout
     finally:
+        state = json.loads((tmp_path / "state" / "stack" / "stack.json").read_text())
         down = cli(env, "down")
     assert "stopped the local stack" in down.stdout
+    pids = {c: state[c]["pid"] for c in (*COMPONENTS, "watchdog")}
+    pids |= {name: backend["pid"] for name, backend in state["backends"].items()}
+    assert not [c for c, pid in pids.items() if is_running(pid)], f"`rollout down` left {pids} running"

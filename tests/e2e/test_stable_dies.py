@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from rollout.demo.scenarios import locust
+from rollout.demo.scenarios import locust_on
 from rollout.local.runner import LocalRunner
 from rollout.local.stack import LocalStack
 from rollout.model import Phase, Reason, RolloutState
@@ -83,7 +83,7 @@ def drill(stack: LocalStack, tmp_path: Path, name: str, strategy: dict[str, Any]
     summary = tmp_path / "load.json"
     seen: list[RolloutState] = []
     with (
-        locust(stack.service_url(SERVICE), summary, 8, 240, tmp_path / "locust.log"),
+        locust_on(stack, SERVICE, summary, 8, 240, tmp_path / "locust.log"),
         faults.running(runner, 220) as out,
     ):
         faults.wait_for("the moment to kill stable", lambda: (s := faults.load(stack, name)) and when(s), 180)

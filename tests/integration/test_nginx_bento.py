@@ -1,9 +1,11 @@
-"""The whole local data plane with real model servers: LocalStack = nginx + Prometheus + bentoml serve.
+"""The whole local data plane with real model servers: LocalStack = nginx + Prometheus + the join
+store (Redis and its exporter) + bentoml serve.
 
 A canary split through nginx reaches two real ``bentoml serve`` processes (iris:v1 stable,
 iris:v2 candidate); every answer's model version agrees with the router's ``X-Routed-To``, the
-request id is kept end to end, Prometheus scrapes both servers, and ``LocalStack.down`` from
-another process stops everything ``up`` started.
+request id is kept end to end, Prometheus scrapes both servers and the join store's exporter, and
+``LocalStack.down`` from another process stops everything ``up`` started, Redis and the exporter
+included.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pytest
 from rollout.errors import MetricQueryError, NotFoundError
 from rollout.local.processes import is_running
 from rollout.local.stack import LocalStack
+from rollout.local.stackfile import COMPONENTS
 from rollout.routers.base import Routes, RouteTarget
 from rollout.spec import StickyKey
 
@@ -74,6 +77,9 @@ def test_canary_through_nginx_reaches_real_bento_servers(stack: LocalStack) -> N
     )
     with pytest.raises(MetricQueryError):
         provider.run_query("model_requests_total")  # several series: the provider refuses to guess
+    # the join store's exporter is a target too: the series of both versions' labels exist, at 0
+    joined = provider.query_vector('sum by (version) (model_feedback_total{component="join"})')
+    assert joined == {"v1": 0, "v2": 0}, joined
 
 
 def test_promotion_switches_every_user_to_the_new_version(stack: LocalStack) -> None:
@@ -109,11 +115,8 @@ def test_down_from_another_process_stops_everything(bentoml_home: Path, tmp_path
         "v0",
         [sys.executable, str(Path(__file__).with_name("echo_server.py")), "echo", "{port}"],
     )
-    pids = [
-        stack.state["nginx"]["pid"],
-        stack.state["prometheus"]["pid"],
-        stack.state["backends"]["echo"]["pid"],
-    ]
+    pids = [stack.state[c]["pid"] for c in COMPONENTS] + [stack.state["backends"]["echo"]["pid"]]
+    assert len(pids) == 5 and all(is_running(pid) for pid in pids)
     assert LocalStack.attach(home).service_url("iris") == stack.service_url("iris")
     code = (
         "import sys; from pathlib import Path; from rollout.local.stack import LocalStack; "

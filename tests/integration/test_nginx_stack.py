@@ -1,7 +1,8 @@
 """LocalStack life cycle: Ctrl-C and SIGTERM stop every process; a new service is added by a reload.
 
-A child Python process brings a stack up (nginx + Prometheus + a stand-in model server), prints
-the pids, and is then interrupted the way a user would; nothing it started may survive.
+A child Python process brings a stack up (nginx, Prometheus, the join store's Redis and exporter,
+a stand-in model server), prints the pids, and is then interrupted the way a user would; nothing
+it started may survive. Every process binds 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from rollout.local.processes import is_running
@@ -30,7 +32,8 @@ from rollout.local.stack import LocalStack
 stack = LocalStack.up(Path(sys.argv[1]), services=["iris"])
 stack.start_backend("iris", "echo", "v0", [sys.executable, sys.argv[2], "echo", "{port}"])
 s = stack.state
-print(json.dumps([s["nginx"]["pid"], s["prometheus"]["pid"], s["backends"]["echo"]["pid"]]), flush=True)
+pids = [s[c]["pid"] for c in ("nginx", "prometheus", "redis", "joinExporter")]
+print(json.dumps(pids + [s["backends"]["echo"]["pid"]]), flush=True)
 time.sleep(120)
 """
 
@@ -43,7 +46,10 @@ def test_interrupting_the_owner_stops_every_process(tmp_path: Path, sig: signal.
     try:
         assert child.stdout is not None
         pids = json.loads(child.stdout.readline())
-        assert all(is_running(p) for p in pids)
+        assert len(pids) == 5 and all(is_running(p) for p in pids)
+        for pid in pids[:4]:  # nginx, Prometheus, Redis, the exporter listen on loopback only
+            listening = {c.laddr.ip for c in psutil.Process(pid).net_connections() if c.status == "LISTEN"}
+            assert listening == {"127.0.0.1"}, (pid, listening)
         child.send_signal(sig)
         child.wait(timeout=60)
         deadline = time.monotonic() + 10
@@ -91,7 +97,7 @@ def test_prometheus_can_be_stopped_and_started_again_and_nginx_restarted(tmp_pat
         stack.start_prometheus()
         assert provider.run_query("vector(1)") == 1
         old_pid = stack.state["nginx"]["pid"]
-        stack.restart_nginx()
+        stack.restart("nginx")
         assert stack.state["nginx"]["pid"] != old_pid and not is_running(old_pid)
         assert router.get_routes() == Routes(candidate_weight=100)
         assert httpx.post(stack.service_url("iris") + "/predict", json={}).json()["server"] == "echo2"

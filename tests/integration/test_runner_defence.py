@@ -277,7 +277,7 @@ def test_rollout_down_shows_the_stack_gone_before_it_stops_a_server(
 ) -> None:
     """A run that looks while `rollout down` stops the servers one by one must find the stack gone,
     not its candidate dead: it rolled the rollout back (CandidateFailed) on its way out."""
-    from rollout.local import stack as stack_module
+    from rollout.local import stackfile as stack_module  # where `down` stops what the state records
 
     own = LocalStack.up(home=tmp_path / "home", services=["iris"])
     try:

@@ -1,10 +1,14 @@
 """Shadow agreement and fault injection, end to end on the embedded stack.
 
-While the candidate is mirrored, nginx sends stable's answer to each mirrored request to the
-candidate (POST /shadow/compare), which joins it by request id with its own answer; the
-``shadow-agreement`` gate then reads the agreement rate from Prometheus. Real nginx, Prometheus
-and `bentoml serve`. Also: ``BENTO_FAULT_ERROR_RATE`` makes a server fail that share of predictions
-with a 500 (used by the rollback benchmark and fault drills), and a bad value stops it at start-up.
+While the candidate is mirrored, nginx sends it a copy of each mirrored request under the same
+X-Request-ID once the client has stable's answer; both servers record their answer in the stack's
+join store (Redis), which compares the two, and the ``shadow-agreement`` gate reads the agreement
+rate from Prometheus, which scrapes the store's exporter - the path a cluster's gates read too.
+Nothing of stable's answer passes through the router any more (no POST /shadow/compare: a server
+of a shared store refuses it, 409). A label for a mirrored request counts for both versions: the
+shadow's accuracy. Real nginx, Prometheus, Redis and `bentoml serve`. Also:
+``BENTO_FAULT_ERROR_RATE`` makes a server fail that share of predictions with a 500 (used by the
+rollback benchmark and fault drills), and a bad value stops it at start-up.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bentos.redis_join import connect, counters
 from rollout.local.bento import start_bento_server
 from rollout.local.processes import free_port
 from rollout.local.stack import LocalStack
+from rollout.metrics import names as n
 from rollout.metrics.sampler import SampleContext, collect
 from rollout.routers.base import Routes, RouteTarget
 from rollout.spec import MetricSpec
@@ -49,11 +55,14 @@ def test_poisoned_shadow_disagrees_and_the_gate_sees_it(stack: LocalStack) -> No
     router.ensure(RouteTarget("iris", stable, shadow))
     router.set_routes(Routes(mirror_percent=100))
     # as in a rollout, Prometheus scrapes the candidate before its traffic starts (counters must
-    # be seen at 0 first for increase() to count them)
+    # be seen at 0 first for increase() to count them), and the store's series of the candidate
+    # exist at 0 from its start (LocalStack.start_bento), scraped from the exporter
     deadline = time.monotonic() + 60
-    while stack.metrics().query_vector('up{backend="iris-poisoned"} == 1') == {}:
-        assert time.monotonic() < deadline, "Prometheus never scraped the candidate"
-        time.sleep(0.5)
+    for query in ('up{backend="iris-poisoned"} == 1',
+                  f'{n.SHADOW_COMPARISONS_TOTAL}{{component="join",version="poisoned"}} == 0'):  # fmt: skip
+        while stack.metrics().query_vector(query) == {}:
+            assert time.monotonic() < deadline, f"Prometheus never saw {query}"
+            time.sleep(0.5)
     seen: Counter[str] = Counter()
     with httpx.Client(timeout=10) as c:
         for i in range(80):
@@ -75,6 +84,38 @@ def test_poisoned_shadow_disagrees_and_the_gate_sees_it(stack: LocalStack) -> No
     assert 0.3 < agreement < 0.95, (
         f"the poisoned model should disagree on some rows, agreement {agreement:.2f}"
     )
+    # counted once, in the store, for both versions; the servers' own /metrics count nothing
+    provider = stack.metrics()
+    assert provider.run_query(f'sum({n.SHADOW_COMPARISONS_TOTAL}{{component="join"}})') >= 2 * 70
+    assert provider.run_query(f'sum({n.SHADOW_COMPARISONS_TOTAL}{{component!="join"}}) or vector(0)') == 0
+    router = httpx.get(stack.nginx.admin_url + "/metrics").text
+    assert "shadow_comparisons_sent" not in router and 'mirror_copies_total{status="200"}' in router
+    refused = httpx.post(f"http://{shadow.address}/shadow/compare", json={"request_id": "x", "label": "setosa"},
+                         headers={"Authorization": f"Bearer {stack.feedback_token}"})  # fmt: skip
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "shadow_joined_in_store"
+
+
+def test_a_label_for_a_mirrored_request_counts_for_both_versions(stack: LocalStack) -> None:
+    backends = stack.backends("iris")
+    stable, shadow = backends["iris-v1"], backends["iris-poisoned"]
+    stack.router("iris").ensure(RouteTarget("iris", stable, shadow))
+    stack.router("iris").set_routes(Routes(mirror_percent=100))
+    store = connect(stack.join.url, stack.join.redis.password)
+    before = counters(store)
+    with httpx.Client(timeout=10) as c:
+        answer = c.post(stack.service_url("iris") + "/predict", json={"instances": [ROWS[1]]})
+        time.sleep(0.5)  # the mirror copy is sent after the answer, and recorded within 50 ms
+        label = c.post(
+            stack.service_url("iris") + "/feedback",
+            json={"request_id": answer.headers["x-request-id"], "label": "virginica"},
+            headers={"Authorization": f"Bearer {stack.feedback_token}", "X-Model-Version": "v1"},
+        )
+    assert label.status_code == 200, label.text
+    assert sorted(label.json()["counted_for"]) == ["poisoned", "v1"]
+    after = counters(store)
+    for version in ("v1", "poisoned"):
+        key = (n.FEEDBACK_TOTAL, "iris", version)
+        assert after[key] - before.get(key, 0) == 1, (version, before, after)
 
 
 def test_fault_injection_fails_that_share_of_predictions(bentoml_home: Path) -> None:

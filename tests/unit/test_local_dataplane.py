@@ -1,5 +1,6 @@
 """Pure parts of the local data plane: nginx config rendering, the routes wire format, the router
-registry, Prometheus series naming and the wrk output parser. No processes are started."""
+registry, Prometheus series naming, the join store's secrets and the wrk output parser. No
+processes are started."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from bench.router import parse_wrk
-from rollout.errors import RouterError, UnknownProviderError
+from rollout.errors import ProcessError, RouterError, UnknownProviderError
+from rollout.local.join import SECRET_ENV, JoinStore, load_feedback_token
 from rollout.local.nginx import NginxConfig, render_config
+from rollout.local.processes import Supervisor
 from rollout.local.prometheus import render_config as render_prometheus
 from rollout.metrics.prometheus import series_key
 from rollout.routers.base import Routes
@@ -80,3 +83,21 @@ Requests/sec:   1000.80
     res = parse_wrk(out)
     assert res["p50_ms"] == pytest.approx(0.612) and res["p99_ms"] == 2500.0
     assert res["rps"] == 1000.8 and res["requests"] == 5004 and res["errors"] == 6
+
+
+def test_the_join_stores_secrets_live_in_0600_files_and_a_server_records_none(tmp_path: Path) -> None:
+    join = JoinStore(Supervisor(cleanup_on_exit=False), tmp_path / "join", 6390, 9108)
+    for secret in (join.token_file, join.redis.home / "password"):
+        assert secret.stat().st_mode & 0o777 == 0o600, secret
+    assert load_feedback_token(tmp_path / "join") == join.token  # kept: an attached stack reads it
+    env = join.server_env()
+    assert env["BENTO_JOIN_STORE"] == "redis://127.0.0.1:6390/0"
+    assert env["BENTO_FEEDBACK_TOKEN_FILE"] == str(join.token_file) and join.token not in env.values()
+    recorded = {k: v for k, v in env.items() if k not in SECRET_ENV}  # what LocalStack._start keeps
+    assert join.redis.password not in recorded.values()
+    assert join.secret_env(recorded) == {"BENTO_JOIN_PASSWORD": join.redis.password}  # a restart's
+    assert join.secret_env({"BENTO_JOIN_STORE": "local"}) == {}  # not this store's server: nothing
+    (tmp_path / "short").mkdir()
+    (tmp_path / "short" / "feedback-token").write_text("short\n")
+    with pytest.raises(ProcessError, match="delete it"):
+        load_feedback_token(tmp_path / "short")

@@ -173,8 +173,11 @@ function M.route()
     local to = "stable"
     -- a request that names the version that answered it (feedback labels carry the
     -- X-Model-Version of their prediction) goes back to that version while it serves
-    -- (pinned: never retried on the other version, which cannot join it; a pinned request for a
-    -- version that is down gets a retryable 503 from @rollout_error instead of being lost)
+    -- (pinned: never retried on the other version, which may not be able to join it; a pinned
+    -- request for a version that is down gets a retryable 503 from @rollout_error instead of being
+    -- lost). Servers of the stack's shared join store (Redis) could join a label anywhere; the pin
+    -- is for those with a join of their own (BENTO_JOIN_STORE=local, e.g. a bare `bentoml serve`
+    -- registered with LocalStack.add_backend), where only the version that answered can.
     local answered = ngx.var.http_x_model_version
     if answered and cfg.candidate and answered == cfg.versions.candidate then
         ngx.var.rollout_pinned = "1"
@@ -303,67 +306,34 @@ function M.log()
     if to == nil or to == "" then to = "none" end
     local key = "c:" .. ngx.var.rollout_service .. "|" .. to .. "|" .. ngx.var.status
     dict:incr(key, 1, 0)
-    local ctx = ngx.ctx
-    if ctx.mirror_body then M.mirror_later(ctx, to == "stable" and ngx.status == 200) end
+    if ngx.ctx.mirror_body then M.mirror_later(ngx.ctx) end
 end
 
--- Shadow agreement: stable's answer to a mirrored request is sent to the candidate
--- (POST /shadow/compare), which joins it by request id with its own answer to the mirror copy
--- and counts model_shadow_comparisons_total / model_shadow_agreements_total.
-local SHADOW_MAX_BODY = 65536
-
--- body_filter_by_lua of mirrored requests: keep stable's (small JSON) answer.
-function M.capture()
-    local ctx = ngx.ctx
-    local chunk = ngx.arg[1]
-    if not ctx.shadow_buf then
-        ctx.shadow_buf, ctx.shadow_len = {}, 0
-    end
-    if chunk and chunk ~= "" and ctx.shadow_len <= SHADOW_MAX_BODY then
-        ctx.shadow_buf[#ctx.shadow_buf + 1] = chunk
-        ctx.shadow_len = ctx.shadow_len + #chunk
-    end
-end
-
-local function answer_labels(doc)
-    if type(doc) ~= "table" then return nil end
-    if type(doc.predictions) == "table" then return doc.predictions end
-    if type(doc.outputs) == "table" then -- Open Inference Protocol v2
-        for _, out in ipairs(doc.outputs) do
-            if type(out) == "table" and out.name == "predictions" and type(out.data) == "table" then
-                return out.data
-            end
-        end
-    end
-    return nil
-end
-
+-- Shadow agreement: the mirror copy carries the request's X-Request-ID ($rollout_rid), so the
+-- candidate records its answer under the id stable recorded its own; the join store both record
+-- in (bentos/redis_join.py) compares the two and counts model_shadow_comparisons_total /
+-- model_shadow_agreements_total for both versions. Nothing of stable's answer is kept here.
 local MIRROR_MAX_INFLIGHT = 128 -- mirror copies on their way at once; more are dropped (counted)
 
 -- One HTTP/1.1 request on a fresh connection; the status code as a string, or "error".
-local function post(host, port, uri, ctype, body, extra)
+local function post(host, port, uri, ctype, body, rid)
     local sock = ngx.socket.tcp()
     sock:settimeouts(1000, 5000, 10000)
     local ok = sock:connect(host, port)
     if not ok then return "error" end
     local sent = sock:send("POST " .. uri .. " HTTP/1.1\r\nHost: " .. host .. "\r\n"
         .. "Content-Type: " .. ctype .. "\r\nContent-Length: " .. #body .. "\r\n"
-        .. extra .. "X-Rollout-Mirror: 1\r\nConnection: close\r\n\r\n" .. body)
+        .. "X-Request-ID: " .. rid .. "\r\nX-Rollout-Mirror: 1\r\nConnection: close\r\n\r\n" .. body)
     local line = sent and sock:receive("*l")
     sock:close()
     return line and string.match(line, "^HTTP/1%.%d (%d+)") or "error"
 end
 
--- ngx.timer callback, detached from the client's request: the mirror copy goes to the candidate
--- (which keeps its answer by request id), then stable's answer to /shadow/compare.
-local function send_mirror(premature, host, port, uri, ctype, body, rid, labels)
+-- ngx.timer callback, detached from the client's request: the mirror copy goes to the candidate,
+-- which records its answer under the request id.
+local function send_mirror(premature, host, port, uri, ctype, body, rid)
     if not premature then
-        local status = post(host, port, uri, ctype, body, "X-Request-ID: " .. rid .. "\r\n")
-        dict:incr("mr:" .. status, 1, 0)
-        if labels and status == "200" then
-            local doc = cjson.encode({ request_id = rid, labels = labels })
-            dict:incr("s:" .. post(host, port, "/shadow/compare", "application/json", doc, ""), 1, 0)
-        end
+        dict:incr("mr:" .. post(host, port, uri, ctype, body, rid), 1, 0)
     end
     dict:incr("mirror_inflight", -1, 0)
 end
@@ -383,7 +353,7 @@ end
 
 -- Called from log_by_lua once the client has its answer: the shadow never slows a client (nginx's
 -- own `mirror` holds the next request of a keep-alive connection until the copy is answered).
-function M.mirror_later(ctx, answered)
+function M.mirror_later(ctx)
     local cfg = load(ngx.var.rollout_service)
     if not cfg or not cfg.candidate then return end
     if dict:incr("mirror_inflight", 1, 0) > MIRROR_MAX_INFLIGHT then
@@ -391,12 +361,8 @@ function M.mirror_later(ctx, answered)
         dict:incr("mirror_dropped", 1, 0)
         return
     end
-    local labels = nil
-    if answered and ctx.shadow_buf and ctx.shadow_len <= SHADOW_MAX_BODY then
-        labels = answer_labels(cjson.decode(table.concat(ctx.shadow_buf)))
-    end
     local ok, err = ngx.timer.at(0, send_mirror, cfg.candidate.host, cfg.candidate.port, ctx.mirror_uri,
-        ctx.mirror_ctype, ctx.mirror_body, ngx.var.rollout_rid, labels)
+        ctx.mirror_ctype, ctx.mirror_body, ngx.var.rollout_rid)
     if not ok then
         dict:incr("mirror_inflight", -1, 0)
         dict:incr("mirror_dropped", 1, 0)
@@ -531,20 +497,11 @@ function M.metrics()
             mirrored[#mirrored + 1] = string.format('rollout_router_mirrored_total{service="%s"} %d', ms, dict:get(key))
         end
     end
-    local compared = {
-        "# HELP rollout_router_shadow_comparisons_sent_total Stable answers sent to the candidate for comparison, by the candidate's status.",
-        "# TYPE rollout_router_shadow_comparisons_sent_total counter",
-    }
     local copies = {
         "# HELP rollout_router_mirror_copies_total Mirror copies sent to the candidate after the client's answer, by the candidate's status (dropped: over the in-flight cap; skipped: body too large).",
         "# TYPE rollout_router_mirror_copies_total counter",
     }
     for _, key in ipairs(dict:get_keys(0)) do
-        local status = string.match(key, "^s:(%w+)$")
-        if status then
-            compared[#compared + 1] = string.format('rollout_router_shadow_comparisons_sent_total{status="%s"} %d',
-                status, dict:get(key))
-        end
         local mstatus = string.match(key, "^mr:(%w+)$") or string.match(key, "^mirror_(dropped)$")
             or string.match(key, "^mirror_(skipped)$")
         if mstatus then
@@ -552,10 +509,9 @@ function M.metrics()
                 mstatus, dict:get(key))
         end
     end
-    for _, line in ipairs(copies) do compared[#compared + 1] = line end
     for _, line in ipairs(mirrored) do out[#out + 1] = line end
     for _, line in ipairs(retries) do out[#out + 1] = line end
-    for _, line in ipairs(compared) do out[#out + 1] = line end
+    for _, line in ipairs(copies) do out[#out + 1] = line end
     ngx.header["Content-Type"] = "text/plain; version=0.0.4"
     ngx.say(table.concat(out, "\n"))
 end
