@@ -95,6 +95,8 @@ def test_ks_on_buckets_matches_scipy_asymptotic(c, s):
     ours = stats.ks_two_sample(np.array(c), np.array(s))
     ref = sps.ks_2samp(expand(c), expand(s), method="asymp")
     assert ours.statistic == pytest.approx(ref.statistic)
+    if np.isnan(ref.pvalue):  # scipy's asymptotic form is undefined for one observation a side
+        return
     assert ours.p_value == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-12)
 
 
