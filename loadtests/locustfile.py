@@ -93,9 +93,10 @@ class ModelUser(HttpUser):
             gevent.spawn_later(FEEDBACK_DELAY, self._feedback, request_id, LABELS[i], version)
 
     def _feedback(self, request_id: str, label: str, version: str | None, attempt: int = 1) -> None:
-        """Post the label; a retryable 503 (the version that answered is down for a moment: the
-        router keeps the label rather than give it to another version) is sent again after its
-        Retry-After, up to FEEDBACK_TRIES times, as a labelling pipeline does."""
+        """Post the label; a 503 (the version that answered is down for a moment: the router keeps
+        the label rather than give it to another version; or the join store did not answer in
+        time: nothing was recorded) is sent again after its Retry-After (2 s when it has none), up
+        to FEEDBACK_TRIES times, as a labelling pipeline does."""
         headers = {"X-Model-Version": version} if version else {}
         if FEEDBACK_TOKEN:
             headers["Authorization"] = f"Bearer {FEEDBACK_TOKEN}"
@@ -105,14 +106,14 @@ class ModelUser(HttpUser):
             retry_after = resp.headers.get("Retry-After")
             with _lock:
                 _labels[str(resp.status_code)] += 1
-            if resp.status_code == 503 and retry_after and attempt < FEEDBACK_TRIES:
+            if resp.status_code == 503 and attempt < FEEDBACK_TRIES:
                 resp.success()  # not lost: it is sent again
                 with _lock:
                     _retried["feedback"] += 1
-                delay = min(float(retry_after), 10.0) if retry_after.isdigit() else 2.0
+                delay = min(float(retry_after), 10.0) if retry_after and retry_after.isdigit() else 2.0
                 gevent.spawn_later(delay, self._feedback, request_id, label, version, attempt + 1)
             elif resp.status_code >= 500 or resp.status_code in (0, 401, 403):  # 401: a wrong token
-                resp.failure(f"feedback {resp.status_code}")
+                resp.failure(f"feedback {resp.status_code}: {resp.text[:200]}")
                 with _lock:
                     _failures[f"feedback_{resp.status_code or 'connection'}"] += 1
 
