@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import sys
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from bentos.join import JOIN_STORE_ENV, MIN_TOKEN_LENGTH, TOKEN_ENV, TOKEN_FILE_
 from bentos.redis_join import RECORD, RedisJoin, connect
 from rollout.errors import ProcessError
 from rollout.local.bento import REPO_ROOT
-from rollout.local.processes import LOOPBACK, ManagedProcess, Supervisor, http_ok
+from rollout.local.processes import LOOPBACK, ManagedProcess, Supervisor, http_ok, secret_file
 from rollout.local.redis import RedisServer
 
 log = logging.getLogger("rollout.local.join")
@@ -46,15 +45,7 @@ TOKEN_NAME = "feedback-token"
 def load_feedback_token(directory: Path) -> str:
     """The feedback token kept in ``<directory>/feedback-token`` (mode 0600), created on first use."""
     path = directory / TOKEN_NAME
-    directory.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        token = path.read_text().strip()
-    else:
-        token = secrets.token_urlsafe(32)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token + "\n")
+    token = secret_file(path)
     if len(token) < MIN_TOKEN_LENGTH:
         raise ProcessError(
             f"{path} does not hold a valid feedback token: delete it to get a new one", delay=0

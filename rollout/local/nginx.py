@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
 import subprocess
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 import httpx
 
 from rollout.errors import ProcessError, RouterError
-from rollout.local.processes import LOOPBACK, ManagedProcess, Supervisor, free_port, http_ok
+from rollout.local.processes import LOOPBACK, ManagedProcess, Supervisor, free_port, http_ok, secret_file
 
 NGINX_BIN = os.environ.get("ROLLOUT_NGINX", "/usr/sbin/nginx")
 LUA_MODULE = "/usr/lib/nginx/modules/ngx_http_lua_module.so"
@@ -212,15 +211,7 @@ TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 def load_admin_token(prefix: Path) -> str:
     """The admin token kept in ``<prefix>/admin-token`` (mode 0600), created on first use."""
     path = prefix / "admin-token"
-    prefix.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        token = path.read_text().strip()
-    else:
-        token = secrets.token_urlsafe(32)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(token + "\n")
+    token = secret_file(path)
     if not TOKEN.fullmatch(token):
         raise RouterError(f"{path} does not hold a valid admin token: delete it to get a new one", delay=0)
     return token

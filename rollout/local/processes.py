@@ -13,6 +13,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -96,6 +97,21 @@ def log_tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def secret_file(path: Path) -> str:
+    """The secret kept in ``path`` (mode 0600), made on first use (``secrets.token_urlsafe(32)``,
+    43 characters): the nginx admin token, the feedback token, the join store's password. Callers
+    check what they read (a file someone edited)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret
 
 
 @dataclass

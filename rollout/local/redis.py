@@ -11,11 +11,10 @@ source: tests/k8s reads it). Who calls it: tests, the local stack.
 from __future__ import annotations
 
 import os
-import secrets
 import socket
 from pathlib import Path
 
-from rollout.local.processes import LOOPBACK, ManagedProcess, Supervisor
+from rollout.local.processes import LOOPBACK, ManagedProcess, Supervisor, secret_file
 
 REDIS_BIN = os.environ.get("ROLLOUT_REDIS", "/usr/bin/redis-server")
 
@@ -59,15 +58,7 @@ class RedisServer:
         self.proc: ManagedProcess | None = None
 
     def _password(self) -> str:
-        path = self.home / "password"
-        self.home.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            return path.read_text().strip()
-        password = secrets.token_urlsafe(24)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(password + "\n")
-        return password
+        return secret_file(self.home / "password")
 
     @property
     def url(self) -> str:

@@ -394,24 +394,41 @@ def controller_key(base: str) -> str:
     )
 
 
-def controller_image(buildah: Buildah | None = None, cache_dir: Path = CACHE_DIR) -> BuiltImage:
-    """The controller image of k8s/build/controller.Dockerfile on the Debian base."""
+def _dockerfile_image(
+    name: str,
+    key: str,
+    dockerfile: Path,
+    context: Path,
+    buildah: Buildah | None,
+    cache_dir: Path,
+    ignorefile: Path | None = None,
+) -> BuiltImage:
+    """``buildah build`` of ``dockerfile`` on the Debian base (``BASE_IMAGE``), unless the archive
+    of ``key`` is there; the host's CA bundle is mounted for the RUN steps that fetch packages."""
     started = time.monotonic()
     b = buildah or Buildah()
     b.setup()
-    key = controller_key(_ref("base", base_key()))
-    ref, archive = _ref("controller", key), cache_dir / f"controller-{key}.oci.tar"
+    ref, archive = _ref(name, key), cache_dir / f"{name}-{key}.oci.tar"
     if archive.is_file():
         return BuiltImage(Image(ref, archive), built=False, seconds=time.monotonic() - started)
     base = base_image(b)
+    ignore = ["--ignorefile", str(ignorefile)] if ignorefile else []
     b.buildah(
         "build", "--layers", "--network", "host", "--pull-never", "--signature-policy", str(b.policy),
         "--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro", "--build-arg", f"BASE_IMAGE={base}",
-        "--file", str(CONTROLLER_DOCKERFILE), "--ignorefile", str(CONTROLLER_IGNORE), "--tag", ref,
-        str(ROOT), what=f"buildah build -f {CONTROLLER_DOCKERFILE.relative_to(ROOT)}", log="controller",
+        "--file", str(dockerfile), *ignore, "--tag", ref, str(context),
+        what=f"buildah build -f {dockerfile.relative_to(ROOT)}", log=name,
     )  # fmt: skip
     b.export(ref, archive)
     return BuiltImage(Image(ref, archive), built=True, seconds=time.monotonic() - started)
+
+
+def controller_image(buildah: Buildah | None = None, cache_dir: Path = CACHE_DIR) -> BuiltImage:
+    """The controller image of k8s/build/controller.Dockerfile on the Debian base."""
+    key = controller_key(_ref("base", base_key()))
+    return _dockerfile_image(
+        "controller", key, CONTROLLER_DOCKERFILE, ROOT, buildah, cache_dir, CONTROLLER_IGNORE
+    )
 
 
 # --- the join store ----------------------------------------------------------------------------
@@ -422,23 +439,11 @@ def redis_key(base: str) -> str:
 
 
 def redis_image(buildah: Buildah | None = None, cache_dir: Path = CACHE_DIR) -> BuiltImage:
-    """The join store's image of k8s/build/redis.Dockerfile (Debian's redis-server) on the base."""
-    started = time.monotonic()
-    b = buildah or Buildah()
-    b.setup()
+    """The join store's image of k8s/build/redis.Dockerfile (Debian's redis-server) on the base,
+    from an empty context (it copies nothing)."""
     key = redis_key(_ref("base", base_key()))
-    ref, archive = _ref("redis", key), cache_dir / f"redis-{key}.oci.tar"
-    if archive.is_file():
-        return BuiltImage(Image(ref, archive), built=False, seconds=time.monotonic() - started)
-    base = base_image(b)
-    with tempfile.TemporaryDirectory(prefix="redis-context-") as context:  # it copies nothing
-        b.buildah(
-            "build", "--layers", "--network", "host", "--pull-never", "--signature-policy", str(b.policy),
-            "--build-arg", f"BASE_IMAGE={base}", "--file", str(REDIS_DOCKERFILE), "--tag", ref, context,
-            what=f"buildah build -f {REDIS_DOCKERFILE.relative_to(ROOT)}", log="redis",
-        )  # fmt: skip
-    b.export(ref, archive)
-    return BuiltImage(Image(ref, archive), built=True, seconds=time.monotonic() - started)
+    with tempfile.TemporaryDirectory(prefix="redis-context-") as context:
+        return _dockerfile_image("redis", key, REDIS_DOCKERFILE, Path(context), buildah, cache_dir)
 
 
 def main(argv: Sequence[str]) -> int:
