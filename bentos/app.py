@@ -181,6 +181,7 @@ class ModelApp:
         method: str = scope["method"]
         endpoint = ""
         rid = ""
+        extra: list[tuple[bytes, bytes]] = []
         try:
             rid = self._request_id(scope)
             if served is None:
@@ -252,6 +253,8 @@ class ModelApp:
         except BadRequest as exc:
             status = exc.status
             body = self._error_body(exc.code, exc.message, rid, served)
+            if exc.retry_after is not None:
+                extra = [(b"retry-after", b"%d" % exc.retry_after)]
         except InjectedFault:
             status = 500
             body = self._error_body(
@@ -261,7 +264,7 @@ class ModelApp:
             logger.exception("request %s %s failed", method, path)
             status = 500
             body = self._error_body("internal", "internal error; see the server log", rid, served)
-        await self._send(send, status, body, rid, served)
+        await self._send(send, status, body, rid, served, extra=extra)
         if endpoint and served is not None:
             served.metrics.request(endpoint, status, time.perf_counter() - started)
 
@@ -377,9 +380,16 @@ class ModelApp:
 
     @staticmethod
     async def _send(
-        send: Send, status: int, body: bytes, rid: str, served: Served | None, content_type: bytes = JSON
+        send: Send,
+        status: int,
+        body: bytes,
+        rid: str,
+        served: Served | None,
+        content_type: bytes = JSON,
+        extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        headers.extend(extra or ())
         if served is not None:
             headers.extend(served.base_headers)
         if rid:

@@ -30,13 +30,15 @@ MAX_JSON_DEPTH = 1024  # orjson's own limit
 
 
 class BadRequest(Exception):
-    """A client error: becomes ``{"error": {"code": ..., "message": ...}}`` with ``status``."""
+    """A client error: becomes ``{"error": {"code": ..., "message": ...}}`` with ``status``
+    (and a ``Retry-After`` header of ``retry_after`` seconds, for a 503 worth sending again)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)

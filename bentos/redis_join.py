@@ -179,7 +179,20 @@ class RedisJoin:
         return f"{self.prefix}p:{self.model}:{request_id}"
 
     def start(self) -> None:
+        self.declare()
         self._thread.start()
+
+    def declare(self) -> None:
+        """Create this version's feedback and shadow series at 0 now (RECORD with no prediction),
+        so that Prometheus sees them at 0 before the first label or mirrored answer and
+        ``increase()`` counts that one too: a shadow's first answer is already a comparison, and a
+        series first scraped at 1 adds nothing to an increase. Redis away: the first RECORD does it."""
+        try:
+            self._record(keys=[self.counters_key], args=[self.model, self.version, 1])
+        except redis.RedisError as exc:
+            logger.warning(
+                "could not create the join series of %s %s at 0: %s", self.model, self.version, exc
+            )
 
     def close(self) -> None:
         self._stop.set()
@@ -233,6 +246,7 @@ class RedisJoin:
                     "join_store_unavailable",
                     f"the feedback join store is unreachable ({type(exc).__name__}); nothing was "
                     "recorded, send the label again",
+                    retry_after=1,
                 ) from None
             # another pod's prediction may still be in its 50 ms buffer
             if reply[0] != "unknown" or time.monotonic() >= deadline:

@@ -14,7 +14,8 @@ Labels are authenticated: the servers want ``Authorization: Bearer <token>``, th
 Redis' password is in ``<stack>/join/redis/password`` (0600, rollout/local/redis.py). Neither is
 written into a log, an argv or the stack's state file: a server's recorded environment names the
 token's file, and a restart adds the password from its file again (``secret_env``). A version's
-series exist at 0 from its server's start (``declare``), as a server's own /metrics has them.
+series exist at 0 from its server's start (bentos/redis_join.py RedisJoin.declare), as a
+server's own /metrics has them.
 Files: ``<stack>/join/redis/`` (config, password, append-only file), ``feedback-token``,
 ``exporter.log``. Who calls it: rollout/local/stack.py.
 """
@@ -26,10 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-import redis
-
 from bentos.join import JOIN_STORE_ENV, MIN_TOKEN_LENGTH, TOKEN_ENV, TOKEN_FILE_ENV
-from bentos.redis_join import RECORD, RedisJoin, connect
 from rollout.errors import ProcessError
 from rollout.local.bento import REPO_ROOT
 from rollout.local.processes import LOOPBACK, ManagedProcess, Supervisor, http_ok, secret_file
@@ -111,18 +109,3 @@ class JoinStore:
         if recorded is not None and recorded.get(JOIN_STORE_ENV) != self.url:
             return {}
         return {PASSWORD_ENV: self.redis.password}
-
-    def declare(self, model: str, version: str) -> None:
-        """Create ``version``'s feedback and shadow series at 0 in the store now (RECORD of
-        bentos/redis_join.py with no prediction), so that Prometheus sees them at 0 before the
-        first label or mirrored answer and ``increase()`` counts that one too. A server creates
-        them with its first prediction, which for a shadow is already a comparison: the first
-        scrape would find it at 1 and count nothing of it."""
-        client = connect(self.url, self.redis.password)
-        try:
-            counters_key = RedisJoin(client, model, version).counters_key
-            client.register_script(RECORD)(keys=[counters_key], args=[model, version, 1])
-        except redis.RedisError as exc:  # away for a moment (the watchdog restarts it): no harm done
-            log.warning("could not create the join series of %s %s at 0: %s", model, version, exc)
-        finally:
-            client.close()

@@ -345,7 +345,6 @@ class LocalStack:
         backend = self._start(
             service, name, version, port, argv, full, "/v2/health/ready", "/metrics", timeout
         )
-        self.join.declare(model_tag.partition(":")[0], version)  # its series at 0 before its traffic
         return backend
 
     def _start(

@@ -140,6 +140,7 @@ def test_predictions_made_while_redis_is_away_are_kept_and_sent_later(tmp_path: 
         with pytest.raises(BadRequest) as down:
             j.resolve("offline", [0])
         assert down.value.status == 503 and "send the label again" in down.value.message
+        assert down.value.retry_after == 1  # the server answers it with Retry-After: 1
         server.start()
         j.flush()
         assert j.resolve("offline", [0]).correct == 1
@@ -173,8 +174,8 @@ def test_the_exporter_serves_the_counters_under_the_service_metric_names(store: 
     j.flush()
     j.resolve("e1", [1])
     fresh = RedisJoin(j.client, "iris", "v9", prefix=j.prefix)
-    fresh.record("e2", [0])  # a version with predictions and no label yet has its series, at 0,
-    fresh.flush()  # so that Prometheus' increase() counts its first labels
+    fresh.declare()  # a server that has only started has its series, at 0 (RedisJoin.start), so
+    # that Prometheus' increase() counts its first labels and its first mirrored answers
     text = render(j.client, j.prefix)
     assert f'{n.FEEDBACK_TOTAL}{{model="iris",version="v9"}} 0' in text
     assert f'{n.FEEDBACK_TOTAL}{{model="iris",version="v2"}} 1' in text
