@@ -13,6 +13,8 @@ What a user of the accuracy gate sees:
 - a good candidate (iris:v2) is promoted, while one of its two pods is deleted mid-rollout (no
   grace period, as a node failure would), and every label Locust got a 200 for is counted: the
   exporter's ``model_feedback_total`` grew by exactly the labels accepted;
+- Redis's process SIGKILLed mid-rollout (the kubelet restarts it; its append-only file is on the
+  pod's volume): every label Locust got a 200 for is still counted;
 - a label without the token, or with a forged one, is a 401 through the Gateway and changes no
   counter.
 
@@ -62,10 +64,15 @@ def stack(kserve_node: KServe, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield s
 
 
-def _ship(stack: cr.ClusterStack, name: str, candidate: str, **kwargs: object) -> cr.Shipped:
+def _ship(
+    stack: cr.ClusterStack, name: str, candidate: str, stable: str = "", **kwargs: object
+) -> cr.Shipped:
+    extra: dict[str, object] = {"rollout.analysis": ACCURACY}
+    if stable:  # what the previous release left serving (a promotion hands its model to stable)
+        extra["models.stable"] = stable
     return cr.ship(
-        stack, name, candidate, strategy=CANARY, extra={"rollout.analysis": ACCURACY},
-        feedback_share=0.5, **kwargs,  # type: ignore[arg-type]
+        stack, name, candidate, strategy=CANARY, extra=extra, feedback_share=0.5,
+        **kwargs,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
@@ -114,6 +121,40 @@ def test_a_good_candidate_is_promoted_and_no_accepted_label_is_lost_when_a_pod_d
     print(json.dumps({"labels_by_status": shipped.locust.get("labels_by_status"), "counted": after - before}))
     assert accepted > 100, shipped.locust
     assert after - before == accepted, (after - before, shipped.locust.get("labels_by_status"))
+
+
+def test_the_join_store_killed_mid_rollout_loses_no_accepted_label(stack: cr.ClusterStack) -> None:
+    """Redis's process SIGKILLed in its pod (no shutdown, no last write) while labels stream in: the
+    kubelet restarts the container, Redis replays its append-only file from the pod's volume, and the
+    counters hold every label that got a 200 - before, during (Locust sends a 503 again) and after."""
+    before = _settled_counts(stack)
+    killed: list[str] = []
+
+    def kill_redis(s: cr.ClusterStack, _status: dict[str, object]) -> None:
+        (pod,) = (
+            s.core()
+            .list_namespaced_pod(cr.NAMESPACE, label_selector="app.kubernetes.io/component=join-redis")
+            .items
+        )
+        container = pod.status.container_statuses[0].container_id.removeprefix("containerd://")
+        s.node.ctr("tasks", "kill", "--signal", "SIGKILL", container)
+        killed.append(container)
+
+    shipped = _ship(stack, "join-store-killed", "iris:v1", stable="iris:v2", during=kill_redis)
+    assert killed, "the drill never ran"
+    accepted = shipped.locust.get("labels_by_status", {}).get("200", 0)
+    after = _settled_counts(stack)
+    print(json.dumps({"labels_by_status": shipped.locust.get("labels_by_status"), "counted": after - before,
+                      "retried": shipped.locust.get("retried"), "phase": shipped.phase}))  # fmt: skip
+    (pod,) = (
+        stack.core()
+        .list_namespaced_pod(cr.NAMESPACE, label_selector="app.kubernetes.io/component=join-redis")
+        .items
+    )
+    assert pod.status.container_statuses[0].restart_count >= 1, "Redis was not restarted"
+    assert accepted > 100, shipped.locust
+    assert after - before == accepted, (after - before, shipped.locust.get("labels_by_status"))
+    assert shipped.phase == "Promoted", shipped.row()
 
 
 def test_forged_labels_are_refused_through_the_gateway_and_change_nothing(stack: cr.ClusterStack) -> None:
