@@ -522,6 +522,8 @@ def test_the_charts_monitors_scrape_the_pods_the_real_kserve_makes_in_standard_m
     port = kc["ports"][0]["containerPort"]
     kc.update(image=node.images["busybox"].ref, imagePullPolicy="Never", command=_serving(11, port)[:2],
               args=_serving(11, port)[2:])  # fmt: skip
+    for secret in pod_chart.get("Secret", []):  # the feedback token the predictor's env refers to
+        core.create_namespaced_secret(ns, {**secret, "metadata": {**secret["metadata"], "namespace": ns}})
     custom.create_namespaced_custom_object("serving.kserve.io", "v1beta1", ns, "inferenceservices", isvc)
     [model] = [m for m in pod_chart["PodMonitor"] if m["metadata"]["name"].endswith("-model")]
     [service_monitor] = svc_chart["ServiceMonitor"]
