@@ -15,9 +15,6 @@ incoming ``X-Request-ID`` is honoured):
     GET  /v2, /v2/health/live, /v2/health/ready, /v2/models/{name}, /v2/models/{name}/ready
     POST /feedback                     {"request_id": ..., "label": ...}: joined by bentos/join.py
                                        (bearer token when BENTO_FEEDBACK_TOKEN is set)
-    POST /shadow/compare               {"request_id": ..., "labels": [...]}: stable's answer to a
-                                       request mirrored here (the router sends it); counted in
-                                       model_shadow_comparisons_total / _agreements_total
     GET  /metrics                      Prometheus text, aggregated over the server's workers
 
 Bad input is a 4xx JSON ``{"error": {"code", "message"}}``; requests to predict, infer and
@@ -226,17 +223,6 @@ class ModelApp:
                 if resolved.versions:
                     answer["counted_for"] = list(resolved.versions)
                 body = orjson.dumps(answer)
-                status = 200
-            elif path == "/shadow/compare":
-                # stable's answer to a request that was mirrored here (sent by the router)
-                self._expect(method, "POST")
-                served.auth.check(scope["headers"])
-                ref = parse_feedback(await self._body(scope, receive), served.class_names)
-                compared, agreed = await asyncio.to_thread(
-                    served.feedback.compare, ref.request_id, ref.labels
-                )
-                served.metrics.shadow(compared, agreed)
-                body = orjson.dumps({"request_id": ref.request_id, "compared": compared, "agreed": agreed})
                 status = 200
             elif path == "/metrics":
                 self._expect(method, "GET")

@@ -107,38 +107,6 @@ class FeedbackStore:
                 self._last_prune = now
                 self._prune()
 
-    def _lookup(self, request_id: str) -> list[int]:
-        """The predicted classes of ``request_id``, waiting briefly for other workers' flushes."""
-        self.flush()
-        deadline = time.monotonic() + self.lookup_wait
-        while True:
-            with self._lock:
-                row = self._db.execute(
-                    "SELECT predicted FROM predictions WHERE request_id = ?", (request_id,)
-                ).fetchone()
-            if row is not None:
-                return [int(v) for v in row[0].split(",")]
-            if time.monotonic() >= deadline:
-                raise BadRequest(
-                    404, "unknown_request_id", f"no prediction with request id {request_id!r} on this server"
-                )
-            time.sleep(0.05)
-
-    def compare(self, request_id: str, reference: list[int]) -> tuple[int, int]:
-        """Shadow comparison: another version's answer to the same request; returns (rows, agreed).
-
-        Unlike feedback it records nothing (the truth may still come later). Blocking: run it in a
-        thread. 404 for an unknown id, 422 when the row counts differ.
-        """
-        predicted = self._lookup(request_id)
-        if len(reference) != len(predicted):
-            raise BadRequest(
-                422,
-                "label_count",
-                f"request {request_id!r} predicted {len(predicted)} rows, not {len(reference)}",
-            )
-        return len(predicted), sum(1 for p, r in zip(predicted, reference, strict=True) if p == r)
-
     def resolve(self, request_id: str, labels: list[int]) -> Resolved:
         """Record ``labels`` as the truth for ``request_id``.
 

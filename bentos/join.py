@@ -4,14 +4,14 @@ One plug-in kind, two providers, picked by ``BENTO_JOIN_STORE`` (an unknown valu
 
 - ``local`` (the default): ``bentos/feedback.py``, one SQLite file per server. Right when each
   version is one server and the router sends a label back to the version that answered (the local
-  nginx router does, by ``X-Model-Version``). The server counts labels in its own ``/metrics``.
+  nginx router does, by ``X-Model-Version``). The server counts labels in its own ``/metrics``;
+  mirrored answers are not compared (a shadow's agreement needs the shared store).
 - ``redis://host:port/db``: ``bentos/redis_join.py``, one Redis for every pod of every version;
   labels may reach any pod, mirrored answers are joined by request id. ``BENTO_JOIN_PASSWORD``
   (from a Secret) authenticates to Redis. ``bentos/join_exporter.py`` exports the counts.
 
 Gate inputs are authenticated: with ``BENTO_FEEDBACK_TOKEN`` (or ``BENTO_FEEDBACK_TOKEN_FILE``, a
-mounted Secret) set, ``POST /feedback`` and ``POST /shadow/compare`` need ``Authorization: Bearer
-<token>``; anything else is a 401 that records nothing. A shared store refuses to start without a
+mounted Secret) set, ``POST /feedback`` needs ``Authorization: Bearer <token>``; anything else is a 401 that records nothing. A shared store refuses to start without a
 token: on a cluster the model's public route reaches every pod.
 """
 
@@ -47,7 +47,7 @@ class Resolved:
 class Join(Protocol):
     """Predictions by request id; labels and mirrored answers resolve against them."""
 
-    counts_itself: bool  # True: the server counts feedback/shadow in its own /metrics
+    counts_itself: bool  # True: the server counts feedback labels in its own /metrics
 
     def start(self) -> None: ...
 
@@ -56,8 +56,6 @@ class Join(Protocol):
     def record(self, request_id: str, predicted: list[int]) -> None: ...
 
     def resolve(self, request_id: str, labels: list[int]) -> Resolved: ...
-
-    def compare(self, request_id: str, reference: list[int]) -> tuple[int, int]: ...
 
 
 def _float_env(name: str, default: float) -> float:
@@ -108,7 +106,7 @@ def open_join(model: str, version: str, metrics_dir: Path) -> Join:
 
 
 class FeedbackAuth:
-    """The bearer token that ``/feedback`` and ``/shadow/compare`` require (None: open)."""
+    """The bearer token that ``/feedback`` requires (None: open)."""
 
     def __init__(self, token: str | None) -> None:
         if token is not None and len(token) < MIN_TOKEN_LENGTH:

@@ -187,18 +187,6 @@ class ModelMetrics:
         correct = Counter(
             names.FEEDBACK_CORRECT_TOTAL, "Feedback labels equal to the prediction", list(mv), registry=None
         )
-        compared = Counter(
-            names.SHADOW_COMPARISONS_TOTAL,
-            "Rows this (shadow) version answered that were compared with stable's answer",
-            list(mv),
-            registry=None,
-        )
-        agreed = Counter(
-            names.SHADOW_AGREEMENTS_TOTAL,
-            "Compared rows where this version's answer equals stable's",
-            list(mv),
-            registry=None,
-        )
         info = Gauge(
             names.MODEL_INFO,
             "1 while the model is loaded",
@@ -213,8 +201,6 @@ class ModelMetrics:
         self._zscores = _Histograms([zscore.labels(model, version, f) for f in feature_names])
         self._feedback = feedback.labels(model, version)
         self._correct = correct.labels(model, version)
-        self._compared = compared.labels(model, version)
-        self._agreed = agreed.labels(model, version)
         self._request_counts: dict[tuple[str, int], int] = {}
         self._durations: dict[str, _Histograms] = {}
         self._lock = threading.Lock()
@@ -224,8 +210,6 @@ class ModelMetrics:
             c.inc(0)
         self._feedback.inc(0)
         self._correct.inc(0)
-        self._compared.inc(0)  # visible at 0 before the first comparison, so increase() counts it
-        self._agreed.inc(0)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
@@ -268,12 +252,6 @@ class ModelMetrics:
         self._feedback.inc(received)
         if correct:
             self._correct.inc(correct)
-
-    def shadow(self, compared: int, agreed: int) -> None:
-        """Rare (one per mirrored request): written straight to the shared files."""
-        self._compared.inc(compared)
-        if agreed:
-            self._agreed.inc(agreed)
 
     def flush(self) -> None:
         """Add everything buffered since the last flush to the shared files (thread-safe)."""

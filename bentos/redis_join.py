@@ -288,14 +288,6 @@ class RedisJoin:
             f"request {request_id!r} predicted {rows} rows; send {rows} {'label' if rows == 1 else 'labels'}",
         )
 
-    def compare(self, request_id: str, reference: list[int]) -> tuple[int, int]:
-        """Not used with a shared store: both versions' answers are joined in Redis as they are made."""
-        raise BadRequest(
-            409,
-            "shadow_joined_in_store",
-            "this server's join store compares mirrored answers itself; do not send them",
-        )
-
 
 def counters(client: redis.Redis, prefix: str = "bento:join:") -> dict[tuple[str, str, str], int]:
     """Every counter in the store: ``(metric, model, version) -> value``."""

@@ -16,7 +16,7 @@ Stable, candidate and shadow servers are this same code with different tags. Env
     BENTO_GC_LOG           1 logs garbage-collection pauses over 5 ms (diagnosis)
     BENTO_JOIN_STORE       where labels meet predictions: local (default, SQLite per server) or
                            redis://host:port/db (every pod of every version; see bentos/join.py)
-    BENTO_FEEDBACK_TOKEN   bearer token /feedback and /shadow/compare require (or _TOKEN_FILE)
+    BENTO_FEEDBACK_TOKEN   bearer token /feedback requires (or _TOKEN_FILE)
 
 The endpoints are a raw ASGI app (``bentos/app.py``) mounted at ``/``; BentoML's own per-request
 extras that cost time without serving this app (its request metrics, access log, tracing spans) are
@@ -53,7 +53,7 @@ LIMITS = Limits(
     max_body_bytes=int(os.environ.get("BENTO_MAX_BODY_BYTES", str(1 << 20))),
 )
 # paths answered by the mounted app: no tracing spans for them
-APP_PATHS = ["/predict", "/v1/models/", "/v2", "/feedback", "/shadow/", "/metrics"]
+APP_PATHS = ["/predict", "/v1/models/", "/v2", "/feedback", "/metrics"]
 
 
 def _accept_one_connection_per_wakeup() -> None:

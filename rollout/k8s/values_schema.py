@@ -200,7 +200,7 @@ def _feedback() -> dict[str, Any]:
                 604800,
             ),
             "tokenSecret": _str(
-                "A Secret with the bearer token /feedback and /shadow/compare require under the key "
+                "A Secret with the bearer token /feedback requires under the key "
                 '"token" (16 characters or more). Empty: the chart\'s <fullname>-feedback, a random '
                 "one kept across upgrades.",
                 pattern=secret,

@@ -24,7 +24,8 @@ FEATURE_ZSCORE = "model_feature_zscore"
 FEEDBACK_TOTAL = "model_feedback_total"
 FEEDBACK_CORRECT_TOTAL = "model_feedback_correct_total"
 # counter {model, version}: shadow comparisons (same request id answered by stable and candidate)
-# and how many agreed; exported by the comparison component of the analysis, not by the service
+# and how many agreed; counted in the shared join store (bentos/redis_join.py), exported by
+# bentos/join_exporter.py, not by the model servers
 SHADOW_COMPARISONS_TOTAL = "model_shadow_comparisons_total"
 SHADOW_AGREEMENTS_TOTAL = "model_shadow_agreements_total"
 # gauge {model, version, framework_version, dataset_sha256}: 1 while the model is loaded

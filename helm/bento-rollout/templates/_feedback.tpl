@@ -1,6 +1,6 @@
 {{/* Names, labels, addresses and Secret references of the feedback join (feedback.*): the shared
      Redis every model pod records its predictions in, the one exporter of its counters, and the
-     bearer token /feedback and /shadow/compare require (bentos/join.py, bentos/redis_join.py). */}}
+     bearer token /feedback requires (bentos/join.py, bentos/redis_join.py). */}}
 
 {{- define "bento-rollout.feedbackSecretName" -}}
 {{- printf "%s-feedback" (include "bento-rollout.fullname" .) | trunc 63 | trimSuffix "-" -}}
@@ -78,7 +78,7 @@ secretKeyRef:
   valueFrom:
     {{- include "bento-rollout.joinPasswordRef" . | nindent 4 }}
 {{- end }}
-# /feedback and /shadow/compare need "Authorization: Bearer <this>"
+# /feedback needs "Authorization: Bearer <this>"
 - name: BENTO_FEEDBACK_TOKEN
   valueFrom:
     {{- include "bento-rollout.feedbackTokenRef" . | nindent 4 }}
