@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import tempfile
 import time
 import uuid
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.serving import BODY, measured_run, run_wrk, tree_cpu_seconds
+from bench.serving import BODY, _median, measured_run, run_wrk, tree_cpu_seconds
 from bentos.redis_join import connect
 from rollout.local.bento import REPO_ROOT, start_bento_server
 from rollout.local.processes import Supervisor, free_port
@@ -36,11 +35,6 @@ REPETITIONS = int(os.environ.get("BENCH_JOIN_REPS", "3"))
 CONCURRENCY = (1, 8)
 TOKEN = "bench-feedback-token-0123456789abcdef"
 LABELS = 300
-KEYS = ("rps", "p50_ms", "p99_ms", "cpu_ms_per_request", "failed")
-
-
-def _median(runs: list[dict[str, float]]) -> dict[str, float]:
-    return {key: round(statistics.median(r[key] for r in runs), 4) for key in KEYS}
 
 
 def label_round_trips(url: str) -> dict[str, float]:

@@ -114,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        client = connect(args.store, os.environ.get("BENTO_JOIN_PASSWORD") or None)
+        # a short timeout: a hung Redis shows as model_join_store_up 0 within a scrape, not as a
+        # scrape that times out
+        client = connect(args.store, os.environ.get("BENTO_JOIN_PASSWORD") or None, timeout=0.5)
         server = serve(client, *args.listen)
     except (ValueError, OSError) as exc:
         print(f"join exporter: {exc}", file=sys.stderr)

@@ -170,7 +170,7 @@ class RedisJoin:
         self._record = client.register_script(RECORD)
         self._label = client.register_script(LABEL)
         self._pending: list[tuple[str, str]] = []
-        self._lock = threading.Lock()  # one sender at a time (the thread, a label, close)
+        self._lock = threading.Lock()  # one sender at a time (the thread, close)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="join-flush", daemon=True)
         self._warned = 0.0
@@ -230,8 +230,10 @@ class RedisJoin:
             self.flush()
 
     def resolve(self, request_id: str, labels: list[int]) -> Resolved:
-        """Count ``labels`` as the truth for ``request_id`` for every version that answered it."""
-        self.flush()  # this pod's own recent predictions first
+        """Count ``labels`` as the truth for ``request_id`` for every version that answered it.
+        A prediction still in a pod's buffer (this one's too) is sent by its thread within
+        ``flush_interval``: the label waits ``lookup_wait`` for it rather than send it itself, so a
+        hung Redis holds a label for one socket timeout, not for the flush thread's too."""
         deadline = time.monotonic() + self.lookup_wait
         args = [self.model, ",".join(map(str, labels)), f"{time.time():.3f}", self.window_seconds]
         while True:

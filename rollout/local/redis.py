@@ -11,9 +11,11 @@ source: tests/k8s reads it). Who calls it: tests, the local stack.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
+import redis
+
+from bentos.redis_join import connect
 from rollout.local.processes import LOOPBACK, ManagedProcess, Supervisor, secret_file
 
 REDIS_BIN = os.environ.get("ROLLOUT_REDIS", "/usr/bin/redis-server")
@@ -75,18 +77,14 @@ class RedisServer:
         self.supervisor.wait_ready(self.proc, self._ping, timeout=timeout)
 
     def _ping(self) -> bool:
+        """Redis answers PING to its password (it is up and has loaded its append-only file)."""
+        client = connect(self.url, self.password, timeout=1.0)
         try:
-            with socket.create_connection((LOOPBACK, self.port), timeout=1.0) as sock:
-                sock.sendall(f"AUTH {self.password}\r\nPING\r\n".encode())
-                reply = b""
-                while b"+PONG" not in reply:
-                    chunk = sock.recv(64)
-                    if not chunk or reply.count(b"\r\n") >= 2:
-                        return False
-                    reply += chunk
-                return True
-        except OSError:
+            return bool(client.ping())
+        except redis.RedisError:
             return False
+        finally:
+            client.close()
 
     def stop(self, sig: int | None = None) -> None:
         """Stop it (SIGTERM; ``sig=signal.SIGKILL`` for a crash: nothing flushed on the way out)."""

@@ -84,6 +84,7 @@ def test_refusals_name_the_problem_and_count_nothing(store: RedisServer) -> None
         j.resolve("never-made", [0])
     assert (unknown.value.status, unknown.value.code) == (404, "unknown_request_id")
     j.record("rows", [0, 1, 2])
+    j.flush()
     with pytest.raises(BadRequest) as rows:
         j.resolve("rows", [0])
     assert rows.value.status == 422 and "3 rows" in rows.value.message
