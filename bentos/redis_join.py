@@ -205,25 +205,33 @@ class RedisJoin:
         """Hot path: remember what was predicted for ``request_id`` (sent to Redis by the thread)."""
         self._pending.append((request_id, f"{time.time():.3f}|{','.join(map(str, predicted))}"))
 
-    def flush(self) -> None:
-        """Send everything recorded so far; on a Redis error keep it (bounded) for the next try."""
-        with self._lock:
-            batch, self._pending = self._pending, []
-            if not batch:
-                return
-            try:
-                while batch:  # what is left of ``batch`` is what Redis has not taken yet
-                    part = batch[:500]
-                    self._record(
-                        keys=[self.counters_key, *(self.key(rid) for rid, _ in part)],
-                        args=[self.model, self.version, int(self.window_seconds * 2), *(v for _, v in part)],
-                    )
-                    del batch[:500]
-            except redis.RedisError as exc:
-                self._pending = (batch + self._pending)[-MAX_PENDING:]
-                if time.monotonic() - self._warned > 10.0:
-                    self._warned = time.monotonic()
-                    logger.warning("join store unreachable, %d predictions kept: %s", len(self._pending), exc)
+    def flush(self, wait: bool = True) -> None:
+        """Send everything recorded so far; on a Redis error keep it (bounded) for the next try.
+        ``wait=False``: nothing when another sender (the thread) is at it."""
+        if not self._lock.acquire(blocking=wait):
+            return
+        try:
+            self._send()
+        finally:
+            self._lock.release()
+
+    def _send(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            while batch:  # what is left of ``batch`` is what Redis has not taken yet
+                part = batch[:500]
+                self._record(
+                    keys=[self.counters_key, *(self.key(rid) for rid, _ in part)],
+                    args=[self.model, self.version, int(self.window_seconds * 2), *(v for _, v in part)],
+                )
+                del batch[:500]
+        except redis.RedisError as exc:
+            self._pending = (batch + self._pending)[-MAX_PENDING:]
+            if time.monotonic() - self._warned > 10.0:
+                self._warned = time.monotonic()
+                logger.warning("join store unreachable, %d predictions kept: %s", len(self._pending), exc)
 
     def _run(self) -> None:
         while not self._stop.wait(self.flush_interval):
@@ -231,9 +239,10 @@ class RedisJoin:
 
     def resolve(self, request_id: str, labels: list[int]) -> Resolved:
         """Count ``labels`` as the truth for ``request_id`` for every version that answered it.
-        A prediction still in a pod's buffer (this one's too) is sent by its thread within
-        ``flush_interval``: the label waits ``lookup_wait`` for it rather than send it itself, so a
-        hung Redis holds a label for one socket timeout, not for the flush thread's too."""
+        Asked first, before this pod's buffer is sent: a hung Redis holds a label for one socket
+        timeout. An unknown id sends this pod's buffer (unless its thread is sending it) and asks
+        again; another pod's buffer is sent by that pod within its ``flush_interval``, waited for
+        up to ``lookup_wait``."""
         deadline = time.monotonic() + self.lookup_wait
         args = [self.model, ",".join(map(str, labels)), f"{time.time():.3f}", self.window_seconds]
         while True:
@@ -250,10 +259,13 @@ class RedisJoin:
                     "recorded, send the label again",
                     retry_after=1,
                 ) from None
-            # another pod's prediction may still be in its 50 ms buffer
             if reply[0] != "unknown" or time.monotonic() >= deadline:
                 break
-            time.sleep(0.05)
+            if self._pending:  # perhaps this pod's own prediction, not sent yet
+                self.flush(wait=False)
+                if not self._pending:
+                    continue
+            time.sleep(0.05)  # another pod's prediction may still be in its 50 ms buffer
         return self._answer(request_id, labels, reply)
 
     def _answer(self, request_id: str, labels: list[int], reply: list[str]) -> Resolved:

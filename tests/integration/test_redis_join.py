@@ -83,8 +83,7 @@ def test_refusals_name_the_problem_and_count_nothing(store: RedisServer) -> None
     with pytest.raises(BadRequest) as unknown:
         j.resolve("never-made", [0])
     assert (unknown.value.status, unknown.value.code) == (404, "unknown_request_id")
-    j.record("rows", [0, 1, 2])
-    j.flush()
+    j.record("rows", [0, 1, 2])  # still in this pod's buffer: the label sends it, then asks again
     with pytest.raises(BadRequest) as rows:
         j.resolve("rows", [0])
     assert rows.value.status == 422 and "3 rows" in rows.value.message
@@ -288,7 +287,7 @@ def test_mirrored_requests_are_joined_by_request_id_across_versions(
         assert after.get(agreed, 0) - before.get(agreed, 0) == agree
 
 
-def test_a_killed_pod_loses_no_label_it_accepted(
+def test_a_label_a_killed_pod_accepted_stays_counted_and_its_retry_elsewhere_counts_once(
     store: RedisServer, pods: dict[str, list[BentoServer]]
 ) -> None:
     pod, survivor = pods["v2"]
