@@ -36,6 +36,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 KEEP_ALIVE_SECONDS = 75
 
 
+def repo_pythonpath() -> str:
+    """$PYTHONPATH with the repository first: a child process imports bentos/ and rollout/ from here."""
+    return os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def bento_server_command(
     model_tag: str,
     port: int,
@@ -70,7 +75,7 @@ def bento_server_command(
             MODEL_TAG_ENV: model_tag,
             "BENTO_WORKERS": str(workers),
             "BENTOML_DO_NOT_TRACK": "True",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p),
+            "PYTHONPATH": repo_pythonpath(),
         }
     )
     # set even when empty (no pin): supervisors merge this over their own environment

@@ -23,13 +23,12 @@ Files: ``<stack>/join/redis/`` (config, password, append-only file), ``feedback-
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
 from bentos.join import JOIN_STORE_ENV, MIN_TOKEN_LENGTH, TOKEN_ENV, TOKEN_FILE_ENV
 from rollout.errors import ProcessError
-from rollout.local.bento import REPO_ROOT
+from rollout.local.bento import REPO_ROOT, repo_pythonpath
 from rollout.local.processes import LOOPBACK, ManagedProcess, Supervisor, http_ok, secret_file
 from rollout.local.redis import RedisServer
 
@@ -76,8 +75,7 @@ class JoinExporter:
             "--listen",
             self.address,
         ]
-        path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        env = {PASSWORD_ENV: self.redis.password, "PYTHONPATH": path}
+        env = {PASSWORD_ENV: self.redis.password, "PYTHONPATH": repo_pythonpath()}
         self.proc = self.supervisor.start(self.name, argv, self.home / "exporter.log", env=env, cwd=REPO_ROOT)
         self.supervisor.wait_ready(self.proc, http_ok(f"http://{self.address}/healthz"), timeout=timeout)
 
