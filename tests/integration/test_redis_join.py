@@ -317,3 +317,44 @@ def test_exporter_process_answers_prometheus(store: RedisServer) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/nope").status_code == 404
     finally:
         server.shutdown()
+
+
+def test_a_hung_store_answers_labels_with_a_retryable_503_and_never_slows_a_prediction(
+    tmp_path: Path, bento_server: Callable[..., BentoServer]
+) -> None:
+    """Redis SIGSTOPped (alive, answering nothing): predictions go on at full speed (their records
+    wait in the buffer), a label is a 503 with Retry-After after one socket timeout (2 s) - not a
+    hang a labelling pipeline's client would time out on - and the exporter says
+    model_join_store_up 0 within its 0.5 s read timeout; once Redis runs again the label counts."""
+    import os
+
+    sup = Supervisor()
+    server = RedisServer(sup, tmp_path / "redis", free_port())
+    server.start()
+    assert server.proc is not None
+    try:
+        env = {"BENTO_JOIN_STORE": server.url, "BENTO_JOIN_PASSWORD": server.password,
+               "BENTO_FEEDBACK_TOKEN": TOKEN}  # fmt: skip
+        pod = bento_server("iris:v2", extra_env=env)
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            rid, _ = predict(pod, SETOSA)
+            assert time.monotonic() - began < 1.0
+            began = time.monotonic()
+            answer = label(pod, rid, "setosa")
+            waited = time.monotonic() - began
+            assert answer.status_code == 503 and answer.headers["retry-after"] == "1", answer.text
+            assert answer.json()["error"]["code"] == "join_store_unavailable"
+            assert waited < 4.0, f"a label waited {waited:.1f} s on a hung store"
+            began = time.monotonic()
+            assert "model_join_store_up 0" in render(connect(server.url, server.password, timeout=0.5))
+            assert time.monotonic() - began < 1.5
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while (again := label(pod, rid, "setosa")).status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert again.status_code == 200 and again.json()["duplicate"] is False, again.text
+    finally:
+        sup.stop_all()
