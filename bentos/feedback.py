@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from bentos.background import Buffer, Periodic
 from bentos.join import Resolved
 from bentos.parsing import BadRequest
 
@@ -50,24 +51,20 @@ class FeedbackStore:
         self.flush_interval = flush_interval
         self.retention_seconds = retention_seconds
         self.lookup_wait = lookup_wait
-        self._pending: list[tuple[str, str, float]] = []
+        self._pending: Buffer[tuple[str, str, float]] = Buffer()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
         self._db = sqlite3.connect(str(path), timeout=10.0, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._last_prune = 0.0
-        self._thread = threading.Thread(target=self._run, name="feedback-flush", daemon=True)
+        self._flusher = Periodic("feedback-flush", flush_interval, self._step)
 
     def start(self) -> None:
-        self._thread.start()
+        self._flusher.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2.0)
-        self.flush()
+        self._flusher.stop()
         self._db.close()
 
     def record(self, request_id: str, predicted: list[int]) -> None:
@@ -76,7 +73,7 @@ class FeedbackStore:
 
     def flush(self) -> None:
         with self._lock:
-            batch, self._pending = self._pending, []
+            batch = self._pending.take()
             if not batch:
                 return
             try:
@@ -99,13 +96,12 @@ class FeedbackStore:
             except sqlite3.Error as exc:
                 logger.warning("could not prune the feedback store: %s", exc)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval):
-            self.flush()
-            now = time.monotonic()
-            if now - self._last_prune > 30.0:
-                self._last_prune = now
-                self._prune()
+    def _step(self) -> None:
+        self.flush()
+        now = time.monotonic()
+        if now - self._last_prune > 30.0:
+            self._last_prune = now
+            self._prune()
 
     def resolve(self, request_id: str, labels: list[int]) -> Resolved:
         """Record ``labels`` as the truth for ``request_id``.

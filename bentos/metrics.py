@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from bentos.background import Periodic
 from rollout.metrics import names
 
 if TYPE_CHECKING:
@@ -204,26 +205,17 @@ class ModelMetrics:
         self._request_counts: dict[tuple[str, int], int] = {}
         self._durations: dict[str, _Histograms] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._flusher = Periodic("metrics-flush", flush_interval, self.flush)
         for c in self._class_counters:  # every class visible at 0 from the start
             c.inc(0)
         self._feedback.inc(0)
         self._correct.inc(0)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="metrics-flush", daemon=True)
-        self._thread.start()
+        self._flusher.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-        self.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval):
-            self.flush()
+        self._flusher.stop()
 
     def request(self, endpoint: str, status: int, seconds: float) -> None:
         key = (endpoint, status)

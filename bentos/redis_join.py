@@ -31,6 +31,7 @@ import time
 
 import redis
 
+from bentos.background import Buffer, Periodic
 from bentos.join import Resolved
 from bentos.parsing import BadRequest
 from rollout.metrics import names as n
@@ -169,10 +170,9 @@ class RedisJoin:
         self.counters_key = prefix + "counters"
         self._record = client.register_script(RECORD)
         self._label = client.register_script(LABEL)
-        self._pending: list[tuple[str, str]] = []
-        self._lock = threading.Lock()  # one sender at a time (the thread, close)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="join-flush", daemon=True)
+        self._pending: Buffer[tuple[str, str]] = Buffer(MAX_PENDING)
+        self._lock = threading.Lock()  # one sender at a time (the thread, close, a label)
+        self._flusher = Periodic("join-flush", flush_interval, self.flush)
         self._warned = 0.0
 
     def key(self, request_id: str) -> str:
@@ -180,7 +180,7 @@ class RedisJoin:
 
     def start(self) -> None:
         self.declare()
-        self._thread.start()
+        self._flusher.start()
 
     def declare(self) -> None:
         """Create this version's feedback and shadow series at 0 now (RECORD with no prediction),
@@ -195,10 +195,7 @@ class RedisJoin:
             )
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2.0)
-        self.flush()
+        self._flusher.stop()
         self.client.close()
 
     def record(self, request_id: str, predicted: list[int]) -> None:
@@ -216,7 +213,7 @@ class RedisJoin:
             self._lock.release()
 
     def _send(self) -> None:
-        batch, self._pending = self._pending, []
+        batch = self._pending.take()
         if not batch:
             return
         try:
@@ -228,14 +225,10 @@ class RedisJoin:
                 )
                 del batch[:500]
         except redis.RedisError as exc:
-            self._pending = (batch + self._pending)[-MAX_PENDING:]
+            self._pending.put_back(batch)
             if time.monotonic() - self._warned > 10.0:
                 self._warned = time.monotonic()
                 logger.warning("join store unreachable, %d predictions kept: %s", len(self._pending), exc)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_interval):
-            self.flush()
 
     def resolve(self, request_id: str, labels: list[int]) -> Resolved:
         """Count ``labels`` as the truth for ``request_id`` for every version that answered it.

@@ -92,7 +92,7 @@ def test_two_pods_per_version_serve_through_the_gateway(stack: cr.ClusterStack) 
 def test_a_poisoned_candidate_is_rolled_back_by_the_accuracy_gate(stack: cr.ClusterStack) -> None:
     shipped = _ship(stack, "poisoned", "iris:poisoned")
     failed = [e["message"] for e in shipped.history if e["reason"] in ("AnalysisFailed", "MeasurementFailed")]
-    assert shipped.phase == "RolledBack", shipped.row()
+    assert shipped.phase == "RolledBack", shipped.why()
     assert any("accuracy" in m for m in failed), shipped.history
     assert not any("error-rate" in m for m in failed), shipped.history  # the labels alone decided
     assert shipped.locust.get("labels_by_status", {}).get("200", 0) > 50, shipped.locust
@@ -114,7 +114,7 @@ def test_a_good_candidate_is_promoted_and_no_accepted_label_is_lost_when_a_pod_d
         killed.append(pod.metadata.name)
 
     shipped = _ship(stack, "good", "iris:v2", during=kill_one)
-    assert shipped.phase == "Promoted", shipped.row()
+    assert shipped.phase == "Promoted", shipped.why()
     assert killed, "the drill never ran"
     accepted = shipped.locust.get("labels_by_status", {}).get("200", 0)
     after = _settled_counts(stack)
@@ -140,7 +140,9 @@ def test_the_join_store_killed_mid_rollout_loses_no_accepted_label(stack: cr.Clu
         s.node.ctr("tasks", "kill", "--signal", "SIGKILL", container)
         killed.append(container)
 
-    shipped = _ship(stack, "join-store-killed", "iris:v1", stable="iris:v2", during=kill_redis)
+    # a candidate at least as accurate as stable (v2 answers Locust's iris rows 98 % right, v1 96 %):
+    # v1 shipped over v2 is a real 2-point regression the accuracy gate may prove, and rightly rolls back
+    shipped = _ship(stack, "join-store-killed", "iris:v2", stable="iris:v1", during=kill_redis)
     assert killed, "the drill never ran"
     accepted = shipped.locust.get("labels_by_status", {}).get("200", 0)
     after = _settled_counts(stack)
@@ -154,7 +156,7 @@ def test_the_join_store_killed_mid_rollout_loses_no_accepted_label(stack: cr.Clu
     assert pod.status.container_statuses[0].restart_count >= 1, "Redis was not restarted"
     assert accepted > 100, shipped.locust
     assert after - before == accepted, (after - before, shipped.locust.get("labels_by_status"))
-    assert shipped.phase == "Promoted", shipped.row()
+    assert shipped.phase == "Promoted", shipped.why()
 
 
 def test_forged_labels_are_refused_through_the_gateway_and_change_nothing(stack: cr.ClusterStack) -> None:

@@ -75,7 +75,7 @@ def test_a_good_candidate_is_promoted_with_no_failed_request(stack: cr.ClusterSt
     shipped = cr.ship(stack, cr.RELEASES[0].name, cr.RELEASES[0].candidate)
     RESULTS[shipped.name] = shipped
     reasons = [e["reason"] for e in shipped.history]
-    assert shipped.phase == "Promoted", shipped.row()
+    assert shipped.phase == "Promoted", shipped.why()
     steps = [e["message"] for e in shipped.history if e["reason"] == "StepStarted"]
     assert any(s.endswith("setWeight 20") for s in steps) and any(
         s.endswith("setWeight 60") for s in steps
@@ -83,7 +83,7 @@ def test_a_good_candidate_is_promoted_with_no_failed_request(stack: cr.ClusterSt
     assert "RolledBack" not in reasons
     answers = shipped.locust["answers_by_version"]
     assert answers.get("v2", 0) > 100 and answers.get("v1", 0) > 100, answers  # both versions served users
-    assert shipped.failed == 0, shipped.row()
+    assert shipped.failed == 0, shipped.why()
     assert stack.route_weights()["iris-stable"] == 100
     assert cr._only(stack, "v2", 20)
 
@@ -118,14 +118,14 @@ def test_a_bad_release_is_rolled_back_within_30_s_of_its_first_traffic(stack: cr
     rel = cr.RELEASES[1]
     shipped = cr.ship(stack, rel.name, rel.candidate, extra=rel.extra)
     RESULTS[shipped.name] = shipped
-    assert shipped.phase == "RolledBack", shipped.row()
+    assert shipped.phase == "RolledBack", shipped.why()
     assert shipped.first_traffic_to_rollback is not None and shipped.first_traffic_to_rollback < 30, (
-        shipped.row()
+        shipped.why()
     )
     assert stack.route_weights() == {"iris-stable": 100, "iris-candidate": 0}
     assert cr._only(stack, "v2", 20)
     # what users saw: failures only from the candidate's share (about 30 % of its 20 %)
-    assert 0 < shipped.failed < 0.1 * shipped.requests, shipped.row()
+    assert 0 < shipped.failed < 0.1 * shipped.requests, shipped.why()
 
 
 def test_ab_test_keeps_each_user_on_one_version_and_keeps_stable_without_a_winner(
@@ -152,13 +152,13 @@ def test_ab_test_keeps_each_user_on_one_version_and_keeps_stable_without_a_winne
 
     shipped = cr.ship(stack, rel.name, rel.candidate, strategy=rel.strategy, extra=rel.extra, during=users)
     RESULTS[shipped.name] = shipped
-    assert shipped.phase == "RolledBack", shipped.row()
+    assert shipped.phase == "RolledBack", shipped.why()
     assert "ExperimentInconclusive" in {e["reason"] for e in shipped.history}, shipped.history
     assert len(seen) == 20 and all(len(v) == 1 for v in seen.values()), seen  # sticky: one version per user
     on_candidate = {u for u, v in seen.items() if v == {"v1"}}
     assert on_candidate == {f"tester-{i}" for i in range(1, 21) if i % 10 < 5}, seen  # last digit 0-4
     answers = shipped.locust["answers_by_version"]
-    assert answers.get("v1", 0) > 300 and shipped.failed == 0, shipped.row()  # Locust's users 1-4 of 8 too
+    assert answers.get("v1", 0) > 300 and shipped.failed == 0, shipped.why()  # Locust's users 1-4 of 8 too
     assert cr._only(stack, "v2", 20)
 
 
@@ -171,8 +171,8 @@ def test_blue_green_previews_to_testers_only_then_switches_everyone(stack: cr.Cl
     rel = cr.BLUEGREEN
     shipped = cr.ship(stack, rel.name, rel.candidate, strategy=rel.strategy, preview=True, extra=rel.extra)
     RESULTS[shipped.name] = shipped
-    assert shipped.phase == "Promoted", shipped.row()
-    assert shipped.failed == 0, shipped.row()
+    assert shipped.phase == "Promoted", shipped.why()
+    assert shipped.failed == 0, shipped.why()
     # the testers were answered by the candidate (before its preview route existed, by stable)
     assert shipped.preview.get("slow", 0) > 50 and set(shipped.preview) <= {"slow", "v2"}, shipped.preview
     switched = [r for r in shipped.timeline if r["candidate_weight"] == 100]
@@ -193,11 +193,11 @@ def test_a_candidate_pod_killed_mid_canary(stack: cr.ClusterStack) -> None:
     )
     RESULTS[shipped.name] = shipped
     assert killed, "the candidate's pod was deleted mid-canary"
-    assert shipped.phase == "Promoted", shipped.row()
+    assert shipped.phase == "Promoted", shipped.why()
     assert cr._only(stack, "v1", 20)
     # the candidate's share went to stable while it had no Ready pod (failover.py): without, 3.0 %
     assert "FailoverStarted" in _events(stack), _events(stack)
-    assert shipped.failed < 0.02 * shipped.requests, shipped.row()
+    assert shipped.failed < 0.02 * shipped.requests, shipped.why()
 
 
 def test_stable_pod_killed_mid_canary_holds_the_rollout(stack: cr.ClusterStack) -> None:
@@ -215,10 +215,10 @@ def test_stable_pod_killed_mid_canary_holds_the_rollout(stack: cr.ClusterStack) 
     reasons = [e["reason"] for e in shipped.history]
     assert "StableUnavailable" in reasons, reasons
     assert "StableRecovered" in reasons, reasons  # KServe's new pod Ready: the hold ended by itself
-    assert shipped.phase == "Promoted", shipped.row()
+    assert shipped.phase == "Promoted", shipped.why()
     assert cr._only(stack, "v2", 20)
     # everyone on the Ready candidate while stable had no Ready pod: without, 13.1 % failed
-    assert shipped.failed < 0.08 * shipped.requests, shipped.row()
+    assert shipped.failed < 0.08 * shipped.requests, shipped.why()
 
 
 def _events(stack: cr.ClusterStack) -> dict[str, str]:

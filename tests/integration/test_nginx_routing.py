@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import statistics
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,6 +153,29 @@ def test_mirror_reaches_candidate_while_clients_only_get_stable(routed: Plane) -
     share = len([m for m in mirrored if m["rid"] in client_ids]) / 300
     assert 0.28 <= share <= 0.52, f"mirror reached the candidate for {share:.1%} of requests at 40%"
     assert {m["rid"] for m in mirrored} <= client_ids | {generated.headers["x-request-id"]}
+
+
+def test_only_predictions_are_mirrored_not_labels_or_reads(routed: Plane) -> None:
+    """At 100 % shadow a label (POST /feedback, no X-Model-Version) and a GET reach stable alone: a
+    copied label would label the candidate's answer to a request it never answered to the client."""
+    cand = f"http://{routed.candidate.address}"
+    before = len(httpx.get(cand + "/_seen").json())
+    routed.router.set_routes(Routes(mirror_percent=100))
+    with httpx.Client(timeout=10) as c:
+        for i in range(10):
+            assert (
+                c.post(routed.url + "/feedback", json={"request_id": f"l-{i}", "label": 1}).status_code == 200
+            )
+            assert c.get(routed.url + "/predict", headers={"X-Request-ID": f"g-{i}"}).status_code == 200
+            c.post(routed.url + "/predict", json={"x": i}, headers={"X-Request-ID": f"p-{i}"})
+    deadline = time.monotonic() + 5
+    while True:
+        mirrored = httpx.get(cand + "/_seen").json()[before:]
+        if len(mirrored) >= 10 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert sorted(m["rid"] for m in mirrored) == sorted(f"p-{i}" for i in range(10)), mirrored
+    assert {m["path"] for m in mirrored} == {"/predict"}
 
 
 def test_weight_changes_under_load_fail_no_request(routed: Plane) -> None:

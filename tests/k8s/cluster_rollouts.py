@@ -135,6 +135,10 @@ class Shipped:
             "events": [f"{e['reason']}: {e['message']}" for e in self.history],
         }  # fmt: skip
 
+    def why(self) -> str:
+        """The whole row as text, for an assertion's message (pytest cuts a dict's repr short)."""
+        return json.dumps(self.row(), indent=1)
+
 
 @dataclass
 class ClusterStack:

@@ -207,7 +207,10 @@ function M.route()
         end
         local healthy = healthy_choice(service, cfg, to)
         if healthy ~= to then return proceed(healthy, false, false) end
-        if to == "stable" and cfg.mirror > 0 and math.random(1, 100) <= cfg.mirror then
+        -- only predictions are mirrored: a label (POST /feedback) or a GET copied to the candidate
+        -- would be a second label for one answer, or load the shadow gains nothing from
+        if to == "stable" and cfg.mirror > 0 and ngx.var.request_method == "POST"
+            and ngx.var.uri ~= "/feedback" and math.random(1, 100) <= cfg.mirror then
             ngx.var.rollout_mirror = "1"
             dict:incr("m:" .. service, 1, 0)
             return proceed(to, true, false)
