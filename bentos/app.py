@@ -17,8 +17,11 @@ incoming ``X-Request-ID`` is honoured):
                                        (bearer token when BENTO_FEEDBACK_TOKEN is set)
     GET  /metrics                      Prometheus text, aggregated over the server's workers
 
-Bad input is a 4xx JSON ``{"error": {"code", "message"}}``; requests to predict, infer and
-feedback are counted in ``model_requests_total`` by status code. Built by ``bentos/service.py``.
+Bad input is a 4xx JSON ``{"error": {"code", "message"}, "request_id"}``; on ``/v2`` every
+error (4xx and 5xx) is the Open Inference Protocol's ``{"error": "<message>"}`` instead, the
+string KServe's and Triton's clients read (the request id is in ``X-Request-ID``). Requests to
+predict, infer and feedback are counted in ``model_requests_total`` by status code. Built by
+``bentos/service.py``.
 """
 
 from __future__ import annotations
@@ -64,6 +67,11 @@ def fault_error_rate() -> float:
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"BENTO_FAULT_ERROR_RATE must be between 0 and 1, not {rate}")
     return rate
+
+
+def is_oip_path(path: str) -> bool:
+    """The Open Inference Protocol's routes: ``/v2`` and everything under ``/v2/``."""
+    return path == "/v2" or path.startswith("/v2/")
 
 
 class InjectedFault(Exception):
@@ -202,7 +210,7 @@ class ModelApp:
                     option=NUMPY,
                 )
                 status = 200
-            elif path.startswith("/v2"):
+            elif is_oip_path(path):
                 endpoint, status, body, rid = await self._v2(served, path, method, scope, receive, rid)
             elif path == "/feedback":
                 endpoint = "feedback"
@@ -238,18 +246,18 @@ class ModelApp:
                 )
         except BadRequest as exc:
             status = exc.status
-            body = self._error_body(exc.code, exc.message, rid, served)
+            body = self._error_body(path, exc.code, exc.message, rid, served)
             if exc.retry_after is not None:
                 extra = [(b"retry-after", b"%d" % exc.retry_after)]
         except InjectedFault:
             status = 500
             body = self._error_body(
-                "injected_fault", "prediction failed (fault injection is on)", rid, served
+                path, "injected_fault", "prediction failed (fault injection is on)", rid, served
             )
         except Exception:  # a bug, never bad input: answer 500 and keep serving
             logger.exception("request %s %s failed", method, path)
             status = 500
-            body = self._error_body("internal", "internal error; see the server log", rid, served)
+            body = self._error_body(path, "internal", "internal error; see the server log", rid, served)
         await self._send(send, status, body, rid, served, extra=extra)
         if endpoint and served is not None:
             served.metrics.request(endpoint, status, time.perf_counter() - started)
@@ -284,6 +292,15 @@ class ModelApp:
         if tail != "infer":
             raise BadRequest(404, "not_found", f"no endpoint {path}")
         self._expect(method, "POST")
+        if any(key == b"inference-header-content-length" for key, _ in scope["headers"]):
+            # Triton's binary tensor extension (tritonclient's default for set_data_from_numpy):
+            # a JSON header, then raw bytes. Without this, the answer would be "not valid JSON".
+            raise BadRequest(
+                400,
+                "binary_data_unsupported",
+                "binary tensor data (Inference-Header-Content-Length) is not supported here; send "
+                "every input as JSON data (tritonclient: set_data_from_numpy(..., binary_data=False))",
+            )
         X, v2_id = parse_v2_infer(await self._body(scope, receive), served.schema)
         self._maybe_fail()
         predictions, proba = served.predict(X, rid)
@@ -318,7 +335,7 @@ class ModelApp:
     @staticmethod
     def _expect(method: str, allowed: str) -> None:
         if method != allowed:
-            raise BadRequest(405, "method_not_allowed", f"use {allowed}")
+            raise BadRequest(405, "method_not_allowed", f"method {method} is not allowed here; use {allowed}")
 
     @staticmethod
     def _check_model(served: Served, name: str) -> None:
@@ -358,7 +375,12 @@ class ModelApp:
         return b"".join(chunks)
 
     @staticmethod
-    def _error_body(code: str, message: str, rid: str, served: Served | None) -> bytes:
+    def _error_body(path: str, code: str, message: str, rid: str, served: Served | None) -> bytes:
+        """The JSON of an error answer: on the Open Inference Protocol's routes its REST error
+        object, ``{"error": "<message>"}`` and nothing else (KServe's and Triton's clients raise
+        with that string); elsewhere the project's own shape, with the code and identity."""
+        if is_oip_path(path):
+            return orjson.dumps({"error": message})
         payload: dict[str, Any] = {"error": {"code": code, "message": message}, "request_id": rid}
         if served is not None:
             payload["model"], payload["version"] = served.name, served.version

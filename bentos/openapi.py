@@ -6,7 +6,8 @@ shadowed by the mount. ``openapi_document`` describes them for one served model 
 feature and class names and the request limits): ``/predict``, ``/v1/models/{name}:predict``,
 ``/v2/models/{name}/infer``, ``/feedback``, the v2 health and metadata routes and ``/metrics``.
 Every request body schema says what the parser in ``bentos/parsing.py`` accepts; every 4xx is the
-``Error`` object. Who calls it: the service fuzz test (schemathesis, tests/integration/
+``Error`` object, and on the ``/v2`` routes the Open Inference Protocol's ``OipError``
+(``{"error": "<message>"}``, what KServe's and Triton's clients read). Who calls it: the service fuzz test (schemathesis, tests/integration/
 test_fuzz_service.py), and anyone who wants a client (``python -m bentos.openapi iris:v1``).
 """
 
@@ -36,12 +37,23 @@ def _error() -> dict[str, Any]:
     }
 
 
-def _responses(ok: dict[str, Any], *client_errors: int) -> dict[str, Any]:
+def _oip_error() -> dict[str, Any]:
+    """The Open Inference Protocol's REST error object: one descriptive string, nothing else."""
+    return {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "minLength": 1}},
+        "additionalProperties": False,
+    }
+
+
+def _responses(ok: dict[str, Any], *client_errors: int, error: str = "Error") -> dict[str, Any]:
+    """``ok`` for 200 and the ``error`` schema (``Error``, or ``OipError`` on /v2) for each status."""
     out: dict[str, Any] = {"200": {"description": "OK", "content": {JSON: {"schema": ok}}}}
     for status in client_errors:
         out[str(status)] = {
             "description": "client error",
-            "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+            "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{error}"}}},
         }
     return out
 
@@ -177,7 +189,7 @@ def openapi_document(
                     "operationId": "infer",
                     "parameters": [name_param],
                     "requestBody": _body("InferRequest"),
-                    "responses": _responses(inferred, 400, 404, 413, 422),
+                    "responses": _responses(inferred, 400, 404, 413, 422, error="OipError"),
                 }  # fmt: skip
             },
             "/feedback": {
@@ -191,7 +203,7 @@ def openapi_document(
                 "get": {
                     "operationId": "modelMetadata",
                     "parameters": [name_param],
-                    "responses": _responses(ok_object, 404),
+                    "responses": _responses(ok_object, 404, error="OipError"),
                 }  # fmt: skip
             },
             "/v2/health/live": {"get": {"operationId": "live", "responses": _responses(ok_object)}},
@@ -214,6 +226,7 @@ def openapi_document(
                 "InferRequest": infer,
                 "Feedback": feedback,
                 "Error": _error(),
+                "OipError": _oip_error(),
             }
         },
     }

@@ -3,7 +3,9 @@
 Pure functions (no I/O), called by the ASGI app in ``bentos/app.py`` on every request, so they stay
 cheap: orjson, one numpy conversion, a finiteness check, no schema objects. Every rejection is a
 :class:`BadRequest` with an HTTP status, a stable machine-readable ``code`` and a message naming the
-problem; the app turns it into a 4xx JSON response.
+problem (the field, what was expected), which stands on its own: the app turns it into a 4xx JSON
+response, and on ``/v2`` (the Open Inference Protocol's ``{"error": "<message>"}``) the message is
+all a client gets.
 
 Accepted bodies:
 - JSON predict: ``{"instances": [[5.1, 3.5, 1.4, 0.2], ...]}`` or
@@ -30,8 +32,9 @@ MAX_JSON_DEPTH = 1024  # orjson's own limit
 
 
 class BadRequest(Exception):
-    """A client error: becomes ``{"error": {"code": ..., "message": ...}}`` with ``status``
-    (and a ``Retry-After`` header of ``retry_after`` seconds, for a 503 worth sending again)."""
+    """A client error: becomes ``{"error": {"code": ..., "message": ...}}`` with ``status``, or
+    ``{"error": message}`` on ``/v2`` (and a ``Retry-After`` header of ``retry_after`` seconds, for
+    a 503 worth sending again)."""
 
     def __init__(self, status: int, code: str, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
@@ -80,9 +83,9 @@ def load_json(body: bytes) -> Any:
         ) from None
 
 
-def _check_batch(n_rows: int, schema: Schema) -> None:
+def _check_batch(n_rows: int, schema: Schema, empty: str = "instances is empty") -> None:
     if n_rows == 0:
-        raise BadRequest(422, "empty_batch", "instances is empty; send at least one row")
+        raise BadRequest(422, "empty_batch", f"{empty}; send at least one row")
     if n_rows > schema.max_batch:
         raise BadRequest(
             422,
@@ -182,31 +185,41 @@ def parse_v2_infer(body: bytes, schema: Schema) -> tuple[np.ndarray, str | None]
     payload = load_json(body)
     if type(payload) is not dict or type(payload.get("inputs")) is not list or not payload["inputs"]:
         raise BadRequest(
-            422, "missing_inputs", 'expected {"inputs": [{"name", "shape", "datatype", "data"}]}'
+            422,
+            "missing_inputs",
+            'inputs is missing or empty: expected {"inputs": [{"name", "shape", "datatype", "data"}]}',
         )
     if len(payload["inputs"]) != 1:
         raise BadRequest(
-            422, "bad_inputs", f"expected exactly one input tensor, got {len(payload['inputs'])}"
+            422, "bad_inputs", f"expected exactly one tensor in inputs, got {len(payload['inputs'])}"
         )
     tensor = payload["inputs"][0]
     if type(tensor) is not dict:
-        raise BadRequest(422, "bad_inputs", "an input tensor must be an object")
+        raise BadRequest(
+            422, "bad_inputs", 'inputs[0] must be an object {"name", "shape", "datatype", "data"}'
+        )
     shape, datatype, data = tensor.get("shape"), tensor.get("datatype"), tensor.get("data")
     if type(shape) is not list or not shape or not all(type(d) is int and d >= 0 for d in shape):
-        raise BadRequest(422, "bad_shape", "input shape must be a list of non-negative integers, e.g. [1, 4]")
+        raise BadRequest(
+            422,
+            "bad_shape",
+            f"inputs[0].shape must be a list of non-negative integers, e.g. [1, {schema.n_features}]",
+        )
     if type(datatype) is not str or datatype not in V2_NUMERIC_TYPES:  # a list is unhashable
         raise BadRequest(
             422,
             "bad_datatype",
-            f"datatype {_brief(datatype)} is not supported; use FP32, FP64 or an INT type",
+            f"inputs[0].datatype {_brief(datatype)} is not supported; use FP32, FP64 or an INT type",
         )
     if type(data) is not list:
-        raise BadRequest(422, "bad_data", "input data must be a list of numbers")
+        raise BadRequest(422, "bad_data", "inputs[0].data must be a list of numbers")
     if len(shape) == 1:
         shape = [1, shape[0]]
     if len(shape) != 2:
-        raise BadRequest(422, "bad_shape", f"expected shape [rows, {schema.n_features}], got {shape}")
-    _check_batch(shape[0], schema)
+        raise BadRequest(
+            422, "bad_shape", f"inputs[0].shape must be [rows, {schema.n_features}], got {shape}"
+        )
+    _check_batch(shape[0], schema, f"inputs[0] has no rows (shape {shape})")
     flat = (
         data
         if not data or type(data[0]) is not list
@@ -217,7 +230,9 @@ def parse_v2_infer(body: bytes, schema: Schema) -> tuple[np.ndarray, str | None]
             raise BadRequest(422, "non_numeric_value", f"feature value {_brief(value)} is not a number")
     if len(flat) != shape[0] * shape[1]:
         raise BadRequest(
-            422, "bad_shape", f"shape {shape} needs {shape[0] * shape[1]} values, data has {len(flat)}"
+            422,
+            "bad_shape",
+            f"inputs[0].shape {shape} needs {shape[0] * shape[1]} values, inputs[0].data has {len(flat)}",
         )
     request_id = payload.get("id")
     if request_id is not None and type(request_id) is not str:

@@ -277,11 +277,17 @@ def test_bad_predict_input_is_a_4xx_and_server_keeps_serving(server: BentoServer
     assert post(server, "/predict", {"instances": [SETOSA]}).status_code == 200
 
 
-def test_bad_v2_input_is_a_4xx(server: BentoServer) -> None:
+def test_bad_v2_input_is_a_4xx_in_the_open_inference_protocols_error_shape(server: BentoServer) -> None:
     bad = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": [1.0, 2.0, 3.0]}]}
     response = post(server, "/v2/models/iris/infer", bad)
     assert response.status_code == 422
-    assert response.json()["error"]["code"] == "bad_shape"
+    assert response.json() == {"error": "inputs[0].shape [1, 4] needs 4 values, inputs[0].data has 3"}
+    assert_identity(response)  # the request id is in X-Request-ID, not in the OIP error body
+    wrong_method = httpx.get(server.url + "/v2/models/iris/infer", timeout=30)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json() == {"error": "method GET is not allowed here; use POST"}
+    # the server's other endpoints keep the project's own shape
+    assert post(server, "/predict", {"instances": [[1.0]]}).json()["error"]["code"] == "wrong_feature_count"
 
 
 FEEDBACK_CASES = {

@@ -253,7 +253,9 @@ def bento(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectTimeout("timed out", request=request)
     if host == "10.0.0.3":
         headers = {"x-model-name": "wine", "x-model-version": "v1"}
-        return httpx.Response(404, headers=headers, json={"error": {"code": "model_not_found"}})
+        return httpx.Response(
+            404, headers=headers, json={"error": "this server serves model 'wine', not 'iris'"}
+        )
     version = "v2" if host == "10.0.0.1" else "v1"
     assert request.url.path == "/v2/models/iris"
     meta = {"name": "iris", "versions": [version], "platform": "sklearn", "parameters": {"digest": PIN}}
