@@ -44,6 +44,7 @@ import orjson
 from bentos.join import FeedbackAuth, Join
 from bentos.metrics import ModelMetrics, render
 from bentos.parsing import BadRequest, Schema, parse_feedback, parse_predict, parse_v2_infer, valid_request_id
+from rollout.errors import ModelError
 from rollout.registry import LoadedModel
 
 logger = logging.getLogger("bentos.app")
@@ -100,8 +101,11 @@ class Served:
         self.name = loaded.record.name
         self.version = loaded.record.version
         self.class_names = list(meta.class_names)
-        # probability column -> index into class_names
-        self.column_class = np.asarray(self.estimator.classes_, dtype=np.int64)
+        self.classes = np.asarray(self.estimator.classes_)
+        self.column_class = column_classes(self.classes, self.class_names)
+        # a classifier without predict_proba (LinearSVC, RidgeClassifier...) answers one-hot
+        # probabilities: its predicted class with confidence 1
+        self.has_proba = hasattr(self.estimator, "predict_proba")
         self.means = np.asarray(meta.feature_means, dtype=np.float64)
         self.stds = np.where(np.asarray(meta.feature_stds) > 0, np.asarray(meta.feature_stds), 1.0)
         self.schema = Schema(tuple(meta.feature_names), limits.max_batch)
@@ -138,8 +142,17 @@ class Served:
             }
         )
 
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        """One row of class probabilities per row of ``X``, columns in ``classes_`` order."""
+        if self.has_proba:
+            return np.asarray(self.estimator.predict_proba(X), dtype=np.float64)
+        columns = np.searchsorted(self.classes, self.estimator.predict(X))  # classes_ is sorted
+        proba = np.zeros((len(X), len(self.classes)), dtype=np.float64)
+        proba[np.arange(len(X)), columns] = 1.0
+        return proba
+
     def predict(self, X: np.ndarray, request_id: str) -> tuple[list[str], np.ndarray]:
-        proba = self.estimator.predict_proba(X)
+        proba = self.probabilities(X)
         if not np.isfinite(proba).all():  # e.g. 1e308 overflows inside the model: no answer is better
             raise BadRequest(
                 422, "value_out_of_range", "feature values this large make the model's output overflow"
@@ -151,6 +164,21 @@ class Served:
         self.feedback.record(request_id, predicted)
         names = self.class_names
         return [names[c] for c in predicted], proba
+
+
+def column_classes(classes: np.ndarray, class_names: list[str]) -> np.ndarray:
+    """``predict_proba`` column -> index into ``class_names``. A model registered by ``rollout
+    import`` has its ``classes_`` as text for class names; the iris variants have class indices
+    (0, 1, 2) as ``classes_`` and the target names as class names."""
+    text = [str(c) for c in classes.tolist()]
+    if all(t in class_names for t in text):
+        return np.asarray([class_names.index(t) for t in text], dtype=np.int64)
+    if np.issubdtype(classes.dtype, np.integer) and all(0 <= int(c) < len(class_names) for c in classes):
+        return classes.astype(np.int64)
+    raise ModelError(
+        f"the model's classes {text[:10]} are not the class_names of its metadata {class_names[:10]}: "
+        "register it again with `rollout import`"
+    )
 
 
 class ModelApp:

@@ -261,6 +261,10 @@ def parse_feedback(body: bytes, class_names: list[str]) -> Feedback:
         if type(raw) is not list or not raw:
             raise BadRequest(422, "bad_label", "labels must be a non-empty list, one per predicted row")
     elif "label" in payload:
+        if type(payload["label"]) is list:
+            raise BadRequest(
+                422, "bad_label", 'label is one class; send one per predicted row as "labels": [...]'
+            )
         raw = [payload["label"]]
     else:
         raise BadRequest(422, "bad_label", 'give the true class as "label"')

@@ -39,6 +39,9 @@ from rollout.metrics import names as n
 logger = logging.getLogger("bentos.redis_join")
 
 SEP = "\x1f"  # between the parts of a counter field: metric, model, version
+# after Redis was away (a send or a label of this pod failed), an unknown request id is a 503 (send
+# it again) for this long, not a 404: its prediction may still be in some pod's buffer
+RECOVERING_SECONDS = 10.0
 MAX_PENDING = 200_000  # predictions kept while Redis is unreachable (then the oldest are dropped)
 
 # KEYS[1] counters hash, KEYS[2..] prediction hashes; ARGV: model, version, ttl, then one value per key
@@ -159,6 +162,7 @@ class RedisJoin:
         flush_interval: float = 0.05,
         lookup_wait: float = 0.6,
         prefix: str = "bento:join:",
+        recovering_seconds: float = RECOVERING_SECONDS,
     ) -> None:
         self.client = client
         self.model = model
@@ -166,6 +170,7 @@ class RedisJoin:
         self.window_seconds = window_seconds
         self.flush_interval = flush_interval
         self.lookup_wait = lookup_wait
+        self.recovering_seconds = recovering_seconds
         self.prefix = prefix
         self.counters_key = prefix + "counters"
         self._record = client.register_script(RECORD)
@@ -174,6 +179,7 @@ class RedisJoin:
         self._lock = threading.Lock()  # one sender at a time (the thread, close, a label)
         self._flusher = Periodic("join-flush", flush_interval, self.flush)
         self._warned = 0.0
+        self._failed_at = -recovering_seconds  # the last time a send to Redis failed (monotonic)
 
     def key(self, request_id: str) -> str:
         return f"{self.prefix}p:{self.model}:{request_id}"
@@ -226,6 +232,7 @@ class RedisJoin:
                 del batch[:500]
         except redis.RedisError as exc:
             self._pending.put_back(batch)
+            self._failed_at = time.monotonic()
             if time.monotonic() - self._warned > 10.0:
                 self._warned = time.monotonic()
                 logger.warning("join store unreachable, %d predictions kept: %s", len(self._pending), exc)
@@ -245,6 +252,7 @@ class RedisJoin:
                     for v in self._label(keys=[self.counters_key, self.key(request_id)], args=args)
                 ]
             except redis.RedisError as exc:
+                self._failed_at = time.monotonic()
                 raise BadRequest(
                     503,
                     "join_store_unavailable",
@@ -270,6 +278,17 @@ class RedisJoin:
             return Resolved(len(labels), mine, False, versions)
         if status == "duplicate":
             return Resolved(len(labels), 0, True)
+        if status == "unknown" and time.monotonic() - self._failed_at < self.recovering_seconds:
+            # Redis was away a moment ago: the prediction may still be in a pod's buffer (this one's
+            # or another's, whose sends failed too) on its way; a 404 would lose the label for good
+            raise BadRequest(
+                503,
+                "join_store_recovering",
+                f"no prediction with request id {request_id!r} yet: the join store was unreachable "
+                f"{time.monotonic() - self._failed_at:.0f} s ago and predictions are still being sent; "
+                "send the label again",
+                retry_after=1,
+            )
         if status == "unknown":
             raise BadRequest(
                 404,

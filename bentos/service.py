@@ -30,6 +30,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import warnings
 from typing import Any
 
 import bentoml
@@ -150,13 +151,16 @@ class ModelService:
         loaded = load_model(tag, os.environ.get(MODEL_DIGEST_ENV))  # checked again: what is unpickled
         # our parser rejects NaN/inf before predict, so skip sklearn's own finiteness scan
         sklearn.set_config(assume_finite=True)
+        # a model fitted on a DataFrame gets rows in its feature_names_in_ order (the parser's
+        # Schema is those names): sklearn's per-call warning about a nameless array says nothing
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
         record = loaded.record
         self.feedback = open_join(record.name, record.version, metrics_dir)
         self.feedback.start()
         served = Served(loaded, LIMITS, metrics_dir, self.feedback, FeedbackAuth.from_env())
         warm = np.asarray([loaded.record.metadata.feature_means], dtype=np.float64)
         for _ in range(3):
-            served.estimator.predict_proba(warm)
+            served.probabilities(warm)
         served.metrics.flush_interval = float(os.environ.get("BENTO_METRICS_FLUSH_SECONDS", "0.5"))
         served.metrics.start()
         self.served = served

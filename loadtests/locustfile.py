@@ -1,7 +1,7 @@
 """Prediction traffic for the model service, with user ids and delayed feedback labels.
 
 Each simulated user has an id sent as the ``X-User-ID`` header and the ``uid`` cookie (the keys the
-A/B and sticky routes hash). It posts single iris rows to ``/predict`` and, for a share of answers,
+A/B and sticky routes hash). It posts single rows (iris, or LOAD_DATA's) to ``/predict`` and, for a share of answers,
 posts the true label to ``/feedback`` after a delay, as a labelling pipeline would; the feedback
 carries the ``X-Model-Version`` that answered so the router sends it back to that version.
 
@@ -11,6 +11,10 @@ Settings (environment):
   LOAD_FEEDBACK_DELAY   seconds between the answer and its label (default 1.0)
   LOAD_FEEDBACK_TOKEN   the bearer token the model servers want for labels (BENTO_FEEDBACK_TOKEN;
                         the chart's Secret <release>-feedback, key token); unset: none is sent
+  LOAD_DATA             a CSV or Parquet file of your model's features and true labels (the holdout
+                        given to `rollout import`): each request posts one of its rows as a record;
+                        unset: iris
+  LOAD_TARGET           LOAD_DATA's column with the true label (sent as the feedback label)
   LOAD_WAIT             seconds each user waits between requests (default 0.1)
   LOAD_SHAPE            "steady" (default: -u/-r from the command line) or "wave" (ramps up and down)
   LOAD_SUMMARY          path of a JSON summary written at the end: per-version answers, failures by
@@ -34,9 +38,35 @@ import gevent
 from locust import HttpUser, LoadTestShape, between, events, task
 from sklearn.datasets import load_iris
 
-_IRIS = load_iris()
-ROWS: list[list[float]] = [[float(v) for v in row] for row in _IRIS.data]
-LABELS: list[str] = [str(_IRIS.target_names[t]) for t in _IRIS.target]
+DATA_PATH = os.environ.get("LOAD_DATA", "")
+TARGET = os.environ.get("LOAD_TARGET", "")
+
+
+def _rows() -> tuple[list[Any], list[str]]:
+    """The rows to post and their true labels: iris, or the user's LOAD_DATA file (each row sent as
+    a record keyed by its column names, the target column left out and sent as the label)."""
+    if not DATA_PATH:
+        iris = load_iris()
+        return [[float(v) for v in row] for row in iris.data], [
+            str(iris.target_names[t]) for t in iris.target
+        ]
+    import pandas as pd
+
+    if not TARGET:
+        raise SystemExit(f"LOAD_DATA={DATA_PATH} needs LOAD_TARGET: the column with the true label")
+    try:
+        table = (
+            pd.read_parquet(DATA_PATH) if DATA_PATH.endswith((".parquet", ".pq")) else pd.read_csv(DATA_PATH)
+        )
+    except (OSError, ValueError, ImportError) as exc:
+        raise SystemExit(f"LOAD_DATA={DATA_PATH}: cannot read it: {exc}") from None
+    if TARGET not in table.columns or len(table) == 0:
+        raise SystemExit(f"LOAD_DATA={DATA_PATH} has no column {TARGET!r} (LOAD_TARGET) or no rows")
+    records = json.loads(table.drop(columns=[TARGET]).to_json(orient="records"))  # plain JSON values
+    return records, [str(v) for v in table[TARGET]]
+
+
+ROWS, LABELS = _rows()
 
 FEEDBACK_SHARE = float(os.environ.get("LOAD_FEEDBACK_SHARE", "0.5"))
 FEEDBACK_DELAY = float(os.environ.get("LOAD_FEEDBACK_DELAY", "1.0"))

@@ -77,8 +77,9 @@ class ModelMetadata:
         missing = [f for f in known if f not in data and f not in ("label_flip_fraction", "schema", "extra")]
         if missing:
             raise ModelError(
-                f"model {tag} has no {', '.join(sorted(missing))} in its metadata; it was not saved by "
-                "bentos.train — retrain it with `python -m bentos.train --all`"
+                f"model {tag} has no {', '.join(sorted(missing))} in its metadata: register it with "
+                f"`rollout import {tag} --name NAME:VERSION --data HOLDOUT.csv --target COLUMN` "
+                "(the iris variants: `rollout train --all`)"
             )
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -128,7 +129,7 @@ def get_record(tag: str) -> ModelRecord:
     except NotFound as exc:
         raise ModelNotFoundError(
             f"model {tag} is not in the BentoML model store ({_store_dir()}); "
-            "train it with `rollout train --all` (or `make models`)"
+            "train the iris variants with `rollout train --all`, or register your own model with `rollout import`"
         ) from exc
     metadata = ModelMetadata.from_dict(dict(model.info.metadata), tag)
     return ModelRecord(tag=tag, name=name, version=version, path=Path(model.path), metadata=metadata)

@@ -7,13 +7,15 @@ digest (``sha256:<64 hex>``), the value to pin as a ModelRollout's ``stable.dige
 --verify`` also hashes every artifact and marks those that do not match what training recorded
 (exit 1). ``rollout gate CANDIDATE --against STABLE`` is the CI check for
 new training code: it exits 3 (GateFailedError) with the reason when the candidate's holdout
-accuracy or macro F1 is below the stable model's by more than ``--tolerance``. Registered by
+accuracy or macro F1 is below the stable model's by more than ``--tolerance``. ``rollout import``
+registers a user's own classifier (rollout/registration.py). Registered by
 ``rollout/cli/main.py`` through COMMAND_MODULES.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -84,6 +86,41 @@ def models_command(name: str | None, verify: bool, as_json: bool) -> None:
         raise ModelError("; ".join(bad))
 
 
+@click.command("import")
+@click.argument("source")
+@click.option("--name", "tag", help="NAME:VERSION to register it as (default: SOURCE, for a store tag).")
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Holdout/reference data, CSV or Parquet: the model's feature columns and the target.",
+)
+@click.option("--target", required=True, help="The data's column with the true class.")
+@click.option("--description", default="", help="Shown by `rollout models`.")
+@click.option("--force", is_flag=True, help="Replace a model already registered under --name.")
+def import_command(
+    source: str, tag: str | None, data: Path, target: str, description: str, force: bool
+) -> None:
+    """Register your own scikit-learn classifier (a joblib/pickle file, or a model saved with
+    bentoml.sklearn.save_model) so it can be served, gated and rolled out."""
+    if tag is None:
+        if Path(source).exists() or Path(source).suffix in (".joblib", ".pkl", ".pickle"):
+            raise UsageError(f"name the model to register from {source} with --name NAME:VERSION")
+        tag = source
+    from bentos.train import default_bentoml_home
+
+    default_bentoml_home()
+    from rollout.registration import register
+
+    record = register(source, tag, data, target, description, force)
+    meta = record.metadata
+    click.echo(
+        f"{record.tag:16} registered {meta.estimator} accuracy={meta.holdout_accuracy:.4f} "
+        f"f1={meta.holdout_f1_macro:.4f} on {meta.holdout_size} rows of {data.name} "
+        f"features={len(meta.feature_names)} classes={','.join(meta.class_names)} {record.digest}"
+    )
+
+
 @click.command("gate")
 @click.argument("candidate")
 @click.option("--against", "stable", required=True, help="The stable model's tag, e.g. iris:v1.")
@@ -126,3 +163,4 @@ def register(cli: click.Group) -> None:
     cli.add_command(train_command)
     cli.add_command(models_command)
     cli.add_command(gate_command)
+    cli.add_command(import_command)

@@ -40,7 +40,7 @@ from typing import Any
 
 from rollout.actions import EnsureBackend, Finalize, Measure, MetricResult, Observations, SetRoutes
 from rollout.engine import hold_on_error, new_rollout, step
-from rollout.errors import NotFoundError, RolloutError, StateError
+from rollout.errors import NotFoundError, RolloutError, StateError, UsageError
 from rollout.exporter import MetricsServer, RolloutCollector
 from rollout.local.bento import pin_problem
 from rollout.local.commands import CommandQueue
@@ -151,6 +151,17 @@ class LocalRunner:
     def ensure_stable(self) -> Backend:
         """The stable version must be serving the service before anything else happens."""
         stable = self._backend(self.spec.stable.model)
+        current = self.router.get_backends() if self._has_routes() else {}
+        if current.get("stable") not in (None, stable.address if stable else None):
+            # refused before a server is started for it: users are served by another version
+            serving = [
+                b for b in self.stack.backends(self.spec.service).values() if b.address == current["stable"]
+            ]
+            what = serving[0].version if serving else current["stable"]
+            raise UsageError(
+                f"service {self.spec.service!r} is served by version {what}, not by the spec's stable "
+                f"{self.spec.stable.model}; roll out from the version that serves now"
+            )
         if stable is None:
             stable = self.stack.start_bento(
                 self.spec.service,
@@ -160,16 +171,6 @@ class LocalRunner:
             )
         else:
             self._check_stable_pin(stable)
-        current = self.router.get_backends() if self._has_routes() else {}
-        if current.get("stable") not in (None, stable.address):
-            serving = [
-                b for b in self.stack.backends(self.spec.service).values() if b.address == current["stable"]
-            ]
-            what = serving[0].version if serving else current["stable"]
-            raise StateError(
-                f"service {self.spec.service!r} is served by version {what}, not by the spec's stable "
-                f"{self.spec.stable.model}; roll out from the version that serves now"
-            )
         if not current.get("stable"):
             self.router.ensure(RouteTarget(self.spec.service, stable))
         return stable

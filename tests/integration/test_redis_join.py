@@ -148,6 +148,37 @@ def test_predictions_made_while_redis_is_away_are_kept_and_sent_later(tmp_path: 
         sup.stop_all()
 
 
+def test_an_unknown_id_right_after_redis_was_away_is_a_retryable_503_not_a_lost_label(tmp_path: Path) -> None:
+    """Pod a's prediction waits in its buffer while Redis is away; pod b gets its label as Redis
+    comes back, before a has sent it: b says "send it again" (503), never 404, and the label counts."""
+    sup = Supervisor()
+    server = RedisServer(sup, tmp_path / "redis", free_port())
+    server.start()
+    try:
+        prefix = f"t{uuid.uuid4().hex[:8]}:"
+        a, b = (RedisJoin(client(server), "iris", "v1", prefix=prefix, lookup_wait=0.2, recovering_seconds=1.5)
+                for _ in range(2))  # fmt: skip
+        server.stop()
+        a.record("buffered", [0])
+        a.flush()  # refused: kept
+        with pytest.raises(BadRequest) as down:
+            b.resolve("buffered", [0])
+        assert down.value.status == 503
+        server.start()
+        with pytest.raises(BadRequest) as recovering:
+            b.resolve("buffered", [0])  # a has not sent it yet
+        assert recovering.value.status == 503 and recovering.value.retry_after == 1
+        assert "send the label again" in recovering.value.message
+        a.flush()
+        assert b.resolve("buffered", [0]).correct == 1
+        time.sleep(1.6)  # recovered: an id nobody predicted is a 404 again
+        with pytest.raises(BadRequest) as unknown:
+            b.resolve("never-made", [0])
+        assert unknown.value.status == 404
+    finally:
+        sup.stop_all()
+
+
 def test_a_killed_store_keeps_every_label_it_acknowledged(tmp_path: Path) -> None:
     sup = Supervisor()
     server = RedisServer(sup, tmp_path / "redis", free_port())

@@ -1,0 +1,246 @@
+"""Registration: a user's own scikit-learn model into the model store, with what a rollout needs.
+
+``rollout import SOURCE --name NAME:VERSION --data HOLDOUT.csv --target COLUMN`` (rollout/cli/models.py)
+calls :func:`register`. SOURCE is a joblib or pickle file, or the tag of a model saved with
+``bentoml.sklearn.save_model`` (no metadata of ours). What the model server, the gates and the
+dashboards need and the user did not give is derived once, here, and stored as the model's
+metadata (:class:`rollout.registry.ModelMetadata`), exactly as training stores it for our own
+variants:
+
+- feature names: the estimator's ``feature_names_in_`` (fitted on a DataFrame), else the data
+  file's columns other than the target, in their order (then their number must be the
+  estimator's ``n_features_in_``);
+- class names: the estimator's ``classes_``, as text; every target value in the data must be one;
+- reference statistics (feature means and standard deviations: the z-scores of the feature-drift
+  gate) and the holdout accuracy and macro F1 (``rollout gate``), from the data file;
+- the dataset's digest: sha256 of the data file's bytes, so ``rollout gate`` compares two models
+  only on the same holdout;
+- the artifact digest: sha256 of the pickled estimator written as the model's artifact.
+
+What cannot be derived is an error that says which option to pass. Regressors and string feature
+columns are refused with a message saying so (not yet served).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rollout.errors import ModelError, ModelNotFoundError, UsageError
+from rollout.registry import ARTIFACT_FILE, ModelMetadata, ModelRecord, get_record, parse_tag
+
+PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")  # rollout/cli/models.py: a SOURCE with these is a file
+DATA_SUFFIXES = (".csv", ".parquet", ".pq")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The user's holdout/reference data: feature matrix, target and where it came from."""
+
+    X: np.ndarray  # float64, rows x features, in the model's feature order
+    y: np.ndarray  # the target column's values, as text
+    feature_names: list[str]
+    name: str
+    sha256: str
+
+
+def load_estimator(source: str) -> tuple[Any, str]:
+    """The estimator in ``source`` (a joblib/pickle file, or a store tag saved by bentoml.sklearn)
+    and a short description of where it came from."""
+    path = Path(source)
+    if path.suffix in PICKLE_SUFFIXES or path.exists():
+        if not path.is_file():
+            raise UsageError(f"model file {source} does not exist")
+        import joblib
+
+        try:
+            return joblib.load(path), f"file {path.name}"
+        except Exception as exc:  # unpickling runs the file's code: any error can come out
+            raise UsageError(
+                f"cannot load {source} as a joblib or pickle file: {type(exc).__name__}: {exc}"
+            ) from None
+    parse_tag(source)  # NAME:VERSION, or a usage error saying so
+    import bentoml
+    from bentoml.exceptions import BentoMLException, NotFound
+
+    try:
+        return bentoml.sklearn.load_model(source), f"store {source}"
+    except NotFound:
+        raise ModelNotFoundError(
+            f"{source} is neither a file nor a model in the BentoML model store; give the path of a "
+            "joblib/pickle file or the tag bentoml.sklearn.save_model returned"
+        ) from None
+    except BentoMLException as exc:  # saved by another framework's save_model
+        raise ModelError(f"{source} is not a scikit-learn model saved with bentoml.sklearn: {exc}") from None
+
+
+def check_classifier(estimator: Any) -> np.ndarray:
+    """The classifier's ``classes_``; ModelError for what the model server cannot serve."""
+    from sklearn.base import is_classifier, is_regressor
+
+    kind = type(estimator).__name__
+    if not hasattr(estimator, "predict"):
+        raise ModelError(f"{kind} has no predict(): not a scikit-learn estimator")
+    if is_regressor(estimator):
+        raise ModelError(f"{kind} is a regressor; the model server serves classifiers only for now")
+    classes = getattr(estimator, "classes_", None)
+    if not is_classifier(estimator) or classes is None:
+        raise ModelError(f"{kind} is not a fitted classifier (it has no classes_); fit it before importing")
+    return np.asarray(classes)
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """``a, b, c, d, e and 8 more``: a list that keeps an error message to one readable line."""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+def _read_table(path: Path) -> Any:
+    import pandas as pd
+
+    if path.suffix not in DATA_SUFFIXES:
+        raise UsageError(f"data file {path} must be .csv or .parquet")
+    if not path.is_file():
+        raise UsageError(f"data file {path} does not exist")
+    try:
+        return pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    except ImportError as exc:  # parquet without pyarrow
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    except Exception as exc:  # pandas' parser errors have no common base
+        raise UsageError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+
+
+def read_reference(path: Path, target: str, estimator: Any) -> Reference:
+    """The data file as the model sees it: the estimator's feature columns (all but ``target``
+    when it has no feature names), numeric, without missing values."""
+    table = _read_table(path)
+    columns = [str(c) for c in table.columns]
+    if target not in columns:
+        raise UsageError(
+            f"data file {path} has no column {target!r} (--target); its columns: {_some(columns, 8)}"
+        )
+    if len(table) == 0:
+        raise UsageError(f"data file {path} has no rows")
+    named = getattr(estimator, "feature_names_in_", None)
+    if named is not None:
+        features = [str(c) for c in named]
+        missing = [c for c in features if c not in columns]
+        if missing:
+            raise UsageError(f"data file {path} lacks the model's feature columns {_some(missing)}")
+    else:
+        features = [c for c in columns if c != target]
+        expected = getattr(estimator, "n_features_in_", len(features))
+        if expected != len(features):
+            raise UsageError(
+                f"the model takes {expected} features, data file {path} has {len(features)} columns besides "
+                f"{target!r}: drop the extra columns or name the target with --target"
+            )
+    if target in features:
+        raise UsageError(f"--target {target!r} is one of the model's features")
+    frame = table[features]
+    from pandas.api.types import is_numeric_dtype
+
+    text = [c for c in features if not is_numeric_dtype(frame[c])]
+    if text:
+        raise UsageError(f"feature columns {_some(text)} are not numeric; string columns are not served yet")
+    X = frame.to_numpy(dtype=np.float64)
+    if not np.isfinite(X).all():
+        bad = [c for c in features if not np.isfinite(frame[c].to_numpy(dtype=np.float64)).all()]
+        raise UsageError(f"feature columns {_some(bad)} have missing or infinite values in {path}")
+    if table[target].isna().any():
+        raise UsageError(f"target column {target!r} has missing values in {path}")
+    y = table[target].astype(str).to_numpy()
+    return Reference(X, y, features, path.stem, hashlib.sha256(path.read_bytes()).hexdigest())
+
+
+def _estimator_name(estimator: Any) -> str:
+    steps = getattr(estimator, "steps", None)
+    if steps:  # Pipeline(StandardScaler, LogisticRegression)
+        return "Pipeline(" + ", ".join(type(step).__name__ for _, step in steps) + ")"
+    return type(estimator).__name__
+
+
+def _params(estimator: Any) -> dict[str, Any]:
+    return {
+        k: v if isinstance(v, bool | int | float | str) else repr(v)
+        for k, v in sorted(estimator.get_params(deep=False).items())
+    }
+
+
+def derive_metadata(
+    estimator: Any, ref: Reference, version: str, description: str, blob: bytes, origin: str
+) -> ModelMetadata:
+    """What the rollout needs, derived from the fitted estimator and the reference data (pure)."""
+    import sklearn
+    from sklearn.metrics import accuracy_score, f1_score
+
+    classes = check_classifier(estimator)
+    class_names = [str(c) for c in classes]
+    unknown = sorted(set(ref.y) - set(class_names))
+    if unknown:
+        raise UsageError(
+            f"target values {', '.join(unknown[:5])} are not classes of the model ({', '.join(class_names)}): "
+            "is --target the right column?"
+        )
+    X: Any = ref.X
+    if getattr(estimator, "feature_names_in_", None) is not None:  # fitted on a DataFrame: give it one
+        import pandas as pd
+
+        X = pd.DataFrame(ref.X, columns=ref.feature_names)
+    predicted = np.asarray(estimator.predict(X)).astype(str)
+    return ModelMetadata(
+        dataset=ref.name,
+        dataset_sha256=ref.sha256,
+        variant=version,
+        description=description or f"imported from {origin}",
+        estimator=_estimator_name(estimator),
+        params=_params(estimator),
+        seed=-1,  # not known: trained elsewhere
+        holdout_accuracy=float(accuracy_score(ref.y, predicted)),
+        holdout_f1_macro=float(
+            f1_score(ref.y, predicted, average="macro", labels=class_names, zero_division=0)
+        ),
+        holdout_size=len(ref.y),
+        train_size=0,  # not known: trained elsewhere
+        sklearn_version=sklearn.__version__,
+        git_revision="unknown",
+        feature_names=ref.feature_names,
+        feature_means=[float(v) for v in ref.X.mean(axis=0)],
+        feature_stds=[float(v) for v in ref.X.std(axis=0)],
+        class_names=class_names,
+        artifact_sha256=hashlib.sha256(blob).hexdigest(),
+        extra={"imported_from": origin, "has_predict_proba": hasattr(estimator, "predict_proba")},
+    )
+
+
+def register(
+    source: str, tag: str, data: Path, target: str, description: str = "", force: bool = False
+) -> ModelRecord:
+    """Register the model in ``source`` as ``tag`` (NAME:VERSION) with metadata derived from
+    ``data``; an existing ``tag`` is replaced only with ``force`` (or when it is ``source`` itself)."""
+    import bentoml
+
+    _, version = parse_tag(tag)
+    estimator, origin = load_estimator(source)
+    check_classifier(estimator)
+    ref = read_reference(data, target, estimator)
+    blob = pickle.dumps(estimator, protocol=5)
+    metadata = derive_metadata(estimator, ref, version, description, blob, origin)
+    try:
+        bentoml.models.get(tag)
+        exists = True
+    except bentoml.exceptions.NotFound:
+        exists = False
+    if exists and not force and tag != source:
+        raise UsageError(f"{tag} is already in the model store; pass --force to replace it")
+    if exists:
+        bentoml.models.delete(tag)
+    labels = {"variant": version, "dataset": ref.name, "imported": "true"}
+    with bentoml.models.create(tag, metadata=metadata.to_dict(), labels=labels) as model:
+        Path(model.path_of(ARTIFACT_FILE)).write_bytes(blob)
+    return get_record(tag)
