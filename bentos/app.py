@@ -239,6 +239,8 @@ class ModelApp:
                 )
                 status = 200
             elif is_oip_path(path):
+                # named before the call: a failed infer counts too (the error-rate gate's 5xx)
+                endpoint = "infer" if path.endswith("/infer") else ""
                 endpoint, status, body, rid = await self._v2(served, path, method, scope, receive, rid)
             elif path == "/feedback":
                 endpoint = "feedback"

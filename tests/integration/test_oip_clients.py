@@ -14,6 +14,7 @@ project's own shape). Malformed JSON, which the client cannot send, is checked a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -172,5 +173,15 @@ def test_a_failed_prediction_is_a_500_the_client_reads(bento_server: Callable[..
         assert c.is_server_live()
         exc = refused(lambda: c.infer("iris", [tensor(ROWS[:1])], outputs=json_outputs()))
         assert exc.status() == "500" and exc.message() == "prediction failed (fault injection is on)"
+        # and the error-rate gate sees it: model_requests_total counts the failed infer as a 500
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            text = httpx.get(failing.url + "/metrics", timeout=10).text
+            if 'endpoint="infer"' in text:
+                break
+            time.sleep(0.2)
+        failed = [line for line in text.splitlines() if line.startswith("model_requests_total")
+                  and 'endpoint="infer"' in line and 'code="500"' in line]  # fmt: skip
+        assert failed and float(failed[0].rsplit(" ", 1)[1]) >= 1, text
     finally:
         c.close()
