@@ -23,6 +23,16 @@ FEATURE_ZSCORE = "model_feature_zscore"
 # counters {model, version}: feedback labels received for earlier request ids, and how many matched
 FEEDBACK_TOTAL = "model_feedback_total"
 FEEDBACK_CORRECT_TOTAL = "model_feedback_correct_total"
+# regressors (a model registered with task "regression"): FEEDBACK_TOTAL counts labelled rows, and
+# these counters {model, version} sum |prediction - label| and (prediction - label)^2 over them, so
+# MAE = abs_sum / total and RMSE = sqrt(squared_sum / total) per version, and a judge gets the mean
+# and variance of the absolute error from the two sums
+FEEDBACK_ABSOLUTE_ERROR_SUM = "model_feedback_absolute_error_sum"
+FEEDBACK_SQUARED_ERROR_SUM = "model_feedback_squared_error_sum"
+# histogram {model, version}: each predicted value of a regressor; its buckets are the model's
+# metadata's prediction_buckets (quantiles of the holdout target, so two versions registered on
+# one holdout share them)
+PREDICTION_VALUE = "model_prediction_value"
 # counter {model, version}: shadow comparisons (same request id answered by stable and candidate)
 # and how many agreed; counted in the shared join store (bentos/redis_join.py), exported by
 # bentos/join_exporter.py, not by the model servers
