@@ -2,7 +2,8 @@
 
 For every traffic level (candidate requests per second) and scenario (good candidates; error rate
 +1 and +5 points over a 1 % baseline; latency +20 %; a tail-only latency regression, p99 doubled
-with the median unchanged; accuracy -3 points), ``simulate`` draws the
+with the median unchanged; accuracy -3 points; a regressor whose absolute errors are 15 % larger),
+``simulate`` draws the
 counters' increases for ``runs`` rollouts (``rollout.simulator.traffic``) and drives each judge
 over them as the engine does (``rollout.simulator.drive``). Per judge and cell it reports the
 false-rollback rate (good candidates rolled back), the missed-regression rate (bad candidates not
@@ -36,9 +37,11 @@ from rollout.simulator.drive import (
 from rollout.simulator.traffic import (
     BOUNDS,
     LATENCY_MEDIAN_SECONDS,
+    REGRESSOR_SCENARIOS,
     SCENARIOS,
     TICK_SECONDS,
     Scenario,
+    Traffic,
     generate,
     latency_bucket_probabilities,
 )
@@ -93,7 +96,7 @@ def latency_threshold() -> float:
 
 def _calibrate(
     rows: list[dict[str, object]],
-    traffic: dict[Scenario, object],
+    traffic: dict[Scenario, Traffic],
     rps: float,
     cfg: SimulationConfig,
     base: JudgeSetup,
@@ -167,22 +170,39 @@ def targets(rows: list[dict[str, object]]) -> dict[str, object]:
     return out
 
 
+def _judge_scenarios(
+    scenarios: tuple[Scenario, ...],
+    rps: float,
+    cfg: SimulationConfig,
+    rng: np.random.Generator,
+    p99_max: float,
+) -> tuple[list[dict[str, object]], dict[Scenario, Traffic], dict[str, list[JudgeSetup]]]:
+    """Rows of every user judge over these scenarios' traffic; the traffic and setups too."""
+    ticks = int(cfg.horizon_seconds // TICK_SECONDS)
+    traffic = {s: generate(s, rps, cfg.runs, ticks, rng, cfg.stable_ratio) for s in scenarios}
+    rows: list[dict[str, object]] = []
+    setups: dict[str, list[JudgeSetup]] = {}
+    for scenario, t in traffic.items():
+        for setup in setups.setdefault(scenario.metric, user_setups(scenario.metric, p99_max)):
+            rows.append(_row(setup.label, scenario, rps, drive(setup, t, cfg.horizon_seconds)))
+    return rows, traffic, setups
+
+
 def simulate(cfg: SimulationConfig) -> dict[str, object]:
     """Run every judge over every scenario and traffic level; rows, targets and timings."""
     started = time.perf_counter()
     rng = np.random.default_rng(cfg.seed)
-    ticks = int(cfg.horizon_seconds // TICK_SECONDS)
+    # the regressor's scenarios draw from a stream of their own: the others' figures stay as they were
+    regressor_rng = np.random.default_rng(cfg.seed + 2)
     p99_max = latency_threshold()
     rows: list[dict[str, object]] = []
     for rps in cfg.rps:
-        traffic = {s: generate(s, rps, cfg.runs, ticks, rng, cfg.stable_ratio) for s in SCENARIOS}
-        setups: dict[str, list[JudgeSetup]] = {}
-        for scenario, t in traffic.items():
-            for setup in setups.setdefault(scenario.metric, user_setups(scenario.metric, p99_max)):
-                rows.append(_row(setup.label, scenario, rps, drive(setup, t, cfg.horizon_seconds)))
+        cell_rows, traffic, setups = _judge_scenarios(SCENARIOS, rps, cfg, rng, p99_max)
+        rows.extend(cell_rows)
         if cfg.calibrate:
             rows.extend(_calibrate(rows, traffic, rps, cfg, setups["error-rate"][0]))
         del traffic
+        rows.extend(_judge_scenarios(REGRESSOR_SCENARIOS, rps, cfg, regressor_rng, p99_max)[0])
     ab_rows = simulate_ab(cfg.rps, cfg.runs, cfg.horizon_seconds, cfg.seed + 1) if cfg.ab else []
     return {
         "config": {**asdict(cfg), "latency_p99_threshold_seconds": p99_max, "tick_seconds": TICK_SECONDS},
@@ -195,7 +215,7 @@ def simulate(cfg: SimulationConfig) -> dict[str, object]:
                 }
                 for s in user_setups(metric, p99_max)
             ]
-            for metric in ("error-rate", "latency", "accuracy")
+            for metric in ("error-rate", "latency", "accuracy", "mae")
         },
         "rows": rows,
         "targets": targets(rows),

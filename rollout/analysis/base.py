@@ -68,7 +68,22 @@ class FeatureSample:
     histograms: tuple[HistogramSample, ...]
 
 
-Sample = ValueSample | ProportionSample | HistogramSample | CategoricalSample | FeatureSample
+@dataclass(frozen=True)
+class MeanSample:
+    """Per version, over the same window: ``n`` observations, the ``total`` of their values and the
+    ``total_sq`` of their squares. For a regressor's labelled rows (the mae and rmse templates) the
+    values are the absolute errors |prediction - label|, so ``total_sq`` is the sum of squared
+    errors (``rollout.analysis.means`` reads means and variances from the three numbers)."""
+
+    candidate_n: float
+    candidate_total: float
+    candidate_total_sq: float
+    stable_n: float
+    stable_total: float
+    stable_total_sq: float
+
+
+Sample = ValueSample | ProportionSample | HistogramSample | CategoricalSample | FeatureSample | MeanSample
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A judge's verdict rule is written once, over arrays (``verdicts(batch)``); ``judge(sample)`` wraps
 one sample as a batch of shape () and reads the one verdict back, and the simulator passes batches
 of thousands of simulated rollouts. So what the simulator measures is the judge the engine runs.
-Proportion and histogram samples have batch forms; categorical and feature samples are judged one
+Proportion, histogram and mean samples have batch forms; categorical and feature samples are judged one
 at a time. Who calls it: the judges in this package and ``rollout.simulator``.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from rollout.analysis.base import HistogramSample, ProportionSample, Sample, Verdict
+from rollout.analysis.base import HistogramSample, MeanSample, ProportionSample, Sample, Verdict
 
 SUCCESSFUL, FAILED, INCONCLUSIVE = 0, 1, 2
 VERDICT_OF_CODE = (Verdict.SUCCESSFUL, Verdict.FAILED, Verdict.INCONCLUSIVE)
@@ -44,7 +44,23 @@ class HistogramBatch:
         return self.candidate_counts.sum(axis=-1), self.stable_counts.sum(axis=-1)
 
 
-Batch = ProportionBatch | HistogramBatch
+@dataclass(frozen=True)
+class MeanBatch:
+    """Per version: observations, the sum of their values and of their squares (``MeanSample``)."""
+
+    candidate_n: np.ndarray
+    candidate_total: np.ndarray
+    candidate_total_sq: np.ndarray
+    stable_n: np.ndarray
+    stable_total: np.ndarray
+    stable_total_sq: np.ndarray
+
+    @property
+    def sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.candidate_n, self.stable_n
+
+
+Batch = ProportionBatch | HistogramBatch | MeanBatch
 
 
 @dataclass
@@ -65,6 +81,20 @@ def to_batch(sample: Sample) -> Batch | None:
             np.asarray(float(sample.candidate_total)),
             np.asarray(float(sample.stable_bad)),
             np.asarray(float(sample.stable_total)),
+        )
+    if isinstance(sample, MeanSample):
+        return MeanBatch(
+            *(
+                np.asarray(float(x))
+                for x in (
+                    sample.candidate_n,
+                    sample.candidate_total,
+                    sample.candidate_total_sq,
+                    sample.stable_n,
+                    sample.stable_total,
+                    sample.stable_total_sq,
+                )
+            )
         )
     if isinstance(sample, HistogramSample):
         return HistogramBatch(

@@ -7,7 +7,8 @@ place what is wrong with a sample and what is missing from it:
 
 - ``check_sample``: why a sample is malformed (NaN, infinite or negative counts, bounds and counts
   of different lengths, unsorted or repeated bounds, a single bucket, no +Inf bucket under a
-  quantile, bad above total ...), as a message a user can act on; None when it is well formed;
+  quantile, bad above total, a regressor's error sums that no set of labelled rows can have ...),
+  as a message a user can act on; None when it is well formed;
 - ``complete``: a version whose counts are absent altogether (an empty tuple) observed nothing,
   so its counts become zeros;
 - ``missing``: which version has no observations in the window ("no requests to stable in the
@@ -32,6 +33,7 @@ from rollout.analysis.base import (
     CategoricalSample,
     FeatureSample,
     HistogramSample,
+    MeanSample,
     Measurement,
     ProportionSample,
     Sample,
@@ -52,6 +54,9 @@ UNITS: dict[str, tuple[str, str]] = {
     "confidence-shift": ("predictions", "from"),
     "feature-drift": ("feature observations", "from"),
     "shadow-agreement": ("shadow comparisons", "of"),
+    "mae": ("feedback labels", "for"),
+    "rmse": ("feedback labels", "for"),
+    "prediction-value-shift": ("predictions", "from"),
 }
 
 # headlines that compare the candidate with stable, so a threshold on them needs stable's data too
@@ -63,7 +68,12 @@ SAMPLE_OF_KIND: dict[SampleKind, type] = {
     SampleKind.HISTOGRAM: HistogramSample,
     SampleKind.CATEGORICAL: CategoricalSample,
     SampleKind.FEATURES: FeatureSample,
+    SampleKind.MEAN: MeanSample,
 }
+
+# relative slack of the consistency checks of a mean sample: increase() extrapolates each series
+# on its own, so the three sums of one set of rows can disagree by a hair
+MEAN_SLACK = 0.01
 
 _RESET = "a counter reset inside the window, or a query that subtracts counters: use increase() over the window, which handles resets"
 
@@ -217,6 +227,40 @@ def _check_proportion(p: ProportionSample) -> str | None:
     return None
 
 
+def _sum_problem(x: object) -> str | None:
+    """What is wrong with a sum of errors (``is NaN: ...``): as a count, but a sum of squared errors
+    may pass 2^53 (errors in dollars), so only finite and non-negative."""
+    problem = _count_problem(x)
+    return None if problem is not None and "2^53" in problem else problem
+
+
+def _check_mean(m: MeanSample) -> str | None:
+    """Each version's labelled rows and error sums: numbers, non-negative, and possible for one set
+    of rows: no error without rows, and (sum |e|)^2 / n <= sum e^2 <= (sum |e|)^2."""
+    for who, n, s1, s2 in (
+        ("candidate", m.candidate_n, m.candidate_total, m.candidate_total_sq),
+        ("stable", m.stable_n, m.stable_total, m.stable_total_sq),
+    ):
+        for name, x, check in (
+            ("labelled-row count", n, _count_problem),
+            ("sum of absolute errors", s1, _sum_problem),
+            ("sum of squared errors", s2, _sum_problem),
+        ):
+            problem = check(x)
+            if problem is not None:
+                return f"{who}'s {name} is {problem}"
+        n, s1, s2 = float(n), float(s1), float(s2)  # type: ignore[arg-type]
+        same = "the three queries must count the same rows (the same model, version and window)"
+        if n <= 0 and (s1 > 0 or s2 > 0):
+            return f"{who} has errors summed ({s1:g} absolute, {s2:g} squared) over no labelled rows: {same}"
+        if s1 * s1 > n * s2 * (1 + MEAN_SLACK) or s2 > s1 * s1 * (1 + MEAN_SLACK):
+            return (
+                f"{who}'s error sums are impossible for {n:g} rows (sum |e| {s1:g}, sum e^2 {s2:g}: "
+                f"(sum |e|)^2 / rows <= sum e^2 <= (sum |e|)^2): {same}"
+            )
+    return None
+
+
 def check_sample(sample: object, template: Template | None = None) -> str | None:
     """Why ``sample`` cannot be judged, as a message a user can act on; None when it is well formed.
 
@@ -240,6 +284,8 @@ def check_sample(sample: object, template: Template | None = None) -> str | None
             return _check_categorical(sample)
         case FeatureSample():
             return _check_features(sample)
+        case MeanSample():
+            return _check_mean(sample)
     return f"not a sample: {type(sample).__name__}"
 
 
@@ -288,6 +334,8 @@ def observed(sample: Sample) -> tuple[float, float]:
         case FeatureSample(histograms=hs):
             sizes = [observed(h) for h in hs]
             return sum(c for c, _ in sizes), sum(s for _, s in sizes)
+        case MeanSample(candidate_n=c, stable_n=s):
+            return float(c), float(s)
     return 1.0, 0.0
 
 

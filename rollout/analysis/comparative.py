@@ -6,7 +6,9 @@ The template picks the test (``rollout.metrics.templates.Test``):
 - latency: one-sided Mann-Whitney U on the buckets (ties handled), effect = the relative increase
   of the median or of the template's quantile, whichever is larger (``0.2`` = 20 % slower);
 - predicted classes: chi-square, effect = PSI; confidence: two-sample KS, effect = KS distance;
-- input features: chi-square per feature (Bonferroni over features), effect = that feature's PSI.
+- input features: chi-square per feature (Bonferroni over features), effect = that feature's PSI;
+- a regressor's mae or rmse: one-sided Welch t test of the mean absolute (rmse: squared) error,
+  effect = the relative increase of MAE or RMSE (``minEffect: 0.1`` = 10 % worse; ``means``).
 Failed only when the regression is significant at ``alpha`` AND at least ``minEffect``;
 Inconclusive while either version has fewer than ``minSamples`` observations (never Successful
 while stable has none); Successful otherwise. A malformed sample (``checks.check_sample``) is an
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rollout.analysis import stats
+from rollout.analysis import means, stats
 from rollout.analysis.base import CategoricalSample, FeatureSample, Measurement, Sample, Verdict
 from rollout.analysis.batch import (
     FAILED,
@@ -29,6 +31,7 @@ from rollout.analysis.batch import (
     VERDICT_OF_CODE,
     Batch,
     HistogramBatch,
+    MeanBatch,
     ProportionBatch,
     Verdicts,
     scalar,
@@ -37,7 +40,7 @@ from rollout.analysis.batch import (
 from rollout.analysis.checks import screen
 from rollout.analysis.drift import Drift, feature_drift, prediction_shift
 from rollout.analysis.threshold import headline, headline_batch, sample_size
-from rollout.metrics.templates import Template, Test
+from rollout.metrics.templates import Headline, Template, Test
 from rollout.spec import MetricSpec
 
 
@@ -77,6 +80,10 @@ class ComparativeJudge:
             return latency_effect(batch.bounds, batch.candidate_counts, batch.stable_counts, q), p
         if test == Test.KS and isinstance(batch, HistogramBatch):
             return stats.ks_two_sample_v(batch.candidate_counts, batch.stable_counts)
+        if test == Test.WELCH and isinstance(batch, MeanBatch):
+            squared = self.template.headline == Headline.RMSE
+            t = means.mean_test(batch, squared, self.min_effect)
+            return np.nan_to_num(t.relative, nan=0.0, posinf=np.inf), means.welch_greater_v(t)
         raise TypeError(f"template {self.template.name!r} ({test.value}) cannot judge {type(batch).__name__}")
 
     def _codes(self, n_c: np.ndarray, n_s: np.ndarray, effect: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -107,9 +114,11 @@ class ComparativeJudge:
         if batch is not None:
             effect_a, p_a = self._test_batch(batch)
             effect, p_value = scalar(effect_a) or 0.0, float(p_a)
-            what = {Test.TWO_PROPORTION: "bad-rate increase", Test.MANN_WHITNEY: "relative slow-down"}.get(
-                self.template.test, "KS distance"
-            )
+            what = {
+                Test.TWO_PROPORTION: "bad-rate increase",
+                Test.MANN_WHITNEY: "relative slow-down",
+                Test.WELCH: f"relative {self.template.headline.value.upper()} increase",
+            }.get(self.template.test, "KS distance")
         else:
             effect, p_value, what = self._scalar_test(sample)
         verdict = VERDICT_OF_CODE[

@@ -2,7 +2,9 @@
 
 An unknown kind is an error (``UnknownProviderError``), never a silent fallback to another judge.
 A template that cannot be judged the way the spec asks (a raw query under a comparative judge,
-shadow agreement against a stable that has none) is a ``SpecError`` naming the metric.
+shadow agreement against a stable that has none, a template that refuses the kind:
+``Template.refuses``, such as prediction-value-shift under the sequential judge) is a
+``SpecError`` naming the metric.
 Who calls it: the engine (once per metric when an analysis starts), the simulator and the CLI.
 """
 
@@ -33,8 +35,9 @@ _SUPPORTED: dict[str, set[SampleKind]] = {
         SampleKind.HISTOGRAM,
         SampleKind.CATEGORICAL,
         SampleKind.FEATURES,
+        SampleKind.MEAN,
     },
-    JudgeKind.SEQUENTIAL.value: {SampleKind.PROPORTION, SampleKind.HISTOGRAM},
+    JudgeKind.SEQUENTIAL.value: {SampleKind.PROPORTION, SampleKind.HISTOGRAM, SampleKind.MEAN},
 }
 
 
@@ -79,6 +82,12 @@ def make_judge(metric: MetricSpec) -> Judge:
             raise SpecError(
                 f"metric {metric.name!r}: template {template.name!r} has no stable counterpart to compare "
                 f"with — use judge kind 'threshold'",
+                field="judge.kind",
+            )
+        refused = dict(template.refuses).get(kind)
+        if refused is not None:
+            raise SpecError(
+                f"metric {metric.name!r}: the {kind} judge cannot judge template {template.name!r}: {refused}",
                 field="judge.kind",
             )
         if template.kind not in supported:

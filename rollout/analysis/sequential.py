@@ -28,6 +28,15 @@ buckets for latency (``minEffect: 0.2`` = 20 % slower, i.e. log 1.2). Variances 
 pseudo-counts so a run of zero errors does not look like certainty. The sample must be cumulative
 since the analysis started (the engine asks for that window for sequential metrics).
 
+A regressor's mae and rmse: the difference of the versions' mean absolute (rmse: squared) error,
+normal approximation, variance from the error sums (``means``: exact for mae, approximated for
+rmse). Failed when the difference is proven above 0; Successful when ``candidate - (1 +
+minEffect) x stable`` (rmse: (1 + minEffect)^2 on the MSE) is proven below 0 by the one-sided
+test at ``alpha / 2``: the candidate's MAE (RMSE) is then proven less than minEffect above
+stable's, relative (0.1 = 10 %). The mixing scale is minEffect times the pooled mean of both
+versions (stable's alone may be 0): a scale read from the data, so the always-valid guarantee is
+approximate while that mean still moves (``rollout simulate`` measures it, scenarios "mae").
+
 Latency also gets a tail test alongside, because a mean of log-latency misses a candidate whose
 p99 doubles while its median stays put: the bucket bound where stable's cumulative share is
 nearest the template's quantile ``q`` (0.99 for latency-p99) splits each version's requests into
@@ -46,7 +55,7 @@ import math
 
 import numpy as np
 
-from rollout.analysis import stats
+from rollout.analysis import means, stats
 from rollout.analysis.base import Measurement, Sample, Verdict
 from rollout.analysis.batch import (
     FAILED,
@@ -55,13 +64,15 @@ from rollout.analysis.batch import (
     VERDICT_OF_CODE,
     Batch,
     HistogramBatch,
+    MeanBatch,
     ProportionBatch,
     Verdicts,
+    scalar,
     to_batch,
 )
 from rollout.analysis.checks import screen
 from rollout.analysis.threshold import headline, headline_batch, sample_size
-from rollout.metrics.templates import Template
+from rollout.metrics.templates import Headline, Template
 from rollout.spec import MetricSpec
 
 
@@ -143,6 +154,7 @@ class SequentialJudge:
         # candidate may add before it is not proven fine (1 - q: 1 point over stable's p99 share)
         self.tail_q = template.quantile if template.quantile is not None else 0.99
         self.tail_effect = 1.0 - self.tail_q
+        self.squared = template.headline == Headline.RMSE  # rmse: the test is on the squared error
 
     def _difference(self, batch: Batch) -> tuple[np.ndarray, np.ndarray, float, str]:
         """(estimate, variance, the effect that matters on the same scale, what it measures)."""
@@ -154,7 +166,69 @@ class SequentialJudge:
             return est, var, math.log1p(self.min_effect), "log slow-down"
         raise TypeError(f"the sequential judge cannot judge {type(batch).__name__}")
 
+    def _mean_verdicts(self, batch: MeanBatch) -> Verdicts:
+        """mae, rmse: the mSPRT on the difference of means, scaled by the mixing scale ``tau``
+        (the mixture ratio of d, V at tau equals that of d / tau, V / tau^2 at 1)."""
+        t = means.mean_test(batch, self.squared, self.min_effect)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            tau = np.where(t.tau > 0, t.tau, np.nan)  # no error anywhere: nothing to scale by
+            log_l0 = np.nan_to_num(stats.log_mixture_ratio(t.est / tau, t.var / tau**2, 1.0), nan=-np.inf)
+            log_ok = np.nan_to_num(
+                stats.log_one_sided_ratio(t.contrast / tau, t.contrast_var / tau**2, 1.0, -1.0), nan=-np.inf
+            )
+        failed = (t.est > 0) & (log_l0 >= math.log(1 / self.alpha))
+        proven_ok = (t.contrast < 0) & (log_ok >= math.log(2 / self.alpha))
+        few = ~((t.n_c >= self.min_samples) & (t.n_s >= self.min_samples))
+        code = np.where(
+            few, INCONCLUSIVE, np.where(failed, FAILED, np.where(proven_ok, SUCCESSFUL, INCONCLUSIVE))
+        )
+        details = {
+            "effect": t.est,
+            "relative": t.relative,
+            "p_value": np.minimum(1.0, np.exp(-np.maximum(log_l0, 0.0))),
+            "p_value_ok": np.minimum(1.0, np.exp(-np.maximum(log_ok, 0.0))),
+            "variance": t.var,
+            "tau": t.tau,
+            "stable": np.sqrt(t.mean_s) if self.squared else t.mean_s,  # stable's MAE or RMSE
+        }
+        return Verdicts(code.astype(np.int8), headline_batch(self.template, batch), details)
+
+    def _judge_mean(self, metric: str, batch: MeanBatch, n: tuple[float, float], now: float) -> Measurement:
+        v = self._mean_verdicts(batch)
+        est, var, tau = (float(v.details[k]) for k in ("effect", "variance", "tau"))
+        h = tau * stats.half_width(var / tau**2, 1.0, self.alpha) if tau > 0 else math.nan
+        name = self.template.headline.value.upper()
+        scale = "MSE" if self.squared else "MAE"
+        stable = float(v.details["stable"])
+        details = {
+            "candidate_n": n[0],
+            "stable_n": n[1],
+            "effect": est,
+            "relative": float(v.details["relative"]),
+            "lower": est - h,
+            "upper": est + h,
+            "p_value": float(v.details["p_value"]),
+        }
+        value = scalar(v.value)
+        candidate = math.nan if value is None else value
+        shown = f"{name} {candidate:.4g} vs stable's {stable:.4g} ({details['relative']:+.1%})"
+        ci = f"{scale} difference [{est - h:.4g}, {est + h:.4g}] ({1 - self.alpha:.0%} always-valid)"
+        verdict = VERDICT_OF_CODE[int(v.code)]
+        if verdict == Verdict.FAILED:
+            msg = f"regression proven: {shown}, {ci}, p={details['p_value']:.2g}"
+        elif verdict == Verdict.SUCCESSFUL:
+            details["p_value_ok"] = float(v.details["p_value_ok"])
+            msg = (
+                f"{shown} proven less than {self.min_effect:.0%} above stable's "
+                f"(always-valid, p={details['p_value_ok']:.2g})"
+            )
+        else:
+            msg = f"{shown}, {ci}: not decided yet"
+        return Measurement(metric, verdict, value, now, msg, details)
+
     def verdicts(self, batch: Batch) -> Verdicts:
+        if isinstance(batch, MeanBatch):
+            return self._mean_verdicts(batch)
         n_c, n_s = batch.sizes
         est, var, effect, _ = self._difference(batch)
         tail = isinstance(batch, HistogramBatch)
@@ -211,6 +285,8 @@ class SequentialJudge:
         batch = to_batch(sample)
         if batch is None:
             raise TypeError(f"the sequential judge cannot judge {type(sample).__name__}")
+        if isinstance(batch, MeanBatch):
+            return self._judge_mean(metric, batch, (n_c, n_s), now)
         v = self.verdicts(batch)
         est_a, var_a, effect, what = self._difference(batch)
         est, var = float(est_a), float(var_a)

@@ -3,7 +3,8 @@
 The headline of a sample depends on its template (``rollout.metrics.templates``): the candidate's
 bad rate for error-rate, its good rate for accuracy and shadow agreement, the template's quantile
 (p99) interpolated from latency buckets, PSI of predicted classes against stable, KS distance of
-confidence, the largest per-feature PSI; a raw query's value as it is. No data is Inconclusive,
+confidence, the largest per-feature PSI, a regressor's MAE or RMSE (``means``); a raw query's
+value as it is. No data is Inconclusive,
 never a pass; so is a candidate sample smaller than ``judge.minSamples`` when the user set one.
 A malformed sample (``checks.check_sample``) is an Error naming what is wrong, never an exception.
 Who calls it: ``registry.make_judge`` (the engine) and the simulator (``verdicts``).
@@ -15,7 +16,7 @@ import math
 
 import numpy as np
 
-from rollout.analysis import stats
+from rollout.analysis import means, stats
 from rollout.analysis.base import (
     CategoricalSample,
     FeatureSample,
@@ -30,6 +31,7 @@ from rollout.analysis.batch import (
     SUCCESSFUL,
     VERDICT_OF_CODE,
     Batch,
+    MeanBatch,
     ProportionBatch,
     Verdicts,
     scalar,
@@ -50,6 +52,8 @@ def headline_batch(template: Template | None, batch: Batch) -> np.ndarray:
             rate = np.clip(batch.candidate_bad / np.where(total > 0, total, 1.0), 0.0, 1.0)
         rate = 1.0 - rate if kind == Headline.GOOD_RATE else rate
         return np.where(total > 0, rate, np.nan)
+    if isinstance(batch, MeanBatch):
+        return means.headline_v(batch, squared=kind == Headline.RMSE)
     if kind == Headline.KS:
         n_c, n_s = batch.sizes
         return np.where(

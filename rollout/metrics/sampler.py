@@ -21,12 +21,14 @@ from rollout.analysis.base import (
     CategoricalSample,
     FeatureSample,
     HistogramSample,
+    MeanSample,
     ProportionSample,
     Sample,
     ValueSample,
 )
 from rollout.metrics.base import MetricProvider
 from rollout.metrics.templates import (
+    MEAN_PART_LABEL,
     SampleKind,
     Template,
     get_template,
@@ -168,6 +170,17 @@ def _features(provider: MetricProvider, queries: dict[str, dict[str, str]]) -> F
     return FeatureSample(tuple(sorted(names)), tuple(hists))
 
 
+def _mean(provider: MetricProvider, queries: dict[str, dict[str, str]]) -> MeanSample:
+    """A regressor's labelled rows and error sums per version: one query each (the increase() of
+    the three counters, over the same scrapes); a sum without a series is 0. Values pass as
+    Prometheus gives them: the judges name a sample that cannot be."""
+    values = []
+    for role in ("candidate", "stable"):
+        parts = _vector(provider, queries[role]["sums"], MEAN_PART_LABEL)
+        values += [parts.get(part, 0.0) for part in ("n", "total", "total_sq")]
+    return MeanSample(*values)
+
+
 def collect(metric: MetricSpec, provider: MetricProvider, ctx: SampleContext) -> Sample:
     """Run the metric's queries and build its sample. Provider errors propagate."""
     queries = render_queries(metric, ctx)
@@ -197,4 +210,6 @@ def collect(metric: MetricSpec, provider: MetricProvider, ctx: SampleContext) ->
         )
     if template.kind == SampleKind.FEATURES:
         return _features(provider, queries)
+    if template.kind == SampleKind.MEAN:
+        return _mean(provider, queries)
     raise AssertionError(f"template {template.name!r} has an unhandled kind {template.kind}")

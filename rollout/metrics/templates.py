@@ -2,8 +2,9 @@
 
 A template says which queries to run per version (stable and candidate, over the same window) and
 what kind of sample they make: counts of bad out of total (``proportion``), bucketed observations
-(``histogram``), counts per predicted class (``categorical``) or one histogram per input feature
-(``features``). It also names the headline number a threshold is compared with and the test the
+(``histogram``), counts per predicted class (``categorical``), one histogram per input feature
+(``features``) or a regressor's labelled rows with the sums of their absolute and squared errors
+(``mean``). It also names the headline number a threshold is compared with and the test the
 comparative judge runs. Placeholders: ``{{service}}`` (the ``model`` label), ``{{stable}}``,
 ``{{candidate}}``, ``{{version}}`` (the ``version`` label: the part after ':' of a model tag) and
 ``{{window}}`` (a PromQL duration such as ``30s``).
@@ -29,6 +30,7 @@ class SampleKind(StrEnum):
     HISTOGRAM = "histogram"  # bucket counts per version
     CATEGORICAL = "categorical"  # counts per class per version
     FEATURES = "features"  # one histogram per input feature per version
+    MEAN = "mean"  # n, sum and sum of squares per version (a regressor's absolute errors)
 
 
 class Headline(StrEnum):
@@ -41,6 +43,8 @@ class Headline(StrEnum):
     PSI = "psi"  # population stability index, candidate against stable
     KS = "ks"  # Kolmogorov-Smirnov distance of candidate and stable histograms
     MAX_PSI = "max-psi"  # the largest per-feature PSI
+    MAE = "mae"  # candidate sum of absolute errors / labelled rows
+    RMSE = "rmse"  # sqrt(candidate sum of squared errors / labelled rows)
 
 
 class Test(StrEnum):
@@ -51,6 +55,7 @@ class Test(StrEnum):
     CHI_SQUARE = "chi-square"
     KS = "ks"
     FEATURE_CHI_SQUARE = "feature-chi-square"
+    WELCH = "welch"  # one-sided Welch t test of the mean error (absolute for mae, squared for rmse)
     NONE = "none"  # no stable counterpart (shadow agreement): threshold only
 
 
@@ -66,6 +71,9 @@ class Template:
     description: str = ""
     # the series this template needs, for error messages and docs
     series: tuple[str, ...] = field(default_factory=tuple)
+    # judge kinds that cannot judge this template although they take its sample kind: kind -> why
+    # (the SpecError of ``rollout.analysis.registry.make_judge`` says it)
+    refuses: tuple[tuple[str, str], ...] = ()
 
     @property
     def has_stable(self) -> bool:
@@ -173,6 +181,36 @@ def _categorical(name: str, description: str, metric: str, by: str) -> Template:
     )
 
 
+# the three sums of a mean sample, each labelled with its name under this label
+MEAN_PART_LABEL = "part"
+
+
+def _mean(name: str, description: str, headline: Headline) -> Template:
+    """A regressor's labelled rows and the sums of their absolute and squared errors, per version;
+    the same three counters for MAE and RMSE, the headline says which is judged. One query (the
+    three increases, told apart by ``MEAN_PART_LABEL``), so the sums are of the same scrapes:
+    three queries run a few milliseconds apart could see a new scrape in one and not in another,
+    and give sums no set of rows can have."""
+    parts = (
+        ("n", n.FEEDBACK_TOTAL),
+        ("total", n.FEEDBACK_ABSOLUTE_ERROR_SUM),
+        ("total_sq", n.FEEDBACK_SQUARED_ERROR_SUM),
+    )
+    sums = " or ".join(
+        f'label_replace(sum(increase({_sel(metric)}[{{{{window}}}}])), "{MEAN_PART_LABEL}", "{part}", "", "")'
+        for part, metric in parts
+    )
+    return Template(
+        name=name,
+        kind=SampleKind.MEAN,
+        headline=headline,
+        test=Test.WELCH,
+        queries={"sums": sums},
+        description=description,
+        series=tuple(metric for _, metric in parts),
+    )
+
+
 def _features(name: str, description: str, metric: str) -> Template:
     """One histogram of ``metric`` per ``feature`` label; largest-PSI headline, per-feature chi-square."""
     return Template(
@@ -234,6 +272,34 @@ TEMPLATES: dict[str, Template] = {
             "feature-drift",
             "largest per-feature PSI of input z-scores, candidate traffic against stable traffic",
             n.FEATURE_ZSCORE,
+        ),
+        # regressors (rollout.metrics.names: the server sums |prediction - label| and its square)
+        _mean(
+            "mae",
+            "mean absolute error of the labelled predictions (lower is better)",
+            Headline.MAE,
+        ),
+        _mean(
+            "rmse",
+            "root mean squared error of the labelled predictions (lower is better)",
+            Headline.RMSE,
+        ),
+        Template(
+            name="prediction-value-shift",
+            kind=SampleKind.HISTOGRAM,
+            headline=Headline.KS,
+            test=Test.KS,
+            queries={"buckets": _buckets(n.PREDICTION_VALUE)},
+            description="KS distance of the predicted-value distribution, candidate against stable",
+            series=(n.PREDICTION_VALUE + "_bucket",),
+            refuses=(
+                (
+                    "sequential",
+                    "a shift of predicted values has no direction to prove a regression in (the "
+                    "sequential judge tests a mean log-value, and predictions may be negative); use "
+                    "'comparative' (two-sample KS) or 'threshold' (KS distance)",
+                ),
+            ),
         ),
         _proportion(
             "shadow-agreement",

@@ -12,13 +12,14 @@ Who calls it: ``rollout.simulate``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from rollout.analysis.batch import FAILED, SUCCESSFUL, HistogramBatch, ProportionBatch
+from rollout.analysis.batch import FAILED, SUCCESSFUL, Batch, HistogramBatch, MeanBatch, ProportionBatch
 from rollout.analysis.registry import make_judge
-from rollout.simulator.traffic import BOUNDS, TICK_SECONDS, Traffic
+from rollout.simulator.traffic import BASELINE_MAE, BOUNDS, TICK_SECONDS, Traffic
 from rollout.spec import JudgeKind, MetricSpec
 
 PROMOTED, ROLLED_BACK, UNDECIDED = 0, 1, 2
@@ -62,6 +63,21 @@ def _cumulative(x: np.ndarray) -> np.ndarray:
     return np.concatenate([zeros, np.cumsum(x, axis=1)], axis=1)
 
 
+def _windows(traffic: Traffic) -> Callable[[int, int], Batch]:
+    """The batch of ticks [start, end) of every run, for the traffic's kind of sample."""
+    if traffic.histogram:
+        cc, sc = _cumulative(traffic.candidate_buckets), _cumulative(traffic.stable_buckets)
+        return lambda end, start: HistogramBatch(BOUNDS, _window(cc, end, start), _window(sc, end, start))
+    if traffic.mean:
+        sums = [_cumulative(x) for x in (*traffic.candidate_errors, *traffic.stable_errors)]
+        return lambda end, start: MeanBatch(*(_window(x, end, start) for x in sums))
+    parts = [
+        _cumulative(x)
+        for x in (traffic.candidate_bad, traffic.candidate_total, traffic.stable_bad, traffic.stable_total)
+    ]
+    return lambda end, start: ProportionBatch(*(_window(x, end, start) for x in parts))
+
+
 def drive(setup: JudgeSetup, traffic: Traffic, horizon_seconds: float) -> Outcomes:
     judge = make_judge(setup.metric)
     every = max(1, round(setup.interval / TICK_SECONDS))
@@ -69,11 +85,7 @@ def drive(setup: JudgeSetup, traffic: Traffic, horizon_seconds: float) -> Outcom
     last = min(ticks, int(horizon_seconds // TICK_SECONDS))
     runs = traffic.candidate_requests.shape[0]
     req = _cumulative(traffic.candidate_requests)
-    if traffic.histogram:
-        cc, sc = _cumulative(traffic.candidate_buckets), _cumulative(traffic.stable_buckets)
-    else:
-        cb, ct = _cumulative(traffic.candidate_bad), _cumulative(traffic.candidate_total)
-        sb, st = _cumulative(traffic.stable_bad), _cumulative(traffic.stable_total)
+    window = _windows(traffic)
 
     outcome = np.full(runs, UNDECIDED, dtype=np.int8)
     at_tick = np.full(runs, last)
@@ -82,16 +94,7 @@ def drive(setup: JudgeSetup, traffic: Traffic, horizon_seconds: float) -> Outcom
     check = 0
     for end in range(every, last + 1, every):
         check += 1
-        start = 0 if setup.cumulative else end - every
-        if traffic.histogram:
-            batch = HistogramBatch(BOUNDS, _window(cc, end, start), _window(sc, end, start))
-        else:
-            batch = ProportionBatch(
-                _window(cb, end, start),
-                _window(ct, end, start),
-                _window(sb, end, start),
-                _window(st, end, start),
-            )
+        batch = window(end, 0 if setup.cumulative else end - every)
         code = judge.verdicts(batch).code
         failed_in_a_row = np.where(
             code == FAILED, failed_in_a_row + 1, np.where(code == SUCCESSFUL, 0, failed_in_a_row)
@@ -112,18 +115,22 @@ def user_setups(metric: str, threshold_max_p99: float) -> list[JudgeSetup]:
     """The judges of the comparison, each configured as a user would for this metric.
 
     - threshold: the common defaults — 1-minute interval, failureLimit 5, a 99 % success rate
-      (error rate <= 1 %), accuracy >= 93 %, p99 at most 10 % above today's; 5 intervals;
+      (error rate <= 1 %), accuracy >= 93 %, p99 at most 10 % above today's, MAE at most 10 %
+      above today's; 5 intervals;
     - comparative: 1-minute windows, alpha 0.01, failureLimit 1 (two failures in a row), 5 intervals;
     - sequential: checked every 10 s on cumulative data, alpha 0.01, failureLimit 0, decides as soon
       as the evidence is enough.
-    ``minEffect``: 1 point of error rate, 2 points of accuracy, 10 % of latency.
+    ``minEffect``: 1 point of error rate, 2 points of accuracy, 10 % of latency and of MAE.
     """
-    template = {"error-rate": "error-rate", "latency": "latency-p99", "accuracy": "accuracy"}[metric]
-    effect = {"error-rate": 0.01, "latency": 0.1, "accuracy": 0.02}[metric]
+    template = {"error-rate": "error-rate", "latency": "latency-p99", "accuracy": "accuracy", "mae": "mae"}[
+        metric
+    ]
+    effect = {"error-rate": 0.01, "latency": 0.1, "accuracy": 0.02, "mae": 0.1}[metric]
     threshold = {
         "error-rate": {"max": 0.01},
         "latency": {"max": threshold_max_p99},
         "accuracy": {"min": 0.93},
+        "mae": {"max": round(1.1 * BASELINE_MAE, 4)},
     }[metric]
     base = {"name": metric.replace("latency", "latency-p99"), "template": template}
     return [

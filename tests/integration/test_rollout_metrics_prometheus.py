@@ -1,7 +1,11 @@
 """The rollout_* series with real Prometheus parts: a local rollout's series reach the local
 stack's Prometheus (real nginx + Prometheus, echo model servers), and the chart's alerts fire on
 the exporter's real output under promtool (ModelRolloutRolledBack after a rollback,
-ModelRolloutStuck for a rollout that does not move; silent otherwise)."""
+ModelRolloutStuck for a rollout that does not move; silent otherwise). And the model series the
+built-in templates read: a tiny exposition over HTTP (a regressor's feedback counters and
+predicted-value histogram for two versions, growing with time) scraped by a real Prometheus;
+every template's rendered PromQL runs there, and the mae, rmse and prediction-value-shift samples
+read back the errors and the shift the exposition was written with."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +25,21 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from rollout.actions import CommandKind
+from rollout.analysis.base import HistogramSample, MeanSample, Verdict
+from rollout.analysis.registry import make_judge
+from rollout.analysis.threshold import headline
 from rollout.exporter import RolloutCollector
 from rollout.k8s import alerts, generate
+from rollout.local.processes import Supervisor, free_port
+from rollout.local.prometheus import PrometheusServer
 from rollout.local.runner import CommandQueue, LocalRunner
 from rollout.local.stack import LocalStack
+from rollout.metrics import names as n
+from rollout.metrics.prometheus import PrometheusProvider
+from rollout.metrics.sampler import SampleContext, collect
+from rollout.metrics.templates import TEMPLATES, get_template
 from rollout.model import Phase, RolloutState
-from rollout.spec import parse_rollout
+from rollout.spec import MetricSpec, parse_rollout
 from tests.unit.enginekit import ERROR_RATE, FakeEdge, make_spec, run, value
 
 pytestmark = pytest.mark.integration
@@ -214,3 +228,101 @@ def test_the_alerts_fire_on_the_exporter_s_real_output(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- the templates' PromQL on a real Prometheus: a regressor's series ---------------------------
+
+# per version: labelled rows per second, MAE, MSE (>= MAE^2), predicted-value bucket shares
+REGRESSOR = {
+    "v1": (100.0, 0.8, 1.0, {"-10": 0.1, "0": 0.5, "10": 0.9, "+Inf": 1.0}),
+    "v2": (100.0, 0.96, 1.44, {"-10": 0.05, "0": 0.3, "10": 0.9, "+Inf": 1.0}),
+}
+
+
+def _regressor_exposition(seconds: float) -> str:
+    """The series a regressor's server exports, ``seconds`` after it started (every counter grows
+    at its own constant rate, so increase() over any window keeps their ratios exactly)."""
+    lines = [f"# TYPE {name} counter" for name in (n.FEEDBACK_TOTAL, n.FEEDBACK_ABSOLUTE_ERROR_SUM)]
+    lines += [f"# TYPE {n.FEEDBACK_SQUARED_ERROR_SUM} counter", f"# TYPE {n.PREDICTION_VALUE} histogram"]
+    for version, (rows, mae, mse, shares) in REGRESSOR.items():
+        sel = f'model="house",version="{version}"'
+        total = rows * seconds
+        lines += [
+            f"{n.FEEDBACK_TOTAL}{{{sel}}} {total}",
+            f"{n.FEEDBACK_ABSOLUTE_ERROR_SUM}{{{sel}}} {total * mae}",
+            f"{n.FEEDBACK_SQUARED_ERROR_SUM}{{{sel}}} {total * mse}",
+        ]
+        lines += [f'{n.PREDICTION_VALUE}_bucket{{{sel},le="{le}"}} {total * x}' for le, x in shares.items()]
+        lines += [f"{n.PREDICTION_VALUE}_count{{{sel}}} {total}", f"{n.PREDICTION_VALUE}_sum{{{sel}}} 0"]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def regressor_prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusProvider]:
+    started = time.monotonic()
+
+    class Exposition(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            pass
+
+        def do_GET(self) -> None:
+            body = _regressor_exposition(time.monotonic() - started).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Exposition)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    sup = Supervisor()
+    try:
+        server = PrometheusServer(sup, tmp_path_factory.mktemp("prom") / "prometheus", free_port())
+        server.start()
+        server.add_target("regressor", f"127.0.0.1:{http.server_address[1]}")
+        provider = PrometheusProvider(server.url)
+        # a full 10 s window of scrapes (every second) for both versions
+        wait_for(
+            "10 s of the regressor's series",
+            lambda: len(provider.query_vector(f"count_over_time({n.FEEDBACK_TOTAL}[10s]) >= 9")) == 2,
+        )
+        yield provider
+    finally:
+        sup.stop_all()
+        http.shutdown()
+
+
+CTX = SampleContext("house", "house:v1", "house:v2", window=10.0)
+
+
+def _metric(template: str, kind: str = "threshold") -> MetricSpec:
+    data = {"name": "m", "template": template, "judge": {"kind": kind, "minSamples": 100}}
+    return MetricSpec.model_validate(data | ({"threshold": {"max": 1.0}} if kind == "threshold" else {}))
+
+
+def test_every_template_s_queries_run_on_a_real_prometheus(regressor_prometheus: PrometheusProvider) -> None:
+    """Each built-in template's rendered PromQL parses and evaluates (series of a classifier are
+    absent here: zero counts, an empty histogram, no features, never a rejected query)."""
+    for name in TEMPLATES:
+        collect(_metric(name), regressor_prometheus, CTX)
+
+
+def test_mae_and_rmse_read_the_regressor_s_errors_back(regressor_prometheus: PrometheusProvider) -> None:
+    sample = collect(_metric("mae"), regressor_prometheus, CTX)
+    assert isinstance(sample, MeanSample)
+    assert 500 < sample.candidate_n < 1500 and 500 < sample.stable_n < 1500  # 100 rows/s over 10 s
+    assert headline(get_template("mae"), sample) == pytest.approx(0.96, rel=1e-6)
+    assert headline(get_template("rmse"), sample) == pytest.approx(1.2, rel=1e-6)
+    assert sample.stable_total / sample.stable_n == pytest.approx(0.8, rel=1e-6)
+    # MAE 20 % above stable's on ~1000 rows a side: a regression, proven by both statistical judges
+    for kind in ("comparative", "sequential"):
+        got = make_judge(_metric("mae", kind)).judge("m", sample, 0.0)
+        assert got.verdict == Verdict.FAILED, (kind, got.message)
+
+
+def test_prediction_value_shift_reads_the_bucket_shares_back(
+    regressor_prometheus: PrometheusProvider,
+) -> None:
+    sample = collect(_metric("prediction-value-shift"), regressor_prometheus, CTX)
+    assert isinstance(sample, HistogramSample) and sample.bounds == (-10.0, 0.0, 10.0, float("inf"))
+    assert headline(get_template("prediction-value-shift"), sample) == pytest.approx(0.2, rel=1e-6)

@@ -1,10 +1,11 @@
 """Hypothesis strategies for analysis samples of every kind and every shape a metric source can give.
 
-``any_sample()`` draws ValueSample, ProportionSample, HistogramSample, CategoricalSample and
-FeatureSample values that are sometimes well formed (sorted bounds ending in +Inf, one count per
+``any_sample()`` draws ValueSample, ProportionSample, HistogramSample, CategoricalSample,
+FeatureSample and MeanSample values that are sometimes well formed (sorted bounds ending in +Inf, one count per
 bucket, plausible counts) and often hostile: no buckets at all, zero counts, a single bucket, no
 +Inf bucket, unsorted or repeated bounds, NaN / infinite / negative / huge counts, bounds and
-counts of different lengths, one version's counts absent, no categories, no features.
+counts of different lengths, one version's counts absent, no categories, no features, error sums
+that no set of rows can have.
 Who uses it: ``tests/unit/test_judge_inputs.py`` (judges and headlines are total) and
 ``tests/unit/test_engine_any_input.py`` (the engine never dies of what the world says).
 """
@@ -20,6 +21,7 @@ from rollout.analysis.base import (
     CategoricalSample,
     FeatureSample,
     HistogramSample,
+    MeanSample,
     ProportionSample,
     Sample,
     ValueSample,
@@ -99,6 +101,22 @@ def any_proportion(draw: st.DrawFn) -> ProportionSample:
     return ProportionSample(*(draw(any_number()) for _ in range(4)))
 
 
+@st.composite
+def any_mean(draw: st.DrawFn) -> MeanSample:
+    """A regressor's rows and error sums: possible ones (k rows, MAE, the ratio n sum e^2 / (sum
+    |e|)^2 between 1 and k, scaled by increase()'s extrapolation) or any six numbers."""
+    if draw(st.booleans()):
+        values: list[float] = []
+        for _ in range(2):
+            k = draw(st.integers(0, 2000))
+            s1 = k * draw(st.floats(0.0, 100.0))
+            s2 = draw(st.floats(1.0, max(1.0, min(k, 5.0)))) * s1 * s1 / k if k else 0.0
+            f = draw(st.floats(1.0, 1.2))
+            values += [f * k, f * s1, f * s2]
+        return MeanSample(*values)
+    return MeanSample(*(draw(any_number()) for _ in range(6)))
+
+
 def any_sample() -> SearchStrategy[Sample]:
     """A sample of any kind and any shape, well formed or hostile (see the module docstring)."""
     return st.one_of(
@@ -107,4 +125,5 @@ def any_sample() -> SearchStrategy[Sample]:
         any_histogram(),
         any_categorical(),
         any_features(),
+        any_mean(),
     )

@@ -25,6 +25,7 @@ from rollout.analysis.base import (
     CategoricalSample,
     FeatureSample,
     HistogramSample,
+    MeanSample,
     Measurement,
     ProportionSample,
     Sample,
@@ -50,6 +51,9 @@ THRESHOLDS = {
     "confidence-shift": {"max": 0.3},
     "feature-drift": {"max": 0.25},
     "shadow-agreement": {"min": 0.9},
+    "mae": {"max": 1.0},
+    "rmse": {"max": 1.2},
+    "prediction-value-shift": {"max": 0.3},
     None: {"max": 1.0},
 }
 STATISTICAL = {
@@ -60,8 +64,11 @@ STATISTICAL = {
         "prediction-shift",
         "confidence-shift",
         "feature-drift",
+        "mae",
+        "rmse",
+        "prediction-value-shift",
     ),
-    "sequential": ("error-rate", "latency-p99", "accuracy"),
+    "sequential": ("error-rate", "latency-p99", "accuracy", "mae", "rmse"),
 }
 
 
@@ -189,6 +196,21 @@ FEATURE_CASES = [
     ),
     ("not a histogram", FeatureSample(("x",), (ValueSample(1.0),)), Verdict.ERROR, ["no histogram"]),  # type: ignore[arg-type]
 ]
+MEAN_CASES = [
+    ("zero", MeanSample(0, 0, 0, 0, 0, 0), Verdict.INCONCLUSIVE, ["no feedback labels for candidate"]),
+    ("NaN rows", MeanSample(NAN, 1, 1, 10, 5, 3), Verdict.ERROR, ["candidate's labelled-row count", "NaN"]),
+    (
+        "counter reset",
+        MeanSample(10, 5, 3, 10, -1, 3),
+        Verdict.ERROR,
+        ["stable's sum of absolute errors", "negative", "counter reset"],
+    ),
+    ("inf", MeanSample(10, 5, INF, 10, 5, 3), Verdict.ERROR, ["candidate's sum of squared errors", "+Inf"]),
+    ("errors, no rows", MeanSample(0, 5, 3, 10, 5, 3), Verdict.ERROR, ["over no labelled rows"]),
+    ("squares too small", MeanSample(10, 5, 1, 10, 5, 3), Verdict.ERROR, ["impossible for 10 rows"]),
+    ("squares too large", MeanSample(10, 5, 3, 10, 2, 5), Verdict.ERROR, ["stable's", "impossible"]),
+    ("not numbers", MeanSample("x", 1, 1, 1, 1, 1), Verdict.ERROR, ["'x', not a number"]),  # type: ignore[arg-type]
+]
 VALUE_CASES = [
     ("NaN", ValueSample(NAN), Verdict.INCONCLUSIVE, ["returned NaN", "no data"]),
     ("+inf", ValueSample(INF), Verdict.ERROR, ["+Inf", "denominator"]),
@@ -206,7 +228,8 @@ def table(cases: list, *templates: str | None) -> list:
 
 @pytest.mark.parametrize(
     ("m", "sample", "verdict", "words"),
-    table(HISTOGRAM_CASES, "latency-p99", "confidence-shift")
+    table(HISTOGRAM_CASES, "latency-p99", "confidence-shift", "prediction-value-shift")
+    + table(MEAN_CASES, "mae", "rmse")
     + table(PROPORTION_CASES, "error-rate", "accuracy", "shadow-agreement")
     + table(CATEGORICAL_CASES, "prediction-shift")
     + table(FEATURE_CASES, "feature-drift")
@@ -234,16 +257,24 @@ def test_an_empty_latency_histogram_is_no_requests_yet_not_a_crash():
     assert stats.ks_distance(np.array([]), np.array([])) == 0.0
 
 
-NO_STABLE = [
-    pytest.param(m, ProportionSample(0, 5000, 0, 0), id=f"{jid}-zero")
-    for jid, m in judges_of("error-rate", "accuracy")
-    if m.judge.kind.value != "threshold"
-] + [
-    pytest.param(m, HistogramSample(H, (4000, 900, 100), stable), id=f"{jid}-{case}")
-    for jid, m in judges_of("latency-p99", "confidence-shift")
-    if m.judge.kind.value != "threshold" or m.template == "confidence-shift"  # KS needs stable
-    for case, stable in (("zero", (0, 0, 0)), ("absent", ()))
-]
+NO_STABLE = (
+    [
+        pytest.param(m, ProportionSample(0, 5000, 0, 0), id=f"{jid}-zero")
+        for jid, m in judges_of("error-rate", "accuracy")
+        if m.judge.kind.value != "threshold"
+    ]
+    + [
+        pytest.param(m, HistogramSample(H, (4000, 900, 100), stable), id=f"{jid}-{case}")
+        for jid, m in judges_of("latency-p99", "confidence-shift")
+        if m.judge.kind.value != "threshold" or m.template == "confidence-shift"  # KS needs stable
+        for case, stable in (("zero", (0, 0, 0)), ("absent", ()))
+    ]
+    + [
+        pytest.param(m, MeanSample(5000, 4000, 5000, 0, 0, 0), id=f"{jid}-zero")
+        for jid, m in judges_of("mae", "rmse")
+        if m.judge.kind.value != "threshold"
+    ]
+)
 
 
 @pytest.mark.parametrize(("m", "sample"), NO_STABLE)

@@ -4,17 +4,28 @@ their targets on it; ``rollout simulate`` works from the command line."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from rollout.analysis.base import ProportionSample, Verdict
+from rollout import simulate as simulate_module
+from rollout.analysis.base import MeanSample, ProportionSample, Verdict
 from rollout.analysis.registry import make_judge
 from rollout.cli.main import cli
-from rollout.simulate import SimulationConfig, latency_threshold, simulate
+from rollout.simulate import SimulationConfig, _judge_scenarios, latency_threshold, simulate
 from rollout.simulator.drive import PROMOTED, ROLLED_BACK, UNDECIDED, drive, user_setups
-from rollout.simulator.traffic import BOUNDS, Scenario, Traffic, generate, latency_bucket_probabilities
+from rollout.simulator.traffic import (
+    BASELINE_MAE,
+    BOUNDS,
+    REGRESSOR_SCENARIOS,
+    Scenario,
+    Traffic,
+    error_sums,
+    generate,
+    latency_bucket_probabilities,
+)
 
 ERR = Scenario("error-rate", 0.05)
 
@@ -158,3 +169,77 @@ def test_a_missed_regression_hurts_until_the_horizon_a_caught_one_until_rollback
     assert caught["missed_regression_rate"] == 0.0 and caught["median_requests_hurt"] == pytest.approx(
         0.05 * 3600
     )
+
+
+# --- a regressor's mean absolute error ------------------------------------------------------------
+
+MAE_BAD = Scenario("mae", 0.15)
+
+
+def test_regressor_traffic_has_the_scenario_s_errors():
+    t = generate(MAE_BAD, 10.0, runs=200, ticks=30, rng=np.random.default_rng(0))
+    (cn, c1, c2), (sn, s1, s2) = t.candidate_errors, t.stable_errors
+    assert np.sqrt(s2.sum() / sn.sum()) == pytest.approx(1.0, rel=0.01)
+    assert cn.mean() == pytest.approx(50, rel=0.03)  # half the requests get a label
+    assert c1.sum() / cn.sum() == pytest.approx(1.15 * BASELINE_MAE, rel=0.01)
+    assert s1.sum() / sn.sum() == pytest.approx(BASELINE_MAE, rel=0.01)
+    assert np.sqrt(c2.sum() / cn.sum()) == pytest.approx(1.15, rel=0.01)  # RMSE: sigma
+    assert MAE_BAD.name == "mae +15%" and Scenario("mae").name == "mae good"
+
+
+def test_error_sums_are_the_sums_over_each_cell_s_own_rows():
+    rows = np.array([[2, 0, 3], [0, 1, 0]])
+    s1, s2 = error_sums(rows, 2.0, np.random.default_rng(7), chunk=2)  # chunks end inside no cell
+    e = np.abs(np.random.default_rng(7).standard_normal(2, dtype=np.float32)) * 2
+    assert s1[0, 0] == pytest.approx(e.sum()) and s2[0, 0] == pytest.approx((e**2).sum())
+    assert s1[0, 1] == 0 and s1[1, 0] == 0 and s1[1, 2] == 0 and s1[1, 1] > 0 and s2[0, 2] > 0
+    # sums one set of rows can have: (sum |e|)^2 / n <= sum e^2 <= (sum |e|)^2
+    filled = rows > 0
+    assert (s1[filled] ** 2 / rows[filled] <= s2[filled] * (1 + 1e-9)).all()
+    assert (s2[filled] <= s1[filled] ** 2 * (1 + 1e-9)).all()
+
+
+def test_drive_on_regressor_traffic_matches_a_one_by_one_loop_over_the_real_judge():
+    traffic = generate(MAE_BAD, 10.0, runs=15, ticks=60, rng=np.random.default_rng(5))
+    for setup in user_setups("mae", 0.1):
+        out = drive(setup, traffic, 600)
+        judge = make_judge(setup.metric)
+        every = int(setup.interval // 10)
+        for r in range(15):
+            in_a_row, decided = 0, (UNDECIDED, 600.0)
+            for k, end in enumerate(range(every, 61, every), start=1):
+                start = 0 if setup.cumulative else end - every
+                sums = [x[r, start:end].sum() for x in (*traffic.candidate_errors, *traffic.stable_errors)]
+                v = judge.judge("m", MeanSample(*sums), end * 10.0).verdict
+                in_a_row = in_a_row + 1 if v == Verdict.FAILED else 0 if v == Verdict.SUCCESSFUL else in_a_row
+                if in_a_row > setup.metric.failure_limit:
+                    decided = (ROLLED_BACK, end * 10.0)
+                    break
+                if v == Verdict.SUCCESSFUL and k >= setup.min_checks:
+                    decided = (PROMOTED, end * 10.0)
+                    break
+            assert (int(out.outcome[r]), float(out.seconds[r])) == decided, (setup.label, r)
+
+
+def test_mae_judges_roll_back_few_good_candidates_and_catch_a_15_percent_worse_one():
+    """400 rollouts per cell at 10 req/s: the statistical judges' false rollbacks stay within
+    alpha (1 %) plus three binomial standard errors; the sequential judge catches +15 %."""
+    cfg = SimulationConfig(runs=400, rps=(10.0,), horizon_seconds=900, calibrate=False, ab=False)
+    rows, _, _ = _judge_scenarios(REGRESSOR_SCENARIOS, 10.0, cfg, np.random.default_rng(11), 0.1)
+    by = {(r["judge"], r["scenario"]): r for r in rows}
+    noise = 3 * math.sqrt(0.01 * 0.99 / cfg.runs)
+    for judge in ("comparative", "sequential"):
+        assert by[(judge, "mae good")]["false_rollback_rate"] <= 0.01 + noise
+    assert by[("sequential", "mae +15%")]["missed_regression_rate"] < 0.01
+    assert by[("sequential", "mae +15%")]["median_seconds_to_decision"] <= 300
+    assert by[("threshold", "mae good")]["false_rollback_rate"] <= 0.01 + noise
+    assert {r["metric"] for r in rows} == {"mae"} and len(rows) == 6
+
+
+def test_the_regressor_scenarios_change_no_other_figure(monkeypatch):
+    cfg = SimulationConfig(runs=30, rps=(1.0, 10.0), horizon_seconds=300, calibrate=False, ab=False)
+    with_mae = simulate(cfg)["rows"]
+    monkeypatch.setattr(simulate_module, "REGRESSOR_SCENARIOS", ())
+    without = simulate(cfg)["rows"]
+    assert [r for r in with_mae if r["metric"] != "mae"] == without
+    assert {r["scenario"] for r in with_mae if r["metric"] == "mae"} == {"mae good", "mae +15%"}

@@ -77,6 +77,9 @@ def test_every_template_uses_the_shared_metric_names_and_leaves_no_placeholder()
         names.FEEDBACK_CORRECT_TOTAL,
         names.SHADOW_COMPARISONS_TOTAL,
         names.SHADOW_AGREEMENTS_TOTAL,
+        names.FEEDBACK_ABSOLUTE_ERROR_SUM,
+        names.FEEDBACK_SQUARED_ERROR_SUM,
+        names.PREDICTION_VALUE + "_bucket",
     }
     for name in TEMPLATES:
         spec = metric(template=name)
