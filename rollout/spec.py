@@ -296,14 +296,16 @@ class JudgeSpec(_Model):
             "threshold (default): the candidate's headline value (error rate, accuracy, p99 latency, "
             "PSI, KS distance, or a raw query's value) against `threshold`. comparative: candidate "
             "against stable over the same window, a fixed-sample test (two-proportion z, Mann-Whitney "
-            "U, chi-square, KS): Failed only when a regression is significant at alpha and at least "
-            "minEffect. sequential: an always-valid test (mSPRT) on data since the analysis started, "
-            "valid at every look; error-rate, accuracy, latency-p99 and confidence-shift only. "
+            "U, chi-square, KS, Welch t for mae and rmse): Failed only when a regression is "
+            "significant at alpha and at least minEffect. sequential: an always-valid test (mSPRT) on "
+            "data since the analysis started, valid at every look; error-rate, accuracy, latency-p99, "
+            "confidence-shift, mae and rmse only. "
             "comparative and sequential need a built-in template other than shadow-agreement."
         ),
     )
     # comparative / sequential: the smallest regression that matters (absolute for rates, relative
-    # for latency, e.g. 0.01 = one percentage point or 1 %), the false-positive rate, min samples.
+    # for latency, mae and rmse, e.g. 0.01 = one percentage point or 1 %), the false-positive rate,
+    # min samples.
     min_effect: float = Field(
         default=0.01,
         gt=0,
@@ -311,7 +313,8 @@ class JudgeSpec(_Model):
         description=(
             "comparative, sequential: the smallest regression that matters; a smaller one is never "
             "Failed. Absolute for rates (0.01 = one percentage point), relative for latency (0.2 = "
-            "20 % slower), PSI or KS distance for shifts. On the A/B test's metric, the size of "
+            "20 % slower) and for a regressor's mae and rmse (0.1 = MAE or RMSE 10 % above stable's), "
+            "PSI or KS distance for shifts. On the A/B test's metric, the size of "
             "difference its test is tuned to find. Above 0, at most 10; default 0.01."
         ),
     )
@@ -350,7 +353,9 @@ class MetricSpec(_Model):
             "(5xx share), latency-p99 (seconds), accuracy (from delayed feedback labels), "
             "prediction-shift (PSI of predicted classes), confidence-shift (KS distance), "
             "feature-drift (largest per-feature PSI), shadow-agreement (candidate gave stable's "
-            "answer; threshold only). Exactly one of template, query."
+            "answer; threshold only); for regressors mae and rmse (mean absolute and root mean "
+            "squared error of labelled predictions) and prediction-value-shift (KS distance of "
+            "predicted values; threshold or comparative). Exactly one of template, query."
         ),
     )
     query: str | None = Field(
