@@ -1,8 +1,8 @@
 """Decision quality of the judges: thousands of simulated rollouts with known truth, side by side.
 
 ``python -m bench.judges`` runs ``rollout.simulate`` (good candidates; error rate +1 and +5 points
-over a 1 % baseline; latency +20 %; accuracy -3 points; at 1, 10 and 100 candidate requests per
-second) and drives the threshold (common defaults: 1-minute interval, failureLimit 5, 99 % success),
+over a 1 % baseline; latency +20 %; a tail-only latency regression; accuracy -3 points; a
+regressor's absolute errors +15 %; at 1, 10 and 100 candidate requests per second) and drives the threshold (common defaults: 1-minute interval, failureLimit 5, 99 % success),
 comparative and sequential judges over the same simulated traffic as the engine would. Writes
 bench/results/judges.json (rows per judge and cell, the targets, ``headline`` rows for
 bench/run.py) and bench/results/judges.png. Runs in well under a minute on 2 cores
