@@ -67,12 +67,12 @@ def version_moments(
     """(mean, per-row variance) of the absolute error (``squared`` False: mae) or of the squared
     error (rmse: the variance approximated as the module docstring says), for one version."""
     n, s1, s2 = (np.asarray(x, dtype=float) for x in (n, total, total_sq))
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(all="ignore"):  # subnormal or huge sums: inf or NaN, never a warning
         mean_abs, mean_sq = s1 / _safe(n), s2 / _safe(n)
         if not squared:
             return mean_abs, np.maximum(s2 - s1 * mean_abs, 0.0) / np.maximum(n - 1.0, 1.0)
         ratio = np.where(s1 > 0, s2 * n / np.where(s1 > 0, s1 * s1, 1.0), math.pi / 2)
-    return mean_sq, (kurtosis_for_ratio(ratio) - 1.0) * mean_sq * mean_sq
+        return mean_sq, (kurtosis_for_ratio(ratio) - 1.0) * mean_sq * mean_sq
 
 
 def margin_factor(min_effect: float, squared: bool) -> float:
@@ -105,7 +105,7 @@ def mean_test(batch: MeanBatch, squared: bool, min_effect: float) -> MeanTest:
     m_c, v_c = version_moments(n_c, batch.candidate_total, batch.candidate_total_sq, squared)
     m_s, v_s = version_moments(n_s, batch.stable_total, batch.stable_total_sq, squared)
     k = margin_factor(min_effect, squared)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(all="ignore"):  # subnormal or huge sums: inf or NaN, never a warning
         pooled = (m_c * n_c + m_s * n_s) / _safe(n_c + n_s)
         part_c, part_s = v_c / _safe(n_c), v_s / _safe(n_s)
         # every row's error the same (all exact predictions): no spread is not certainty
@@ -113,7 +113,7 @@ def mean_test(batch: MeanBatch, squared: bool, min_effect: float) -> MeanTest:
         var = np.maximum(part_c + part_s, floor)
         contrast_var = np.maximum(part_c + (1 + k) ** 2 * part_s, floor)
         ratio = np.where(m_s > 0, m_c / np.where(m_s > 0, m_s, 1.0), np.where(m_c > 0, np.inf, 1.0))
-    relative = (np.sqrt(ratio) if squared else ratio) - 1.0
+        relative = (np.sqrt(ratio) if squared else ratio) - 1.0
     return MeanTest(
         n_c=n_c,
         n_s=n_s,
@@ -133,13 +133,13 @@ def mean_test(batch: MeanBatch, squared: bool, min_effect: float) -> MeanTest:
 def welch_greater_v(test: MeanTest) -> np.ndarray:
     """One-sided Welch t test of H1: the candidate's mean is larger -> p-value (Welch-Satterthwaite
     degrees of freedom; 1 without observations)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(all="ignore"):  # subnormal or huge sums: inf or NaN, never a warning
         t_stat = test.est / np.sqrt(test.var)
         df = test.var**2 / (
             test.var_c**2 / np.maximum(test.n_c - 1, 1.0) + test.var_s**2 / np.maximum(test.n_s - 1, 1.0)
         )
-    df = np.clip(np.nan_to_num(df, nan=1.0, posinf=1e9), 1.0, 1e9)
-    p = student_t.sf(np.nan_to_num(t_stat, nan=0.0), df)
+        df = np.clip(np.nan_to_num(df, nan=1.0, posinf=1e9), 1.0, 1e9)
+        p = student_t.sf(np.nan_to_num(t_stat, nan=0.0), df)
     return np.where((test.n_c > 0) & (test.n_s > 0), p, 1.0)
 
 
@@ -147,7 +147,7 @@ def headline_v(batch: MeanBatch, squared: bool) -> np.ndarray:
     """The candidate's MAE (or RMSE) per sample; NaN without labelled rows."""
     n = np.asarray(batch.candidate_n, dtype=float)
     total = np.asarray(batch.candidate_total_sq if squared else batch.candidate_total, dtype=float)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(all="ignore"):  # subnormal or huge sums: inf or NaN, never a warning
         mean = total / _safe(n)
-    value = np.sqrt(np.maximum(mean, 0.0)) if squared else mean
+        value = np.sqrt(np.maximum(mean, 0.0)) if squared else mean
     return np.where(n > 0, value, np.nan)

@@ -170,7 +170,7 @@ class SequentialJudge:
         """mae, rmse: the mSPRT on the difference of means, scaled by the mixing scale ``tau``
         (the mixture ratio of d, V at tau equals that of d / tau, V / tau^2 at 1)."""
         t = means.mean_test(batch, self.squared, self.min_effect)
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        with np.errstate(all="ignore"):
             tau = np.where(t.tau > 0, t.tau, np.nan)  # no error anywhere: nothing to scale by
             log_l0 = np.nan_to_num(stats.log_mixture_ratio(t.est / tau, t.var / tau**2, 1.0), nan=-np.inf)
             log_ok = np.nan_to_num(
@@ -196,7 +196,7 @@ class SequentialJudge:
     def _judge_mean(self, metric: str, batch: MeanBatch, n: tuple[float, float], now: float) -> Measurement:
         v = self._mean_verdicts(batch)
         est, var, tau = (float(v.details[k]) for k in ("effect", "variance", "tau"))
-        h = tau * stats.half_width(var / tau**2, 1.0, self.alpha) if tau > 0 else math.nan
+        h = tau * stats.half_width(var / tau / tau, 1.0, self.alpha) if tau > 0 else math.nan
         name = self.template.headline.value.upper()
         scale = "MSE" if self.squared else "MAE"
         stable = float(v.details["stable"])
