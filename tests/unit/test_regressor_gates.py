@@ -7,6 +7,7 @@ template cannot take."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -201,3 +202,20 @@ def test_prediction_value_shift_refuses_the_sequential_judge_naming_the_field():
     assert "'comparative'" in str(err.value)
     check_metrics([spec(t, k) for t in ("mae", "rmse") for k in ("threshold", "comparative", "sequential")])
     check_metrics([spec("prediction-value-shift", k) for k in ("threshold", "comparative")])
+
+
+@pytest.mark.parametrize(
+    "sample",
+    [
+        MeanSample(10, 0, 0, 10, 1.1125369292536007e-307, 0),  # tau^2 underflows to 0
+        MeanSample(10, 20, 40, 10, 1.1125369292536007e-307, 0),  # a ratio that overflows
+        MeanSample(1e6, 1e11, 1.5e16, 1e6, 1e11, 1.5e16),  # errors in dollars: sums past 2^53
+    ],
+)
+def test_extreme_sums_get_a_verdict_and_no_warning(sample):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for template in ("mae", "rmse"):
+            for kind in ("threshold", "comparative", "sequential"):
+                got = make_judge(spec(template, kind, minSamples=5)).judge("m", sample, 0)
+                assert got.verdict in (Verdict.SUCCESSFUL, Verdict.INCONCLUSIVE, Verdict.FAILED), got.message
