@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterable
 
 from rollout.actions import Measure, MetricResult
 from rollout.analysis import checks
-from rollout.analysis.base import HistogramSample, Judge, Measurement, ProportionSample, Verdict
+from rollout.analysis.base import (
+    HistogramSample,
+    Judge,
+    MeanSample,
+    Measurement,
+    ProportionSample,
+    Verdict,
+)
 from rollout.analysis.checks import check_sample, complete
 from rollout.analysis.experiment import ExperimentTest, decide
 from rollout.analysis.registry import higher_is_better, make_judge, template_of
@@ -389,6 +396,15 @@ def compare(metric: MetricSpec, sample: object, confidence: float | None = None)
             )
         elif isinstance(sample, HistogramSample) and (template is None or template.headline != Headline.KS):
             swapped = HistogramSample(sample.bounds, sample.stable_counts, sample.candidate_counts)
+        elif isinstance(sample, MeanSample):
+            swapped = MeanSample(
+                sample.stable_n,
+                sample.stable_total,
+                sample.stable_total_sq,
+                sample.candidate_n,
+                sample.candidate_total,
+                sample.candidate_total_sq,
+            )
         else:
             return None
         n_c, n_s = sample_size(sample)

@@ -13,7 +13,9 @@ sequence excludes 0; so between two equal versions a false winner is declared in
 Scales: for proportions (error rate, accuracy from feedback labels) the difference of bad rates,
 sign-flipped for a good-rate headline (accuracy: +0.02 = candidate two points more accurate);
 for latency histograms the mean of log-latency (+0.1 = about 10 % slower), since a quantile has
-no simple variance. Other samples (raw values, distribution shifts) have no test: no winner.
+no simple variance; for a regressor's mae (rmse) the difference of mean absolute (squared) errors,
+mixing scale minEffect times the pooled mean (``means``: minEffect relative). Other samples (raw
+values, distribution shifts) have no test: no winner.
 Who calls it: ``rollout.gate.compare`` (the engine, for the A/B deciding metric) and the
 simulator's A/B cells (``rollout.simulator.abtest``).
 """
@@ -25,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rollout.analysis import stats
-from rollout.analysis.batch import Batch, HistogramBatch, ProportionBatch, to_batch
+from rollout.analysis import means, stats
+from rollout.analysis.batch import Batch, HistogramBatch, MeanBatch, ProportionBatch, to_batch
 from rollout.analysis.checks import check_sample, complete
 from rollout.analysis.sequential import log_mean_difference, proportion_difference
 from rollout.metrics.templates import Headline, Template
@@ -40,7 +42,7 @@ class ExperimentTest:
     """How to test the deciding metric: the mixing scale and the confidence."""
 
     template: Template
-    min_effect: float  # the metric's judge.minEffect: absolute for rates, relative for latency
+    min_effect: float  # judge.minEffect: absolute for rates, relative for latency, mae and rmse
     higher_is_better: bool
     confidence: float = 0.95
 
@@ -48,7 +50,7 @@ class ExperimentTest:
     def alpha(self) -> float:
         return 1.0 - self.confidence
 
-    def difference(self, batch: Batch) -> tuple[np.ndarray, np.ndarray, float] | None:
+    def difference(self, batch: Batch) -> tuple[np.ndarray, np.ndarray, np.ndarray | float] | None:
         """(candidate - stable on the headline's scale, its variance, tau), or None (no test)."""
         if isinstance(batch, ProportionBatch):
             est, var = proportion_difference(batch)
@@ -57,6 +59,9 @@ class ExperimentTest:
         if isinstance(batch, HistogramBatch) and self.template.headline == Headline.QUANTILE:
             est, var = log_mean_difference(batch)
             return est, var, math.log1p(self.min_effect)
+        if isinstance(batch, MeanBatch) and self.template.headline in (Headline.MAE, Headline.RMSE):
+            t = means.mean_test(batch, self.template.headline == Headline.RMSE, self.min_effect)
+            return t.est, t.var, t.tau  # tau per sample: minEffect x the pooled mean
         return None
 
     def codes(self, batch: Batch) -> np.ndarray:
@@ -66,8 +71,13 @@ class ExperimentTest:
         if diff is None:
             return np.zeros(np.shape(batch.sizes[0]), dtype=np.int8)
         est, var, tau = diff
-        with np.errstate(invalid="ignore", divide="ignore"):
-            proven = stats.log_mixture_ratio(est, var, tau) >= math.log(1 / self.alpha)
+        with np.errstate(all="ignore"):
+            if isinstance(tau, float):
+                log_ratio = stats.log_mixture_ratio(est, var, tau)
+            else:  # tau per sample (mae): the ratio of (d, V) at tau is that of (d / tau, V / tau^2)
+                t = np.where(tau > 0, tau, np.nan)  # at 1; tau 0 (no error anywhere) proves nothing
+                log_ratio = stats.log_mixture_ratio(est / t, var / t / t, 1.0)
+            proven = log_ratio >= math.log(1 / self.alpha)
         n_c, n_s = batch.sizes
         proven &= (n_c > 0) & (n_s > 0) & (est != 0)
         candidate_better = (est > 0) == self.higher_is_better
@@ -107,7 +117,12 @@ def decide(test: ExperimentTest, sample: object) -> ExperimentResult | None:
     if diff is None or n_c <= 0 or n_s <= 0:
         return None
     est, var, tau = float(diff[0]), float(diff[1]), diff[2]
-    h = stats.half_width(var, tau, test.alpha)
     what = "log-latency difference" if isinstance(batch, HistogramBatch) else "difference"
+    if isinstance(batch, MeanBatch):
+        what = f"{'MSE' if test.template.headline == Headline.RMSE else 'MAE'} difference"
+        t = float(tau)
+        h = t * stats.half_width(var / t / t, 1.0, test.alpha) if t > 0 else math.nan
+    else:
+        h = stats.half_width(var, float(tau), test.alpha)
     code = int(test.codes(batch))
     return ExperimentResult(WINNER_OF_CODE[code], est, est - h, est + h, test.confidence, what)

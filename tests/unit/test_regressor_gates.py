@@ -18,6 +18,7 @@ from rollout.analysis.base import HistogramSample, MeanSample, Verdict
 from rollout.analysis.batch import MeanBatch
 from rollout.analysis.registry import check_metrics, make_judge
 from rollout.errors import SpecError
+from rollout.gate import compare
 from rollout.metrics import names
 from rollout.metrics.sampler import SampleContext, collect, render_queries
 from rollout.spec import MetricSpec
@@ -219,3 +220,16 @@ def test_extreme_sums_get_a_verdict_and_no_warning(sample):
             for kind in ("threshold", "comparative", "sequential"):
                 got = make_judge(spec(template, kind, minSamples=5)).judge("m", sample, 0)
                 assert got.verdict in (Verdict.SUCCESSFUL, Verdict.INCONCLUSIVE, Verdict.FAILED), got.message
+
+
+def test_an_ab_test_on_mae_names_the_version_with_the_lower_error():
+    metric = spec("mae", minEffect=0.1)
+    better = errors_sample(4000, 4000, 0.8, seed=8)  # the candidate's errors 20 % smaller
+    cmp = compare(metric, better, 0.95)
+    assert cmp is not None and cmp.winner == "candidate" and cmp.upper < 0
+    assert cmp.candidate == pytest.approx(0.8 * math.sqrt(2 / math.pi), rel=0.05)
+    assert cmp.stable == pytest.approx(math.sqrt(2 / math.pi), rel=0.05) and "MAE difference" in cmp.interval
+    assert compare(metric, errors_sample(4000, 4000, 1.25, seed=9), 0.95).winner == "stable"
+    assert compare(metric, errors_sample(4000, 4000, 1.0, seed=10), 0.95).winner is None
+    assert compare(metric, better).winner is None  # no test asked for
+    assert compare(spec("rmse", minEffect=0.1), better, 0.95).winner == "candidate"
