@@ -17,6 +17,9 @@ incoming ``X-Request-ID`` is honoured):
                                        (bearer token when BENTO_FEEDBACK_TOKEN is set)
     GET  /metrics                      Prometheus text, aggregated over the server's workers
 
+A classifier answers class names and probabilities, a regressor its predicted values (one FP64
+output on /v2) and takes numbers as labels: what either task does is in bentos/served.py.
+
 Bad input is a 4xx JSON ``{"error": {"code", "message"}, "request_id"}``; on ``/v2`` every
 error (4xx and 5xx) is the Open Inference Protocol's ``{"error": "<message>"}`` instead, the
 string KServe's and Triton's clients read (the request id is in ``X-Request-ID``). Requests to
@@ -34,18 +37,13 @@ import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
-from bentos.join import FeedbackAuth, Join
-from bentos.metrics import ModelMetrics, render
-from bentos.parsing import BadRequest, Schema, parse_feedback, parse_predict, parse_v2_infer, valid_request_id
-from rollout.errors import ModelError
-from rollout.registry import LoadedModel
+from bentos.metrics import render
+from bentos.parsing import BadRequest, parse_predict, parse_v2_infer, valid_request_id
+from bentos.served import Limits, ServedModel
 
 logger = logging.getLogger("bentos.app")
 
@@ -54,7 +52,6 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON = b"application/json"
-NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
 
 def fault_error_rate() -> float:
@@ -79,119 +76,17 @@ class InjectedFault(Exception):
     """A prediction failed on purpose (BENTO_FAULT_ERROR_RATE)."""
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_batch: int = 1000
-    max_body_bytes: int = 1 << 20
-
-
-class Served:
-    """Everything about the loaded model that a request needs, computed once at start-up."""
-
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        limits: Limits,
-        metrics_dir: Path,
-        feedback: Join,
-        auth: FeedbackAuth | None = None,
-    ) -> None:
-        meta = loaded.record.metadata
-        self.estimator = loaded.estimator
-        self.name = loaded.record.name
-        self.version = loaded.record.version
-        self.class_names = list(meta.class_names)
-        self.classes = np.asarray(self.estimator.classes_)
-        self.column_class = column_classes(self.classes, self.class_names)
-        # a classifier without predict_proba (LinearSVC, RidgeClassifier...) answers one-hot
-        # probabilities: its predicted class with confidence 1
-        self.has_proba = hasattr(self.estimator, "predict_proba")
-        self.means = np.asarray(meta.feature_means, dtype=np.float64)
-        self.stds = np.where(np.asarray(meta.feature_stds) > 0, np.asarray(meta.feature_stds), 1.0)
-        self.schema = Schema(tuple(meta.feature_names), limits.max_batch)
-        self.metrics_dir = metrics_dir
-        self.metrics = ModelMetrics(
-            self.name,
-            self.version,
-            list(meta.feature_names),
-            self.class_names,
-            meta.sklearn_version,
-            meta.dataset_sha256,
-        )
-        self.feedback = feedback
-        self.auth = auth or FeedbackAuth(None)
-        self.base_headers = [
-            (b"x-model-name", self.name.encode()),
-            (b"x-model-version", self.version.encode()),
-        ]
-        self.v2_metadata = orjson.dumps(
-            {
-                "name": self.name,
-                "versions": [self.version],
-                "platform": "sklearn",
-                "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(meta.feature_names)]}],
-                "outputs": [
-                    {"name": "predictions", "datatype": "BYTES", "shape": [-1]},
-                    {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(self.class_names)]},
-                ],
-                "parameters": {
-                    "feature_names": meta.feature_names,
-                    "class_names": self.class_names,
-                    "digest": loaded.record.digest,
-                },
-            }
-        )
-
-    def probabilities(self, X: np.ndarray) -> np.ndarray:
-        """One row of class probabilities per row of ``X``, columns in ``classes_`` order."""
-        if self.has_proba:
-            return np.asarray(self.estimator.predict_proba(X), dtype=np.float64)
-        columns = np.searchsorted(self.classes, self.estimator.predict(X))  # classes_ is sorted
-        proba = np.zeros((len(X), len(self.classes)), dtype=np.float64)
-        proba[np.arange(len(X)), columns] = 1.0
-        return proba
-
-    def predict(self, X: np.ndarray, request_id: str) -> tuple[list[str], np.ndarray]:
-        proba = self.probabilities(X)
-        if not np.isfinite(proba).all():  # e.g. 1e308 overflows inside the model: no answer is better
-            raise BadRequest(
-                422, "value_out_of_range", "feature values this large make the model's output overflow"
-            )
-        best = proba.argmax(axis=1)
-        classes = self.column_class[best]
-        self.metrics.predictions(classes, proba[np.arange(len(best)), best], (X - self.means) / self.stds)
-        predicted = classes.tolist()
-        self.feedback.record(request_id, predicted)
-        names = self.class_names
-        return [names[c] for c in predicted], proba
-
-
-def column_classes(classes: np.ndarray, class_names: list[str]) -> np.ndarray:
-    """``predict_proba`` column -> index into ``class_names``. A model registered by ``rollout
-    import`` has its ``classes_`` as text for class names; the iris variants have class indices
-    (0, 1, 2) as ``classes_`` and the target names as class names."""
-    text = [str(c) for c in classes.tolist()]
-    if all(t in class_names for t in text):
-        return np.asarray([class_names.index(t) for t in text], dtype=np.int64)
-    if np.issubdtype(classes.dtype, np.integer) and all(0 <= int(c) < len(class_names) for c in classes):
-        return classes.astype(np.int64)
-    raise ModelError(
-        f"the model's classes {text[:10]} are not the class_names of its metadata {class_names[:10]}: "
-        "register it again with `rollout import`"
-    )
-
-
 class ModelApp:
     """The ASGI callable. ``bind()`` it to a loaded model before serving (in the worker)."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self.served: Served | None = None
+        self.served: ServedModel | None = None
         self._rid_prefix = secrets.token_hex(6)
         self._rid_counter = itertools.count(1)
         self.fault_rate = fault_error_rate()
 
-    def bind(self, served: Served) -> None:
+    def bind(self, served: ServedModel) -> None:
         self.served = served
 
     def _request_id(self, scope: Scope) -> str:
@@ -226,17 +121,7 @@ class ModelApp:
                     self._check_model(served, path[len("/v1/models/") : -len(":predict")])
                 X = parse_predict(await self._body(scope, receive), served.schema)
                 self._maybe_fail()
-                predictions, proba = served.predict(X, rid)
-                body = orjson.dumps(
-                    {
-                        "predictions": predictions,
-                        "probabilities": proba,
-                        "model": served.name,
-                        "version": served.version,
-                        "request_id": rid,
-                    },
-                    option=NUMPY,
-                )
+                body = served.predict_body(X, rid)
                 status = 200
             elif is_oip_path(path):
                 # named before the call: a failed infer counts too (the error-rate gate's 5xx)
@@ -246,16 +131,15 @@ class ModelApp:
                 endpoint = "feedback"
                 self._expect(method, "POST")
                 served.auth.check(scope["headers"])
-                feedback = parse_feedback(await self._body(scope, receive), served.class_names)
+                feedback = served.parse_labels(await self._body(scope, receive))
                 resolved = await asyncio.to_thread(
                     served.feedback.resolve, feedback.request_id, feedback.labels
                 )
                 if served.feedback.counts_itself and not resolved.duplicate:
-                    served.metrics.feedback(resolved.received, resolved.correct)
+                    served.count_feedback(resolved)
                 answer: dict[str, Any] = {
                     "request_id": feedback.request_id,
-                    "received": resolved.received,
-                    "correct": resolved.correct,
+                    **served.feedback_answer(resolved),
                     "duplicate": resolved.duplicate,
                 }
                 if resolved.versions:
@@ -293,7 +177,7 @@ class ModelApp:
             served.metrics.request(endpoint, status, time.perf_counter() - started)
 
     async def _v2(
-        self, served: Served, path: str, method: str, scope: Scope, receive: Receive, rid: str
+        self, served: ServedModel, path: str, method: str, scope: Scope, receive: Receive, rid: str
     ) -> tuple[str, int, bytes, str]:
         if path == "/v2/health/live":
             return "", 200, b'{"live":true}', rid
@@ -333,30 +217,7 @@ class ModelApp:
             )
         X, v2_id = parse_v2_infer(await self._body(scope, receive), served.schema)
         self._maybe_fail()
-        predictions, proba = served.predict(X, rid)
-        body = orjson.dumps(
-            {
-                "model_name": served.name,
-                "model_version": served.version,
-                "id": v2_id or rid,
-                "outputs": [
-                    {
-                        "name": "predictions",
-                        "datatype": "BYTES",
-                        "shape": [len(predictions)],
-                        "data": predictions,
-                    },
-                    {
-                        "name": "probabilities",
-                        "datatype": "FP64",
-                        "shape": list(proba.shape),
-                        "data": proba.ravel(),
-                    },
-                ],
-            },
-            option=NUMPY,
-        )
-        return "infer", 200, body, rid
+        return "infer", 200, served.infer_body(X, rid, v2_id), rid
 
     def _maybe_fail(self) -> None:
         if self.fault_rate and random.random() < self.fault_rate:
@@ -368,7 +229,7 @@ class ModelApp:
             raise BadRequest(405, "method_not_allowed", f"method {method} is not allowed here; use {allowed}")
 
     @staticmethod
-    def _check_model(served: Served, name: str) -> None:
+    def _check_model(served: ServedModel, name: str) -> None:
         if name != served.name:
             raise BadRequest(
                 404, "model_not_found", f"this server serves model {served.name!r}, not {name!r}"
@@ -405,7 +266,7 @@ class ModelApp:
         return b"".join(chunks)
 
     @staticmethod
-    def _error_body(path: str, code: str, message: str, rid: str, served: Served | None) -> bytes:
+    def _error_body(path: str, code: str, message: str, rid: str, served: ServedModel | None) -> bytes:
         """The JSON of an error answer: on the Open Inference Protocol's routes its REST error
         object, ``{"error": "<message>"}`` and nothing else (KServe's and Triton's clients raise
         with that string); elsewhere the project's own shape, with the code and identity."""
@@ -422,7 +283,7 @@ class ModelApp:
         status: int,
         body: bytes,
         rid: str,
-        served: Served | None,
+        served: ServedModel | None,
         content_type: bytes = JSON,
         extra: list[tuple[bytes, bytes]] | None = None,
     ) -> None:

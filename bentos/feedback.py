@@ -2,7 +2,7 @@
 
 A server runs several worker processes and a feedback request may land in a different worker than
 the prediction it refers to, so predictions are kept in one small SQLite file per server (WAL mode,
-next to the server's metrics files). The hot path only appends ``(request_id, predicted classes)``
+next to the server's metrics files). The hot path only appends ``(request_id, predicted classes)`` (a regressor's: values)
 to an in-memory list; a background thread writes the list every 50 ms and prunes rows older than
 the retention time. A feedback request flushes its own worker's list, then looks the id up, waiting
 briefly for other workers' flushes before answering 404. Called by ``bentos/app.py``.
@@ -11,9 +11,11 @@ briefly for other workers' flushes before answering 404. Called by ``bentos/app.
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from bentos.background import Buffer, Periodic
@@ -33,10 +35,24 @@ CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts);
 """
 
 
+def errors_of(predicted: Sequence[float], labels: Sequence[float]) -> tuple[float, float]:
+    """A regressor's ``(sum |prediction - label|, sum (prediction - label)²)``; 422 when they
+    overflow a double (labels this far from the predictions cannot be counted)."""
+    errors = [p - t for p, t in zip(predicted, labels, strict=True)]
+    absolute = math.fsum(abs(e) for e in errors)
+    squared = math.fsum(e * e for e in errors)  # inf when it overflows (``**`` would raise)
+    if not (math.isfinite(absolute) and math.isfinite(squared)):
+        raise BadRequest(
+            422, "value_out_of_range", "labels this far from the predictions overflow the error sums"
+        )
+    return absolute, squared
+
+
 class FeedbackStore:
     """Predictions by request id for one server; feedback resolves against them once.
 
-    The ``local`` :class:`bentos.join.Join`: the server counts labels in its own metrics."""
+    The ``local`` :class:`bentos.join.Join`: the server counts labels in its own metrics. A
+    regressor's store (``regression``) keeps predicted values and sums the errors of a label."""
 
     counts_itself = True
 
@@ -46,8 +62,10 @@ class FeedbackStore:
         flush_interval: float = 0.05,
         retention_seconds: float = 3600.0,
         lookup_wait: float = 0.6,
+        regression: bool = False,
     ) -> None:
         self.path = path
+        self.regression = regression
         self.flush_interval = flush_interval
         self.retention_seconds = retention_seconds
         self.lookup_wait = lookup_wait
@@ -67,7 +85,7 @@ class FeedbackStore:
         self._flusher.stop()
         self._db.close()
 
-    def record(self, request_id: str, predicted: list[int]) -> None:
+    def record(self, request_id: str, predicted: Sequence[float]) -> None:
         """Hot path: remember what was predicted for ``request_id`` (written to disk later)."""
         self._pending.append((request_id, ",".join(map(str, predicted)), time.time()))
 
@@ -103,13 +121,13 @@ class FeedbackStore:
             self._last_prune = now
             self._prune()
 
-    def resolve(self, request_id: str, labels: list[int]) -> Resolved:
+    def resolve(self, request_id: str, labels: Sequence[float]) -> Resolved:
         """Record ``labels`` as the truth for ``request_id``.
 
         Blocking (SQLite): run it in a thread. Raises BadRequest 404 for an unknown (or expired)
         request id, 409 when other labels for it were already recorded (the same labels again are
         a duplicate, counted once), 422 when the number of labels does not match the number of
-        predicted rows.
+        predicted rows (or a regressor's errors overflow a double).
         """
         self.flush()
         deadline = time.monotonic() + self.lookup_wait
@@ -128,7 +146,7 @@ class FeedbackStore:
                 f"no prediction with request id {request_id!r} on this server (unknown, or older than "
                 f"{self.retention_seconds:.0f} s)",
             )
-        predicted = [int(v) for v in row[0].split(",")]
+        predicted = [float(v) if self.regression else int(v) for v in row[0].split(",")]
         sent = ",".join(map(str, labels))
         if row[1] is not None:
             return self._again(request_id, labels, row[1] == sent)
@@ -139,6 +157,7 @@ class FeedbackStore:
                 f"request {request_id!r} predicted {len(predicted)} rows; send {len(predicted)} labels "
                 f"({'label' if len(predicted) == 1 else 'labels'})",
             )
+        errors = errors_of(predicted, labels) if self.regression else None
         with self._lock:
             cursor = self._db.execute(
                 "UPDATE predictions SET label = ? WHERE request_id = ? AND label IS NULL", (sent, request_id)
@@ -149,11 +168,13 @@ class FeedbackStore:
                     "SELECT label FROM predictions WHERE request_id = ?", (request_id,)
                 ).fetchone()
             return self._again(request_id, labels, again is not None and again[0] == sent)
+        if errors is not None:
+            return Resolved(len(labels), 0, False, (), *errors)
         correct = sum(1 for p, t in zip(predicted, labels, strict=True) if p == t)
         return Resolved(len(labels), correct, False, ())
 
     @staticmethod
-    def _again(request_id: str, labels: list[int], same: bool) -> Resolved:
+    def _again(request_id: str, labels: Sequence[float], same: bool) -> Resolved:
         if same:
             return Resolved(len(labels), 0, True)
         raise BadRequest(

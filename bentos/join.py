@@ -10,6 +10,10 @@ One plug-in kind, two providers, picked by ``BENTO_JOIN_STORE`` (an unknown valu
   labels may reach any pod, mirrored answers are joined by request id. ``BENTO_JOIN_PASSWORD``
   (from a Secret) authenticates to Redis. ``bentos/join_exporter.py`` exports the counts.
 
+A regressor's predictions and labels are numbers: both providers count the labelled rows and sum
+the absolute and squared errors (``model_feedback_absolute_error_sum``,
+``model_feedback_squared_error_sum``) instead of counting correct labels.
+
 Gate inputs are authenticated: with ``BENTO_FEEDBACK_TOKEN`` (or ``BENTO_FEEDBACK_TOKEN_FILE``, a
 mounted Secret) set, ``POST /feedback`` needs ``Authorization: Bearer <token>``; anything else is a 401 that records nothing. A shared store refuses to start without a
 token: on a cluster the model's public route reaches every pod.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import hmac
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -36,12 +41,16 @@ __all__ = ["Join", "Resolved", "FeedbackAuth", "open_join"]
 @dataclass(frozen=True)
 class Resolved:
     """What a label did: ``correct`` for this server's version (or the first that answered), and
-    every version it was counted for; a duplicate (the same labels again) counts for none."""
+    every version it was counted for; a duplicate (the same labels again) counts for none. For a
+    regressor ``correct`` is 0 and ``absolute_error`` / ``squared_error`` are the sums of
+    ``|prediction - label|`` and ``(prediction - label)²`` over the labelled rows (this version's)."""
 
     received: int
     correct: int
     duplicate: bool = False
     versions: tuple[str, ...] = ()
+    absolute_error: float = 0.0
+    squared_error: float = 0.0
 
 
 class Join(Protocol):
@@ -53,9 +62,9 @@ class Join(Protocol):
 
     def close(self) -> None: ...
 
-    def record(self, request_id: str, predicted: list[int]) -> None: ...
+    def record(self, request_id: str, predicted: Sequence[float]) -> None: ...
 
-    def resolve(self, request_id: str, labels: list[int]) -> Resolved: ...
+    def resolve(self, request_id: str, labels: Sequence[float]) -> Resolved: ...
 
 
 def _float_env(name: str, default: float) -> float:
@@ -90,19 +99,27 @@ def check_env() -> str:
     return where
 
 
-def open_join(model: str, version: str, metrics_dir: Path) -> Join:
-    """The join store ``BENTO_JOIN_STORE`` names, for a server of ``model`` ``version``."""
+def open_join(model: str, version: str, metrics_dir: Path, regression: bool = False) -> Join:
+    """The join store ``BENTO_JOIN_STORE`` names, for a server of ``model`` ``version`` (a
+    regressor's with ``regression``: predictions and labels are numbers, errors are summed)."""
     where = check_env()
     flush = _float_env("BENTO_FEEDBACK_FLUSH_SECONDS", 0.05)
     window = _float_env("BENTO_JOIN_WINDOW_SECONDS", 3600.0)
     if where == "local":
         from bentos.feedback import FeedbackStore
 
-        return FeedbackStore(metrics_dir / "feedback.sqlite3", flush_interval=flush, retention_seconds=window)
+        return FeedbackStore(
+            metrics_dir / "feedback.sqlite3",
+            flush_interval=flush,
+            retention_seconds=window,
+            regression=regression,
+        )
     from bentos.redis_join import RedisJoin, connect
 
     client = connect(where, os.environ.get("BENTO_JOIN_PASSWORD") or None)
-    return RedisJoin(client, model, version, window_seconds=window, flush_interval=flush)
+    return RedisJoin(
+        client, model, version, window_seconds=window, flush_interval=flush, regression=regression
+    )
 
 
 class FeedbackAuth:

@@ -5,7 +5,8 @@
 With ``BENTO_JOIN_STORE=redis://...`` the model servers count no labels themselves: every label
 and every mirrored answer is counted once, in Redis (``bentos/redis_join.py``), whichever pod got
 it. This process serves those counters (``GET /metrics``) as ``model_feedback_total``,
-``model_feedback_correct_total``, ``model_shadow_comparisons_total`` and
+``model_feedback_correct_total`` (a regressor's: ``model_feedback_absolute_error_sum`` and
+``model_feedback_squared_error_sum``), ``model_shadow_comparisons_total`` and
 ``model_shadow_agreements_total`` with the usual ``model`` and ``version`` labels, so one scrape
 of it replaces the per-pod series and ``sum by (version)`` in the templates, alerts and dashboard
 keeps its meaning. Run one (or more: Prometheus should scrape one; they read the same numbers).
@@ -34,6 +35,8 @@ logger = logging.getLogger("bentos.join_exporter")
 HELP = {
     n.FEEDBACK_TOTAL: "Feedback labels counted for predictions this version made (all pods).",
     n.FEEDBACK_CORRECT_TOTAL: "Feedback labels that matched this version's prediction (all pods).",
+    n.FEEDBACK_ABSOLUTE_ERROR_SUM: "A regressor's sum of |prediction - label| over its labelled rows (all pods).",
+    n.FEEDBACK_SQUARED_ERROR_SUM: "A regressor's sum of (prediction - label)^2 over its labelled rows (all pods).",
     n.SHADOW_COMPARISONS_TOTAL: "Rows this version answered that another version answered too (mirrored).",
     n.SHADOW_AGREEMENTS_TOTAL: "Mirrored rows where the other version gave this version's answer.",
 }

@@ -128,8 +128,9 @@ class _Histograms:
                 child._sum.inc(float(sums[i]))
 
 
-class ModelMetrics:
-    """The service's series for one model version.
+class _VersionMetrics:
+    """The series every served model has: requests, their durations, the input features'
+    z-scores, ``model_info`` and the feedback labels received.
 
     Label children are bound once at start-up and observations are buffered per worker (see
     :class:`_Histograms`); a background thread writes them to the server's shared files every
@@ -142,7 +143,6 @@ class ModelMetrics:
         model: str,
         version: str,
         feature_names: list[str],
-        class_names: list[str],
         framework_version: str,
         dataset_sha256: str,
         flush_interval: float = 0.5,
@@ -165,16 +165,6 @@ class ModelMetrics:
             buckets=names.LATENCY_BUCKETS,
             registry=None,
         )
-        predictions = Counter(
-            names.PREDICTIONS_TOTAL, "Predicted rows by class", [*mv, "class"], registry=None
-        )
-        confidence = Histogram(
-            names.PREDICTION_CONFIDENCE,
-            "Highest class probability of each predicted row",
-            list(mv),
-            buckets=names.CONFIDENCE_BUCKETS,
-            registry=None,
-        )
         zscore = Histogram(
             names.FEATURE_ZSCORE,
             "Input features as z-scores against the training data",
@@ -185,9 +175,6 @@ class ModelMetrics:
         feedback = Counter(
             names.FEEDBACK_TOTAL, "Feedback labels received for earlier predictions", list(mv), registry=None
         )
-        correct = Counter(
-            names.FEEDBACK_CORRECT_TOTAL, "Feedback labels equal to the prediction", list(mv), registry=None
-        )
         info = Gauge(
             names.MODEL_INFO,
             "1 while the model is loaded",
@@ -196,20 +183,13 @@ class ModelMetrics:
             registry=None,
         )
         info.labels(model, version, framework_version, dataset_sha256).set(1)
-        self._class_counters = [predictions.labels(model, version, c) for c in class_names]
-        self._class_counts = np.zeros(len(class_names), dtype=np.int64)
-        self._confidence = _Histograms([confidence.labels(model, version)])
         self._zscores = _Histograms([zscore.labels(model, version, f) for f in feature_names])
         self._feedback = feedback.labels(model, version)
-        self._correct = correct.labels(model, version)
         self._request_counts: dict[tuple[str, int], int] = {}
         self._durations: dict[str, _Histograms] = {}
         self._lock = threading.Lock()
         self._flusher = Periodic("metrics-flush", flush_interval, self.flush)
-        for c in self._class_counters:  # every class visible at 0 from the start
-            c.inc(0)
         self._feedback.inc(0)
-        self._correct.inc(0)
 
     def start(self) -> None:
         self._flusher.start()
@@ -226,6 +206,67 @@ class ModelMetrics:
                 histogram = _Histograms([self._duration.labels(self.model, self.version, endpoint)])
                 self._durations[endpoint] = histogram
             histogram.observe_scalar(seconds)
+
+    def _take_outputs(self) -> Any:
+        """Under the lock: what the task's own series buffered (written by ``_write_outputs``)."""
+        raise NotImplementedError
+
+    def _write_outputs(self, taken: Any) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Add everything buffered since the last flush to the shared files (thread-safe)."""
+        with self._lock:
+            outputs = self._take_outputs()
+            zscores = self._zscores.take()
+            requests, self._request_counts = self._request_counts, {}
+            durations = [(histogram, histogram.take()) for histogram in self._durations.values()]
+        self._write_outputs(outputs)
+        self._zscores.write(*zscores)
+        for (endpoint, status), count in requests.items():
+            self._requests.labels(self.model, self.version, endpoint, str(status)).inc(count)
+        for histogram, taken in durations:
+            histogram.write(*taken)
+
+
+class ModelMetrics(_VersionMetrics):
+    """A classifier's series: the shared ones, and per-class prediction counters, the confidence
+    histogram and the labels that matched."""
+
+    def __init__(
+        self,
+        model: str,
+        version: str,
+        feature_names: list[str],
+        class_names: list[str],
+        framework_version: str,
+        dataset_sha256: str,
+        flush_interval: float = 0.5,
+    ) -> None:
+        from prometheus_client import Counter, Histogram
+
+        super().__init__(model, version, feature_names, framework_version, dataset_sha256, flush_interval)
+        mv = (names.LABEL_MODEL, names.LABEL_VERSION)
+        predictions = Counter(
+            names.PREDICTIONS_TOTAL, "Predicted rows by class", [*mv, "class"], registry=None
+        )
+        confidence = Histogram(
+            names.PREDICTION_CONFIDENCE,
+            "Highest class probability of each predicted row",
+            list(mv),
+            buckets=names.CONFIDENCE_BUCKETS,
+            registry=None,
+        )
+        correct = Counter(
+            names.FEEDBACK_CORRECT_TOTAL, "Feedback labels equal to the prediction", list(mv), registry=None
+        )
+        self._class_counters = [predictions.labels(model, version, c) for c in class_names]
+        self._class_counts = np.zeros(len(class_names), dtype=np.int64)
+        self._confidence = _Histograms([confidence.labels(model, version)])
+        self._correct = correct.labels(model, version)
+        for c in self._class_counters:  # every class visible at 0 from the start
+            c.inc(0)
+        self._correct.inc(0)
 
     def predictions(self, class_index: np.ndarray, confidence: np.ndarray, zscores: np.ndarray) -> None:
         """One call per request: rows' predicted classes, max probabilities, feature z-scores."""
@@ -245,22 +286,81 @@ class ModelMetrics:
         if correct:
             self._correct.inc(correct)
 
-    def flush(self) -> None:
-        """Add everything buffered since the last flush to the shared files (thread-safe)."""
-        with self._lock:
-            classes, self._class_counts = self._class_counts, np.zeros_like(self._class_counts)
-            confidence = self._confidence.take()
-            zscores = self._zscores.take()
-            requests, self._request_counts = self._request_counts, {}
-            durations = [(histogram, histogram.take()) for histogram in self._durations.values()]
+    def _take_outputs(self) -> Any:
+        classes, self._class_counts = self._class_counts, np.zeros_like(self._class_counts)
+        return classes, self._confidence.take()
+
+    def _write_outputs(self, taken: Any) -> None:
+        classes, confidence = taken
         for k in np.flatnonzero(classes):
             self._class_counters[k].inc(int(classes[k]))
         self._confidence.write(*confidence)
-        self._zscores.write(*zscores)
-        for (endpoint, status), count in requests.items():
-            self._requests.labels(self.model, self.version, endpoint, str(status)).inc(count)
-        for histogram, taken in durations:
-            histogram.write(*taken)
+
+
+class RegressorMetrics(_VersionMetrics):
+    """A regressor's series: the predicted values' histogram (``buckets``: the metadata's
+    ``prediction_buckets``) and the labelled rows' absolute and squared error sums."""
+
+    def __init__(
+        self,
+        model: str,
+        version: str,
+        feature_names: list[str],
+        buckets: list[float],
+        framework_version: str,
+        dataset_sha256: str,
+        flush_interval: float = 0.5,
+    ) -> None:
+        from prometheus_client import Counter, Histogram
+
+        super().__init__(model, version, feature_names, framework_version, dataset_sha256, flush_interval)
+        mv = (names.LABEL_MODEL, names.LABEL_VERSION)
+        value = Histogram(
+            names.PREDICTION_VALUE,
+            "Each value the regressor predicted",
+            list(mv),
+            buckets=buckets,
+            registry=None,
+        )
+        absolute = Counter(
+            names.FEEDBACK_ABSOLUTE_ERROR_SUM,
+            "Sum of |prediction - label| over the labelled rows",
+            list(mv),
+            registry=None,
+        )
+        squared = Counter(
+            names.FEEDBACK_SQUARED_ERROR_SUM,
+            "Sum of (prediction - label)^2 over the labelled rows",
+            list(mv),
+            registry=None,
+        )
+        self._values = _Histograms([value.labels(model, version)])
+        self._absolute = absolute.labels(model, version)
+        self._squared = squared.labels(model, version)
+        self._absolute.inc(0)
+        self._squared.inc(0)
+
+    def values(self, predicted: np.ndarray, zscores: np.ndarray) -> None:
+        """One call per request: the rows' predicted values and feature z-scores."""
+        with self._lock:
+            if len(predicted) == 1:
+                self._values.observe_row(predicted)
+                self._zscores.observe_row(zscores[0])
+            else:
+                self._values.observe_matrix(predicted.reshape(-1, 1))
+                self._zscores.observe_matrix(zscores)
+
+    def feedback(self, received: int, absolute_error: float, squared_error: float) -> None:
+        """Rare (one per feedback request): written straight to the shared files."""
+        self._feedback.inc(received)
+        self._absolute.inc(absolute_error)
+        self._squared.inc(squared_error)
+
+    def _take_outputs(self) -> Any:
+        return self._values.take()
+
+    def _write_outputs(self, taken: Any) -> None:
+        self._values.write(*taken)
 
 
 def render(path: Path) -> tuple[bytes, str]:
@@ -270,7 +370,16 @@ def render(path: Path) -> tuple[bytes, str]:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(path))
-    return generate_latest(_Ordered(registry)), CONTENT_TYPE_LATEST
+    text = generate_latest(_Ordered(registry))
+    for name in _NOT_TOTAL:
+        text = text.replace(name + b"_total", name)
+    return text, CONTENT_TYPE_LATEST
+
+
+# counters whose contract name (rollout/metrics/names.py) does not end in _total: prometheus_client
+# exposes a Counter as <name>_total, so the exposition text gets their own names back (the text
+# format allows a counter of any name; bentos/join_exporter.py exports them so too)
+_NOT_TOTAL = (names.FEEDBACK_ABSOLUTE_ERROR_SUM.encode(), names.FEEDBACK_SQUARED_ERROR_SUM.encode())
 
 
 _SUFFIX_ORDER = {"_bucket": 0, "_count": 1, "_sum": 2}

@@ -12,7 +12,8 @@ Accepted bodies:
   ``{"instances": [{"sepal_length": 5.1, ...}, ...]}``
 - Open Inference Protocol v2: ``{"inputs": [{"name": "input-0", "shape": [1, 4],
   "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}``
-- feedback: ``{"request_id": "...", "label": "setosa"}`` (a class name or index)
+- feedback: ``{"request_id": "...", "label": "setosa"}`` (a class name or index; a regressor's
+  true value: a number)
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def _brief(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def load_json(body: bytes) -> Any:
+def load_json(body: bytes, what: str = "feature values") -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -79,7 +80,7 @@ def load_json(body: bytes) -> Any:
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise BadRequest(400, "malformed_json", f"request body is not valid JSON: {exc}") from None
         raise BadRequest(
-            422, "non_finite_value", "NaN and Infinity are not valid feature values (nor valid JSON)"
+            422, "non_finite_value", f"NaN and Infinity are not valid {what} (nor valid JSON)"
         ) from None
 
 
@@ -243,14 +244,13 @@ def parse_v2_infer(body: bytes, schema: Schema) -> tuple[np.ndarray, str | None]
 @dataclass(frozen=True)
 class Feedback:
     request_id: str
-    labels: list[int]
+    labels: list[int] | list[float]  # class indices; a regressor's true values
 
 
-def parse_feedback(body: bytes, class_names: list[str]) -> Feedback:
-    """``{"request_id": ..., "label": name-or-index}`` or ``"labels": [...]`` for a batch request."""
-    payload = load_json(body)
+def _feedback_rows(payload: Any, what: str, noun: str) -> tuple[str, list[Any]]:
+    """``request_id`` and the raw labels of a feedback body (``label``, or ``labels`` for a batch)."""
     if type(payload) is not dict:
-        raise BadRequest(422, "bad_feedback", 'expected {"request_id": "...", "label": "<class>"}')
+        raise BadRequest(422, "bad_feedback", f'expected {{"request_id": "...", "label": {what}}}')
     request_id = payload.get("request_id")
     if type(request_id) is not str or not valid_request_id(request_id):
         raise BadRequest(
@@ -260,15 +260,35 @@ def parse_feedback(body: bytes, class_names: list[str]) -> Feedback:
         raw = payload["labels"]
         if type(raw) is not list or not raw:
             raise BadRequest(422, "bad_label", "labels must be a non-empty list, one per predicted row")
-    elif "label" in payload:
+        return request_id, raw
+    if "label" in payload:
         if type(payload["label"]) is list:
             raise BadRequest(
-                422, "bad_label", 'label is one class; send one per predicted row as "labels": [...]'
+                422, "bad_label", f'label is one {noun}; send one per predicted row as "labels": [...]'
             )
-        raw = [payload["label"]]
-    else:
-        raise BadRequest(422, "bad_label", 'give the true class as "label"')
+        return request_id, [payload["label"]]
+    raise BadRequest(422, "bad_label", f'give the true {noun} as "label"')
+
+
+def parse_feedback(body: bytes, class_names: list[str]) -> Feedback:
+    """``{"request_id": ..., "label": name-or-index}`` or ``"labels": [...]`` for a batch request."""
+    request_id, raw = _feedback_rows(load_json(body), '"<class>"', "class")
     return Feedback(request_id, [_label_index(v, class_names) for v in raw])
+
+
+def parse_value_feedback(body: bytes) -> Feedback:
+    """A regressor's labels: ``{"request_id": ..., "label": 151.0}`` or ``"labels": [...]``, finite
+    numbers (NaN and Infinity are not JSON; a number too large for a double is refused too)."""
+    request_id, raw = _feedback_rows(load_json(body, "labels"), "<number>", "value")
+    for value in raw:
+        if type(value) is not float and type(value) is not int:
+            raise BadRequest(
+                422, "bad_label", f"label {_brief(value)} is not a number: the model is a regressor"
+            )
+    labels = [float(v) for v in raw]
+    if not all(np.isfinite(labels)):  # an int beyond a double's range converts to inf
+        raise BadRequest(422, "non_finite_value", "labels must be finite numbers")
+    return Feedback(request_id, labels)
 
 
 def _label_index(value: Any, class_names: list[str]) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 
 import redis
 
@@ -45,12 +46,12 @@ RECOVERING_SECONDS = 10.0
 MAX_PENDING = 200_000  # predictions kept while Redis is unreachable (then the oldest are dropped)
 
 # KEYS[1] counters hash, KEYS[2..] prediction hashes; ARGV: model, version, ttl, then one value per key
-RECORD = """
+_RECORD = """
 local model, version, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local field = 'v:' .. version
 -- this version's series exist (at 0) from its first prediction, so that Prometheus' increase()
 -- counts its first labels too (a series first seen at 5 adds nothing to an increase)
-for _, metric in ipairs({'@TOTAL@', '@CORRECT@', '@COMPARED@', '@AGREED@'}) do
+for _, metric in ipairs({@DECLARED@}) do
   redis.call('HSETNX', KEYS[1], metric .. '\\31' .. model .. '\\31' .. version, 0)
 end
 local function classes(value)
@@ -86,13 +87,27 @@ for i = 2, #KEYS do
 end
 return #KEYS - 1
 """
-for _mark, _name in {
+_MARKS = {
     "@TOTAL@": n.FEEDBACK_TOTAL,
     "@CORRECT@": n.FEEDBACK_CORRECT_TOTAL,
+    "@ABSOLUTE@": n.FEEDBACK_ABSOLUTE_ERROR_SUM,
+    "@SQUARED@": n.FEEDBACK_SQUARED_ERROR_SUM,
     "@COMPARED@": n.SHADOW_COMPARISONS_TOTAL,
     "@AGREED@": n.SHADOW_AGREEMENTS_TOTAL,
-}.items():
-    RECORD = RECORD.replace(_mark, _name)
+}
+
+
+def _named(script: str) -> str:
+    for mark, name in _MARKS.items():
+        script = script.replace(mark, name)
+    return script
+
+
+# a classifier declares its correct labels, a regressor its two error sums
+RECORD = _named(_RECORD.replace("@DECLARED@", "'@TOTAL@', '@CORRECT@', '@COMPARED@', '@AGREED@'"))
+RECORD_REGRESSION = _named(
+    _RECORD.replace("@DECLARED@", "'@TOTAL@', '@ABSOLUTE@', '@SQUARED@', '@COMPARED@', '@AGREED@'")
+)
 
 # KEYS[1] counters, KEYS[2] the prediction hash; ARGV: model, labels ("1,0,2"), now, window
 LABEL = """
@@ -133,6 +148,57 @@ end
 return out
 """.replace("@TOTAL@", n.FEEDBACK_TOTAL).replace("@CORRECT@", n.FEEDBACK_CORRECT_TOTAL)
 
+# a regressor's labels: LABEL's checks, then per version the sums of |prediction - label| and
+# (prediction - label)^2, added with HINCRBYFLOAT. Every check (a value that is not a number: 'kind';
+# sums that overflow: 'range') comes before the first write, since a script is not rolled back.
+# Replies 'ok' then (version, absolute sum, squared sum) per version, the sums as %.17g.
+LABEL_REGRESSION = _named("""
+local model, labels, now, window = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local h = redis.call('HGETALL', KEYS[2])
+if #h == 0 then return {'unknown'} end
+local truth = {}
+for c in string.gmatch(labels, '[^,]+') do truth[#truth + 1] = tonumber(c) end
+local answers = {}
+for j = 1, #h, 2 do
+  if h[j] == 'label' then
+    if h[j + 1] == labels then return {'duplicate'} end
+    return {'conflict'}
+  end
+  if string.sub(h[j], 1, 2) == 'v:' then answers[#answers + 1] = {string.sub(h[j], 3), h[j + 1]} end
+end
+if #answers == 0 then return {'unknown'} end
+local out = {'ok'}
+local counted = {}
+for _, a in ipairs(answers) do
+  local bar = string.find(a[2], '|', 1, true)
+  local at = tonumber(string.sub(a[2], 1, bar - 1))
+  if now - at > window then return {'late', tostring(now - at)} end
+  local predicted = {}
+  for c in string.gmatch(string.sub(a[2], bar + 1), '[^,]+') do predicted[#predicted + 1] = c end
+  if #predicted ~= #truth then return {'count', tostring(#predicted)} end
+  local absolute, squared = 0, 0
+  for r = 1, #truth do
+    local p = tonumber(predicted[r])
+    if p == nil or truth[r] == nil then return {'kind'} end
+    local e = p - truth[r]
+    absolute = absolute + math.abs(e)
+    squared = squared + e * e
+  end
+  if absolute ~= absolute or squared ~= squared or squared == math.huge then return {'range'} end
+  counted[#counted + 1] = {a[1], string.format('%.17g', absolute), string.format('%.17g', squared)}
+end
+redis.call('HSET', KEYS[2], 'label', labels)
+for _, c in ipairs(counted) do
+  redis.call('HINCRBY', KEYS[1], '@TOTAL@\\31' .. model .. '\\31' .. c[1], #truth)
+  redis.call('HINCRBYFLOAT', KEYS[1], '@ABSOLUTE@\\31' .. model .. '\\31' .. c[1], c[2])
+  redis.call('HINCRBYFLOAT', KEYS[1], '@SQUARED@\\31' .. model .. '\\31' .. c[1], c[3])
+  out[#out + 1] = c[1]
+  out[#out + 1] = c[2]
+  out[#out + 1] = c[3]
+end
+return out
+""")
+
 
 def connect(url: str, password: str | None = None, timeout: float = 2.0) -> redis.Redis:
     """A client for ``redis://host:port/db`` (``password`` from a Secret, never in the URL's log)."""
@@ -163,8 +229,10 @@ class RedisJoin:
         lookup_wait: float = 0.6,
         prefix: str = "bento:join:",
         recovering_seconds: float = RECOVERING_SECONDS,
+        regression: bool = False,
     ) -> None:
         self.client = client
+        self.regression = regression
         self.model = model
         self.version = version
         self.window_seconds = window_seconds
@@ -173,8 +241,8 @@ class RedisJoin:
         self.recovering_seconds = recovering_seconds
         self.prefix = prefix
         self.counters_key = prefix + "counters"
-        self._record = client.register_script(RECORD)
-        self._label = client.register_script(LABEL)
+        self._record = client.register_script(RECORD_REGRESSION if regression else RECORD)
+        self._label = client.register_script(LABEL_REGRESSION if regression else LABEL)
         self._pending: Buffer[tuple[str, str]] = Buffer(MAX_PENDING)
         self._lock = threading.Lock()  # one sender at a time (the thread, close, a label)
         self._flusher = Periodic("join-flush", flush_interval, self.flush)
@@ -204,7 +272,7 @@ class RedisJoin:
         self._flusher.stop()
         self.client.close()
 
-    def record(self, request_id: str, predicted: list[int]) -> None:
+    def record(self, request_id: str, predicted: Sequence[float]) -> None:
         """Hot path: remember what was predicted for ``request_id`` (sent to Redis by the thread)."""
         self._pending.append((request_id, f"{time.time():.3f}|{','.join(map(str, predicted))}"))
 
@@ -237,7 +305,7 @@ class RedisJoin:
                 self._warned = time.monotonic()
                 logger.warning("join store unreachable, %d predictions kept: %s", len(self._pending), exc)
 
-    def resolve(self, request_id: str, labels: list[int]) -> Resolved:
+    def resolve(self, request_id: str, labels: Sequence[float]) -> Resolved:
         """Count ``labels`` as the truth for ``request_id`` for every version that answered it.
         Asked first, before this pod's buffer is sent: a hung Redis holds a label for one socket
         timeout. An unknown id sends this pod's buffer (unless its thread is sending it) and asks
@@ -269,8 +337,15 @@ class RedisJoin:
             time.sleep(0.05)  # another pod's prediction may still be in its 50 ms buffer
         return self._answer(request_id, labels, reply)
 
-    def _answer(self, request_id: str, labels: list[int], reply: list[str]) -> Resolved:
+    def _answer(self, request_id: str, labels: Sequence[float], reply: list[str]) -> Resolved:
         status = reply[0]
+        if status == "ok" and self.regression:
+            versions = tuple(reply[1::3])
+            sums = {
+                v: (float(a), float(q)) for v, a, q in zip(versions, reply[2::3], reply[3::3], strict=True)
+            }
+            absolute, squared = sums.get(self.version, next(iter(sums.values())))
+            return Resolved(len(labels), 0, False, versions, absolute, squared)
         if status == "ok":
             versions = tuple(reply[1::2])
             correct = dict(zip(versions, map(int, reply[2::2]), strict=True))
@@ -307,6 +382,16 @@ class RedisJoin:
             raise BadRequest(
                 409, "feedback_exists", f"other labels for request id {request_id!r} were already recorded"
             )
+        if status == "kind":
+            raise BadRequest(
+                422,
+                "bad_label",
+                f"request {request_id!r} was answered with classes, not values: send a class",
+            )
+        if status == "range":
+            raise BadRequest(
+                422, "value_out_of_range", "labels this far from the predictions overflow the error sums"
+            )
         rows = int(reply[1])
         raise BadRequest(
             422,
@@ -315,11 +400,13 @@ class RedisJoin:
         )
 
 
-def counters(client: redis.Redis, prefix: str = "bento:join:") -> dict[tuple[str, str, str], int]:
-    """Every counter in the store: ``(metric, model, version) -> value``."""
-    out: dict[tuple[str, str, str], int] = {}
+def counters(client: redis.Redis, prefix: str = "bento:join:") -> dict[tuple[str, str, str], float]:
+    """Every counter in the store: ``(metric, model, version) -> value`` (an int, but a regressor's
+    error sums, which HINCRBYFLOAT keeps as decimal text)."""
+    out: dict[tuple[str, str, str], float] = {}
     for field, value in client.hgetall(prefix + "counters").items():
         parts = field.decode().split(SEP)
         if len(parts) == 3:
-            out[(parts[0], parts[1], parts[2])] = int(value)
+            text = value.decode()
+            out[(parts[0], parts[1], parts[2])] = int(text) if text.lstrip("-").isdigit() else float(text)
     return out

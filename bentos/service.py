@@ -18,9 +18,10 @@ Stable, candidate and shadow servers are this same code with different tags. Env
                            redis://host:port/db (every pod of every version; see bentos/join.py)
     BENTO_FEEDBACK_TOKEN   bearer token /feedback requires (or _TOKEN_FILE)
 
-The endpoints are a raw ASGI app (``bentos/app.py``) mounted at ``/``; BentoML's own per-request
-extras that cost time without serving this app (its request metrics, access log, tracing spans) are
-switched off in the service config. Each worker loads the model once (hash-checked), warms it up,
+The endpoints are a raw ASGI app (``bentos/app.py``) mounted at ``/``, bound to the served
+classifier or regressor (``bentos/served.py``); BentoML's own per-request extras that cost time
+without serving this app (its request metrics, access log, tracing spans) are switched off in the
+service config. Each worker loads the model once (hash-checked), warms it up,
 then freezes the start-up objects out of the garbage collector's way (``gc.freeze``). Built by the
 root ``bentofile.yaml``; started by ``rollout/local/bento.py`` and the tests.
 """
@@ -38,11 +39,12 @@ import numpy as np
 import sklearn
 from bentoml._internal.context import server_context
 
-from bentos.app import Limits, ModelApp, Served
+from bentos.app import ModelApp
 from bentos.join import FeedbackAuth, open_join
 from bentos.join import check_env as check_join_env
 from bentos.metrics import use_server_metrics_dir
 from bentos.parsing import BadRequest
+from bentos.served import Limits, serve_model
 from rollout.registry import MODEL_DIGEST_ENV, MODEL_TAG_ENV, get_record, load_model, verify_artifact
 
 logger = logging.getLogger("bentos.service")
@@ -155,12 +157,12 @@ class ModelService:
         # Schema is those names): sklearn's per-call warning about a nameless array says nothing
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         record = loaded.record
-        self.feedback = open_join(record.name, record.version, metrics_dir)
+        self.feedback = open_join(record.name, record.version, metrics_dir, record.metadata.is_regressor)
         self.feedback.start()
-        served = Served(loaded, LIMITS, metrics_dir, self.feedback, FeedbackAuth.from_env())
+        served = serve_model(loaded, LIMITS, metrics_dir, self.feedback, FeedbackAuth.from_env())
         warm = np.asarray([loaded.record.metadata.feature_means], dtype=np.float64)
         for _ in range(3):
-            served.probabilities(warm)
+            served.warm_up(warm)
         served.metrics.flush_interval = float(os.environ.get("BENTO_METRICS_FLUSH_SECONDS", "0.5"))
         served.metrics.start()
         self.served = served

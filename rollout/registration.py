@@ -10,15 +10,20 @@ variants:
 - feature names: the estimator's ``feature_names_in_`` (fitted on a DataFrame), else the data
   file's columns other than the target, in their order (then their number must be the
   estimator's ``n_features_in_``);
-- class names: the estimator's ``classes_``, as text; every target value in the data must be one;
+- the task: ``regression`` for a regressor (``is_regressor``, also a Pipeline ending in one), else
+  ``classification``;
+- a classifier's class names: its ``classes_``, as text; every target value in the data must be one;
+- a regressor's ``prediction_buckets``: 16 quantiles of the (numeric) holdout target, the upper
+  bounds of its ``model_prediction_value`` histogram;
 - reference statistics (feature means and standard deviations: the z-scores of the feature-drift
-  gate) and the holdout accuracy and macro F1 (``rollout gate``), from the data file;
+  gate) and the holdout metrics ``rollout gate`` compares (accuracy and macro F1; a regressor's
+  MAE, RMSE and R²), from the data file;
 - the dataset's digest: sha256 of the data file's bytes, so ``rollout gate`` compares two models
   only on the same holdout;
 - the artifact digest: sha256 of the pickled estimator written as the model's artifact.
 
-What cannot be derived is an error that says which option to pass. Regressors and string feature
-columns are refused with a message saying so (not yet served).
+What cannot be derived is an error that says which option to pass. String feature columns and
+multi-output regressors are refused with a message saying so (not served).
 """
 
 from __future__ import annotations
@@ -32,10 +37,19 @@ from typing import Any
 import numpy as np
 
 from rollout.errors import ModelError, ModelNotFoundError, UsageError
-from rollout.registry import ARTIFACT_FILE, ModelMetadata, ModelRecord, get_record, parse_tag
+from rollout.registry import (
+    ARTIFACT_FILE,
+    CLASSIFICATION,
+    REGRESSION,
+    ModelMetadata,
+    ModelRecord,
+    get_record,
+    parse_tag,
+)
 
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")  # rollout/cli/models.py: a SOURCE with these is a file
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
+BUCKET_QUANTILES = 16  # a regressor's prediction histogram: this many quantiles of the holdout target
 
 
 @dataclass(frozen=True)
@@ -43,7 +57,7 @@ class Reference:
     """The user's holdout/reference data: feature matrix, target and where it came from."""
 
     X: np.ndarray  # float64, rows x features, in the model's feature order
-    y: np.ndarray  # the target column's values, as text
+    y: np.ndarray  # the target column's values: text for a classifier, float64 for a regressor
     feature_names: list[str]
     name: str
     sha256: str
@@ -79,6 +93,26 @@ def load_estimator(source: str) -> tuple[Any, str]:
         raise ModelError(f"{source} is not a scikit-learn model saved with bentoml.sklearn: {exc}") from None
 
 
+def task_of(estimator: Any) -> str:
+    """``regression`` for a fitted regressor, ``classification`` for a fitted classifier;
+    ModelError for what the model server cannot serve."""
+    from sklearn.base import is_regressor
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    kind = type(estimator).__name__
+    if not hasattr(estimator, "predict"):
+        raise ModelError(f"{kind} has no predict(): not a scikit-learn estimator")
+    if not is_regressor(estimator):
+        check_classifier(estimator)
+        return CLASSIFICATION
+    try:
+        check_is_fitted(estimator)
+    except (NotFittedError, TypeError):
+        raise ModelError(f"{kind} is not a fitted regressor; fit it before importing") from None
+    return REGRESSION
+
+
 def check_classifier(estimator: Any) -> np.ndarray:
     """The classifier's ``classes_``; ModelError for what the model server cannot serve."""
     from sklearn.base import is_classifier, is_regressor
@@ -87,11 +121,24 @@ def check_classifier(estimator: Any) -> np.ndarray:
     if not hasattr(estimator, "predict"):
         raise ModelError(f"{kind} has no predict(): not a scikit-learn estimator")
     if is_regressor(estimator):
-        raise ModelError(f"{kind} is a regressor; the model server serves classifiers only for now")
+        raise ModelError(f"{kind} is a regressor, not a classifier")
     classes = getattr(estimator, "classes_", None)
     if not is_classifier(estimator) or classes is None:
-        raise ModelError(f"{kind} is not a fitted classifier (it has no classes_); fit it before importing")
+        raise ModelError(
+            f"{kind} is not a fitted classifier (it has no classes_) nor a regressor; fit it before importing"
+        )
     return np.asarray(classes)
+
+
+def prediction_buckets(y: np.ndarray, quantiles: int = BUCKET_QUANTILES) -> list[float]:
+    """Histogram upper bounds for a regressor's predictions: ``quantiles`` quantiles of the holdout
+    target ``y`` (the last its maximum), to 6 significant digits, strictly increasing (a target
+    with repeated values has fewer)."""
+    levels = np.linspace(0.0, 1.0, quantiles + 1)[1:]
+    bounds = {
+        float(f"{v:.6g}") for v in np.quantile(np.asarray(y, dtype=np.float64), levels, method="inverted_cdf")
+    }
+    return sorted(bounds)
 
 
 def _some(names: list[str], shown: int = 5) -> str:
@@ -143,7 +190,7 @@ def read_reference(path: Path, target: str, estimator: Any) -> Reference:
     if target in features:
         raise UsageError(f"--target {target!r} is one of the model's features")
     frame = table[features]
-    from pandas.api.types import is_numeric_dtype
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
     text = [c for c in features if not is_numeric_dtype(frame[c])]
     if text:
@@ -154,7 +201,19 @@ def read_reference(path: Path, target: str, estimator: Any) -> Reference:
         raise UsageError(f"feature columns {_some(bad)} have missing or infinite values in {path}")
     if table[target].isna().any():
         raise UsageError(f"target column {target!r} has missing values in {path}")
-    y = table[target].astype(str).to_numpy()
+    from sklearn.base import is_regressor
+
+    if not is_regressor(estimator):
+        y = table[target].astype(str).to_numpy()
+    elif not is_numeric_dtype(table[target]) or is_bool_dtype(table[target]):
+        raise UsageError(
+            f"target column {target!r} holds values that are not numbers (e.g. {table[target].iloc[0]!r}): a "
+            "regressor's target must be numeric (is --target the right column?)"
+        )
+    else:
+        y = table[target].to_numpy(dtype=np.float64)
+        if not np.isfinite(y).all():
+            raise UsageError(f"target column {target!r} has infinite values in {path}")
     return Reference(X, y, features, path.stem, hashlib.sha256(path.read_bytes()).hexdigest())
 
 
@@ -177,6 +236,32 @@ def derive_metadata(
 ) -> ModelMetadata:
     """What the rollout needs, derived from the fitted estimator and the reference data (pure)."""
     import sklearn
+
+    task = task_of(estimator)
+    X: Any = ref.X
+    if getattr(estimator, "feature_names_in_", None) is not None:  # fitted on a DataFrame: give it one
+        import pandas as pd
+
+        X = pd.DataFrame(ref.X, columns=ref.feature_names)
+    common: dict[str, Any] = {
+        "dataset": ref.name,
+        "dataset_sha256": ref.sha256,
+        "variant": version,
+        "description": description or f"imported from {origin}",
+        "estimator": _estimator_name(estimator),
+        "params": _params(estimator),
+        "seed": -1,  # not known: trained elsewhere
+        "holdout_size": len(ref.y),
+        "train_size": 0,  # not known: trained elsewhere
+        "sklearn_version": sklearn.__version__,
+        "git_revision": "unknown",
+        "feature_names": ref.feature_names,
+        "feature_means": [float(v) for v in ref.X.mean(axis=0)],
+        "feature_stds": [float(v) for v in ref.X.std(axis=0)],
+        "artifact_sha256": hashlib.sha256(blob).hexdigest(),
+    }
+    if task == REGRESSION:
+        return _regressor_metadata(estimator, X, ref, common, origin)
     from sklearn.metrics import accuracy_score, f1_score
 
     classes = check_classifier(estimator)
@@ -187,34 +272,42 @@ def derive_metadata(
             f"target values {', '.join(unknown[:5])} are not classes of the model ({', '.join(class_names)}): "
             "is --target the right column?"
         )
-    X: Any = ref.X
-    if getattr(estimator, "feature_names_in_", None) is not None:  # fitted on a DataFrame: give it one
-        import pandas as pd
-
-        X = pd.DataFrame(ref.X, columns=ref.feature_names)
     predicted = np.asarray(estimator.predict(X)).astype(str)
     return ModelMetadata(
-        dataset=ref.name,
-        dataset_sha256=ref.sha256,
-        variant=version,
-        description=description or f"imported from {origin}",
-        estimator=_estimator_name(estimator),
-        params=_params(estimator),
-        seed=-1,  # not known: trained elsewhere
+        **common,
         holdout_accuracy=float(accuracy_score(ref.y, predicted)),
         holdout_f1_macro=float(
             f1_score(ref.y, predicted, average="macro", labels=class_names, zero_division=0)
         ),
-        holdout_size=len(ref.y),
-        train_size=0,  # not known: trained elsewhere
-        sklearn_version=sklearn.__version__,
-        git_revision="unknown",
-        feature_names=ref.feature_names,
-        feature_means=[float(v) for v in ref.X.mean(axis=0)],
-        feature_stds=[float(v) for v in ref.X.std(axis=0)],
         class_names=class_names,
-        artifact_sha256=hashlib.sha256(blob).hexdigest(),
         extra={"imported_from": origin, "has_predict_proba": hasattr(estimator, "predict_proba")},
+    )
+
+
+def _regressor_metadata(
+    estimator: Any, X: Any, ref: Reference, common: dict[str, Any], origin: str
+) -> ModelMetadata:
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    kind = _estimator_name(estimator)
+    predicted = np.asarray(estimator.predict(X), dtype=np.float64)
+    if predicted.ndim == 2 and predicted.shape[1] == 1:
+        predicted = predicted[:, 0]
+    if predicted.ndim != 1:
+        raise ModelError(
+            f"{kind} predicts {predicted.shape[1]} values per row; multi-output regressors are not served"
+        )
+    if not np.isfinite(predicted).all():
+        raise ModelError(f"{kind} predicts NaN or infinite values on the data file's rows")
+    return ModelMetadata(
+        **common,
+        task=REGRESSION,
+        holdout_mae=float(mean_absolute_error(ref.y, predicted)),
+        holdout_rmse=float(np.sqrt(mean_squared_error(ref.y, predicted))),
+        holdout_r2=float(r2_score(ref.y, predicted)) if len(ref.y) > 1 else 0.0,
+        prediction_buckets=prediction_buckets(ref.y),
+        class_names=[],
+        extra={"imported_from": origin},
     )
 
 
@@ -227,7 +320,7 @@ def register(
 
     _, version = parse_tag(tag)
     estimator, origin = load_estimator(source)
-    check_classifier(estimator)
+    task_of(estimator)
     ref = read_reference(data, target, estimator)
     blob = pickle.dumps(estimator, protocol=5)
     metadata = derive_metadata(estimator, ref, version, description, blob, origin)
@@ -240,7 +333,7 @@ def register(
         raise UsageError(f"{tag} is already in the model store; pass --force to replace it")
     if exists:
         bentoml.models.delete(tag)
-    labels = {"variant": version, "dataset": ref.name, "imported": "true"}
+    labels = {"variant": version, "dataset": ref.name, "imported": "true", "task": metadata.task}
     with bentoml.models.create(tag, metadata=metadata.to_dict(), labels=labels) as model:
         Path(model.path_of(ARTIFACT_FILE)).write_bytes(blob)
     return get_record(tag)

@@ -5,7 +5,8 @@ Training (``bentos/train.py``) writes a model as one pickled artifact plus the m
 which verifies the artifact's sha256 *before* unpickling it (the bytes it hashed are the bytes it
 unpickles: no second read a rewrite could slip into) and refuses a bad file with
 :class:`~rollout.errors.ModelIntegrityError`; ``rollout gate`` (``rollout/cli/models.py``) compares
-two models' holdout metrics with :func:`gate`.
+two models' holdout metrics with :func:`gate` (a classifier's accuracy and F1, a regressor's MAE,
+RMSE and R²).
 
 Two checks, for two threats:
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,25 @@ MODEL_TAG_ENV = "BENTO_MODEL_TAG"
 MODEL_DIGEST_ENV = "BENTO_MODEL_DIGEST"
 
 
-@dataclass(frozen=True)
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+TASKS = (CLASSIFICATION, REGRESSION)
+# the holdout metrics each task must have in its metadata (what ``rollout gate`` compares)
+TASK_FIELDS = {
+    CLASSIFICATION: ("holdout_accuracy", "holdout_f1_macro"),
+    REGRESSION: ("holdout_mae", "holdout_rmse", "holdout_r2", "prediction_buckets"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
 class ModelMetadata:
-    """Everything recorded with a model at training; stored as the BentoML model's metadata."""
+    """Everything recorded with a model at training; stored as the BentoML model's metadata.
+
+    ``task`` is ``classification`` (the default: every model stored before regressors were served
+    has none) or ``regression``. A classifier has its holdout accuracy and macro F1 and its class
+    names; a regressor has its holdout MAE, RMSE and R², no class names, and ``prediction_buckets``:
+    the upper bounds of its ``model_prediction_value`` histogram, quantiles of the holdout target.
+    What a task does not have is None (and not stored: BentoML's metadata holds no None)."""
 
     dataset: str
     dataset_sha256: str
@@ -53,8 +70,8 @@ class ModelMetadata:
     estimator: str
     params: dict[str, Any]
     seed: int
-    holdout_accuracy: float
-    holdout_f1_macro: float
+    holdout_accuracy: float | None = None
+    holdout_f1_macro: float | None = None
     holdout_size: int
     train_size: int
     sklearn_version: str
@@ -67,21 +84,40 @@ class ModelMetadata:
     label_flip_fraction: float = 0.0
     schema: int = METADATA_SCHEMA
     extra: dict[str, Any] = field(default_factory=dict)
+    task: str = CLASSIFICATION
+    holdout_mae: float | None = None
+    holdout_rmse: float | None = None
+    holdout_r2: float | None = None
+    prediction_buckets: list[float] = field(default_factory=list)
+
+    @property
+    def is_regressor(self) -> bool:
+        return self.task == REGRESSION
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], tag: str = "?") -> ModelMetadata:
-        known = {f for f in cls.__dataclass_fields__}
-        missing = [f for f in known if f not in data and f not in ("label_flip_fraction", "schema", "extra")]
+        fields = cls.__dataclass_fields__
+        task = data.get("task", CLASSIFICATION)
+        if task not in TASKS:
+            raise ModelError(
+                f"model {tag} has task {task!r} in its metadata, not one of {', '.join(TASKS)}: register "
+                f"it again with `rollout import {tag} --name NAME:VERSION --data HOLDOUT.csv --target COLUMN`"
+            )
+        required = [
+            name for name, f in fields.items() if f.default is MISSING and f.default_factory is MISSING
+        ]
+        missing = [f for f in required if f not in data]
+        missing += [f for f in TASK_FIELDS[task] if data.get(f) is None or data.get(f) == []]
         if missing:
             raise ModelError(
                 f"model {tag} has no {', '.join(sorted(missing))} in its metadata: register it with "
                 f"`rollout import {tag} --name NAME:VERSION --data HOLDOUT.csv --target COLUMN` "
                 "(the iris variants: `rollout train --all`)"
             )
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**{k: v for k, v in data.items() if k in fields})
 
 
 @dataclass(frozen=True)
@@ -246,16 +282,28 @@ class GateResult:
 
 
 GATED_METRICS = ("holdout_accuracy", "holdout_f1_macro")
+# a regressor's errors (lower is better) may grow by ``tolerance`` relative to stable's; its R²
+# (higher is better, at most 1) may fall by ``tolerance``, absolute, as a classifier's metrics
+RELATIVE_ERROR_METRICS = ("holdout_mae", "holdout_rmse")
+ABSOLUTE_SCORE_METRICS = ("holdout_r2",)
 
 
 def compare(
     candidate: ModelMetadata, stable: ModelMetadata, tolerance: float, names: tuple[str, str]
 ) -> GateResult:
-    """Pure comparison: the candidate fails when a gated metric is below stable's minus ``tolerance``,
-    or when the two were evaluated on different data (then the numbers are not comparable)."""
+    """Pure comparison: the candidate fails when a gated metric is below stable's minus ``tolerance``
+    (a regressor: its MAE or RMSE above stable's by more than ``tolerance`` relative, or its R²
+    below stable's minus ``tolerance``), or when the two were evaluated on different data (then
+    the numbers are not comparable). A classifier and a regressor are not comparable at all: a
+    UsageError."""
     if not 0.0 <= tolerance < 1.0:
         raise UsageError(f"tolerance must be in [0, 1), got {tolerance}")
     cand_name, stable_name = names
+    if candidate.task != stable.task:
+        raise UsageError(
+            f"{cand_name} is a {candidate.task} model and {stable_name} a {stable.task} one: gate a "
+            "candidate against a stable model of the same task"
+        )
     reasons: list[str] = []
     deltas: dict[str, float] = {}
     if candidate.dataset_sha256 != stable.dataset_sha256:
@@ -263,6 +311,9 @@ def compare(
             f"{cand_name} was evaluated on dataset {candidate.dataset_sha256[:12]}…, {stable_name} on "
             f"{stable.dataset_sha256[:12]}…; holdout metrics are not comparable"
         )
+    if candidate.is_regressor:
+        _compare_regressors(candidate, stable, tolerance, stable_name, reasons, deltas)
+        return GateResult(cand_name, stable_name, tolerance, not reasons, reasons, deltas)
     for metric in GATED_METRICS:
         cand_value = float(getattr(candidate, metric))
         stable_value = float(getattr(stable, metric))
@@ -273,6 +324,35 @@ def compare(
                 f"{stable_value:.4f} (tolerance {tolerance:.4f})"
             )
     return GateResult(cand_name, stable_name, tolerance, not reasons, reasons, deltas)
+
+
+def _compare_regressors(
+    candidate: ModelMetadata,
+    stable: ModelMetadata,
+    tolerance: float,
+    stable_name: str,
+    reasons: list[str],
+    deltas: dict[str, float],
+) -> None:
+    for metric in RELATIVE_ERROR_METRICS:
+        cand_value = float(getattr(candidate, metric))
+        stable_value = float(getattr(stable, metric))
+        deltas[metric] = cand_value - stable_value
+        if cand_value > stable_value * (1.0 + tolerance) + 1e-12:
+            worse = (cand_value / stable_value - 1.0) if stable_value > 0 else float("inf")
+            reasons.append(
+                f"{metric} {cand_value:.4g} is {worse:.1%} above {stable_name}'s {stable_value:.4g} "
+                f"(tolerance {tolerance:.1%} relative)"
+            )
+    for metric in ABSOLUTE_SCORE_METRICS:
+        cand_value = float(getattr(candidate, metric))
+        stable_value = float(getattr(stable, metric))
+        deltas[metric] = cand_value - stable_value
+        if cand_value < stable_value - tolerance - 1e-12:
+            reasons.append(
+                f"{metric} {cand_value:.4f} is {stable_value - cand_value:.4f} below {stable_name}'s "
+                f"{stable_value:.4f} (tolerance {tolerance:.4f})"
+            )
 
 
 def gate(candidate_tag: str, stable_tag: str, tolerance: float = 0.02, verify: bool = True) -> GateResult:

@@ -7,8 +7,10 @@ digest (``sha256:<64 hex>``), the value to pin as a ModelRollout's ``stable.dige
 --verify`` also hashes every artifact and marks those that do not match what training recorded
 (exit 1). ``rollout gate CANDIDATE --against STABLE`` is the CI check for
 new training code: it exits 3 (GateFailedError) with the reason when the candidate's holdout
-accuracy or macro F1 is below the stable model's by more than ``--tolerance``. ``rollout import``
-registers a user's own classifier (rollout/registration.py). Registered by
+accuracy or macro F1 is below the stable model's by more than ``--tolerance`` (a regressor: its MAE
+or RMSE above stable's by more than ``--tolerance`` relative, or its R² below stable's minus
+``--tolerance``). ``rollout import`` registers a user's own classifier or regressor
+(rollout/registration.py). Registered by
 ``rollout/cli/main.py`` through COMMAND_MODULES.
 """
 
@@ -16,10 +18,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from rollout.errors import GateFailedError, ModelError, ModelIntegrityError, UsageError
+
+if TYPE_CHECKING:
+    from rollout.registry import ModelMetadata
 
 
 @click.command("train")
@@ -65,6 +71,9 @@ def models_command(name: str | None, verify: bool, as_json: bool) -> None:
             "holdoutAccuracy": meta.holdout_accuracy,
             "digest": record.digest,
         }
+        if meta.is_regressor:
+            row.update(task=meta.task, holdoutMae=meta.holdout_mae, holdoutRmse=meta.holdout_rmse,
+                       holdoutR2=meta.holdout_r2)  # fmt: skip
         mark = ""
         if verify:
             try:
@@ -74,9 +83,7 @@ def models_command(name: str | None, verify: bool, as_json: bool) -> None:
                 row["verified"], mark = False, "  MODIFIED"
                 bad.append(str(exc))
         rows.append(row)
-        lines.append(
-            f"{record.tag:16} {meta.estimator:24} accuracy={meta.holdout_accuracy:.4f} {record.digest}{mark}"
-        )
+        lines.append(f"{record.tag:16} {meta.estimator:24} {_headline(meta)} {record.digest}{mark}")
     if as_json:
         click.echo(json.dumps(rows))
     else:
@@ -95,14 +102,16 @@ def models_command(name: str | None, verify: bool, as_json: bool) -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Holdout/reference data, CSV or Parquet: the model's feature columns and the target.",
 )
-@click.option("--target", required=True, help="The data's column with the true class.")
+@click.option(
+    "--target", required=True, help="The data's column with the true class (a regressor: the true value)."
+)
 @click.option("--description", default="", help="Shown by `rollout models`.")
 @click.option("--force", is_flag=True, help="Replace a model already registered under --name.")
 def import_command(
     source: str, tag: str | None, data: Path, target: str, description: str, force: bool
 ) -> None:
-    """Register your own scikit-learn classifier (a joblib/pickle file, or a model saved with
-    bentoml.sklearn.save_model) so it can be served, gated and rolled out."""
+    """Register your own scikit-learn classifier or regressor (a joblib/pickle file, or a model saved
+    with bentoml.sklearn.save_model) so it can be served, gated and rolled out."""
     if tag is None:
         if Path(source).exists() or Path(source).suffix in (".joblib", ".pkl", ".pickle"):
             raise UsageError(f"name the model to register from {source} with --name NAME:VERSION")
@@ -114,10 +123,10 @@ def import_command(
 
     record = register(source, tag, data, target, description, force)
     meta = record.metadata
+    what = "regression" if meta.is_regressor else f"classes={','.join(meta.class_names)}"
     click.echo(
-        f"{record.tag:16} registered {meta.estimator} accuracy={meta.holdout_accuracy:.4f} "
-        f"f1={meta.holdout_f1_macro:.4f} on {meta.holdout_size} rows of {data.name} "
-        f"features={len(meta.feature_names)} classes={','.join(meta.class_names)} {record.digest}"
+        f"{record.tag:16} registered {meta.estimator} {_headline(meta)} on {meta.holdout_size} rows of "
+        f"{data.name} features={len(meta.feature_names)} {what} {record.digest}"
     )
 
 
@@ -129,7 +138,8 @@ def import_command(
     type=float,
     default=0.02,
     show_default=True,
-    help="How far below stable a holdout metric may fall (absolute, 0..1).",
+    help="How far below stable a holdout metric may fall (absolute, 0..1); a regressor's MAE and RMSE "
+    "may rise by this fraction of stable's (0.02: 2 %), its R² fall by this much.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the comparison as JSON.")
 def gate_command(candidate: str, stable: str, tolerance: float, as_json: bool) -> None:
@@ -157,6 +167,13 @@ def gate_command(candidate: str, stable: str, tolerance: float, as_json: bool) -
         click.echo(result.summary())
     if not result.passed:
         raise GateFailedError(f"{candidate} is worse than {stable}: " + "; ".join(result.reasons))
+
+
+def _headline(meta: ModelMetadata) -> str:
+    """The holdout metrics of one model, for a line of output."""
+    if meta.is_regressor:
+        return f"mae={meta.holdout_mae:.4g} rmse={meta.holdout_rmse:.4g} r2={meta.holdout_r2:.4f}"
+    return f"accuracy={meta.holdout_accuracy:.4f} f1={meta.holdout_f1_macro:.4f}"
 
 
 def register(cli: click.Group) -> None:

@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 from rollout.errors import ModelError, UsageError
-from rollout.registration import check_classifier, derive_metadata, load_estimator, read_reference
+from rollout.registration import check_classifier, derive_metadata, load_estimator, read_reference, task_of
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +128,12 @@ def test_target_values_the_model_does_not_know_suggest_the_wrong_target(tmp_path
         derive_metadata(model, ref, "v1", "", b"", "file m.joblib")
 
 
-def test_regressors_unfitted_models_and_non_estimators_are_refused(tmp_path: Path) -> None:
+def test_unfitted_models_and_non_estimators_are_refused(tmp_path: Path) -> None:
     X, y = load_wine(return_X_y=True)
-    with pytest.raises(ModelError, match="LinearRegression is a regressor"):
+    with pytest.raises(ModelError, match="LinearRegression is a regressor, not a classifier"):
         check_classifier(LinearRegression().fit(X, y))
+    with pytest.raises(ModelError, match="not a fitted regressor"):
+        task_of(LinearRegression())
     with pytest.raises(ModelError, match="not a fitted classifier"):
         check_classifier(LogisticRegression())
     with pytest.raises(ModelError, match="has no predict"):

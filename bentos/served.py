@@ -1,0 +1,322 @@
+"""What a request needs of the loaded model, computed once at start-up: a classifier or a regressor.
+
+``bentos/service.py`` builds one with :func:`serve_model` (the model's metadata says its task) and
+binds it to the ASGI app (``bentos/app.py``), which calls the same few methods for either task:
+
+- ``predict_body`` / ``infer_body``: predict, record the answer for the feedback join, count it in
+  the metrics, and return the JSON answer of ``/predict`` or ``/v2/.../infer``. A classifier
+  answers class names and probabilities (``predictions`` BYTES, ``probabilities`` FP64); a
+  regressor its predicted values (one FP64 output ``predictions``);
+- ``parse_labels``: a ``/feedback`` body to labels (class indices; a regressor's numbers);
+- ``count_feedback`` and ``feedback_answer``: what a resolved label adds to ``/metrics`` (the local
+  join store) and to the answer.
+
+The classifier's hot path is the one the serving benchmark measures (bench/serving.py): nothing
+of the regressor's runs for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from bentos.join import FeedbackAuth, Join, Resolved
+from bentos.metrics import ModelMetrics, RegressorMetrics
+from bentos.parsing import BadRequest, Feedback, Schema, parse_feedback, parse_value_feedback
+from rollout.errors import ModelError
+from rollout.registry import LoadedModel
+
+NUMPY = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int = 1000
+    max_body_bytes: int = 1 << 20
+
+
+class ServedModel:
+    """What both tasks share: identity, input schema, reference statistics, join store; the
+    methods the app calls, which each task implements."""
+
+    metrics: ModelMetrics | RegressorMetrics
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        limits: Limits,
+        metrics_dir: Path,
+        feedback: Join,
+        auth: FeedbackAuth | None = None,
+    ) -> None:
+        meta = loaded.record.metadata
+        self.estimator = loaded.estimator
+        self.name = loaded.record.name
+        self.version = loaded.record.version
+        self.class_names = list(meta.class_names)
+        self.means = np.asarray(meta.feature_means, dtype=np.float64)
+        self.stds = np.where(np.asarray(meta.feature_stds) > 0, np.asarray(meta.feature_stds), 1.0)
+        self.schema = Schema(tuple(meta.feature_names), limits.max_batch)
+        self.metrics_dir = metrics_dir
+        self.feedback = feedback
+        self.auth = auth or FeedbackAuth(None)
+        self.base_headers = [
+            (b"x-model-name", self.name.encode()),
+            (b"x-model-version", self.version.encode()),
+        ]
+        self.v2_metadata = b""
+
+    def warm_up(self, X: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def predict_body(self, X: np.ndarray, request_id: str) -> bytes:
+        raise NotImplementedError
+
+    def infer_body(self, X: np.ndarray, request_id: str, v2_id: str | None) -> bytes:
+        raise NotImplementedError
+
+    def parse_labels(self, body: bytes) -> Feedback:
+        raise NotImplementedError
+
+    def count_feedback(self, resolved: Resolved) -> None:
+        raise NotImplementedError
+
+    def feedback_answer(self, resolved: Resolved) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _v2_metadata(self, loaded: LoadedModel, outputs: list[dict[str, Any]], **parameters: Any) -> bytes:
+        meta = loaded.record.metadata
+        return orjson.dumps(
+            {
+                "name": self.name,
+                "versions": [self.version],
+                "platform": "sklearn",
+                "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(meta.feature_names)]}],
+                "outputs": outputs,
+                "parameters": {
+                    "feature_names": meta.feature_names,
+                    **parameters,
+                    "digest": loaded.record.digest,
+                },
+            }
+        )
+
+
+class Served(ServedModel):
+    """A classifier: class names and probabilities."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        limits: Limits,
+        metrics_dir: Path,
+        feedback: Join,
+        auth: FeedbackAuth | None = None,
+    ) -> None:
+        super().__init__(loaded, limits, metrics_dir, feedback, auth)
+        meta = loaded.record.metadata
+        self.classes = np.asarray(self.estimator.classes_)
+        self.column_class = column_classes(self.classes, self.class_names)
+        # a classifier without predict_proba (LinearSVC, RidgeClassifier...) answers one-hot
+        # probabilities: its predicted class with confidence 1
+        self.has_proba = hasattr(self.estimator, "predict_proba")
+        self.metrics = ModelMetrics(
+            self.name,
+            self.version,
+            list(meta.feature_names),
+            self.class_names,
+            meta.sklearn_version,
+            meta.dataset_sha256,
+        )
+        self.v2_metadata = self._v2_metadata(
+            loaded,
+            [
+                {"name": "predictions", "datatype": "BYTES", "shape": [-1]},
+                {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(self.class_names)]},
+            ],
+            class_names=self.class_names,
+        )
+
+    def warm_up(self, X: np.ndarray) -> None:
+        self.probabilities(X)
+
+    def probabilities(self, X: np.ndarray) -> np.ndarray:
+        """One row of class probabilities per row of ``X``, columns in ``classes_`` order."""
+        if self.has_proba:
+            return np.asarray(self.estimator.predict_proba(X), dtype=np.float64)
+        columns = np.searchsorted(self.classes, self.estimator.predict(X))  # classes_ is sorted
+        proba = np.zeros((len(X), len(self.classes)), dtype=np.float64)
+        proba[np.arange(len(X)), columns] = 1.0
+        return proba
+
+    def predict(self, X: np.ndarray, request_id: str) -> tuple[list[str], np.ndarray]:
+        proba = self.probabilities(X)
+        if not np.isfinite(proba).all():  # e.g. 1e308 overflows inside the model: no answer is better
+            raise BadRequest(
+                422, "value_out_of_range", "feature values this large make the model's output overflow"
+            )
+        best = proba.argmax(axis=1)
+        classes = self.column_class[best]
+        self.metrics.predictions(classes, proba[np.arange(len(best)), best], (X - self.means) / self.stds)
+        predicted = classes.tolist()
+        self.feedback.record(request_id, predicted)
+        names = self.class_names
+        return [names[c] for c in predicted], proba
+
+    def predict_body(self, X: np.ndarray, request_id: str) -> bytes:
+        predictions, proba = self.predict(X, request_id)
+        return orjson.dumps(
+            {
+                "predictions": predictions,
+                "probabilities": proba,
+                "model": self.name,
+                "version": self.version,
+                "request_id": request_id,
+            },
+            option=NUMPY,
+        )
+
+    def infer_body(self, X: np.ndarray, request_id: str, v2_id: str | None) -> bytes:
+        predictions, proba = self.predict(X, request_id)
+        return orjson.dumps(
+            {
+                "model_name": self.name,
+                "model_version": self.version,
+                "id": v2_id or request_id,
+                "outputs": [
+                    {
+                        "name": "predictions",
+                        "datatype": "BYTES",
+                        "shape": [len(predictions)],
+                        "data": predictions,
+                    },
+                    {
+                        "name": "probabilities",
+                        "datatype": "FP64",
+                        "shape": list(proba.shape),
+                        "data": proba.ravel(),
+                    },
+                ],
+            },
+            option=NUMPY,
+        )
+
+    def parse_labels(self, body: bytes) -> Feedback:
+        return parse_feedback(body, self.class_names)
+
+    def count_feedback(self, resolved: Resolved) -> None:
+        self.metrics.feedback(resolved.received, resolved.correct)
+
+    def feedback_answer(self, resolved: Resolved) -> dict[str, Any]:
+        return {"received": resolved.received, "correct": resolved.correct}
+
+
+class ServedRegressor(ServedModel):
+    """A regressor: one predicted value per row."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        limits: Limits,
+        metrics_dir: Path,
+        feedback: Join,
+        auth: FeedbackAuth | None = None,
+    ) -> None:
+        super().__init__(loaded, limits, metrics_dir, feedback, auth)
+        meta = loaded.record.metadata
+        self.metrics = RegressorMetrics(
+            self.name,
+            self.version,
+            list(meta.feature_names),
+            list(meta.prediction_buckets),
+            meta.sklearn_version,
+            meta.dataset_sha256,
+        )
+        self.v2_metadata = self._v2_metadata(
+            loaded, [{"name": "predictions", "datatype": "FP64", "shape": [-1]}], task=meta.task
+        )
+
+    def values(self, X: np.ndarray) -> np.ndarray:
+        """One predicted value per row of ``X`` (a model that answers a column: its one column)."""
+        return np.asarray(self.estimator.predict(X), dtype=np.float64).reshape(len(X))
+
+    def warm_up(self, X: np.ndarray) -> None:
+        self.values(X)
+
+    def predict(self, X: np.ndarray, request_id: str) -> list[float]:
+        values = self.values(X)
+        if not np.isfinite(values).all():
+            raise BadRequest(
+                422, "value_out_of_range", "feature values this large make the model's output overflow"
+            )
+        self.metrics.values(values, (X - self.means) / self.stds)
+        predicted: list[float] = values.tolist()
+        self.feedback.record(request_id, predicted)
+        return predicted
+
+    def predict_body(self, X: np.ndarray, request_id: str) -> bytes:
+        return orjson.dumps(
+            {
+                "predictions": self.predict(X, request_id),
+                "model": self.name,
+                "version": self.version,
+                "request_id": request_id,
+            }
+        )
+
+    def infer_body(self, X: np.ndarray, request_id: str, v2_id: str | None) -> bytes:
+        predicted = self.predict(X, request_id)
+        return orjson.dumps(
+            {
+                "model_name": self.name,
+                "model_version": self.version,
+                "id": v2_id or request_id,
+                "outputs": [
+                    {"name": "predictions", "datatype": "FP64", "shape": [len(predicted)], "data": predicted}
+                ],
+            }
+        )
+
+    def parse_labels(self, body: bytes) -> Feedback:
+        return parse_value_feedback(body)
+
+    def count_feedback(self, resolved: Resolved) -> None:
+        self.metrics.feedback(resolved.received, resolved.absolute_error, resolved.squared_error)
+
+    def feedback_answer(self, resolved: Resolved) -> dict[str, Any]:
+        return {
+            "received": resolved.received,
+            "absolute_error": resolved.absolute_error,
+            "squared_error": resolved.squared_error,
+        }
+
+
+def serve_model(
+    loaded: LoadedModel,
+    limits: Limits,
+    metrics_dir: Path,
+    feedback: Join,
+    auth: FeedbackAuth | None = None,
+) -> Served | ServedRegressor:
+    """The served model for ``loaded``'s task."""
+    kind = ServedRegressor if loaded.record.metadata.is_regressor else Served
+    return kind(loaded, limits, metrics_dir, feedback, auth)
+
+
+def column_classes(classes: np.ndarray, class_names: list[str]) -> np.ndarray:
+    """``predict_proba`` column -> index into ``class_names``. A model registered by ``rollout
+    import`` has its ``classes_`` as text for class names; the iris variants have class indices
+    (0, 1, 2) as ``classes_`` and the target names as class names."""
+    text = [str(c) for c in classes.tolist()]
+    if all(t in class_names for t in text):
+        return np.asarray([class_names.index(t) for t in text], dtype=np.int64)
+    if np.issubdtype(classes.dtype, np.integer) and all(0 <= int(c) < len(class_names) for c in classes):
+        return classes.astype(np.int64)
+    raise ModelError(
+        f"the model's classes {text[:10]} are not the class_names of its metadata {class_names[:10]}: "
+        "register it again with `rollout import`"
+    )
