@@ -301,6 +301,13 @@ def values_schema() -> dict[str, Any]:
                         "failureThreshold": _int(
                             "Failed checks in a row before not ready (or restarted), 1-30.", 1, 30
                         ),
+                        "startupSeconds": _int(
+                            "How long the model server may take to start (load its model) before its "
+                            "liveness probe counts: a startupProbe on /v2/health/ready every 5 s "
+                            "(istio and gateway-api modes); 10-1800.",
+                            10,
+                            1800,
+                        ),
                     },
                     description="Readiness (/v2/health/ready) and liveness (/v2/health/live) probes of the model server.",
                 ),

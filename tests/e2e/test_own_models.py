@@ -45,10 +45,8 @@ BIN = Path(sys.executable).parent
 ROLLOUT = str(BIN / "rollout")
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The user's files: fitted models and holdout data, and a model store of their own."""
-    d = tmp_path_factory.mktemp("own-models")
+def make_wine(d: Path) -> None:
+    """The wine user's files in ``d``: three fitted pipelines (joblib) and the holdout CSV."""
     w = load_wine(as_frame=True)
     X_tr, X_ho, y_tr, y_ho = train_test_split(
         w.data, w.target, test_size=0.3, random_state=0, stratify=w.target
@@ -63,6 +61,20 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
         make_pipeline(StandardScaler(), LogisticRegression()).fit(X_tr, flipped), d / "wine-bad.joblib"
     )
     X_ho.assign(cultivar=y_ho).to_csv(d / "wine-holdout.csv", index=False)
+
+
+WINE_IMPORTS = (
+    ("wine-lr.joblib", "--name", "wine:v1", "--data", "wine-holdout.csv", "--target", "cultivar"),
+    ("wine-rf.joblib", "--name", "wine:v2", "--data", "wine-holdout.csv", "--target", "cultivar"),
+    ("wine-bad.joblib", "--name", "wine:bad", "--data", "wine-holdout.csv", "--target", "cultivar"),
+)
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The user's files: fitted models and holdout data, and a model store of their own."""
+    d = tmp_path_factory.mktemp("own-models")
+    make_wine(d)
 
     digits = load_digits()
     X_tr, X_ho, y_tr, y_ho = train_test_split(digits.data, digits.target, test_size=0.3, random_state=0)
@@ -108,9 +120,7 @@ def cli(
 def registered(work: Path) -> Path:
     cancer = (work / "cancer-tag").read_text()
     for args in (
-        ("wine-lr.joblib", "--name", "wine:v1", "--data", "wine-holdout.csv", "--target", "cultivar"),
-        ("wine-rf.joblib", "--name", "wine:v2", "--data", "wine-holdout.csv", "--target", "cultivar"),
-        ("wine-bad.joblib", "--name", "wine:bad", "--data", "wine-holdout.csv", "--target", "cultivar"),
+        *WINE_IMPORTS,
         ("digits.pkl", "--name", "digits:v1", "--data", "digits-holdout.csv", "--target", "digit"),
         (cancer, "--data", "cancer-holdout.parquet", "--target", "diagnosis"),  # in place, in the store
     ):

@@ -65,6 +65,7 @@ from pathlib import Path
 import yaml
 
 from rollout.errors import ProcessError
+from rollout.k8s import bentofile as bentofile_module
 from tests.k8s.images import CACHE_DIR, REGISTRY, ROOT, Image
 
 STORE = CACHE_DIR / "buildah"
@@ -304,8 +305,11 @@ def _bentoml_home() -> Path:
     return Path(os.environ.get("BENTOML_HOME") or ROOT / ".cache" / "bentoml")
 
 
-def _bentofile() -> dict:
-    return yaml.safe_load(BENTOFILE.read_text())
+def _bentofile(models: Sequence[str] | None = None) -> dict:
+    """The root bentofile.yaml, or (``models``) its copy that packs those models instead: what
+    ``BENTO_MODELS`` does for k8s/build/build-bento-image.sh (rollout/k8s/bentofile.py)."""
+    root = yaml.safe_load(BENTOFILE.read_text())
+    return bentofile_module.derived(root, models) if models else root
 
 
 def _model_dirs(bentofile: dict, home: Path) -> list[Path]:
@@ -316,9 +320,12 @@ def _model_dirs(bentofile: dict, home: Path) -> list[Path]:
     return dirs
 
 
-def _ensure_models(bentofile: dict, home: Path) -> None:
+def _ensure_models(bentofile: dict, home: Path, train: bool = True) -> None:
     if all((d / "model.yaml").is_file() for d in _model_dirs(bentofile, home)):
         return
+    if not train:  # a user's models: registered with `rollout import`, never trained here
+        missing = [str(d) for d in _model_dirs(bentofile, home) if not (d / "model.yaml").is_file()]
+        raise ProcessError(f"models to pack are not in {home}: {', '.join(missing)} (`rollout import` them)")
     proc = subprocess.run(
         [sys.executable, "-m", "bentos.train", "--all"], cwd=ROOT, capture_output=True, text=True,
         env={**os.environ, "BENTOML_HOME": str(home)},
@@ -331,35 +338,43 @@ def _ensure_models(bentofile: dict, home: Path) -> None:
         )
 
 
-def bento_key(base: str) -> str:
-    bentofile = _bentofile()
-    home = _bentoml_home()
-    _ensure_models(bentofile, home)
+def bento_key(base: str, models: Sequence[str] | None = None, home: Path | None = None) -> str:
+    bentofile = _bentofile(models)
+    home = home or _bentoml_home()
+    _ensure_models(bentofile, home, train=not models)
     included = [p for pattern in bentofile.get("include", []) for p in ROOT.glob(pattern) if p.is_file()]
     included = [p for p in included if "__pycache__" not in p.parts]
     if script := bentofile.get("docker", {}).get("setup_script"):
         included.append(ROOT / script)
-    models = [p for d in _model_dirs(bentofile, home) for p in _tree(d)]
+    packed = [p for d in _model_dirs(bentofile, home) for p in _tree(d)]
+    spec = yaml.safe_dump(bentofile).encode() if models else BENTOFILE.read_bytes()
     return _digest(
-        base, importlib.metadata.version("bentoml"), BENTOFILE.read_bytes(), _files_digest(included),
-        _files_digest(models),
-    )  # fmt: skip
+        base, importlib.metadata.version("bentoml"), spec, _files_digest(included), _files_digest(packed)
+    )
 
 
-def bento_image(buildah: Buildah | None = None, cache_dir: Path = CACHE_DIR) -> BuiltImage:
-    """The model service image of the root bentofile.yaml (see the module docstring)."""
+def bento_image(
+    buildah: Buildah | None = None,
+    cache_dir: Path = CACHE_DIR,
+    models: Sequence[str] | None = None,
+    home: Path | None = None,
+) -> BuiltImage:
+    """The model service image of the root bentofile.yaml (see the module docstring); with
+    ``models``, of a Bento that packs those (a user's, from the model store at ``home``)."""
     started = time.monotonic()
     b = buildah or Buildah()
     b.setup()
-    key = bento_key(_ref("base", base_key()))
+    home = home or _bentoml_home()
+    key = bento_key(_ref("base", base_key()), models, home)
     ref, archive = _ref("bento", key), cache_dir / f"bento-{key}.oci.tar"
     if archive.is_file():
         return BuiltImage(Image(ref, archive), built=False, seconds=time.monotonic() - started)
     _missing(["buildah", "unshare"])
     base = base_image(b)
     bentoml = Path(sys.executable).with_name("bentoml")
-    env = {**b.env(), "BENTOML_HOME": str(_bentoml_home()), "BENTOML_DO_NOT_TRACK": "True"}
-    bentofile = {**_bentofile(), "docker": {**_bentofile().get("docker", {}), "base_image": base}}
+    env = {**b.env(), "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True"}
+    source = _bentofile(models)
+    bentofile = {**source, "docker": {**source.get("docker", {}), "base_image": base}}
     derived = b.store / f"bentofile-{key}.yaml"
     derived.write_text(yaml.safe_dump(bentofile, sort_keys=False))
     proc = subprocess.run(

@@ -149,6 +149,9 @@ class ClusterStack:
     api: Any
     times: dict[str, float] = field(default_factory=dict)
     values: dict[str, Any] = field(default_factory=dict)
+    service: str = ROLLOUT  # the chart's service.name: names the ModelRollout and the HTTPRoute
+    sample: dict[str, Any] = field(default_factory=lambda: {"instances": [[5.1, 3.5, 1.4, 0.2]]})
+    load_env: dict[str, str] = field(default_factory=dict)  # Locust's (LOAD_DATA, LOAD_TARGET: a user's rows)
 
     @property
     def node(self) -> Any:
@@ -210,7 +213,7 @@ class ClusterStack:
 
         try:
             obj = self.custom().get_namespaced_custom_object(
-                *MODELROLLOUT[:2], NAMESPACE, MODELROLLOUT[2], ROLLOUT
+                *MODELROLLOUT[:2], NAMESPACE, MODELROLLOUT[2], self.service
             )
         except client.ApiException as exc:
             if exc.status == 404:
@@ -219,7 +222,9 @@ class ClusterStack:
         return dict(obj.get("status") or {})
 
     def route_weights(self) -> dict[str, int]:
-        route = self.custom().get_namespaced_custom_object(*HTTPROUTE[:2], NAMESPACE, HTTPROUTE[2], ROUTE)
+        route = self.custom().get_namespaced_custom_object(
+            *HTTPROUTE[:2], NAMESPACE, HTTPROUTE[2], self.service
+        )
         out: dict[str, int] = {}
         for rule in route["spec"]["rules"]:
             if any(m.get("headers") for m in rule.get("matches") or []):
@@ -234,9 +239,7 @@ class ClusterStack:
         import httpx
 
         try:
-            resp = httpx.post(
-                f"{self.traefik.url}/predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]]}, timeout=5
-            )
+            resp = httpx.post(f"{self.traefik.url}/predict", json=self.sample, timeout=5)
         except httpx.HTTPError:
             return None
         return {"version": resp.headers.get("x-model-version", "")} if resp.status_code == 200 else None
@@ -286,6 +289,7 @@ def locust(
     summary = stack.workdir / f"{name}.locust.json"
     log = stack.workdir / f"{name}.locust.log"
     env = {"LOAD_FEEDBACK_TOKEN": stack.feedback_token()} if feedback_share else {}
+    env.update(stack.load_env)
     with run_locust(stack.traefik.url, summary, users, seconds, log, feedback_share, env):
         yield summary
 
@@ -454,15 +458,23 @@ def _only(stack: ClusterStack, version: str, n: int = 10) -> bool:
 
 @contextlib.contextmanager
 def cluster_stack(
-    kserve: KServe, workdir: Path, extra: dict[str, Any] | None = None
+    kserve: KServe,
+    workdir: Path,
+    extra: dict[str, Any] | None = None,
+    bento: buildah_images.BuiltImage | None = None,
+    sample: dict[str, Any] | None = None,
+    load_env: dict[str, str] | None = None,
 ) -> Iterator[ClusterStack]:
     """Everything of the module doc up to ``helm install`` (stable iris:v1 answering through the
     Gateway; ``extra`` values over install_values'); torn down (Traefik, Prometheus by pid) on
-    exit. The node is the caller's."""
+    exit. The node is the caller's. A user's models: ``bento`` (an image that packs them),
+    ``extra`` naming them (service.name, models.stable), ``sample`` (a request the stable answers)
+    and ``load_env`` (Locust's LOAD_DATA/LOAD_TARGET)."""
     node = kserve.node
     times: dict[str, float] = {}
     mark = time.monotonic()
-    bento, controller = buildah_images.bento_image(), buildah_images.controller_image()
+    bento = bento or buildah_images.bento_image()
+    controller = buildah_images.controller_image()
     redis = buildah_images.redis_image()
     for built in (bento, controller, redis):
         node.import_image(built.image)
@@ -475,7 +487,10 @@ def cluster_stack(
     times["CRDs + Traefik ready"] = time.monotonic() - mark
     prom = pod_prometheus.start(node, workdir / "prometheus", listen=NODE_IP)
     api = node.control_plane.api_client()
-    stack = ClusterStack(kserve, workdir, traefik, prom, api, times)
+    stack = ClusterStack(kserve, workdir, traefik, prom, api, times, load_env=dict(load_env or {}))
+    if sample is not None:
+        stack.sample = sample
+    stack.service = str((extra or {}).get("service.name", ROLLOUT))
     try:
         from kubernetes import client
 
@@ -493,8 +508,12 @@ def cluster_stack(
             **(extra or {}),
         }
         stack.helm("install", values=stack.values)
+        first = str(stack.values["models.stable"])
         stack.until(
-            "iris:v1 answering through the Gateway", lambda: _only(stack, "v1", 3), 300, stack.pod_state
+            f"{first} answering through the Gateway",
+            lambda: _only(stack, first.split(":", 1)[1], 3),
+            300,
+            stack.pod_state,
         )
         times["helm install -> stable answers through the Gateway"] = time.monotonic() - mark
         prom.sync()

@@ -219,6 +219,15 @@ containers:
       periodSeconds: {{ $v.probes.periodSeconds }}
       timeoutSeconds: {{ $v.probes.timeoutSeconds }}
       failureThreshold: {{ $v.probes.failureThreshold }}
+    {{- if ne $v.routing.mode "kserve" }}
+    startupProbe:
+      httpGet:
+        path: /v2/health/ready
+        port: {{ $v.service.port }}
+      periodSeconds: 5
+      timeoutSeconds: {{ $v.probes.timeoutSeconds }}
+      failureThreshold: {{ max 1 (div $v.probes.startupSeconds 5) }}
+    {{- end }}
     livenessProbe:
       httpGet:
         path: /v2/health/live
