@@ -292,8 +292,13 @@ def parse_value_feedback(body: bytes) -> Feedback:
 
 
 def _label_index(value: Any, class_names: list[str]) -> int:
+    """A class name, or an integer: the class of that value when there is one (a model registered
+    with ``rollout import`` names its classes by their values: 5 is class "5" of classes 3, 5, 7),
+    else an index into the class names (the iris variants: 1 is "versicolor")."""
     if type(value) is str and value in class_names:
         return class_names.index(value)
+    if type(value) is int and str(value) in class_names:
+        return class_names.index(str(value))
     if type(value) is int and 0 <= value < len(class_names):
         return value
     raise BadRequest(

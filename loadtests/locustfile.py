@@ -42,7 +42,7 @@ DATA_PATH = os.environ.get("LOAD_DATA", "")
 TARGET = os.environ.get("LOAD_TARGET", "")
 
 
-def _rows() -> tuple[list[Any], list[str]]:
+def _rows() -> tuple[list[Any], list[Any]]:
     """The rows to post and their true labels: iris, or the user's LOAD_DATA file (each row sent as
     a record keyed by its column names, the target column left out and sent as the label)."""
     if not DATA_PATH:
@@ -63,7 +63,8 @@ def _rows() -> tuple[list[Any], list[str]]:
     if TARGET not in table.columns or len(table) == 0:
         raise SystemExit(f"LOAD_DATA={DATA_PATH} has no column {TARGET!r} (LOAD_TARGET) or no rows")
     records = json.loads(table.drop(columns=[TARGET]).to_json(orient="records"))  # plain JSON values
-    return records, [str(v) for v in table[TARGET]]
+    # labels as their JSON values: a class name, a class's integer value, or a regressor's number
+    return records, json.loads(table[TARGET].to_json(orient="values"))
 
 
 ROWS, LABELS = _rows()
@@ -122,7 +123,7 @@ class ModelUser(HttpUser):
         if request_id and random.random() < FEEDBACK_SHARE:
             gevent.spawn_later(FEEDBACK_DELAY, self._feedback, request_id, LABELS[i], version)
 
-    def _feedback(self, request_id: str, label: str, version: str | None, attempt: int = 1) -> None:
+    def _feedback(self, request_id: str, label: Any, version: str | None, attempt: int = 1) -> None:
         """Post the label; a 503 (the version that answered is down for a moment: the router keeps
         the label rather than give it to another version; or the join store did not answer in
         time: nothing was recorded) is sent again after its Retry-After (2 s when it has none), up

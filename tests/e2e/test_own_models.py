@@ -14,6 +14,7 @@ Every server, nginx, Prometheus, the join store and Locust are real processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -29,9 +30,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from sklearn.datasets import load_breast_cancer, load_digits, load_wine
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -205,17 +206,23 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _spec(d: Path, name: str, candidate: str) -> Path:
+ACCURACY = {"name": "accuracy", "template": "accuracy", "direction": "higher",
+            "judge": {"kind": "sequential", "minEffect": 0.05, "alpha": 0.01, "minSamples": 20}}  # fmt: skip
+# a regressor's absolute errors spread wide (diabetes: MAE ~45, sd ~35): proving a candidate within
+# 10 % of stable takes thousands of labels; within 25 % a minute of this load
+MAE = {"name": "mae", "template": "mae", "judge": {"kind": "sequential", "minEffect": 0.25, "alpha": 0.01,
+       "minSamples": 20}}  # fmt: skip
+
+
+def _spec(d: Path, name: str, candidate: str, stable: str = "wine:v1", gate: dict = ACCURACY) -> Path:
     spec = {
         "apiVersion": "bento-rollout.io/v1alpha1", "kind": "ModelRollout", "metadata": {"name": name},
         "spec": {
-            "service": "wine", "stable": {"model": "wine:v1"}, "candidate": {"model": candidate},
+            "service": stable.split(":")[0], "stable": {"model": stable}, "candidate": {"model": candidate},
             "progressDeadline": "90s",
             "strategy": {"canary": {"steps": [{"setWeight": 30}, {"analysis": {"intervals": 3}}, {"setWeight": 100}]}},
             "analysis": {"interval": "4s", "metrics": [
-                {"name": "error-rate", "template": "error-rate", "threshold": {"max": 0.01}},
-                {"name": "accuracy", "template": "accuracy", "direction": "higher",
-                 "judge": {"kind": "sequential", "minEffect": 0.05, "alpha": 0.01, "minSamples": 20}},
+                {"name": "error-rate", "template": "error-rate", "threshold": {"max": 0.01}}, gate,
             ]},
         },
     }  # fmt: skip
@@ -224,27 +231,32 @@ def _spec(d: Path, name: str, candidate: str) -> Path:
     return path
 
 
-@pytest.fixture
-def wine_up(registered: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """`rollout up` of wine:v1: a stack of the test's own (its state under tmp_path)."""
-    state = tmp_path / "state"
-    up = cli(registered, "up", "--service", "wine", "--model", "wine:v1", state=state)
+@contextlib.contextmanager
+def _up(d: Path, state: Path, model: str) -> Iterator[tuple[str, Path]]:
+    """`rollout up` of ``model`` (its name the service): a stack of the test's own, at ``state``."""
+    up = cli(d, "up", "--service", model.split(":")[0], "--model", model, state=state)
     assert up.returncode == 0, (up.stdout, up.stderr)
     url = next(w for w in up.stdout.split() if w.startswith("http://"))
     try:
         yield url, state
     finally:
-        cli(registered, "down", state=state)
+        cli(d, "down", state=state)
+
+
+@pytest.fixture
+def wine_up(registered: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    with _up(registered, tmp_path / "state", "wine:v1") as stack:
+        yield stack
 
 
 def _under_locust(
-    d: Path, stack: tuple[str, Path], spec: Path
+    d: Path, stack: tuple[str, Path], spec: Path, data: str = "wine-holdout.csv", target: str = "cultivar"
 ) -> tuple[subprocess.CompletedProcess[str], dict]:
     """`rollout run SPEC` while Locust sends the user's rows and labels (LOAD_DATA, LOAD_TARGET)."""
     url, state = stack
     summary = state / f"{spec.stem}-locust.json"
     token = (state / "stack" / "join" / "feedback-token").read_text().strip()
-    env = {**_env(d, state), "LOAD_DATA": str(d / "wine-holdout.csv"), "LOAD_TARGET": "cultivar",
+    env = {**_env(d, state), "LOAD_DATA": str(d / data), "LOAD_TARGET": target,
            "LOAD_FEEDBACK_TOKEN": token, "LOAD_SUMMARY": str(summary)}  # fmt: skip
     with (state / f"{spec.stem}-locust.log").open("wb") as log:
         locust = subprocess.Popen(
@@ -281,3 +293,33 @@ def test_a_users_bad_model_is_rolled_back_by_the_accuracy_gate(
     assert run.returncode == 1 and "RolledBack" in run.stdout, (run.returncode, run.stdout, run.stderr)
     assert "accuracy: Failed" in run.stdout and "regression proven" in run.stdout, run.stdout
     assert load["labels_by_status"].get("200", 0) > 20, load
+
+
+def test_a_users_regressor_is_promoted_when_as_good_and_rolled_back_by_its_mae(
+    registered: Path, tmp_path: Path
+) -> None:
+    """diabetes: Ridge pipelines (a good v2 with a different alpha; a bad one fitted on shuffled
+    targets), labels their true values, the mae gate (sequential, minEffect 25 %)."""
+    d = load_diabetes(as_frame=True)
+    X_tr, X_ho, y_tr, y_ho = train_test_split(d.data, d.target, test_size=0.3, random_state=0)
+    for name, alpha, target in (
+        ("v1", 1.0, y_tr),
+        ("v2", 0.5, y_tr),
+        ("bad", 1.0, y_tr.sample(frac=1, random_state=3)),
+    ):
+        model = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(X_tr, target.to_numpy())
+        joblib.dump(model, registered / f"diabetes-{name}.joblib")
+    X_ho.assign(progression=y_ho).to_csv(registered / "diabetes-holdout.csv", index=False)
+    for name in ("v1", "v2", "bad"):
+        done = cli(registered, "import", f"diabetes-{name}.joblib", "--name", f"diabetes:{name}", "--force",
+                   "--data", "diabetes-holdout.csv", "--target", "progression")  # fmt: skip
+        assert done.returncode == 0 and "registered" in done.stdout, done
+    assert cli(registered, "gate", "diabetes:bad", "--against", "diabetes:v1").returncode == 3
+    with _up(registered, tmp_path / "state", "diabetes:v1") as stack:
+        good, load = _under_locust(registered, stack, _spec(registered, "diabetes-good", "diabetes:v2",
+                                   "diabetes:v1", MAE), "diabetes-holdout.csv", "progression")  # fmt: skip
+        assert good.returncode == 0 and "mae: Successful" in good.stdout, (good.stdout, good.stderr)
+        assert load["labels_by_status"].get("200", 0) > 50 and not load.get("failures"), load
+        bad, load = _under_locust(registered, stack, _spec(registered, "diabetes-bad", "diabetes:bad",
+                                  "diabetes:v2", MAE), "diabetes-holdout.csv", "progression")  # fmt: skip
+        assert bad.returncode == 1 and "mae: Failed" in bad.stdout, (bad.stdout, bad.stderr)
