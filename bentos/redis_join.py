@@ -109,13 +109,14 @@ RECORD_REGRESSION = _named(
     _RECORD.replace("@DECLARED@", "'@TOTAL@', '@ABSOLUTE@', '@SQUARED@', '@COMPARED@', '@AGREED@'")
 )
 
-# KEYS[1] counters, KEYS[2] the prediction hash; ARGV: model, labels ("1,0,2"), now, window
-LABEL = """
+# LABEL's and LABEL_REGRESSION's common part: the prediction's hash, the refusals (unknown,
+# duplicate, conflict, late, row count) and, per version that answered, its predicted rows
+_LOOKUP = """
 local model, labels, now, window = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local h = redis.call('HGETALL', KEYS[2])
 if #h == 0 then return {'unknown'} end
 local truth = {}
-for c in string.gmatch(labels, '[^,]+') do truth[#truth + 1] = c end
+for c in string.gmatch(labels, '[^,]+') do truth[#truth + 1] = @TRUTH@ end
 local answers = {}
 for j = 1, #h, 2 do
   if h[j] == 'label' then
@@ -134,7 +135,18 @@ for _, a in ipairs(answers) do
   local predicted = {}
   for c in string.gmatch(string.sub(a[2], bar + 1), '[^,]+') do predicted[#predicted + 1] = c end
   if #predicted ~= #truth then return {'count', tostring(#predicted)} end
-  local correct = 0
+"""
+
+
+def _lookup(truth: str) -> str:
+    """_LOOKUP with the labels read by ``truth`` (a Lua expression of ``c``: as text, or tonumber)."""
+    return _LOOKUP.replace("@TRUTH@", truth).lstrip("\n")
+
+
+# KEYS[1] counters, KEYS[2] the prediction hash; ARGV: model, labels ("1,0,2"), now, window
+LABEL = (
+    """
+@LOOKUP@  local correct = 0
   for r = 1, #truth do if predicted[r] == truth[r] then correct = correct + 1 end end
   counted[#counted + 1] = {a[1], correct}
 end
@@ -146,37 +158,18 @@ for _, c in ipairs(counted) do
   out[#out + 1] = tostring(c[2])
 end
 return out
-""".replace("@TOTAL@", n.FEEDBACK_TOTAL).replace("@CORRECT@", n.FEEDBACK_CORRECT_TOTAL)
+""".replace("@LOOKUP@", _lookup("c"))
+    .replace("@TOTAL@", n.FEEDBACK_TOTAL)
+    .replace("@CORRECT@", n.FEEDBACK_CORRECT_TOTAL)
+)
 
 # a regressor's labels: LABEL's checks, then per version the sums of |prediction - label| and
 # (prediction - label)^2, added with HINCRBYFLOAT. Every check (a value that is not a number: 'kind';
 # sums that overflow: 'range') comes before the first write, since a script is not rolled back.
 # Replies 'ok' then (version, absolute sum, squared sum) per version, the sums as %.17g.
-LABEL_REGRESSION = _named("""
-local model, labels, now, window = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local h = redis.call('HGETALL', KEYS[2])
-if #h == 0 then return {'unknown'} end
-local truth = {}
-for c in string.gmatch(labels, '[^,]+') do truth[#truth + 1] = tonumber(c) end
-local answers = {}
-for j = 1, #h, 2 do
-  if h[j] == 'label' then
-    if h[j + 1] == labels then return {'duplicate'} end
-    return {'conflict'}
-  end
-  if string.sub(h[j], 1, 2) == 'v:' then answers[#answers + 1] = {string.sub(h[j], 3), h[j + 1]} end
-end
-if #answers == 0 then return {'unknown'} end
-local out = {'ok'}
-local counted = {}
-for _, a in ipairs(answers) do
-  local bar = string.find(a[2], '|', 1, true)
-  local at = tonumber(string.sub(a[2], 1, bar - 1))
-  if now - at > window then return {'late', tostring(now - at)} end
-  local predicted = {}
-  for c in string.gmatch(string.sub(a[2], bar + 1), '[^,]+') do predicted[#predicted + 1] = c end
-  if #predicted ~= #truth then return {'count', tostring(#predicted)} end
-  local absolute, squared = 0, 0
+LABEL_REGRESSION = _named(
+    """
+@LOOKUP_NUMBERS@  local absolute, squared = 0, 0
   for r = 1, #truth do
     local p = tonumber(predicted[r])
     if p == nil or truth[r] == nil then return {'kind'} end
@@ -197,7 +190,8 @@ for _, c in ipairs(counted) do
   out[#out + 1] = c[3]
 end
 return out
-""")
+""".replace("@LOOKUP_NUMBERS@", _lookup("tonumber(c)"))
+)
 
 
 def connect(url: str, password: str | None = None, timeout: float = 2.0) -> redis.Redis:
