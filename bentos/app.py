@@ -18,7 +18,9 @@ incoming ``X-Request-ID`` is honoured):
     GET  /metrics                      Prometheus text, aggregated over the server's workers
 
 A classifier answers class names and probabilities, a regressor its predicted values (one FP64
-output on /v2) and takes numbers as labels: what either task does is in bentos/served.py.
+output on /v2) and takes numbers as labels: what either task does is in bentos/served.py. A model
+with string features takes records, rows and /v2 inputs per feature (BYTES) of its features'
+types, parsed into a DataFrame by bentos/tabular.py.
 
 Bad input is a 4xx JSON ``{"error": {"code", "message"}, "request_id"}``; on ``/v2`` every
 error (4xx and 5xx) is the Open Inference Protocol's ``{"error": "<message>"}`` instead, the

@@ -92,7 +92,9 @@ class _Histograms:
                     "prometheus_client's Histogram has changed; bentos/metrics.py needs updating"
                 )
         self.children = children
-        self.bounds = np.asarray(children[0]._upper_bounds[:-1], dtype=np.float64)  # without +Inf
+        # without +Inf; no children (a model without numeric features has no z-scores): no bounds
+        upper = children[0]._upper_bounds[:-1] if children else []
+        self.bounds = np.asarray(upper, dtype=np.float64)
         self._bound_list = self.bounds.tolist()
         self._rows = np.arange(len(children))
         self.counts = np.zeros((len(children), len(self.bounds) + 1), dtype=np.int64)
@@ -129,8 +131,8 @@ class _Histograms:
 
 
 class _VersionMetrics:
-    """The series every served model has: requests, their durations, the input features'
-    z-scores, ``model_info`` and the feedback labels received.
+    """The series every served model has: requests, their durations, the numeric input features'
+    z-scores (``feature_names``: those features), ``model_info`` and the feedback labels received.
 
     Label children are bound once at start-up and observations are buffered per worker (see
     :class:`_Histograms`); a background thread writes them to the server's shared files every

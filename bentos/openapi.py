@@ -3,7 +3,7 @@
 BentoML documents only its ``@bentoml.api`` endpoints (``/docs.json``); the endpoints clients use
 here are a raw ASGI app mounted at ``/``, so BentoML knows nothing about them and its document is
 shadowed by the mount. ``openapi_document`` describes them for one served model (its name,
-feature and class names and the request limits): ``/predict``, ``/v1/models/{name}:predict``,
+feature names and types, class names and the request limits): ``/predict``, ``/v1/models/{name}:predict``,
 ``/v2/models/{name}/infer``, ``/feedback``, the v2 health and metadata routes and ``/metrics``.
 Every request body schema says what the parser in ``bentos/parsing.py`` accepts; every 4xx is the
 ``Error`` object, and on the ``/v2`` routes the Open Inference Protocol's ``OipError``
@@ -68,15 +68,21 @@ def openapi_document(
     feature_names: list[str],
     class_names: list[str],
     max_batch: int = 1000,
+    feature_dtypes: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The OpenAPI 3.0.3 document for a server of model ``name``."""
+    """The OpenAPI 3.0.3 document for a server of model ``name`` (``feature_dtypes``: number,
+    string or bool per feature; None: all numbers)."""
     n = len(feature_names)
     number = {"type": "number"}
-    row = {"type": "array", "items": number, "minItems": n, "maxItems": n}
+    dtypes = feature_dtypes or ["number"] * n
+    kinds = {"number": number, "string": {"type": "string"}, "bool": {"type": "boolean"}}
+    tabular = any(t != "number" for t in dtypes)
+    value = {"anyOf": [kinds[t] for t in dict.fromkeys(dtypes)]} if tabular else number
+    row = {"type": "array", "items": value, "minItems": n, "maxItems": n}
     record = {
         "type": "object",
         "required": list(feature_names),
-        "properties": {f: number for f in feature_names},
+        "properties": {f: kinds[t] for f, t in zip(feature_names, dtypes, strict=True)},
         "additionalProperties": False,
     }
     instances = {"minItems": 1, "maxItems": max_batch}
@@ -107,13 +113,27 @@ def openapi_document(
             "data": {"type": "array", "items": number, "minItems": 1},
         },
     }
+    if tabular:  # one input per feature, named after it, one column (bentos/tabular.py)
+        tensor["properties"] = {
+            **tensor["properties"],
+            "name": {"type": "string", "enum": list(feature_names)},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": max_batch},
+                      "minItems": 1, "maxItems": 1},
+            "datatype": {"type": "string", "enum": ["FP32", "FP64", "INT32", "INT64", "BYTES", "BOOL"]},
+            "data": {"type": "array", "items": value, "minItems": 1},
+        }  # fmt: skip
     infer = {
         "type": "object",
         "required": ["inputs"],
         "properties": {
             "id": {"type": "string"},
-            "inputs": {"type": "array", "items": tensor, "minItems": 1, "maxItems": 1},
-        },
+            "inputs": {
+                "type": "array",
+                "items": tensor,
+                "minItems": n if tabular else 1,
+                "maxItems": n if tabular else 1,
+            },
+        },  # fmt: skip
     }
     label = {"oneOf": [{"type": "string", "enum": list(class_names)},
                        {"type": "integer", "minimum": 0, "maximum": len(class_names) - 1}]}  # fmt: skip
@@ -238,7 +258,13 @@ def main() -> None:
 
     record = get_record(sys.argv[1] if len(sys.argv) > 1 else "iris:v1")
     meta = record.metadata
-    doc = openapi_document(record.name, record.version, list(meta.feature_names), list(meta.class_names))
+    doc = openapi_document(
+        record.name,
+        record.version,
+        list(meta.feature_names),
+        list(meta.class_names),
+        feature_dtypes=meta.dtypes,
+    )
     print(json.dumps(doc, indent=1))
 
 

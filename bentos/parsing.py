@@ -11,7 +11,10 @@ Accepted bodies:
 - JSON predict: ``{"instances": [[5.1, 3.5, 1.4, 0.2], ...]}`` or
   ``{"instances": [{"sepal_length": 5.1, ...}, ...]}``
 - Open Inference Protocol v2: ``{"inputs": [{"name": "input-0", "shape": [1, 4],
-  "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}``
+  "datatype": "FP64", "data": [5.1, 3.5, 1.4, 0.2]}]}``, or one input per feature named after it
+- a model with string features (``Schema.tabular``): records and rows of numbers, strings and
+  booleans, and OIP v2 inputs per feature (``BYTES`` for strings): parsed by ``bentos/tabular.py``
+  into the DataFrame it takes
 - feedback: ``{"request_id": "...", "label": "setosa"}`` (a class name or index; a regressor's
   true value: a number)
 """
@@ -19,11 +22,16 @@ Accepted bodies:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
+
+from rollout.registry import NUMBER
+
+if TYPE_CHECKING:
+    from bentos.tabular import Table
 
 V2_NUMERIC_TYPES = frozenset(
     {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
@@ -47,17 +55,26 @@ class BadRequest(Exception):
 
 @dataclass(frozen=True)
 class Schema:
-    """What the model expects, from its training metadata."""
+    """What the model expects, from its training metadata: feature names and types (``dtypes``:
+    number, string or bool each; empty: all numbers). ``tabular`` (a feature is not a number)
+    sends a body to bentos/tabular.py, which builds the DataFrame such a model takes."""
 
     feature_names: tuple[str, ...]
     max_batch: int
+    dtypes: tuple[str, ...] = ()
+    tabular: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        if not self.dtypes:
+            object.__setattr__(self, "dtypes", (NUMBER,) * len(self.feature_names))
+        object.__setattr__(self, "tabular", any(t != NUMBER for t in self.dtypes))
 
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
 
 
-def _brief(value: Any) -> str:
+def brief(value: Any) -> str:
     """A short description of a JSON value for an error message: never the repr of a nested array
     (``repr`` of one nested ~1000 levels deep raises RecursionError), never a long one."""
     if isinstance(value, list | dict):
@@ -128,7 +145,7 @@ def _rows_to_matrix(rows: list[Any], schema: Schema) -> np.ndarray:
             )
         for value in row:
             if type(value) is not float and type(value) is not int:
-                raise BadRequest(422, "non_numeric_value", f"feature value {_brief(value)} is not a number")
+                raise BadRequest(422, "non_numeric_value", f"feature value {brief(value)} is not a number")
     n = schema.n_features
     for i, row in enumerate(rows):
         if len(row) != n:
@@ -162,13 +179,13 @@ def _records_to_matrix(records: list[Any], schema: Schema) -> np.ndarray:
         row = [record[n] for n in names]
         for value in row:
             if type(value) is not float and type(value) is not int:
-                raise BadRequest(422, "non_numeric_value", f"feature value {_brief(value)} is not a number")
+                raise BadRequest(422, "non_numeric_value", f"feature value {brief(value)} is not a number")
         rows.append(row)
     return _finish(np.array(rows, dtype=np.float64), schema)
 
 
-def parse_predict(body: bytes, schema: Schema) -> np.ndarray:
-    """``{"instances": [...]}`` -> an (n, n_features) float64 matrix."""
+def parse_predict(body: bytes, schema: Schema) -> np.ndarray | Table:
+    """``{"instances": [...]}`` -> an (n, n_features) float64 matrix (a tabular model: a Table)."""
     payload = load_json(body)
     if type(payload) is not dict or "instances" not in payload:
         raise BadRequest(422, "missing_instances", 'expected a JSON object {"instances": [[...], ...]}')
@@ -176,13 +193,26 @@ def parse_predict(body: bytes, schema: Schema) -> np.ndarray:
     if type(instances) is not list:
         raise BadRequest(422, "missing_instances", "instances must be a list of rows")
     _check_batch(len(instances), schema)
+    if schema.tabular:
+        from bentos.tabular import parse_instances
+
+        return parse_instances(instances, schema)
     if type(instances[0]) is dict:
         return _records_to_matrix(instances, schema)
     return _rows_to_matrix(instances, schema)
 
 
-def parse_v2_infer(body: bytes, schema: Schema) -> tuple[np.ndarray, str | None]:
-    """An Open Inference Protocol v2 request -> (matrix, the request's ``id`` if given)."""
+def _v2_id(payload: dict[str, Any]) -> str | None:
+    request_id = payload.get("id")
+    if request_id is not None and type(request_id) is not str:
+        raise BadRequest(422, "bad_id", "id must be a string")
+    return request_id
+
+
+def parse_v2_infer(body: bytes, schema: Schema) -> tuple[np.ndarray | Table, str | None]:
+    """An Open Inference Protocol v2 request -> (matrix, the request's ``id`` if given): one 2-D
+    numeric input of every feature, or one input per feature named after it (bentos/tabular.py;
+    a tabular model takes only these, and gets a Table)."""
     payload = load_json(body)
     if type(payload) is not dict or type(payload.get("inputs")) is not list or not payload["inputs"]:
         raise BadRequest(
@@ -190,10 +220,10 @@ def parse_v2_infer(body: bytes, schema: Schema) -> tuple[np.ndarray, str | None]
             "missing_inputs",
             'inputs is missing or empty: expected {"inputs": [{"name", "shape", "datatype", "data"}]}',
         )
-    if len(payload["inputs"]) != 1:
-        raise BadRequest(
-            422, "bad_inputs", f"expected exactly one tensor in inputs, got {len(payload['inputs'])}"
-        )
+    if len(payload["inputs"]) != 1 or schema.tabular:
+        from bentos.tabular import parse_v2_inputs
+
+        return parse_v2_inputs(payload["inputs"], schema), _v2_id(payload)
     tensor = payload["inputs"][0]
     if type(tensor) is not dict:
         raise BadRequest(
@@ -210,7 +240,7 @@ def parse_v2_infer(body: bytes, schema: Schema) -> tuple[np.ndarray, str | None]
         raise BadRequest(
             422,
             "bad_datatype",
-            f"inputs[0].datatype {_brief(datatype)} is not supported; use FP32, FP64 or an INT type",
+            f"inputs[0].datatype {brief(datatype)} is not supported; use FP32, FP64 or an INT type",
         )
     if type(data) is not list:
         raise BadRequest(422, "bad_data", "inputs[0].data must be a list of numbers")
@@ -228,16 +258,14 @@ def parse_v2_infer(body: bytes, schema: Schema) -> tuple[np.ndarray, str | None]
     )
     for value in flat:
         if type(value) is not float and type(value) is not int:
-            raise BadRequest(422, "non_numeric_value", f"feature value {_brief(value)} is not a number")
+            raise BadRequest(422, "non_numeric_value", f"feature value {brief(value)} is not a number")
     if len(flat) != shape[0] * shape[1]:
         raise BadRequest(
             422,
             "bad_shape",
             f"inputs[0].shape {shape} needs {shape[0] * shape[1]} values, inputs[0].data has {len(flat)}",
         )
-    request_id = payload.get("id")
-    if request_id is not None and type(request_id) is not str:
-        raise BadRequest(422, "bad_id", "id must be a string")
+    request_id = _v2_id(payload)
     return _finish(np.array(flat, dtype=np.float64).reshape(shape), schema), request_id
 
 
@@ -283,7 +311,7 @@ def parse_value_feedback(body: bytes) -> Feedback:
     for value in raw:
         if type(value) is not float and type(value) is not int:
             raise BadRequest(
-                422, "bad_label", f"label {_brief(value)} is not a number: the model is a regressor"
+                422, "bad_label", f"label {brief(value)} is not a number: the model is a regressor"
             )
     labels = [float(v) for v in raw]
     if not all(np.isfinite(labels)):  # an int beyond a double's range converts to inf
@@ -301,9 +329,7 @@ def _label_index(value: Any, class_names: list[str]) -> int:
         return class_names.index(str(value))
     if type(value) is int and 0 <= value < len(class_names):
         return value
-    raise BadRequest(
-        422, "bad_label", f"label {_brief(value)} is not one of {class_names} (or their indices)"
-    )
+    raise BadRequest(422, "bad_label", f"label {brief(value)} is not one of {class_names} (or their indices)")
 
 
 def valid_request_id(value: str) -> bool:

@@ -12,11 +12,14 @@ binds it to the ASGI app (``bentos/app.py``), which calls the same few methods f
   join store) and to the answer.
 
 The classifier's hot path is the one the serving benchmark measures (bench/serving.py): nothing
-of the regressor's runs for it.
+of the regressor's runs for it. A model with string features gets a ``Table`` from the parser
+(bentos/tabular.py): the estimator is called with its DataFrame, the z-scores are of its numeric
+features only; a numeric model's matrix goes straight to the estimator, as before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ import orjson
 from bentos.join import FeedbackAuth, Join, Resolved
 from bentos.metrics import ModelMetrics, RegressorMetrics
 from bentos.parsing import BadRequest, Feedback, Schema, parse_feedback, parse_value_feedback
+from bentos.tabular import Table, sample, v2_inputs
 from rollout.errors import ModelError
 from rollout.registry import LoadedModel
 
@@ -58,9 +62,12 @@ class ServedModel:
         self.name = loaded.record.name
         self.version = loaded.record.version
         self.class_names = list(meta.class_names)
+        # the numeric features' means and stds (all features of a model without string ones)
         self.means = np.asarray(meta.feature_means, dtype=np.float64)
         self.stds = np.where(np.asarray(meta.feature_stds) > 0, np.asarray(meta.feature_stds), 1.0)
-        self.schema = Schema(tuple(meta.feature_names), limits.max_batch)
+        self.schema = Schema(tuple(meta.feature_names), limits.max_batch, tuple(meta.dtypes))
+        self.numeric_features = meta.numeric_features
+        self.categories = dict(meta.feature_categories)
         self.metrics_dir = metrics_dir
         self.feedback = feedback
         self.auth = auth or FeedbackAuth(None)
@@ -70,13 +77,30 @@ class ServedModel:
         ]
         self.v2_metadata = b""
 
-    def warm_up(self, X: np.ndarray) -> None:
+    def sample_input(self) -> np.ndarray | Table:
+        """One row of the features' means (string features: their first category), to warm up with."""
+        if self.schema.tabular:
+            return sample(self.schema, self.means.tolist(), self.categories)
+        return self.means.reshape(1, -1)
+
+    @staticmethod
+    def on_frame(method: Callable[[Any], np.ndarray], table: Table) -> np.ndarray:
+        """``method`` (predict_proba, predict) of a Table's DataFrame; a 422 with the model's own
+        message when it refuses the rows (a OneHotEncoder(handle_unknown="error") and a category
+        the holdout did not have)."""
+        try:
+            return method(table.frame)
+        except ValueError as exc:
+            message = (str(exc).splitlines() or [""])[0][:300]
+            raise BadRequest(422, "refused_by_model", f"the model refuses these rows: {message}") from None
+
+    def warm_up(self, X: np.ndarray | Table) -> None:
         raise NotImplementedError
 
-    def predict_body(self, X: np.ndarray, request_id: str) -> bytes:
+    def predict_body(self, X: np.ndarray | Table, request_id: str) -> bytes:
         raise NotImplementedError
 
-    def infer_body(self, X: np.ndarray, request_id: str, v2_id: str | None) -> bytes:
+    def infer_body(self, X: np.ndarray | Table, request_id: str, v2_id: str | None) -> bytes:
         raise NotImplementedError
 
     def parse_labels(self, body: bytes) -> Feedback:
@@ -90,15 +114,21 @@ class ServedModel:
 
     def _v2_metadata(self, loaded: LoadedModel, outputs: list[dict[str, Any]], **parameters: Any) -> bytes:
         meta = loaded.record.metadata
+        if self.schema.tabular:  # one input per feature, named after it
+            inputs = v2_inputs(self.schema)
+            parameters["feature_categories"] = self.categories
+        else:  # one 2-D input (or one per feature, FP64, named after it: accepted too)
+            inputs = [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(meta.feature_names)]}]
         return orjson.dumps(
             {
                 "name": self.name,
                 "versions": [self.version],
                 "platform": "sklearn",
-                "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, len(meta.feature_names)]}],
+                "inputs": inputs,
                 "outputs": outputs,
                 "parameters": {
                     "feature_names": meta.feature_names,
+                    "feature_dtypes": meta.dtypes,
                     **parameters,
                     "digest": loaded.record.digest,
                 },
@@ -127,7 +157,7 @@ class Served(ServedModel):
         self.metrics = ModelMetrics(
             self.name,
             self.version,
-            list(meta.feature_names),
+            self.numeric_features,
             self.class_names,
             meta.sklearn_version,
             meta.dataset_sha256,
@@ -141,11 +171,12 @@ class Served(ServedModel):
             class_names=self.class_names,
         )
 
-    def warm_up(self, X: np.ndarray) -> None:
-        self.probabilities(X)
+    def warm_up(self, X: np.ndarray | Table) -> None:
+        self.probabilities(X.frame if type(X) is Table else X)
 
-    def probabilities(self, X: np.ndarray) -> np.ndarray:
-        """One row of class probabilities per row of ``X``, columns in ``classes_`` order."""
+    def probabilities(self, X: Any) -> np.ndarray:
+        """One row of class probabilities per row of ``X`` (a matrix or a DataFrame), columns in
+        ``classes_`` order."""
         if self.has_proba:
             return np.asarray(self.estimator.predict_proba(X), dtype=np.float64)
         columns = np.searchsorted(self.classes, self.estimator.predict(X))  # classes_ is sorted
@@ -153,8 +184,11 @@ class Served(ServedModel):
         proba[np.arange(len(X)), columns] = 1.0
         return proba
 
-    def predict(self, X: np.ndarray, request_id: str) -> tuple[list[str], np.ndarray]:
-        proba = self.probabilities(X)
+    def predict(self, X: np.ndarray | Table, request_id: str) -> tuple[list[str], np.ndarray]:
+        if type(X) is Table:
+            proba, X = self.on_frame(self.probabilities, X), X.numeric
+        else:
+            proba = self.probabilities(X)
         if not np.isfinite(proba).all():  # e.g. 1e308 overflows inside the model: no answer is better
             raise BadRequest(
                 422, "value_out_of_range", "feature values this large make the model's output overflow"
@@ -167,7 +201,7 @@ class Served(ServedModel):
         names = self.class_names
         return [names[c] for c in predicted], proba
 
-    def predict_body(self, X: np.ndarray, request_id: str) -> bytes:
+    def predict_body(self, X: np.ndarray | Table, request_id: str) -> bytes:
         predictions, proba = self.predict(X, request_id)
         return orjson.dumps(
             {
@@ -180,7 +214,7 @@ class Served(ServedModel):
             option=NUMPY,
         )
 
-    def infer_body(self, X: np.ndarray, request_id: str, v2_id: str | None) -> bytes:
+    def infer_body(self, X: np.ndarray | Table, request_id: str, v2_id: str | None) -> bytes:
         predictions, proba = self.predict(X, request_id)
         return orjson.dumps(
             {
@@ -231,7 +265,7 @@ class ServedRegressor(ServedModel):
         self.metrics = RegressorMetrics(
             self.name,
             self.version,
-            list(meta.feature_names),
+            self.numeric_features,
             list(meta.prediction_buckets),
             meta.sklearn_version,
             meta.dataset_sha256,
@@ -240,15 +274,19 @@ class ServedRegressor(ServedModel):
             loaded, [{"name": "predictions", "datatype": "FP64", "shape": [-1]}], task=meta.task
         )
 
-    def values(self, X: np.ndarray) -> np.ndarray:
-        """One predicted value per row of ``X`` (a model that answers a column: its one column)."""
+    def values(self, X: Any) -> np.ndarray:
+        """One predicted value per row of ``X`` (a matrix or a DataFrame; a model that answers a
+        column: its one column)."""
         return np.asarray(self.estimator.predict(X), dtype=np.float64).reshape(len(X))
 
-    def warm_up(self, X: np.ndarray) -> None:
-        self.values(X)
+    def warm_up(self, X: np.ndarray | Table) -> None:
+        self.values(X.frame if type(X) is Table else X)
 
-    def predict(self, X: np.ndarray, request_id: str) -> list[float]:
-        values = self.values(X)
+    def predict(self, X: np.ndarray | Table, request_id: str) -> list[float]:
+        if type(X) is Table:
+            values, X = self.on_frame(self.values, X), X.numeric
+        else:
+            values = self.values(X)
         if not np.isfinite(values).all():
             raise BadRequest(
                 422, "value_out_of_range", "feature values this large make the model's output overflow"
@@ -258,7 +296,7 @@ class ServedRegressor(ServedModel):
         self.feedback.record(request_id, predicted)
         return predicted
 
-    def predict_body(self, X: np.ndarray, request_id: str) -> bytes:
+    def predict_body(self, X: np.ndarray | Table, request_id: str) -> bytes:
         return orjson.dumps(
             {
                 "predictions": self.predict(X, request_id),
@@ -268,7 +306,7 @@ class ServedRegressor(ServedModel):
             }
         )
 
-    def infer_body(self, X: np.ndarray, request_id: str, v2_id: str | None) -> bytes:
+    def infer_body(self, X: np.ndarray | Table, request_id: str, v2_id: str | None) -> bytes:
         predicted = self.predict(X, request_id)
         return orjson.dumps(
             {

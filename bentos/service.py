@@ -35,7 +35,6 @@ import warnings
 from typing import Any
 
 import bentoml
-import numpy as np
 import sklearn
 from bentoml._internal.context import server_context
 
@@ -160,7 +159,7 @@ class ModelService:
         self.feedback = open_join(record.name, record.version, metrics_dir, record.metadata.is_regressor)
         self.feedback.start()
         served = serve_model(loaded, LIMITS, metrics_dir, self.feedback, FeedbackAuth.from_env())
-        warm = np.asarray([loaded.record.metadata.feature_means], dtype=np.float64)
+        warm = served.sample_input()
         for _ in range(3):
             served.warm_up(warm)
         served.metrics.flush_interval = float(os.environ.get("BENTO_METRICS_FLUSH_SECONDS", "0.5"))

@@ -15,15 +15,18 @@ variants:
 - a classifier's class names: its ``classes_``, as text; every target value in the data must be one;
 - a regressor's ``prediction_buckets``: 16 quantiles of the (numeric) holdout target, the upper
   bounds of its ``model_prediction_value`` histogram;
-- reference statistics (feature means and standard deviations: the z-scores of the feature-drift
-  gate) and the holdout metrics ``rollout gate`` compares (accuracy and macro F1; a regressor's
+- each feature's type: ``number``, ``string`` (object, pandas string or category columns of
+  text: the model gets them as str in a DataFrame, so a ColumnTransformer selects them by name)
+  or ``bool``; a string feature's categories seen in the holdout;
+- reference statistics (the numeric features' means and standard deviations: the z-scores of the
+  feature-drift gate) and the holdout metrics ``rollout gate`` compares (accuracy and macro F1; a regressor's
   MAE, RMSE and R²), from the data file;
 - the dataset's digest: sha256 of the data file's bytes, so ``rollout gate`` compares two models
   only on the same holdout;
 - the artifact digest: sha256 of the pickled estimator written as the model's artifact.
 
-What cannot be derived is an error that says which option to pass. String feature columns and
-multi-output regressors are refused with a message saying so (not served).
+What cannot be derived is an error that says which option to pass. Missing values (numeric or
+string), columns of mixed values and multi-output regressors are refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -39,8 +42,11 @@ import numpy as np
 from rollout.errors import ModelError, ModelNotFoundError, UsageError
 from rollout.registry import (
     ARTIFACT_FILE,
+    BOOL,
     CLASSIFICATION,
+    NUMBER,
     REGRESSION,
+    STRING,
     ModelMetadata,
     ModelRecord,
     get_record,
@@ -50,17 +56,44 @@ from rollout.registry import (
 PICKLE_SUFFIXES = (".joblib", ".pkl", ".pickle")  # rollout/cli/models.py: a SOURCE with these is a file
 DATA_SUFFIXES = (".csv", ".parquet", ".pq")
 BUCKET_QUANTILES = 16  # a regressor's prediction histogram: this many quantiles of the holdout target
+MAX_CATEGORIES = 1000  # a string feature's categories recorded in the metadata (the first, sorted)
 
 
 @dataclass(frozen=True)
 class Reference:
-    """The user's holdout/reference data: feature matrix, target and where it came from."""
+    """The user's holdout/reference data: features, target and where it came from."""
 
-    X: np.ndarray  # float64, rows x features, in the model's feature order
+    X: np.ndarray  # float64, rows x numeric features, in the model's feature order
     y: np.ndarray  # the target column's values: text for a classifier, float64 for a regressor
     feature_names: list[str]
     name: str
     sha256: str
+    frame: Any = None  # the features as a pandas DataFrame (numbers float64, strings str, bools bool)
+    feature_dtypes: tuple[str, ...] = ()  # number, string or bool per feature; () all numbers
+
+    @property
+    def tabular(self) -> bool:
+        """A feature is not a number: the model takes a DataFrame."""
+        return any(t != NUMBER for t in self.feature_dtypes)
+
+    def categories(self) -> dict[str, list[str]]:
+        """The values each string feature has, sorted (at most MAX_CATEGORIES)."""
+        return {
+            name: sorted({str(v) for v in self.frame[name]})[:MAX_CATEGORIES]
+            for name, kind in zip(self.feature_names, self.feature_dtypes, strict=True)
+            if kind == STRING
+        }
+
+    def model_input(self, named: bool) -> Any:
+        """What the estimator is called with: a DataFrame for string or boolean features or a
+        model fitted on one (``named``), else the matrix."""
+        if self.tabular:
+            return self.frame
+        if named:
+            import pandas as pd
+
+            return pd.DataFrame(self.X, columns=self.feature_names)
+        return self.X
 
 
 def load_estimator(source: str) -> tuple[Any, str]:
@@ -189,16 +222,14 @@ def read_reference(path: Path, target: str, estimator: Any) -> Reference:
             )
     if target in features:
         raise UsageError(f"--target {target!r} is one of the model's features")
-    frame = table[features]
+    frame, dtypes = _features(table[features], path)
+    numeric = [c for c, t in zip(features, dtypes, strict=True) if t == NUMBER]
+    X = frame[numeric].to_numpy(dtype=np.float64)
+    if not np.isfinite(X).all():
+        bad = [c for c in numeric if not np.isfinite(frame[c].to_numpy(dtype=np.float64)).all()]
+        raise UsageError(f"feature columns {_some(bad)} have missing or infinite values in {path}")
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-    text = [c for c in features if not is_numeric_dtype(frame[c])]
-    if text:
-        raise UsageError(f"feature columns {_some(text)} are not numeric; string columns are not served yet")
-    X = frame.to_numpy(dtype=np.float64)
-    if not np.isfinite(X).all():
-        bad = [c for c in features if not np.isfinite(frame[c].to_numpy(dtype=np.float64)).all()]
-        raise UsageError(f"feature columns {_some(bad)} have missing or infinite values in {path}")
     if table[target].isna().any():
         raise UsageError(f"target column {target!r} has missing values in {path}")
     from sklearn.base import is_regressor
@@ -214,7 +245,43 @@ def read_reference(path: Path, target: str, estimator: Any) -> Reference:
         y = table[target].to_numpy(dtype=np.float64)
         if not np.isfinite(y).all():
             raise UsageError(f"target column {target!r} has infinite values in {path}")
-    return Reference(X, y, features, path.stem, hashlib.sha256(path.read_bytes()).hexdigest())
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return Reference(X, y, features, path.stem, digest, frame, tuple(dtypes))
+
+
+def _features(frame: Any, path: Path) -> tuple[Any, list[str]]:
+    """The feature columns as the server builds them (numbers float64, strings str, bools bool)
+    and each one's type; UsageError naming a column with missing or mixed values."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    columns: dict[str, Any] = {}
+    dtypes: list[str] = []
+    for name in frame.columns:
+        column = frame[name]
+        if is_numeric_dtype(column) and not is_bool_dtype(column):  # NaN kept: named by the caller
+            columns[str(name)] = column.to_numpy(dtype=np.float64, na_value=np.nan)
+            dtypes.append(NUMBER)
+            continue
+        if column.isna().any():
+            raise UsageError(
+                f"feature column {name} has missing values in {path} (row {int(column.isna().argmax())}): "
+                "fill them (e.g. with a category of their own) before importing"
+            )
+        if is_bool_dtype(column):
+            columns[str(name)] = column.to_numpy(dtype=bool)
+            dtypes.append(BOOL)
+            continue
+        odd = [v for v in column.tolist() if type(v) is not str]
+        if odd:
+            raise UsageError(
+                f"feature column {name} holds {type(odd[0]).__name__} values (e.g. {odd[0]!r}) that are "
+                f"not strings in {path}: a feature must be all numbers, all strings or all booleans"
+            )
+        columns[str(name)] = column.to_numpy(dtype=object)
+        dtypes.append(STRING)
+    import pandas as pd
+
+    return pd.DataFrame(columns), dtypes
 
 
 def _estimator_name(estimator: Any) -> str:
@@ -238,11 +305,7 @@ def derive_metadata(
     import sklearn
 
     task = task_of(estimator)
-    X: Any = ref.X
-    if getattr(estimator, "feature_names_in_", None) is not None:  # fitted on a DataFrame: give it one
-        import pandas as pd
-
-        X = pd.DataFrame(ref.X, columns=ref.feature_names)
+    X = ref.model_input(named=getattr(estimator, "feature_names_in_", None) is not None)
     common: dict[str, Any] = {
         "dataset": ref.name,
         "dataset_sha256": ref.sha256,
@@ -260,6 +323,9 @@ def derive_metadata(
         "feature_stds": [float(v) for v in ref.X.std(axis=0)],
         "artifact_sha256": hashlib.sha256(blob).hexdigest(),
     }
+    if ref.tabular:  # else none stored: every feature a number, as before string features
+        common["feature_dtypes"] = list(ref.feature_dtypes)
+        common["feature_categories"] = ref.categories()
     if task == REGRESSION:
         return _regressor_metadata(estimator, X, ref, common, origin)
     from sklearn.metrics import accuracy_score, f1_score
@@ -272,7 +338,7 @@ def derive_metadata(
             f"target values {', '.join(unknown[:5])} are not classes of the model ({', '.join(class_names)}): "
             "is --target the right column?"
         )
-    predicted = np.asarray(estimator.predict(X)).astype(str)
+    predicted = _predict(estimator, X, ref).astype(str)
     return ModelMetadata(
         **common,
         holdout_accuracy=float(accuracy_score(ref.y, predicted)),
@@ -284,13 +350,28 @@ def derive_metadata(
     )
 
 
+def _predict(estimator: Any, X: Any, ref: Reference) -> np.ndarray:
+    """The estimator's predictions of the data file's rows; a UsageError when it cannot make them
+    (a column of strings where the model takes numbers, categories it refuses...)."""
+    try:
+        return np.asarray(estimator.predict(X))
+    except (ValueError, TypeError, KeyError) as exc:
+        text = [n for n, t in zip(ref.feature_names, ref.feature_dtypes, strict=True) if t != NUMBER]
+        hint = f"; the file's columns {_some(text)} are not numbers: should they be?" if text else ""
+        message = str(exc).splitlines()[0] if str(exc) else ""
+        raise UsageError(
+            f"{_estimator_name(estimator)} cannot predict the rows of data file {ref.name} "
+            f"({type(exc).__name__}: {message}){hint}"
+        ) from None
+
+
 def _regressor_metadata(
     estimator: Any, X: Any, ref: Reference, common: dict[str, Any], origin: str
 ) -> ModelMetadata:
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
     kind = _estimator_name(estimator)
-    predicted = np.asarray(estimator.predict(X), dtype=np.float64)
+    predicted = _predict(estimator, X, ref).astype(np.float64)
     if predicted.ndim == 2 and predicted.shape[1] == 1:
         predicted = predicted[:, 0]
     if predicted.ndim != 1:

@@ -43,6 +43,15 @@ MODEL_TAG_ENV = "BENTO_MODEL_TAG"
 MODEL_DIGEST_ENV = "BENTO_MODEL_DIGEST"
 
 
+# a feature's type (ModelMetadata.feature_dtypes): a number (float64 to the model), a string
+# (a category: str values in a DataFrame column) or a boolean; a model stored without them has
+# numeric features only
+NUMBER = "number"
+STRING = "string"
+BOOL = "bool"
+FEATURE_DTYPES = (NUMBER, STRING, BOOL)
+
+
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 TASKS = (CLASSIFICATION, REGRESSION)
@@ -61,7 +70,13 @@ class ModelMetadata:
     has none) or ``regression``. A classifier has its holdout accuracy and macro F1 and its class
     names; a regressor has its holdout MAE, RMSE and R², no class names, and ``prediction_buckets``:
     the upper bounds of its ``model_prediction_value`` histogram, quantiles of the holdout target.
-    What a task does not have is None (and not stored: BentoML's metadata holds no None)."""
+    What a task does not have is None (and not stored: BentoML's metadata holds no None).
+
+    ``feature_dtypes`` is one of ``number``, ``string``, ``bool`` per feature (empty, the default:
+    every feature a number, as every model stored before string features were served);
+    ``feature_means`` and ``feature_stds`` are the numeric features' only, in feature order, and
+    ``feature_categories`` the values each string feature had in the holdout (sorted, at most
+    ``rollout.registration.MAX_CATEGORIES``; for the docs and drift, not a whitelist: the model decides on others)."""
 
     dataset: str
     dataset_sha256: str
@@ -89,10 +104,22 @@ class ModelMetadata:
     holdout_rmse: float | None = None
     holdout_r2: float | None = None
     prediction_buckets: list[float] = field(default_factory=list)
+    feature_dtypes: list[str] = field(default_factory=list)
+    feature_categories: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def is_regressor(self) -> bool:
         return self.task == REGRESSION
+
+    @property
+    def dtypes(self) -> list[str]:
+        """Each feature's type, ``number`` for all of a model stored without them."""
+        return list(self.feature_dtypes) or [NUMBER] * len(self.feature_names)
+
+    @property
+    def numeric_features(self) -> list[str]:
+        """The numeric features' names, in feature order (those of the means and z-scores)."""
+        return [n for n, t in zip(self.feature_names, self.dtypes, strict=True) if t == NUMBER]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -111,6 +138,14 @@ class ModelMetadata:
         ]
         missing = [f for f in required if f not in data]
         missing += [f for f in TASK_FIELDS[task] if data.get(f) is None or data.get(f) == []]
+        dtypes = data.get("feature_dtypes") or []
+        if dtypes and (
+            len(dtypes) != len(data.get("feature_names", [])) or not set(dtypes) <= set(FEATURE_DTYPES)
+        ):
+            raise ModelError(
+                f"model {tag} has feature_dtypes {dtypes!r} in its metadata, not one of "
+                f"{', '.join(FEATURE_DTYPES)} per feature: register it again with `rollout import`"
+            )
         if missing:
             raise ModelError(
                 f"model {tag} has no {', '.join(sorted(missing))} in its metadata: register it with "

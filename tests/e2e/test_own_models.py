@@ -8,7 +8,10 @@ Three of scikit-learn's bundled datasets other than iris, each saved a way a use
 - breast cancer: Pipeline(StandardScaler, LinearSVC) (no predict_proba) with string classes, saved
   with ``bentoml.sklearn.save_model`` (no metadata of ours), its holdout a Parquet file;
 - digits: a RandomForest fitted on a numpy array (no feature names: the CSV's columns name them),
-  pickled.
+  pickled;
+- winery: wine with a string column (``region``, named after color intensity's terciles), a
+  Pipeline(ColumnTransformer(StandardScaler, OneHotEncoder), LogisticRegression) fitted on the
+  DataFrame, served records, rows and OIP v2 inputs per feature (BYTES), rolled out under Locust.
 Every server, nginx, Prometheus, the join store and Locust are real processes.
 """
 
@@ -29,14 +32,17 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+import tritonclient.http as triton
 import yaml
+from sklearn.compose import ColumnTransformer
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_wine
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import LinearSVC
+from tritonclient.utils import InferenceServerException
 
 from rollout.local.bento import start_bento_server
 
@@ -323,3 +329,104 @@ def test_a_users_regressor_is_promoted_when_as_good_and_rolled_back_by_its_mae(
         bad, load = _under_locust(registered, stack, _spec(registered, "diabetes-bad", "diabetes:bad",
                                   "diabetes:v2", MAE), "diabetes-holdout.csv", "progression")  # fmt: skip
         assert bad.returncode == 1 and "mae: Failed" in bad.stdout, (bad.stdout, bad.stderr)
+
+
+def make_winery(d: Path) -> list[str]:
+    """Wine with a string feature: ``region`` ("north", "centre", "south": color intensity's
+    terciles); Pipelines of a ColumnTransformer fitted on the DataFrame (v1 LogisticRegression, v2 a
+    RandomForest), the holdout CSV. The numeric feature names."""
+    w = load_wine(as_frame=True)
+    regions = pd.qcut(w.data["color_intensity"], 3, labels=["north", "centre", "south"]).astype(str)
+    numeric = [c for c in w.data.columns if c != "color_intensity"]
+    frame = w.data[numeric].assign(region=regions)
+    X_tr, X_ho, y_tr, y_ho = train_test_split(
+        frame, w.target, test_size=0.3, random_state=0, stratify=w.target
+    )
+    for version, last in (
+        ("v1", LogisticRegression(max_iter=1000)),
+        ("v2", RandomForestClassifier(random_state=0)),
+    ):
+        columns = ColumnTransformer([("num", StandardScaler(), numeric),
+                                     ("cat", OneHotEncoder(handle_unknown="ignore"), ["region"])])  # fmt: skip
+        joblib.dump(
+            Pipeline([("columns", columns), ("model", last)]).fit(X_tr, y_tr), d / f"winery-{version}.joblib"
+        )
+    X_ho.assign(cultivar=y_ho).to_csv(d / "winery-holdout.csv", index=False)
+    return numeric
+
+
+@pytest.fixture(scope="module")
+def winery(registered: Path) -> Path:
+    make_winery(registered)
+    for version in ("v1", "v2"):
+        done = cli(registered, "import", f"winery-{version}.joblib", "--name", f"winery:{version}", "--data",
+                   "winery-holdout.csv", "--target", "cultivar")  # fmt: skip
+        assert done.returncode == 0 and " registered " in done.stdout, done
+    return registered
+
+
+def test_a_pipeline_with_a_string_column_is_imported_gated_and_served_by_name_and_type(winery: Path) -> None:
+    gate = cli(winery, "gate", "winery:v2", "--against", "winery:v1")
+    assert gate.returncode == 0 and "PASSED" in gate.stdout, gate
+    table = pd.read_csv(winery / "winery-holdout.csv").head(12)
+    rows, truth = table.drop(columns=["cultivar"]), [str(v) for v in table["cultivar"]]
+    names = [str(c) for c in rows.columns]
+    server = start_bento_server("winery:v1", _free_port(), bentoml_home=winery / "bentoml",
+                                log_path=winery / "winery.log", timeout=120)  # fmt: skip
+    try:
+        meta = httpx.get(f"{server.url}/v2/models/winery", timeout=10).json()
+        assert meta["inputs"][-1] == {"name": "region", "datatype": "BYTES", "shape": [-1]}
+        assert [i["name"] for i in meta["inputs"]] == names and meta["inputs"][0]["datatype"] == "FP64"
+        assert meta["parameters"]["feature_categories"] == {"region": ["centre", "north", "south"]}
+        records = json.loads(rows.to_json(orient="records"))
+        by_record = httpx.post(f"{server.url}/predict", json={"instances": records}, timeout=10)
+        by_row = httpx.post(f"{server.url}/predict", json={"instances": [list(r.values()) for r in records]},
+                            timeout=10)  # fmt: skip
+        assert by_record.status_code == by_row.status_code == 200, (by_record.text, by_row.text)
+        predicted = by_record.json()["predictions"]
+        assert predicted == by_row.json()["predictions"]
+        assert np.mean([p == t for p, t in zip(predicted, truth, strict=True)]) > 0.8
+        inputs = [{"name": n, "shape": [len(rows), 1], "datatype": "BYTES" if n == "region" else "FP64",
+                   "data": rows[n].tolist()} for n in names]  # fmt: skip
+        v2 = httpx.post(f"{server.url}/v2/models/winery/infer", json={"inputs": inputs}, timeout=10)
+        assert v2.status_code == 200 and v2.json()["outputs"][0]["data"] == predicted, v2.text
+        client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}", network_timeout=30.0)
+        tensors = []
+        for n in names:
+            values = rows[n].to_numpy(dtype=object if n == "region" else np.float64).reshape(-1, 1)
+            tensors.append(triton.InferInput(n, list(values.shape), "BYTES" if n == "region" else "FP64"))
+            tensors[-1].set_data_from_numpy(values, binary_data=False)
+        out = [triton.InferRequestedOutput("predictions", binary_data=False)]
+        assert client.infer("winery", tensors, outputs=out).as_numpy("predictions").tolist() == predicted
+        unseen = {**records[0], "region": "atlantis"}  # the model decides: OneHotEncoder ignores it
+        assert (
+            httpx.post(f"{server.url}/predict", json={"instances": [unseen]}, timeout=10).status_code == 200
+        )
+        wrong = httpx.post(f"{server.url}/predict", json={"instances": [records[0], {**records[1], "region": 3}]},
+                           timeout=10)  # fmt: skip
+        assert wrong.status_code == 422, wrong.text
+        assert wrong.json()["error"]["message"] == "instance 1: feature 'region' must be a string, got 3"
+        inputs[-1] = {**inputs[-1], "datatype": "FP64"}
+        bad = httpx.post(f"{server.url}/v2/models/winery/infer", json={"inputs": inputs}, timeout=10)
+        assert bad.status_code == 422 and bad.json() == {
+            "error": "input 'region' has datatype 'FP64'; feature 'region' is a string: send BYTES"
+        }, bad.text
+        tensors[-1] = triton.InferInput("region", [len(rows), 1], "FP64")
+        tensors[-1].set_data_from_numpy(np.zeros((len(rows), 1)), binary_data=False)
+        with pytest.raises(InferenceServerException, match="input 'region' has datatype 'FP64'"):
+            client.infer("winery", tensors, outputs=out)
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_a_pipeline_with_a_string_column_is_promoted_under_locust_sending_records(
+    winery: Path, tmp_path: Path
+) -> None:
+    with _up(winery, tmp_path / "state", "winery:v1") as stack:
+        spec = _spec(winery, "winery-good", "winery:v2", "winery:v1")
+        run, load = _under_locust(winery, stack, spec, "winery-holdout.csv", "cultivar")
+    assert run.returncode == 0 and "Promoted" in run.stdout.splitlines()[-1], (run.stdout, run.stderr)
+    assert "accuracy: Successful" in run.stdout, run.stdout
+    assert load["labels_by_status"].get("200", 0) > 50 and not load.get("failures"), load
+    assert load["answers_by_version"].get("v2", 0) > 50, load

@@ -135,9 +135,11 @@ BAD_INFER = {
         lambda: [],
         'inputs is missing or empty: expected {"inputs": [{"name", "shape", "datatype", "data"}]}',
     ),
-    "two inputs": (
+    "two inputs": (  # more than one: one input per feature, named after it (bentos/tabular.py)
         lambda: [tensor(ROWS[:1]), tensor(ROWS[:1], name="input-1")],
-        "expected exactly one tensor",
+        "inputs[0] is named 'input-0', not a feature of the model; send one input per feature: "
+        "sepal_length (FP64), sepal_width (FP64), petal_length (FP64), petal_width (FP64), or one input of "
+        "shape [rows, 4]",
     ),
     "no rows": (lambda: [tensor(np.zeros((0, 4)))], "inputs[0] has no rows (shape [0, 4])"),
 }

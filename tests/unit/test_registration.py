@@ -87,13 +87,9 @@ def test_parquet_is_read_too(wine: tuple[object, pd.DataFrame], tmp_path: Path) 
             lambda f: f.drop(columns=["proline"]).rename(columns={"cultivar": "label"}),
             "lacks the model's feature columns proline",
         ),
-        (
-            lambda f: f.rename(columns={"cultivar": "label"}).assign(hue="x"),
-            "feature columns hue are not numeric",
-        ),
         (lambda f: f.rename(columns={"cultivar": "label"}).head(0), "has no rows"),
     ],
-    ids=["no-target", "missing-feature", "string-feature", "empty"],
+    ids=["no-target", "missing-feature", "empty"],
 )
 def test_a_data_file_that_does_not_fit_the_model_is_a_usage_error_naming_it(
     wine: tuple[object, pd.DataFrame], tmp_path: Path, change: object, message: str
@@ -102,6 +98,17 @@ def test_a_data_file_that_does_not_fit_the_model_is_a_usage_error_naming_it(
     path = _csv(tmp_path, change(frame))  # type: ignore[operator]
     with pytest.raises(UsageError, match=message) as info:
         read_reference(path, "label", model)
+    assert "\n" not in str(info.value)
+
+
+def test_a_column_of_strings_the_model_takes_as_numbers_is_named_when_it_fails(
+    wine: tuple[object, pd.DataFrame], tmp_path: Path
+) -> None:
+    model, frame = wine
+    ref = read_reference(_csv(tmp_path, frame.assign(hue="x")), "cultivar", model)
+    assert ref.feature_dtypes[ref.feature_names.index("hue")] == "string"
+    with pytest.raises(UsageError, match=r"cannot predict the rows .* columns hue are not numbers") as info:
+        derive_metadata(model, ref, "v1", "", b"", "file wine.joblib")
     assert "\n" not in str(info.value)
 
 
