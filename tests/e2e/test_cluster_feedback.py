@@ -83,10 +83,22 @@ def _settled_counts(stack: cr.ClusterStack) -> float:
 
 
 def test_two_pods_per_version_serve_through_the_gateway(stack: cr.ClusterStack) -> None:
-    pods = stack.core().list_namespaced_pod(
-        cr.NAMESPACE, label_selector=f"serving.kserve.io/inferenceservice={cr.ROLLOUT}-stable"
-    )
-    assert len([p for p in pods.items if p.status.phase == "Running"]) == 2, stack.pod_state()
+    """Both stable pods come up Ready (the second may start a little after the first answered)."""
+
+    def ready() -> int | None:
+        pods = stack.core().list_namespaced_pod(
+            cr.NAMESPACE, label_selector=f"serving.kserve.io/inferenceservice={cr.ROLLOUT}-stable"
+        )
+        n = len(
+            [
+                p
+                for p in pods.items
+                if p.status.container_statuses and all(c.ready for c in p.status.container_statuses)
+            ]
+        )
+        return n if n == 2 else None
+
+    assert stack.until("two Ready stable pods", ready, 180, stack.pod_state) == 2
 
 
 def test_a_poisoned_candidate_is_rolled_back_by_the_accuracy_gate(stack: cr.ClusterStack) -> None:
