@@ -131,6 +131,8 @@ class ModelUser(HttpUser):
         headers = {"X-Model-Version": version} if version else {}
         if FEEDBACK_TOKEN:
             headers["Authorization"] = f"Bearer {FEEDBACK_TOKEN}"
+        with _lock:
+            _labels["sent"] += 1  # sent minus answered: labels still on their way when Locust stopped
         with self.client.post(
             "/feedback", json={"request_id": request_id, "label": label}, headers=headers, catch_response=True
         ) as resp:
@@ -176,7 +178,9 @@ def _write_summary(**_: Any) -> None:
             "total_failed": sum(_failures.values()),
             "total_answered": sum(_by_version.values()),
             "retried": dict(_retried),  # retryable answers sent again (not failures)
-            "labels_by_status": dict(_labels),  # "200": accepted (counted once, whichever pod got it)
+            # "200": accepted (counted once, whichever pod got it); other codes; "sent": every try
+            "labels_by_status": {k: v for k, v in _labels.items() if k != "sent"},
+            "labels_sent": _labels["sent"],
             "users": len(_versions_per_user),
             "users_with_one_version": sticky_users,
             "series": {str(k): dict(v) for k, v in sorted(_series.items())},

@@ -76,6 +76,14 @@ def _ship(
     )  # fmt: skip
 
 
+def _answer_not_seen(locust: dict[str, object]) -> int:
+    """Labels that may be counted though Locust saw no 200 for them: answers lost with a killed pod
+    (a 502 or a reset; Locust does not resend those) and labels still on their way when it stopped."""
+    answered: dict[str, int] = locust.get("labels_by_status", {})  # type: ignore[assignment]
+    unanswered = int(locust.get("labels_sent", 0)) - sum(answered.values())  # type: ignore[call-overload]
+    return sum(v for k, v in answered.items() if k not in ("200", "503")) + unanswered
+
+
 def _settled_counts(stack: cr.ClusterStack) -> float:
     """Every label counted so far (all versions), once the exporter's last numbers are scraped."""
     time.sleep(5)  # > the PodMonitor's 2 s interval
@@ -130,9 +138,11 @@ def test_a_good_candidate_is_promoted_and_no_accepted_label_is_lost_when_a_pod_d
     assert killed, "the drill never ran"
     accepted = shipped.locust.get("labels_by_status", {}).get("200", 0)
     after = _settled_counts(stack)
-    print(json.dumps({"labels_by_status": shipped.locust.get("labels_by_status"), "counted": after - before}))
+    lost = _answer_not_seen(shipped.locust)
+    print(json.dumps({"labels_by_status": shipped.locust.get("labels_by_status"), "counted": after - before,
+                      "answer_not_seen": lost}))  # fmt: skip
     assert accepted > 100, shipped.locust
-    assert after - before == accepted, (after - before, shipped.locust.get("labels_by_status"))
+    assert accepted <= after - before <= accepted + lost, (after - before, shipped.locust)
 
 
 def test_the_join_store_killed_mid_rollout_loses_no_accepted_label(stack: cr.ClusterStack) -> None:
@@ -172,7 +182,10 @@ def test_the_join_store_killed_mid_rollout_loses_no_accepted_label(stack: cr.Clu
     )
     assert pod.status.container_statuses[0].restart_count >= 1, "Redis was not restarted"
     assert accepted > 100, shipped.locust
-    assert after - before == accepted, (after - before, shipped.locust.get("labels_by_status"))
+    assert accepted <= after - before <= accepted + _answer_not_seen(shipped.locust), (
+        after - before,
+        shipped.locust,
+    )
     assert shipped.phase == "Promoted", shipped.why()
 
 
