@@ -349,7 +349,21 @@ def compare(
     if candidate.is_regressor:
         _compare_regressors(candidate, stable, tolerance, stable_name, reasons, deltas)
         return GateResult(cand_name, stable_name, tolerance, not reasons, reasons, deltas)
-    for metric in GATED_METRICS:
+    _scores_not_below(GATED_METRICS, candidate, stable, tolerance, stable_name, reasons, deltas)
+    return GateResult(cand_name, stable_name, tolerance, not reasons, reasons, deltas)
+
+
+def _scores_not_below(
+    metrics: tuple[str, ...],
+    candidate: ModelMetadata,
+    stable: ModelMetadata,
+    tolerance: float,
+    stable_name: str,
+    reasons: list[str],
+    deltas: dict[str, float],
+) -> None:
+    """Higher-is-better scores (accuracy, F1, R2): a reason for each more than ``tolerance`` below."""
+    for metric in metrics:
         cand_value = float(getattr(candidate, metric))
         stable_value = float(getattr(stable, metric))
         deltas[metric] = cand_value - stable_value
@@ -358,7 +372,6 @@ def compare(
                 f"{metric} {cand_value:.4f} is {stable_value - cand_value:.4f} below {stable_name}'s "
                 f"{stable_value:.4f} (tolerance {tolerance:.4f})"
             )
-    return GateResult(cand_name, stable_name, tolerance, not reasons, reasons, deltas)
 
 
 def _compare_regressors(
@@ -379,15 +392,7 @@ def _compare_regressors(
                 f"{metric} {cand_value:.4g} is {worse:.1%} above {stable_name}'s {stable_value:.4g} "
                 f"(tolerance {tolerance:.1%} relative)"
             )
-    for metric in ABSOLUTE_SCORE_METRICS:
-        cand_value = float(getattr(candidate, metric))
-        stable_value = float(getattr(stable, metric))
-        deltas[metric] = cand_value - stable_value
-        if cand_value < stable_value - tolerance - 1e-12:
-            reasons.append(
-                f"{metric} {cand_value:.4f} is {stable_value - cand_value:.4f} below {stable_name}'s "
-                f"{stable_value:.4f} (tolerance {tolerance:.4f})"
-            )
+    _scores_not_below(ABSOLUTE_SCORE_METRICS, candidate, stable, tolerance, stable_name, reasons, deltas)
 
 
 def gate(candidate_tag: str, stable_tag: str, tolerance: float = 0.02, verify: bool = True) -> GateResult:
