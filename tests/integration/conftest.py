@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from rollout.local.bento import REPO_ROOT, BentoServer, start_bento_server
-from rollout.local.processes import free_port
+from rollout.local.processes import Supervisor, free_port
+from rollout.local.redis import RedisServer
 
 READY_TIMEOUT = 180.0  # the machine is shared and slow; start-up is ~6 s when idle
 
@@ -59,3 +60,16 @@ def bento_server(
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on 127.0.0.1 with the durable settings of rollout/local/redis.py, for the
+    join-store tests (stopped by pid at the module's end)."""
+    sup = Supervisor()
+    server = RedisServer(sup, tmp_path_factory.mktemp("redis"), free_port())
+    server.start()
+    try:
+        yield server
+    finally:
+        sup.stop_all()

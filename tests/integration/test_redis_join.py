@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -36,17 +36,6 @@ SETOSA = [5.1, 3.5, 1.4, 0.2]
 VIRGINICA = [7.7, 3.0, 6.1, 2.3]
 VERSICOLOR = [5.9, 2.8, 4.4, 1.3]
 TOKEN = "labelling-pipeline-token-0123456789"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    sup = Supervisor()
-    server = RedisServer(sup, tmp_path_factory.mktemp("redis"), free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        sup.stop_all()
 
 
 def client(store: RedisServer) -> redis.Redis:

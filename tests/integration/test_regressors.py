@@ -34,7 +34,7 @@ from bentos.join_exporter import render as render_exporter
 from bentos.parsing import BadRequest
 from bentos.redis_join import RedisJoin, connect, counters
 from rollout.local.bento import BentoServer, start_bento_server
-from rollout.local.processes import Supervisor, free_port
+from rollout.local.processes import free_port
 from rollout.local.redis import RedisServer
 from rollout.metrics import names as n
 
@@ -242,17 +242,6 @@ def test_each_predicted_value_is_counted_in_the_metadatas_buckets(
     assert after[bucket] - before.get(bucket, 0) == sum(v <= low for v in values)
     zscores = [name for name in after if name.startswith(n.FEATURE_ZSCORE + "_count")]
     assert len(zscores) == 10
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    sup = Supervisor()
-    server = RedisServer(sup, tmp_path_factory.mktemp("redis"), free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        sup.stop_all()
 
 
 def test_labels_through_redis_count_for_the_version_that_answered_and_the_exporter_serves_them(
