@@ -32,7 +32,7 @@ from bentos.metrics import ModelMetrics, RegressorMetrics
 from bentos.parsing import BadRequest, Feedback, Schema, parse_feedback, parse_value_feedback
 from bentos.tabular import Table, sample, v2_inputs
 from rollout.errors import ModelError
-from rollout.registry import LoadedModel
+from rollout.registry import LoadedModel, ModelMetadata
 
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -75,7 +75,20 @@ class ServedModel:
             (b"x-model-name", self.name.encode()),
             (b"x-model-version", self.version.encode()),
         ]
-        self.v2_metadata = b""
+        self._prepare(meta)
+        self.metrics = self._make_metrics(meta)
+        outputs, parameters = self._outputs(meta)
+        self.v2_metadata = self._v2_metadata(loaded, outputs, **parameters)
+
+    def _prepare(self, meta: ModelMetadata) -> None:
+        """What the task computes of the model before its metrics (a classifier: its classes)."""
+
+    def _make_metrics(self, meta: ModelMetadata) -> ModelMetrics | RegressorMetrics:
+        raise NotImplementedError
+
+    def _outputs(self, meta: ModelMetadata) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """The OIP outputs of ``/v2/models/<name>`` and the task's own metadata parameters."""
+        raise NotImplementedError
 
     def sample_input(self) -> np.ndarray | Table:
         """One row of the features' means (string features: their first category), to warm up with."""
@@ -139,37 +152,26 @@ class ServedModel:
 class Served(ServedModel):
     """A classifier: class names and probabilities."""
 
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        limits: Limits,
-        metrics_dir: Path,
-        feedback: Join,
-        auth: FeedbackAuth | None = None,
-    ) -> None:
-        super().__init__(loaded, limits, metrics_dir, feedback, auth)
-        meta = loaded.record.metadata
+    metrics: ModelMetrics
+
+    def _prepare(self, meta: ModelMetadata) -> None:
         self.classes = np.asarray(self.estimator.classes_)
         self.column_class = column_classes(self.classes, self.class_names)
         # a classifier without predict_proba (LinearSVC, RidgeClassifier...) answers one-hot
         # probabilities: its predicted class with confidence 1
         self.has_proba = hasattr(self.estimator, "predict_proba")
-        self.metrics = ModelMetrics(
-            self.name,
-            self.version,
-            self.numeric_features,
-            self.class_names,
-            meta.sklearn_version,
+
+    def _make_metrics(self, meta: ModelMetadata) -> ModelMetrics:
+        return ModelMetrics(
+            self.name, self.version, self.numeric_features, self.class_names, meta.sklearn_version,
             meta.dataset_sha256,
-        )
-        self.v2_metadata = self._v2_metadata(
-            loaded,
-            [
-                {"name": "predictions", "datatype": "BYTES", "shape": [-1]},
-                {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(self.class_names)]},
-            ],
-            class_names=self.class_names,
-        )
+        )  # fmt: skip
+
+    def _outputs(self, meta: ModelMetadata) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        return [
+            {"name": "predictions", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(self.class_names)]},
+        ], {"class_names": self.class_names}
 
     def warm_up(self, X: np.ndarray | Table) -> None:
         self.probabilities(X.frame if type(X) is Table else X)
@@ -252,27 +254,16 @@ class Served(ServedModel):
 class ServedRegressor(ServedModel):
     """A regressor: one predicted value per row."""
 
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        limits: Limits,
-        metrics_dir: Path,
-        feedback: Join,
-        auth: FeedbackAuth | None = None,
-    ) -> None:
-        super().__init__(loaded, limits, metrics_dir, feedback, auth)
-        meta = loaded.record.metadata
-        self.metrics = RegressorMetrics(
-            self.name,
-            self.version,
-            self.numeric_features,
-            list(meta.prediction_buckets),
-            meta.sklearn_version,
-            meta.dataset_sha256,
-        )
-        self.v2_metadata = self._v2_metadata(
-            loaded, [{"name": "predictions", "datatype": "FP64", "shape": [-1]}], task=meta.task
-        )
+    metrics: RegressorMetrics
+
+    def _make_metrics(self, meta: ModelMetadata) -> RegressorMetrics:
+        return RegressorMetrics(
+            self.name, self.version, self.numeric_features, list(meta.prediction_buckets),
+            meta.sklearn_version, meta.dataset_sha256,
+        )  # fmt: skip
+
+    def _outputs(self, meta: ModelMetadata) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        return [{"name": "predictions", "datatype": "FP64", "shape": [-1]}], {"task": meta.task}
 
     def values(self, X: Any) -> np.ndarray:
         """One predicted value per row of ``X`` (a matrix or a DataFrame; a model that answers a
