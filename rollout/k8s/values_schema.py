@@ -308,6 +308,14 @@ def values_schema() -> dict[str, Any]:
                             10,
                             1800,
                         ),
+                        "drainSeconds": _int(
+                            "How long a model pod told to stop keeps serving before its server shuts "
+                            "down (a preStop sleep; istio and gateway-api modes): the time kube-proxy "
+                            "and the gateway take to drop it from their endpoints. 0 turns it off; "
+                            "0-60.",
+                            0,
+                            60,
+                        ),
                     },
                     description="Readiness (/v2/health/ready) and liveness (/v2/health/live) probes of the model server.",
                 ),

@@ -410,6 +410,41 @@ def test_controller_service_account_has_exactly_the_rights_the_operator_needs(
     assert not can_i(k8s_cluster, k8s_namespace, "list", "secrets", in_namespace="kube-system")
 
 
+def test_after_a_hand_off_values_that_would_put_stable_back_are_refused(
+    k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
+) -> None:
+    """The controller's hand-off made the stable InferenceService serve iris:v2 (status written here
+    as the controller writes it: no controller runs in this test). Shipping iris:v3 with
+    models.stable still iris:v1, or removing the candidate, would have helm put stable back on
+    iris:v1 under users' traffic: refused naming the value to set, nothing changed. Setting
+    models.stable=iris:v2 ships, and the same release again renders as the controller left it."""
+    ns = k8s_namespace
+    install(k8s_cluster, tmp_path, ns, {"routing.mode": "gateway-api", "rollout.enabled": True,
+                                        "models.candidate": "iris:v2"})  # fmt: skip
+    status = {"status": {"phase": "Promoted", "stable": "iris:v1", "candidate": "iris:v2",
+                         "handoff": {"phase": "Complete", "model": "iris:v2", "stable": "iris-stable"}}}  # fmt: skip
+    patched = kubectl(k8s_cluster, "patch", "modelrollouts.bento-rollout.io", "iris", "-n", ns,
+                      "--subresource=status", "--type=merge", "-p", json.dumps(status))  # fmt: skip
+    assert patched.returncode == 0, patched.stderr
+    for values in ({"models.candidate": "iris:v3"}, {"models.candidate": "", "rollout.enabled": False}):
+        up = helm(k8s_cluster, tmp_path, "upgrade", RELEASE, str(CHART), "-n", ns, "--reuse-values",
+                  *set_args(values))  # fmt: skip
+        assert up.returncode != 0, f"{values} was accepted"
+        assert "set models.stable=iris:v2" in up.stderr, up.stderr
+    history = json.loads(helm(k8s_cluster, tmp_path, "history", RELEASE, "-n", ns, "-o", "json").stdout)
+    assert [r["status"] for r in history] == ["deployed"]  # the refused upgrades changed nothing
+    upgrade(k8s_cluster, tmp_path, ns, {"monitoring.interval": "30s"})  # the same release again
+    assert (
+        served(server_object(k8s_cluster, ns, "inferenceservices.serving.kserve.io", "iris-stable"))
+        == "iris:v2"
+    )
+    upgrade(k8s_cluster, tmp_path, ns, {"models.stable": "iris:v2", "models.candidate": "iris:v3"})
+    assert (
+        served(server_object(k8s_cluster, ns, "inferenceservices.serving.kserve.io", "iris-candidate"))
+        == "iris:v3"
+    )
+
+
 def test_the_controller_leases_the_charts_lease_and_helm_upgrade_leaves_its_holder(
     k8s_cluster: K8sCluster, k8s_namespace: str, tmp_path: Path, modelrollout_crd: None
 ) -> None:

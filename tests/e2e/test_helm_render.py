@@ -278,6 +278,29 @@ def test_standard_mode_predictors_keep_the_pod_security_context_with_fs_group(ho
         assert isvc["spec"]["predictor"]["securityContext"]["fsGroup"] == 2000
 
 
+@pytest.mark.parametrize("mode", ["istio", "gateway-api"])
+def test_a_standard_mode_pod_told_to_stop_keeps_serving_while_its_endpoints_drop_it(
+    home: Path, mode: str
+) -> None:
+    """A rolling update (the hand-off) deletes the old pod; kube-proxy and the gateway drop it only
+    after the EndpointSlice update reaches them. The preStop sleep (probes.drainSeconds) keeps its
+    server answering meanwhile, inside the grace period; 0 turns it off."""
+    for isvc in by_kind(template(home, {"routing.mode": mode, "models.candidate": "iris:v2"}))[
+        "InferenceService"
+    ]:
+        predictor = isvc["spec"]["predictor"]
+        (container,) = predictor["containers"]
+        assert container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+        assert predictor.get("terminationGracePeriodSeconds", 30) > 5
+    for isvc in by_kind(template(home, {"routing.mode": mode, "probes.drainSeconds": 0}))["InferenceService"]:
+        assert "lifecycle" not in isvc["spec"]["predictor"]["containers"][0]
+
+
+def test_the_kserve_mode_pod_leaves_draining_to_the_queue_proxy(home: Path) -> None:
+    (isvc,) = by_kind(template(home, {"routing.mode": "kserve"}))["InferenceService"]
+    assert "lifecycle" not in isvc["spec"]["predictor"]["containers"][0]
+
+
 def controller_deployment(kinds: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     (deploy,) = [d for d in kinds["Deployment"] if d["metadata"]["name"] == "br-bento-rollout-controller"]
     return deploy

@@ -227,6 +227,13 @@ containers:
       periodSeconds: 5
       timeoutSeconds: {{ $v.probes.timeoutSeconds }}
       failureThreshold: {{ max 1 (div $v.probes.startupSeconds 5) }}
+    {{- if $v.probes.drainSeconds }}
+    # keeps serving while kube-proxy and the gateway drop the terminating pod (probes.drainSeconds)
+    lifecycle:
+      preStop:
+        sleep:
+          seconds: {{ $v.probes.drainSeconds }}
+    {{- end }}
     {{- end }}
     livenessProbe:
       httpGet:

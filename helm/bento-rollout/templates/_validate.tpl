@@ -47,6 +47,7 @@
 {{- end -}}
 {{- end -}}
 {{- include "bento-rollout.validateKserveRevisions" . -}}
+{{- include "bento-rollout.validateHandedOff" . -}}
 {{- if and (eq $v.feedback.join "redis") $v.feedback.redis.address (not $v.feedback.redis.passwordSecret) -}}
 {{- fail (printf "feedback.redis.address names your Redis (%s): set feedback.redis.passwordSecret to a Secret with its password under the key \"password\" (the chart's random one is not your Redis's)" $v.feedback.redis.address) -}}
 {{- end -}}
@@ -91,6 +92,27 @@
 {{- end -}}
 {{- else if lookup "v1" "ServiceAccount" $ns "default" -}}
 {{- fail (printf "kserve routing mode: InferenceService %s/%s does not exist yet, so its first revision would run the candidate %s and KServe would send it all traffic (there is no previous revision to keep as stable %s). Install with models.candidate=\"\" (stable alone), then: helm upgrade --reuse-values --set models.candidate=%s" $ns $name $v.models.candidate $v.models.stable $v.models.candidate) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+
+{{/* istio / gateway-api mode, after a promotion's hand-off: the controller made the stable
+     InferenceService serve the promoted model X (the ModelRollout's status: Promoted, hand-off
+     Complete, model X). Values that name neither X as models.stable nor X as models.candidate
+     (the same release again, which the chart renders as the controller left it) would put stable
+     back on models.stable under its users' traffic - a silent downgrade. Refused with what to set.
+     Only with a cluster to ask (lookup finds nothing under helm template). */}}
+{{- define "bento-rollout.validateHandedOff" -}}
+{{- $v := .Values -}}
+{{- if ne $v.routing.mode "kserve" -}}
+{{- $name := default $v.service.name $v.rollout.name -}}
+{{- $mr := lookup "bento-rollout.io/v1alpha1" "ModelRollout" .Release.Namespace $name | default dict -}}
+{{- $st := get $mr "status" | default dict -}}
+{{- $handoff := get $st "handoff" | default dict -}}
+{{- $promoted := toString (get $handoff "model") -}}
+{{- if and (eq (toString (get $st "phase")) "Promoted") (eq (toString (get $handoff "phase")) "Complete") $promoted (ne $promoted $v.models.stable) (ne $promoted (toString $v.models.candidate)) -}}
+{{- fail (printf "ModelRollout %s/%s promoted %s and the stable InferenceService serves it since the hand-off, but models.stable is %s: set models.stable=%s (helm would put stable back on %s under its users' traffic). To go back to %s, ship it as models.candidate" .Release.Namespace $name $promoted $v.models.stable $promoted $v.models.stable $v.models.stable) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
