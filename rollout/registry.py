@@ -206,35 +206,83 @@ def get_record(tag: str) -> ModelRecord:
     return ModelRecord(tag=tag, name=name, version=version, path=Path(model.path), metadata=metadata)
 
 
-def list_records(name: str | None = None) -> list[ModelRecord]:
-    """Every model saved by bentos.train (others are skipped), optionally only those called ``name``
-    (none when the store has no model of that name; UsageError for a name BentoML cannot hold)."""
+# what bentoml.sklearn.save_model records as a model's module (bentoml.sklearn.load_model takes both)
+SKLEARN_MODULES = ("bentoml.sklearn", "_bentoml_impl.frameworks.sklearn")
+
+
+@dataclass(frozen=True)
+class StoreEntry:
+    """One model in BentoML's store, as :func:`listing_of` reads it."""
+
+    tag: str
+    name: str
+    version: str
+    path: Path
+    module: str
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """The store's models: ``records``, registered (saved by bentos.train or ``rollout import``), and
+    ``unregistered``, the tags of models saved with ``bentoml.sklearn.save_model`` without our
+    metadata (``rollout import TAG --data HOLDOUT.csv --target COLUMN`` registers one in place)."""
+
+    records: list[ModelRecord]
+    unregistered: list[str]
+
+
+def listing_of(entries: list[StoreEntry]) -> Listing:
+    """Pure: the registered records (their metadata reads as :class:`ModelMetadata`) and the
+    unregistered scikit-learn models, each sorted by tag; other frameworks' models are left out
+    (neither served nor importable)."""
+    records: list[ModelRecord] = []
+    unregistered: list[str] = []
+    for entry in entries:
+        try:
+            metadata = ModelMetadata.from_dict(entry.metadata, entry.tag)
+        except ModelError:
+            if entry.module in SKLEARN_MODULES:
+                unregistered.append(entry.tag)
+            continue
+        records.append(
+            ModelRecord(
+                tag=entry.tag, name=entry.name, version=entry.version, path=entry.path, metadata=metadata
+            )
+        )
+    return Listing(sorted(records, key=lambda r: r.tag), sorted(unregistered))
+
+
+def list_store(name: str | None = None) -> Listing:
+    """The store's models (see :class:`Listing`), optionally only those called ``name`` (none when the
+    store has no model of that name; UsageError for a name BentoML cannot hold)."""
     import bentoml
     from bentoml.exceptions import NotFound
 
     try:
         models = bentoml.models.list(name)
     except NotFound:
-        return []
+        return Listing([], [])
     except ValueError as exc:  # not a valid tag
         raise UsageError(str(exc)) from None
-    records: list[ModelRecord] = []
-    for model in models:
-        tag = str(model.tag)
-        try:
-            metadata = ModelMetadata.from_dict(dict(model.info.metadata), tag)
-        except ModelError:
-            continue
-        records.append(
-            ModelRecord(
-                tag=tag,
+    return listing_of(
+        [
+            StoreEntry(
+                tag=str(model.tag),
                 name=model.tag.name,
                 version=model.tag.version or "",
                 path=Path(model.path),
-                metadata=metadata,
+                module=model.info.module,
+                metadata=dict(model.info.metadata),
             )
-        )
-    return sorted(records, key=lambda r: r.tag)
+            for model in models
+        ]
+    )
+
+
+def list_records(name: str | None = None) -> list[ModelRecord]:
+    """The registered models in the store (:func:`list_store`'s records), optionally only ``name``'s."""
+    return list_store(name).records
 
 
 def check_digest(pinned: str | None) -> str | None:

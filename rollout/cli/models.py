@@ -5,7 +5,9 @@ code as ``python -m bentos.train``); both it and ``rollout models [NAME]`` show 
 digest (``sha256:<64 hex>``), the value to pin as a ModelRollout's ``stable.digest`` /
 ``candidate.digest`` or the chart's ``models.stableDigest`` / ``candidateDigest``. ``rollout models
 --verify`` also hashes every artifact and marks those that do not match what training recorded
-(exit 1). ``rollout gate CANDIDATE --against STABLE`` is the CI check for
+(exit 1); a model saved with ``bentoml.sklearn.save_model`` but not registered is listed as
+``not registered`` with the ``rollout import`` command that registers it. ``rollout gate
+CANDIDATE --against STABLE`` is the CI check for
 new training code: it exits 3 (GateFailedError) with the reason when the candidate's holdout
 accuracy or macro F1 is below the stable model's by more than ``--tolerance`` (a regressor: its MAE
 or RMSE above stable's by more than ``--tolerance`` relative, or its R² below stable's minus
@@ -57,13 +59,14 @@ def train_command(names: tuple[str, ...], all_: bool, force: bool) -> None:
 def models_command(name: str | None, verify: bool, as_json: bool) -> None:
     """List the models in the store (optionally only NAME's) with the artifact digest to pin."""
     from bentos.train import default_bentoml_home
-    from rollout.registry import list_records, verify_artifact
+    from rollout.registry import list_store, verify_artifact
 
     default_bentoml_home()
+    listing = list_store(name)
     rows: list[dict[str, object]] = []
     lines: list[str] = []
     bad: list[str] = []
-    for record in list_records(name):
+    for record in listing.records:
         meta = record.metadata
         row: dict[str, object] = {
             "tag": record.tag,
@@ -84,6 +87,9 @@ def models_command(name: str | None, verify: bool, as_json: bool) -> None:
                 bad.append(str(exc))
         rows.append(row)
         lines.append(f"{record.tag:16} {meta.estimator:24} {_headline(meta)} {record.digest}{mark}")
+    for tag in listing.unregistered:
+        rows.append({"tag": tag, "registered": False, "register": _import_hint(tag)})
+        lines.append(f"{tag:16} {'not registered':24} register it: {_import_hint(tag)}")
     if as_json:
         click.echo(json.dumps(rows))
     else:
@@ -174,6 +180,11 @@ def _headline(meta: ModelMetadata) -> str:
     if meta.is_regressor:
         return f"mae={meta.holdout_mae:.4g} rmse={meta.holdout_rmse:.4g} r2={meta.holdout_r2:.4f}"
     return f"accuracy={meta.holdout_accuracy:.4f} f1={meta.holdout_f1_macro:.4f}"
+
+
+def _import_hint(tag: str) -> str:
+    """The command that registers a model saved with bentoml.sklearn.save_model, in place."""
+    return f"rollout import {tag} --data HOLDOUT.csv --target COLUMN"
 
 
 def register(cli: click.Group) -> None:

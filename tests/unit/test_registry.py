@@ -16,7 +16,17 @@ from bentos.train import fit_variant, train_many
 from bentos.variants import VARIANTS
 from rollout.cli.main import cli
 from rollout.errors import GateFailedError, ModelIntegrityError, ModelNotFoundError, UsageError
-from rollout.registry import compare, gate, get_record, list_records, load_model, parse_tag, verify_artifact
+from rollout.registry import (
+    StoreEntry,
+    compare,
+    gate,
+    get_record,
+    list_records,
+    listing_of,
+    load_model,
+    parse_tag,
+    verify_artifact,
+)
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +285,54 @@ def test_cli_models_shows_the_digest_to_pin_and_verify_finds_a_modified_artifact
         assert "iris:v2" in verified.output and "verified" in verified.output
     finally:
         record.artifact_path.write_bytes(blob)
+
+
+def test_the_listing_keeps_unregistered_scikit_learn_models_and_leaves_other_frameworks_out(
+    store: Path,
+) -> None:
+    ours = get_record("iris:v1")
+    entry = StoreEntry(
+        tag="iris:v1", name="iris", version="v1", path=ours.path, module="", metadata=ours.metadata.to_dict()
+    )
+    saved = StoreEntry(tag="mine:abc", name="mine", version="abc", path=ours.path, module="bentoml.sklearn",
+                       metadata={})  # fmt: skip
+    torch = StoreEntry(tag="net:v1", name="net", version="v1", path=ours.path, module="bentoml.pytorch",
+                       metadata={})  # fmt: skip
+    listing = listing_of([saved, torch, entry])
+    assert [r.tag for r in listing.records] == ["iris:v1"]
+    assert listing.records[0].metadata == ours.metadata
+    assert listing.unregistered == ["mine:abc"]
+
+
+def test_cli_models_lists_a_model_saved_with_bentoml_sklearn_as_not_registered(store: Path) -> None:
+    import json
+
+    import bentoml
+    from sklearn.linear_model import LogisticRegression
+
+    runner = CliRunner()
+    before = runner.invoke(cli, ["models"])
+    estimator = LogisticRegression().fit([[0.0], [1.0]], [0, 1])
+    tag = str(bentoml.sklearn.save_model("mine", estimator).tag)  # no metadata of ours
+    try:
+        text = runner.invoke(cli, ["models"])
+        assert text.exit_code == 0, text.output
+        lines = text.output.splitlines()
+        assert lines[: len(before.output.splitlines())] == before.output.splitlines()  # unchanged
+        assert lines[-1].split() == [tag, "not", "registered", "register", "it:", "rollout", "import", tag,
+                                     "--data", "HOLDOUT.csv", "--target", "COLUMN"]  # fmt: skip
+        only = runner.invoke(cli, ["models", "mine"])
+        assert (only.exit_code, only.output) == (0, lines[-1] + "\n")
+        rows = json.loads(runner.invoke(cli, ["models", "--json"]).output)
+        assert rows[-1] == {
+            "tag": tag,
+            "registered": False,
+            "register": f"rollout import {tag} --data HOLDOUT.csv --target COLUMN",
+        }
+        assert runner.invoke(cli, ["models", "--verify"]).exit_code == 0
+        assert tag not in [r.tag for r in list_records()]
+    finally:
+        bentoml.models.delete(tag)
 
 
 def test_a_rollout_spec_pins_digests_and_refuses_a_malformed_one() -> None:
