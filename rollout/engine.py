@@ -155,6 +155,14 @@ def new_rollout(spec: RolloutSpec) -> RolloutState:
     )
 
 
+def is_rollout_of(state: RolloutState | None, spec: RolloutSpec) -> bool:
+    """True when ``state`` is ``spec``'s rollout: the same candidate and strategy. A new candidate
+    or strategy starts a new rollout (on the cluster and locally alike)."""
+    return (
+        state is not None and state.candidate == spec.candidate.model and state.strategy == spec.strategy.name
+    )
+
+
 def finalize_action(state: RolloutState) -> Finalize:
     """The Finalize action of a finished rollout."""
     outcome = _OUTCOME[state.phase]

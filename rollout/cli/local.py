@@ -97,6 +97,24 @@ def down_cmd() -> None:
     click.echo("stopped the local stack" if LocalStack.down() else "no local stack was running")
 
 
+def start_note(name: str, spec_path: str, first: RolloutState, replaced: RolloutState | None) -> str | None:
+    """What `rollout run` says before it drives ``first``: that a saved rollout of another candidate
+    was replaced, or that the rollout ended before (its saved result follows); None otherwise."""
+    if replaced is not None:
+        return (
+            f"note: {name}'s saved rollout of {replaced.candidate} ({replaced.strategy}, "
+            f"{replaced.phase.value}) is replaced: {spec_path} ships {first.candidate} "
+            f"({first.strategy}); it starts over"
+        )
+    if first.done:
+        ended = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(first.finished_at or 0))
+        return (
+            f"note: {name} ended before ({first.phase.value} at {ended}): this is its saved result; "
+            f"`rollout run --fresh {spec_path}` runs it again"
+        )
+    return None
+
+
 @click.command("run")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @click.option("--timeout", type=float, default=None, help="give up waiting after this many seconds")
@@ -131,7 +149,10 @@ def run_cmd(spec_path: str, timeout: float | None, fresh: bool, quiet: bool, sup
         seen[0] = len(state.events)
 
     runner = LocalRunner(rollout, stack, on_step=report)
-    begin(runner, fresh=fresh, supersede=supersede, echo=click.echo)
+    first = begin(runner, fresh=fresh, supersede=supersede, echo=click.echo)
+    note = start_note(name, spec_path, first, runner.replaced)
+    if note:
+        click.echo(note, err=True)
     try:
         state = runner.run(timeout=timeout)
     except KeyboardInterrupt:

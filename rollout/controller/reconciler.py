@@ -53,7 +53,7 @@ from rollout.actions import (
     Transition,
 )
 from rollout.addresses import AddressPolicy
-from rollout.engine import hold_on_error, new_rollout, step
+from rollout.engine import hold_on_error, is_rollout_of, new_rollout, step
 from rollout.errors import (
     ApiUnavailableError,
     ConflictError,
@@ -225,7 +225,7 @@ class Reconciler:
     def _reconcile(self, obj: Obj, spec: RolloutSpec, mem: _Memory) -> RolloutState:
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
         state = state_from_status(obj.get("status"))
-        if not _same_rollout(state, spec):
+        if not is_rollout_of(state, spec):
             if state is not None:
                 self.client.emit_event(
                     obj,
@@ -355,7 +355,7 @@ class Reconciler:
         message, delay = self.errors.record((namespace, name), exc, f"{namespace}/{name}: reconcile failed")
         obj = self.client.get(MODEL_ROLLOUT, namespace, name)
         state = state_from_status(obj.get("status"))
-        if not _same_rollout(state, spec):
+        if not is_rollout_of(state, spec):
             state = new_rollout(spec)
         assert state is not None
         now = self.clock()
@@ -467,13 +467,6 @@ class Reconciler:
         except RolloutError:
             pass
         return "all traffic back to stable"
-
-
-def _same_rollout(state: RolloutState | None, spec: RolloutSpec) -> bool:
-    """True when ``state`` is this spec's rollout (a new candidate or strategy starts a new one)."""
-    return (
-        state is not None and state.candidate == spec.candidate.model and state.strategy == spec.strategy.name
-    )
 
 
 def _log_readiness(namespace: str, name: str, seen: readiness.Backends) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout.actions import EnsureBackend, Finalize, Measure, MetricResult, Observations, SetRoutes
-from rollout.engine import hold_on_error, new_rollout, step
+from rollout.engine import hold_on_error, is_rollout_of, new_rollout, step
 from rollout.errors import NotFoundError, RolloutError, StateError, UsageError
 from rollout.exporter import MetricsServer, RolloutCollector
 from rollout.local.bento import pin_problem
@@ -92,6 +92,7 @@ class LocalRunner:
         self.home = home or stack.home
         self.dir = rollout_dir(rollout.metadata.name, self.home)
         self.store = StateStore(self.dir / "state.json")
+        self.replaced: RolloutState | None = None  # a saved rollout of another candidate, started over
         self.commands = CommandQueue(self.dir / "commands")
         self.lock = RunLock(self.dir / "run.lock", rollout.metadata.name)
         self.tick = tick
@@ -339,8 +340,12 @@ class LocalRunner:
         self.lock.acquire()
 
     def start_state(self) -> RolloutState:
-        """The saved state, or a new one (saved) when the rollout has not started."""
+        """The saved state, or a new one (saved) when the rollout has not started or the saved one
+        is of another candidate or strategy (kept in ``replaced``, as the cluster's controller
+        starts a new rollout when the spec names a new candidate)."""
         state = self.store.load()
+        if state is not None and not is_rollout_of(state, self.spec):
+            self.replaced, state = state, None
         if state is None:
             state = new_rollout(self.spec)
             self.store.save(state)

@@ -295,3 +295,22 @@ def test_rollout_down_shows_the_stack_gone_before_it_stops_a_server(
         monkeypatch.undo()
         own.stop()
     assert len(seen) >= 4 and all(seen), f"the stack looked alive while down stopped a server: {seen}"
+
+
+def test_a_saved_rollout_of_another_candidate_starts_over_and_an_ended_one_is_kept(stack: LocalStack) -> None:
+    """The spec of a rollout saved earlier now names another candidate (the user edited it): the
+    run starts a new rollout of that candidate, as the cluster's controller does, and says which
+    one it replaced - it resumed the old candidate's state before. The same candidate, ended, is
+    the saved result (kept; `--fresh` runs it again)."""
+    name = "edited-spec"
+    old = RolloutState(service="iris", strategy="canary", stable="iris:v1", candidate="iris:poisoned",
+                       phase=Phase.ROLLED_BACK, finished_at=time.time())  # fmt: skip
+    StateStore(rollout_dir(name, stack.home) / "state.json").save(old)
+    runner = LocalRunner(canary(name), stack)
+    state = runner.start_state()
+    assert (state.candidate, state.phase) == ("iris:v2", Phase.PENDING)
+    assert runner.replaced is not None and runner.replaced.candidate == "iris:poisoned"
+    done = state.model_copy(update={"phase": Phase.PROMOTED, "finished_at": time.time()})
+    runner.store.save(done)
+    again = LocalRunner(canary(name), stack)
+    assert again.start_state().phase == Phase.PROMOTED and again.replaced is None
