@@ -3,8 +3,13 @@
 BentoML documents only its ``@bentoml.api`` endpoints (``/docs.json``); the endpoints clients use
 here are a raw ASGI app mounted at ``/``, so BentoML knows nothing about them and its document is
 shadowed by the mount. ``openapi_document`` describes them for one served model (its name,
-feature names and types, class names and the request limits): ``/predict``, ``/v1/models/{name}:predict``,
+feature names and types, task, class names and the request limits): ``/predict``, ``/v1/models/{name}:predict``,
 ``/v2/models/{name}/infer``, ``/feedback``, the v2 health and metadata routes and ``/metrics``.
+What the model answers and which labels it takes follow its task, as ``bentos/served.py`` says
+them (``served_class(task)``): the fields of ``/predict``'s answer are its OIP outputs (a
+classifier's class names and probabilities, a regressor's numbers), a label is what the
+``predictions`` output holds (a class, by name or index; a number), and a ``/feedback`` answer has
+the task's ``feedback_fields``, typed as :class:`bentos.join.Resolved` types them.
 Every request body schema says what the parser in ``bentos/parsing.py`` accepts; every 4xx is the
 ``Error`` object, and on the ``/v2`` routes the Open Inference Protocol's ``OipError``
 (``{"error": "<message>"}``, what KServe's and Triton's clients read). Who calls it: the service fuzz test (schemathesis, tests/integration/
@@ -15,9 +20,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, get_type_hints
+
+from bentos.join import Resolved
+from bentos.served import served_class
+from rollout.registry import CLASSIFICATION
 
 JSON = "application/json"
+_FIELD_TYPES = {int: "integer", float: "number", bool: "boolean", str: "string"}  # Resolved's, as JSON
 
 
 def _error() -> dict[str, Any]:
@@ -62,6 +72,29 @@ def _body(ref: str) -> dict[str, Any]:
     return {"required": True, "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
 
 
+def _value(datatype: str, class_names: list[str]) -> dict[str, Any]:
+    """One value of an OIP output as JSON: BYTES are the classifier's class names, else numbers."""
+    return {"type": "string", "enum": list(class_names)} if datatype == "BYTES" else {"type": "number"}
+
+
+def _output(output: dict[str, Any], class_names: list[str]) -> dict[str, Any]:
+    """An OIP output (``shape`` [-1] or [-1, k]) as ``/predict`` answers it: a list per row."""
+    schema = _value(output["datatype"], class_names)
+    for _ in output["shape"]:
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+def _label(outputs: list[dict[str, Any]], class_names: list[str]) -> dict[str, Any]:
+    """A true label is what the ``predictions`` output holds: a class (its name or its index), or
+    a number."""
+    predicted = next(o for o in outputs if o["name"] == "predictions")
+    if predicted["datatype"] != "BYTES":
+        return {"type": "number"}
+    return {"oneOf": [{"type": "string", "enum": list(class_names)},
+                      {"type": "integer", "minimum": 0, "maximum": len(class_names) - 1}]}  # fmt: skip
+
+
 def openapi_document(
     name: str,
     version: str,
@@ -69,9 +102,13 @@ def openapi_document(
     class_names: list[str],
     max_batch: int = 1000,
     feature_dtypes: list[str] | None = None,
+    task: str = CLASSIFICATION,
 ) -> dict[str, Any]:
     """The OpenAPI 3.0.3 document for a server of model ``name`` (``feature_dtypes``: number,
-    string or bool per feature; None: all numbers)."""
+    string or bool per feature; None: all numbers; ``task``: the metadata's, classification or
+    regression)."""
+    kind = served_class(task)
+    outputs = kind.oip_outputs(class_names)
     n = len(feature_names)
     number = {"type": "number"}
     dtypes = feature_dtypes or ["number"] * n
@@ -135,22 +172,19 @@ def openapi_document(
             },
         },  # fmt: skip
     }
-    label = {"oneOf": [{"type": "string", "enum": list(class_names)},
-                       {"type": "integer", "minimum": 0, "maximum": len(class_names) - 1}]}  # fmt: skip
     feedback = {
         "type": "object",
         "required": ["request_id", "label"],
         "properties": {
             "request_id": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$"},
-            "label": label,
+            "label": _label(outputs, class_names),
         },
     }
     prediction = {
         "type": "object",
-        "required": ["predictions", "probabilities", "model", "version", "request_id"],
+        "required": [*(o["name"] for o in outputs), "model", "version", "request_id"],
         "properties": {
-            "predictions": {"type": "array", "items": {"type": "string", "enum": list(class_names)}},
-            "probabilities": {"type": "array", "items": {"type": "array", "items": number}},
+            **{o["name"]: _output(o, class_names) for o in outputs},
             "model": {"type": "string"},
             "version": {"type": "string"},
             "request_id": {"type": "string"},
@@ -166,13 +200,13 @@ def openapi_document(
             "outputs": {"type": "array"},
         },  # fmt: skip
     }
+    resolved = get_type_hints(Resolved)
     received = {
         "type": "object",
-        "required": ["request_id", "received", "correct"],
+        "required": ["request_id", *kind.feedback_fields],
         "properties": {
             "request_id": {"type": "string"},
-            "received": {"type": "integer"},
-            "correct": {"type": "integer"},
+            **{f: {"type": _FIELD_TYPES[resolved[f]]} for f in kind.feedback_fields},
         },  # fmt: skip
     }
     name_param = {
@@ -264,6 +298,7 @@ def main() -> None:
         list(meta.feature_names),
         list(meta.class_names),
         feature_dtypes=meta.dtypes,
+        task=meta.task,
     )
     print(json.dumps(doc, indent=1))
 

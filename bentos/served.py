@@ -11,6 +11,11 @@ binds it to the ASGI app (``bentos/app.py``), which calls the same few methods f
 - ``count_feedback`` and ``feedback_answer``: what a resolved label adds to ``/metrics`` (the local
   join store) and to the answer.
 
+What each task answers is said once, here, and ``bentos/openapi.py`` describes it from the same
+place (:func:`served_class`): ``oip_outputs`` (the ``/v2`` outputs; their names are the fields of
+``/predict``'s answer) and ``feedback_fields`` (the fields of :class:`bentos.join.Resolved` a
+``/feedback`` answer carries).
+
 The classifier's hot path is the one the serving benchmark measures (bench/serving.py): nothing
 of the regressor's runs for it. A model with string features gets a ``Table`` from the parser
 (bentos/tabular.py): the estimator is called with its DataFrame, the z-scores are of its numeric
@@ -32,7 +37,7 @@ from bentos.metrics import ModelMetrics, RegressorMetrics
 from bentos.parsing import BadRequest, Feedback, Schema, parse_feedback, parse_value_feedback
 from bentos.tabular import Table, sample, v2_inputs
 from rollout.errors import ModelError
-from rollout.registry import LoadedModel, ModelMetadata
+from rollout.registry import REGRESSION, LoadedModel, ModelMetadata
 
 NUMPY = orjson.OPT_SERIALIZE_NUMPY
 
@@ -48,6 +53,7 @@ class ServedModel:
     methods the app calls, which each task implements."""
 
     metrics: ModelMetrics | RegressorMetrics
+    feedback_fields: tuple[str, ...]  # the fields of bentos.join.Resolved a /feedback answer carries
 
     def __init__(
         self,
@@ -90,6 +96,12 @@ class ServedModel:
         """The OIP outputs of ``/v2/models/<name>`` and the task's own metadata parameters."""
         raise NotImplementedError
 
+    @staticmethod
+    def oip_outputs(class_names: list[str]) -> list[dict[str, Any]]:
+        """The task's OIP outputs (name, datatype, shape with -1 for the rows), in the order of its
+        ``/v2`` answer; their names are the fields of its ``/predict`` answer, the same values."""
+        raise NotImplementedError
+
     def sample_input(self) -> np.ndarray | Table:
         """One row of the features' means (string features: their first category), to warm up with."""
         if self.schema.tabular:
@@ -123,7 +135,7 @@ class ServedModel:
         raise NotImplementedError
 
     def feedback_answer(self, resolved: Resolved) -> dict[str, Any]:
-        raise NotImplementedError
+        return {f: getattr(resolved, f) for f in self.feedback_fields}
 
     def _v2_metadata(self, loaded: LoadedModel, outputs: list[dict[str, Any]], **parameters: Any) -> bytes:
         meta = loaded.record.metadata
@@ -153,6 +165,7 @@ class Served(ServedModel):
     """A classifier: class names and probabilities."""
 
     metrics: ModelMetrics
+    feedback_fields = ("received", "correct")
 
     def _prepare(self, meta: ModelMetadata) -> None:
         self.classes = np.asarray(self.estimator.classes_)
@@ -168,10 +181,14 @@ class Served(ServedModel):
         )  # fmt: skip
 
     def _outputs(self, meta: ModelMetadata) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        return self.oip_outputs(self.class_names), {"class_names": self.class_names}
+
+    @staticmethod
+    def oip_outputs(class_names: list[str]) -> list[dict[str, Any]]:
         return [
             {"name": "predictions", "datatype": "BYTES", "shape": [-1]},
-            {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(self.class_names)]},
-        ], {"class_names": self.class_names}
+            {"name": "probabilities", "datatype": "FP64", "shape": [-1, len(class_names)]},
+        ]
 
     def warm_up(self, X: np.ndarray | Table) -> None:
         self.probabilities(X.frame if type(X) is Table else X)
@@ -247,14 +264,12 @@ class Served(ServedModel):
     def count_feedback(self, resolved: Resolved) -> None:
         self.metrics.feedback(resolved.received, resolved.correct)
 
-    def feedback_answer(self, resolved: Resolved) -> dict[str, Any]:
-        return {"received": resolved.received, "correct": resolved.correct}
-
 
 class ServedRegressor(ServedModel):
     """A regressor: one predicted value per row."""
 
     metrics: RegressorMetrics
+    feedback_fields = ("received", "absolute_error", "squared_error")
 
     def _make_metrics(self, meta: ModelMetadata) -> RegressorMetrics:
         return RegressorMetrics(
@@ -263,7 +278,11 @@ class ServedRegressor(ServedModel):
         )  # fmt: skip
 
     def _outputs(self, meta: ModelMetadata) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        return [{"name": "predictions", "datatype": "FP64", "shape": [-1]}], {"task": meta.task}
+        return self.oip_outputs([]), {"task": meta.task}
+
+    @staticmethod
+    def oip_outputs(class_names: list[str]) -> list[dict[str, Any]]:
+        return [{"name": "predictions", "datatype": "FP64", "shape": [-1]}]
 
     def values(self, X: Any) -> np.ndarray:
         """One predicted value per row of ``X`` (a matrix or a DataFrame; a model that answers a
@@ -316,13 +335,6 @@ class ServedRegressor(ServedModel):
     def count_feedback(self, resolved: Resolved) -> None:
         self.metrics.feedback(resolved.received, resolved.absolute_error, resolved.squared_error)
 
-    def feedback_answer(self, resolved: Resolved) -> dict[str, Any]:
-        return {
-            "received": resolved.received,
-            "absolute_error": resolved.absolute_error,
-            "squared_error": resolved.squared_error,
-        }
-
 
 def serve_model(
     loaded: LoadedModel,
@@ -332,8 +344,12 @@ def serve_model(
     auth: FeedbackAuth | None = None,
 ) -> Served | ServedRegressor:
     """The served model for ``loaded``'s task."""
-    kind = ServedRegressor if loaded.record.metadata.is_regressor else Served
-    return kind(loaded, limits, metrics_dir, feedback, auth)
+    return served_class(loaded.record.metadata.task)(loaded, limits, metrics_dir, feedback, auth)
+
+
+def served_class(task: str) -> type[Served] | type[ServedRegressor]:
+    """The class that serves a model of ``task`` (``classification`` or ``regression``)."""
+    return ServedRegressor if task == REGRESSION else Served
 
 
 def column_classes(classes: np.ndarray, class_names: list[str]) -> np.ndarray:
