@@ -210,6 +210,7 @@ class RouterProvider(StrEnum):
     KSERVE = "kserve"
     ISTIO = "istio"
     GATEWAY_API = "gateway-api"
+    TRAEFIK = "traefik"
 
 
 class RouterSpec(_Model):
@@ -221,7 +222,9 @@ class RouterSpec(_Model):
             "nginx: the local data plane of `rollout run` (its default). kserve: canaryTrafficPercent "
             "of one InferenceService (KServe's Knative mode; no mirror, match or sticky). istio: a "
             "VirtualService over the <service>-stable and <service>-candidate InferenceServices "
-            "(no sticky). gateway-api: an HTTPRoute over the same. In a cluster, nginx written out "
+            "(no sticky). gateway-api: an HTTPRoute over the same. traefik: a TraefikService over the "
+            "same (Traefik's CRD provider: weights and mirror; no header match, so no blue/green "
+            "preview and no sticky or matched A/B). In a cluster, nginx written out "
             "makes the ModelRollout Invalid; left out, the controller's --router (the chart's "
             "routing.mode) applies."
         ),
@@ -231,8 +234,9 @@ class RouterSpec(_Model):
         default=None,
         pattern=DNS_LABEL,
         description=(
-            "Name of the routing object: the InferenceService (kserve), VirtualService (istio) or "
-            "HTTPRoute (gateway-api). Default: the service name. nginx ignores it."
+            "Name of the routing object: the InferenceService (kserve), VirtualService (istio), "
+            "HTTPRoute (gateway-api) or TraefikService (traefik). Default: the service name. nginx "
+            "ignores it."
         ),
     )
     gateway: str | None = Field(
@@ -240,8 +244,8 @@ class RouterSpec(_Model):
         description=(
             "Gateway the routes attach to: istio, the VirtualService's gateway (name or "
             "namespace/name); gateway-api, the HTTPRoute's parent Gateway (a name in the rollout's "
-            "namespace). Absent: an existing object's gateways or parentRefs are kept. kserve and "
-            "nginx ignore it."
+            "namespace). Absent: an existing object's gateways or parentRefs are kept. kserve, "
+            "traefik and nginx ignore it."
         ),
     )
 
@@ -845,7 +849,26 @@ class RolloutSpec(_Model):
         ab = self.strategy.ab_test
         if ab is not None and ab.metric not in {m.name for m in self.analysis.metrics}:
             raise ValueError(f"strategy.abTest.metric {ab.metric!r} is not one of analysis.metrics")
+        if self.router.provider == RouterProvider.TRAEFIK:
+            self._traefik_can_route()
         return self
+
+    def _traefik_can_route(self) -> None:
+        """Traefik's TraefikService has weights and a mirror, no header match (routers/traefik.py)."""
+        st = self.strategy
+        needs = [
+            (st.blue_green is not None, "strategy.blueGreen (its preview is a header match)"),
+            (st.canary is not None and st.canary.sticky is not None, "strategy.canary.sticky"),
+            (st.ab_test is not None and st.ab_test.sticky is not None, "strategy.abTest.sticky"),
+            (st.ab_test is not None and bool(st.ab_test.match), "strategy.abTest.match"),
+        ]
+        refused = [what for cond, what in needs if cond]
+        if refused:
+            raise ValueError(
+                f"router.provider traefik cannot route {', '.join(refused)}: a TraefikService splits by "
+                "weight and mirrors, it matches no header or cookie; use router.provider gateway-api "
+                "or istio"
+            )
 
 
 # Kubernetes' own wording for the fields every object has (apimachinery's ObjectMeta/TypeMeta docs)

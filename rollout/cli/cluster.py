@@ -264,7 +264,7 @@ def _command(kind: str, help_text: str) -> click.Command:
 @click.option(
     "--router",
     envvar="ROLLOUT_ROUTER",
-    type=click.Choice(["kserve", "istio", "gateway-api"]),
+    type=click.Choice(["kserve", "istio", "gateway-api", "traefik"]),
     default="kserve",
     show_default=True,
     help="router for rollouts whose spec names none (spec.router.provider left at nginx)",

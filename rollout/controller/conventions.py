@@ -1,8 +1,8 @@
 """Cluster conventions: the names the Helm chart gives what a ModelRollout routes between.
 
 InferenceServices are ``<service>`` (or ``spec.router.name``; kserve routing, one object whose
-latest revision is the candidate) or ``<service>-stable`` / ``<service>-candidate`` (istio,
-gateway-api), whose predictor Services ``<isvc>-predictor`` (port 80) are the route backends; the
+latest revision is the candidate) or ``<service>-stable`` / ``<service>-candidate`` (KServe's
+Standard mode: istio, gateway-api, traefik, ``STANDARD_PROVIDERS``), whose predictor Services ``<isvc>-predictor`` (port 80) are the route backends; the
 routing object is named ``spec.router.name`` or ``<service>``.
 Who calls it: rollout.controller.reconciler (and through it handlers and tests).
 """
@@ -17,6 +17,9 @@ from rollout.routers.registry import make_router
 from rollout.spec import RolloutSpec
 
 BACKEND_PORT = 80
+# the routers over two Standard-mode InferenceServices' predictor Services: the controller asks their
+# pods what they serve, fails over between them and hands a promoted model off to stable
+STANDARD_PROVIDERS = frozenset({"istio", "gateway-api", "traefik"})
 MODEL_SERVER = "kserve-container"  # the chart's name for the Bento container of a predictor
 
 
@@ -67,4 +70,6 @@ def default_router(spec: RolloutSpec, namespace: str, client: KubeClient) -> Tra
     }
     if provider in ("istio", "gateway-api"):
         kwargs.update(gateway=spec.router.gateway, port=BACKEND_PORT)
+    elif provider == "traefik":
+        kwargs.update(port=BACKEND_PORT)
     return make_router(provider, **kwargs)

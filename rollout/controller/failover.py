@@ -17,7 +17,7 @@ The engine still wants its own routes; it reads the effective ones back (``Obser
 so no step that changes traffic completes while a failover is in force, and the engine already
 holds while stable is down (StableUnavailable). Once both are Ready the desired routes are written
 again. Pure; the reconciler emits ``FailoverStarted`` / ``FailoverEnded`` Events.
-Who calls it: rollout.controller.reconciler (``_act``), in istio and gateway-api modes only (in
+Who calls it: rollout.controller.reconciler (``_act``), in Standard mode only (istio, gateway-api, traefik; in
 kserve mode KServe's own revision routing decides).
 """
 
@@ -27,8 +27,10 @@ from dataclasses import replace
 
 from rollout.routers.base import Routes
 
+from .conventions import STANDARD_PROVIDERS
+
 STARTED, ENDED = "FailoverStarted", "FailoverEnded"
-PROVIDERS = frozenset({"istio", "gateway-api"})
+PROVIDERS = STANDARD_PROVIDERS
 
 
 def effective(

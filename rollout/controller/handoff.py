@@ -1,4 +1,4 @@
-"""Promotion hand-off in istio / gateway-api mode: the stable InferenceService takes over the
+"""Promotion hand-off in istio / gateway-api / traefik mode: the stable InferenceService takes over the
 candidate's model, then all traffic goes back to stable.
 
 The engine's promotion ends with 100% of traffic on ``<service>-candidate``. Left there, the next
@@ -44,12 +44,12 @@ from rollout.routers.base import Routes, TrafficRouter
 from rollout.spec import RolloutSpec
 
 from . import served
+from .conventions import STANDARD_PROVIDERS, server_env
 from .conventions import predictor as predictor_service
-from .conventions import server_env
 from .status import iso
 
 log = logging.getLogger("rollout.controller")
-PROVIDERS = frozenset({"istio", "gateway-api"})
+PROVIDERS = STANDARD_PROVIDERS
 MODEL_ANNOTATION = "bento-rollout.io/model"
 ROLE_LABEL = "bento-rollout.io/role"
 UPDATING, COMPLETE = "UpdatingStable", "Complete"

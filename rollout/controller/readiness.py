@@ -20,14 +20,14 @@ stable is an older revision of the same object.)
 
 Neither the spec nor KServe's status says what the pods run (KServe v0.20.0 keeps a Standard-mode
 InferenceService Ready through a rolling update, the old pods answering). So in istio /
-gateway-api mode a candidate is ready only once every Ready endpoint of its predictor Service
+gateway-api / traefik mode a candidate is ready only once every Ready endpoint of its predictor Service
 answers the ModelRollout's candidate - tag, and digest when pinned (``served.check``, asked with
 ``probe``): until then it is not ready, no traffic moves to it, and ``Backends.served`` says what
 was expected and what was found (the reconciler writes it to the CandidateReady condition and an
 Event). No probe (a finished rollout): not asked.
 
 In kserve routing mode both are one InferenceService (stable is the revision that holds the rest
-of the traffic), read once; in istio / gateway-api mode they are ``<service>-candidate`` and
+of the traffic), read once; in istio / gateway-api / traefik mode they are ``<service>-candidate`` and
 ``<service>-stable`` (conventions.py). Who calls it: rollout.controller.reconciler.
 """
 
@@ -59,7 +59,7 @@ def observe(
     client: KubeClient, spec: RolloutSpec, namespace: str, probe: served.ServingProbe | None = None
 ) -> Backends:
     """Read the InferenceServices of ``spec``'s rollout (each once) and say whether each version
-    serves; with ``probe``, in istio / gateway-api mode, ask a Ready candidate's pods what they serve."""
+    serves; with ``probe``, in Standard mode (istio, gateway-api, traefik), ask a Ready candidate's pods what they serve."""
     found: dict[str, Obj | None] = {}
 
     def read(name: str) -> Obj | None:

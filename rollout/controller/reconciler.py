@@ -11,13 +11,13 @@ Cluster conventions (the Helm chart's names, in ``conventions.py``): InferenceSe
 backends. Candidate and stable readiness come from their InferenceServices' status
 (``readiness.py``) before each step: no traffic moves to a candidate that is not ready, and a
 rollout whose stable does not serve holds (Paused, StableUnavailable) until it does. In istio /
-gateway-api mode a candidate is ready only once its pods answer the ModelRollout's candidate model
+gateway-api / traefik mode a candidate is ready only once its pods answer the ModelRollout's candidate model
 (``served.py``, asked through ``probe``, once per reconcile): until they do, no traffic moves to
 it, its CandidateReady condition (ServedModelMismatch / ServedModelUnknown) and a Warning Event
 (once per distinct message) name what was expected and what was found.
 ``KeepWarm`` needs no action here (the chart keeps both InferenceServices running), and
 ``Finalize`` only sets the routes: scaling the old version down is left to the deployer (GitOps).
-After a promotion in istio / gateway-api mode the stable InferenceService takes the candidate's
+After a promotion in istio / gateway-api / traefik mode the stable InferenceService takes the candidate's
 model over and traffic returns to stable (``handoff.py``, recorded in ``.status.handoff``).
 
 A ``spec.metricsAddress`` the controller's allow-list does not name, or one that is or resolves to a
@@ -137,7 +137,7 @@ class Reconciler:
         if "provider" in spec.router.model_fields_set or self.default_provider == RouterProvider.NGINX.value:
             raise PermanentError(
                 "router.provider nginx is the local data plane (`rollout run`); in a cluster use kserve, "
-                f"istio or gateway-api, or leave router.provider out for the controller's ({self.default_provider})"
+                f"istio, gateway-api or traefik, or leave router.provider out for the controller's ({self.default_provider})"
             )
         router = spec.router.model_copy(update={"provider": RouterProvider(self.default_provider)})
         return spec.model_copy(update={"router": router})

@@ -1,7 +1,7 @@
 """What the pods behind a predictor Service say they serve: the controller's check that a backend
 runs the model the ModelRollout names, asked of the pods themselves.
 
-An InferenceService's status is not that check. In Standard mode (istio, gateway-api routing)
+An InferenceService's status is not that check. In Standard mode (istio, gateway-api, traefik routing)
 KServe v0.20.0 copies the predictor Deployment's ``observedGeneration`` there and keeps ``Ready``
 True through a rolling update while the old pods still answer; and its spec says what should run,
 not what does. So:

@@ -4,7 +4,7 @@ A router owns the data plane for one service: which version answers a request. R
 declarative (weights, mirror percent, header/cookie match, sticky key); ``set_routes`` makes the
 data plane match them and ``get_routes`` reads back what is really applied, so callers can verify.
 Who calls it: the local runner and the Kubernetes controller, executing the engine's actions.
-Providers: nginx.py (local), kserve.py, istio.py, gateway_api.py (cluster); see registry.py.
+Providers: nginx.py (local), kserve.py, istio.py, gateway_api.py, traefik.py (cluster); see registry.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""Helpers shared by the cluster routers (istio.py, gateway_api.py, kserve.py): cookie matches as
+"""Helpers shared by the cluster routers (istio.py, gateway_api.py, traefik.py, kserve.py): cookie matches as
 header regexes, the annotations that remember which backend is stable and which is candidate, and
-``RouteObjectRouter``, the TrafficRouter over one annotated routing object that istio.py and
-gateway_api.py both are (they only say how their object is built and read back).
+``RouteObjectRouter``, the TrafficRouter over one annotated routing object that istio.py,
+gateway_api.py and traefik.py all are (they only say how their object is built and read back).
 
 Istio and Gateway API can match a header's value exactly but have no cookie match, so a cookie
 match ``name=value`` becomes a regular expression on the ``Cookie`` header. Envoy evaluates it with
@@ -129,6 +129,9 @@ class RouteObjectRouter:
     """
 
     kind: Kind
+    # spec keys of which a write keeps only those ``spec_fields`` returns (a provider whose object
+    # takes one of several forms, as a TraefikService is weighted or mirroring); others are merged
+    owned_spec_keys: tuple[str, ...] = ()
 
     def __init__(self, client: KubeClient, namespace: str, name: str) -> None:
         self.client, self.namespace, self.name = client, namespace, name
@@ -175,6 +178,8 @@ class RouteObjectRouter:
             meta = obj["metadata"]
             meta.setdefault("annotations", {}).update(target_annotations(target))
             meta.setdefault("labels", {}).update(MANAGED_BY)
+            for key in self.owned_spec_keys:
+                obj["spec"].pop(key, None)
             obj["spec"].update(fields)
             return obj
 

@@ -43,12 +43,19 @@ def _gateway_api() -> type:
     return GatewayApiRouter
 
 
+def _traefik() -> type:
+    from rollout.routers.traefik import TraefikRouter
+
+    return TraefikRouter
+
+
 # provider name (RouterSpec.provider values) -> its router class, loaded on first use
 PROVIDERS: dict[str, Callable[[], type]] = {
     "nginx": _nginx,
     "kserve": _kserve,
     "istio": _istio,
     "gateway-api": _gateway_api,
+    "traefik": _traefik,
 }
 
 
