@@ -19,9 +19,9 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -29,6 +29,7 @@ from bentos.background import Periodic
 from rollout.metrics import names
 
 if TYPE_CHECKING:
+    from prometheus_client import Counter
     from prometheus_client.metrics_core import Metric
     from prometheus_client.samples import Sample
 
@@ -133,6 +134,8 @@ class _Histograms:
 class _VersionMetrics:
     """The series every served model has: requests, their durations, the numeric input features'
     z-scores (``feature_names``: those features), ``model_info`` and the feedback labels received.
+    Each task's class adds its own series in its constructor, with the same builders
+    (:meth:`_metric`, :meth:`_counter`, :meth:`_histogram`).
 
     Label children are bound once at start-up and observations are buffered per worker (see
     :class:`_Histograms`); a background thread writes them to the server's shared files every
@@ -149,49 +152,58 @@ class _VersionMetrics:
         dataset_sha256: str,
         flush_interval: float = 0.5,
     ) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
-
         self.model, self.version = model, version
         self.flush_interval = flush_interval
-        mv = (names.LABEL_MODEL, names.LABEL_VERSION)
-        self._requests = Counter(
-            names.REQUESTS_TOTAL,
-            "Requests by endpoint and HTTP status",
-            [*mv, "endpoint", "code"],
-            registry=None,
+        self._requests = self._metric(
+            "Counter", names.REQUESTS_TOTAL, "Requests by endpoint and HTTP status", "endpoint", "code"
         )
-        self._duration = Histogram(
-            names.REQUEST_DURATION_SECONDS,
-            "Server-side handling time of a request",
-            [*mv, "endpoint"],
+        self._duration = self._metric(
+            "Histogram", names.REQUEST_DURATION_SECONDS, "Server-side handling time of a request", "endpoint",
             buckets=names.LATENCY_BUCKETS,
-            registry=None,
-        )
-        zscore = Histogram(
-            names.FEATURE_ZSCORE,
-            "Input features as z-scores against the training data",
-            [*mv, "feature"],
+        )  # fmt: skip
+        zscore = self._metric(
+            "Histogram", names.FEATURE_ZSCORE, "Input features as z-scores against the training data", "feature",
             buckets=names.ZSCORE_BUCKETS,
-            registry=None,
-        )
-        feedback = Counter(
-            names.FEEDBACK_TOTAL, "Feedback labels received for earlier predictions", list(mv), registry=None
-        )
-        info = Gauge(
-            names.MODEL_INFO,
-            "1 while the model is loaded",
-            [*mv, "framework_version", "dataset_sha256"],
+        )  # fmt: skip
+        info = self._metric(
+            "Gauge", names.MODEL_INFO, "1 while the model is loaded", "framework_version", "dataset_sha256",
             multiprocess_mode="max",
-            registry=None,
-        )
+        )  # fmt: skip
         info.labels(model, version, framework_version, dataset_sha256).set(1)
         self._zscores = _Histograms([zscore.labels(model, version, f) for f in feature_names])
-        self._feedback = feedback.labels(model, version)
+        self._feedback = self._counter(
+            names.FEEDBACK_TOTAL, "Feedback labels received for earlier predictions"
+        )
         self._request_counts: dict[tuple[str, int], int] = {}
         self._durations: dict[str, _Histograms] = {}
         self._lock = threading.Lock()
         self._flusher = Periodic("metrics-flush", flush_interval, self.flush)
-        self._feedback.inc(0)
+
+    def _metric(
+        self,
+        kind: Literal["Counter", "Histogram", "Gauge"],
+        name: str,
+        documentation: str,
+        *labels: str,
+        **options: Any,
+    ) -> Any:
+        """A prometheus_client ``kind`` (Counter, Histogram, Gauge) with the labels model, version and
+        ``labels``, in no registry (``/metrics`` reads the multiprocess files)."""
+        import prometheus_client  # not before use_server_metrics_dir: it picks the mode on import
+
+        labelnames = [names.LABEL_MODEL, names.LABEL_VERSION, *labels]
+        return getattr(prometheus_client, kind)(name, documentation, labelnames, registry=None, **options)
+
+    def _counter(self, name: str, documentation: str) -> Counter:
+        """A counter of this model version, at 0 from the start (increase() sees its first count)."""
+        counter: Counter = self._metric("Counter", name, documentation).labels(self.model, self.version)
+        counter.inc(0)
+        return counter
+
+    def _histogram(self, name: str, documentation: str, buckets: Sequence[float]) -> _Histograms:
+        """A histogram of this model version, its observations buffered (:class:`_Histograms`)."""
+        histogram = self._metric("Histogram", name, documentation, buckets=buckets)
+        return _Histograms([histogram.labels(self.model, self.version)])
 
     def start(self) -> None:
         self._flusher.start()
@@ -245,30 +257,18 @@ class ModelMetrics(_VersionMetrics):
         dataset_sha256: str,
         flush_interval: float = 0.5,
     ) -> None:
-        from prometheus_client import Counter, Histogram
-
         super().__init__(model, version, feature_names, framework_version, dataset_sha256, flush_interval)
-        mv = (names.LABEL_MODEL, names.LABEL_VERSION)
-        predictions = Counter(
-            names.PREDICTIONS_TOTAL, "Predicted rows by class", [*mv, "class"], registry=None
-        )
-        confidence = Histogram(
-            names.PREDICTION_CONFIDENCE,
-            "Highest class probability of each predicted row",
-            list(mv),
-            buckets=names.CONFIDENCE_BUCKETS,
-            registry=None,
-        )
-        correct = Counter(
-            names.FEEDBACK_CORRECT_TOTAL, "Feedback labels equal to the prediction", list(mv), registry=None
-        )
+        predictions = self._metric("Counter", names.PREDICTIONS_TOTAL, "Predicted rows by class", "class")
         self._class_counters = [predictions.labels(model, version, c) for c in class_names]
-        self._class_counts = np.zeros(len(class_names), dtype=np.int64)
-        self._confidence = _Histograms([confidence.labels(model, version)])
-        self._correct = correct.labels(model, version)
         for c in self._class_counters:  # every class visible at 0 from the start
             c.inc(0)
-        self._correct.inc(0)
+        self._class_counts = np.zeros(len(class_names), dtype=np.int64)
+        self._confidence = self._histogram(
+            names.PREDICTION_CONFIDENCE,
+            "Highest class probability of each predicted row",
+            names.CONFIDENCE_BUCKETS,
+        )
+        self._correct = self._counter(names.FEEDBACK_CORRECT_TOTAL, "Feedback labels equal to the prediction")
 
     def predictions(self, class_index: np.ndarray, confidence: np.ndarray, zscores: np.ndarray) -> None:
         """One call per request: rows' predicted classes, max probabilities, feature z-scores."""
@@ -313,34 +313,14 @@ class RegressorMetrics(_VersionMetrics):
         dataset_sha256: str,
         flush_interval: float = 0.5,
     ) -> None:
-        from prometheus_client import Counter, Histogram
-
         super().__init__(model, version, feature_names, framework_version, dataset_sha256, flush_interval)
-        mv = (names.LABEL_MODEL, names.LABEL_VERSION)
-        value = Histogram(
-            names.PREDICTION_VALUE,
-            "Each value the regressor predicted",
-            list(mv),
-            buckets=buckets,
-            registry=None,
+        self._values = self._histogram(names.PREDICTION_VALUE, "Each value the regressor predicted", buckets)
+        self._absolute = self._counter(
+            names.FEEDBACK_ABSOLUTE_ERROR_SUM, "Sum of |prediction - label| over the labelled rows"
         )
-        absolute = Counter(
-            names.FEEDBACK_ABSOLUTE_ERROR_SUM,
-            "Sum of |prediction - label| over the labelled rows",
-            list(mv),
-            registry=None,
+        self._squared = self._counter(
+            names.FEEDBACK_SQUARED_ERROR_SUM, "Sum of (prediction - label)^2 over the labelled rows"
         )
-        squared = Counter(
-            names.FEEDBACK_SQUARED_ERROR_SUM,
-            "Sum of (prediction - label)^2 over the labelled rows",
-            list(mv),
-            registry=None,
-        )
-        self._values = _Histograms([value.labels(model, version)])
-        self._absolute = absolute.labels(model, version)
-        self._squared = squared.labels(model, version)
-        self._absolute.inc(0)
-        self._squared.inc(0)
 
     def values(self, predicted: np.ndarray, zscores: np.ndarray) -> None:
         """One call per request: the rows' predicted values and feature z-scores."""
