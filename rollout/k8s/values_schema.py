@@ -17,7 +17,7 @@ from typing import Any
 from rollout import spec
 from rollout.addresses import MAX_URL, URL_PATTERN
 
-ROUTING_MODES = ["kserve", "istio", "gateway-api"]
+ROUTING_MODES = ["kserve", "istio", "gateway-api", "traefik"]
 MONITOR_KINDS = ["PodMonitor", "ServiceMonitor"]
 K8S_QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 K8S_DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
@@ -304,13 +304,13 @@ def values_schema() -> dict[str, Any]:
                         "startupSeconds": _int(
                             "How long the model server may take to start (load its model) before its "
                             "liveness probe counts: a startupProbe on /v2/health/ready every 5 s "
-                            "(istio and gateway-api modes); 10-1800.",
+                            "(istio, gateway-api and traefik modes); 10-1800.",
                             10,
                             1800,
                         ),
                         "drainSeconds": _int(
                             "How long a model pod told to stop keeps serving before its server shuts "
-                            "down (a preStop sleep; istio and gateway-api modes): the time kube-proxy "
+                            "down (a preStop sleep; istio, gateway-api and traefik modes): the time kube-proxy "
                             "and the gateway take to drop it from their endpoints. 0 turns it off; "
                             "0-60.",
                             0,
@@ -323,7 +323,9 @@ def values_schema() -> dict[str, Any]:
                     {
                         "runAsUser": _int("uid the model server runs as (not 0).", 1),
                         "runAsGroup": _int("gid the model server runs as (not 0).", 1),
-                        "fsGroup": _int("fsGroup of the model pods (istio / gateway-api modes only).", 1),
+                        "fsGroup": _int(
+                            "fsGroup of the model pods (istio / gateway-api / traefik modes only).", 1
+                        ),
                     },
                     description="ids of the non-root user; the rest of the restricted context is fixed.",
                 ),
@@ -334,8 +336,10 @@ def values_schema() -> dict[str, Any]:
                             "description": (
                                 "Which object splits traffic: kserve, one InferenceService's "
                                 "canaryTrafficPercent (Knative mode); istio, a VirtualService; "
-                                "gateway-api, an HTTPRoute (both over stable and candidate "
-                                "InferenceServices in Standard mode). Also the controller's --router."
+                                "gateway-api, an HTTPRoute; traefik, Traefik's IngressRoute to a "
+                                "TraefikService (weights and mirror, no header match; all three over "
+                                "stable and candidate InferenceServices in Standard mode). Also the "
+                                "controller's --router."
                             ),
                         },
                         "candidateWeight": _int(
@@ -345,7 +349,7 @@ def values_schema() -> dict[str, Any]:
                             100,
                         ),
                         "mirror": _enabled(
-                            "istio / gateway-api: copy stable's traffic to the candidate (shadow)",
+                            "istio / gateway-api / traefik: copy stable's traffic to the candidate (shadow)",
                             percent=_int("Percent of requests mirrored, 1-100.", 1, 100),
                         ),
                         "headerMatch": _enabled(
@@ -358,8 +362,9 @@ def values_schema() -> dict[str, Any]:
                         "hosts": {
                             "type": "array",
                             "description": (
-                                "Host names of the route (VirtualService hosts, HTTPRoute hostnames). "
-                                "Empty: the service's cluster-local name (istio), any (gateway-api)."
+                                "Host names of the route (VirtualService hosts, HTTPRoute hostnames, "
+                                "the IngressRoute's Host matchers). Empty: the service's cluster-local "
+                                "name (istio), any (gateway-api, traefik)."
                             ),
                             "items": _str("A host name.", minLength=1),
                         },
@@ -395,6 +400,19 @@ def values_schema() -> dict[str, Any]:
                                 }
                             },
                             description="gateway-api mode settings.",
+                        ),
+                        "traefik": _obj(
+                            {
+                                "entryPoints": {
+                                    "type": "array",
+                                    "description": (
+                                        "Traefik entry points the IngressRoute listens on; empty: "
+                                        "Traefik's default entry points."
+                                    ),
+                                    "items": _str("An entry point name.", minLength=1),
+                                }
+                            },
+                            description="traefik mode settings.",
                         ),
                     },
                     ["mode"],
@@ -468,7 +486,7 @@ def values_schema() -> dict[str, Any]:
                             "enum": MONITOR_KINDS,
                             "description": (
                                 "PodMonitor scrapes the model pods (every routing mode); ServiceMonitor "
-                                "the predictor Services (istio, gateway-api only)."
+                                "the predictor Services (istio, gateway-api, traefik only)."
                             ),
                         },
                         "interval": _str("Scrape interval, a duration such as 15s.", pattern=K8S_DURATION),
@@ -510,7 +528,8 @@ def values_schema() -> dict[str, Any]:
                         "Target URL. Default: kserve, the InferenceService's address; istio, the first "
                         "of routing.hosts, else the chart's Service (the VirtualService's host); "
                         "gateway-api, the first of routing.hosts, else the address of the first "
-                        "parentRefs Gateway, read from the cluster at install.",
+                        "parentRefs Gateway, read from the cluster at install; traefik, the first of "
+                        "routing.hosts (else set it: the chart does not know Traefik's address).",
                         pattern=r"^$|^https?://.+",
                     ),
                     users=_int("Concurrent users, 1-10000.", 1, 10000),

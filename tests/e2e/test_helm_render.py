@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from tests.e2e.helmkit import CHART, ROOT, by_kind, pod_specs, run_helm, set_arg
 
 pytestmark = pytest.mark.k8s
 
-MODES = ["kserve", "istio", "gateway-api"]
+MODES = ["kserve", "istio", "gateway-api", "traefik"]
+STANDARD = ["istio", "gateway-api", "traefik"]  # two Standard-mode InferenceServices and a route
 MATRIX = list(itertools.product(MODES, [True, False], [True, False]))
 # the chart's defaults name no candidate (stable alone); the tests of a rollout name one
 CANDIDATE = {"models.candidate": "iris:v2"}
@@ -47,7 +49,7 @@ def test_helm_lint_passes_for_each_routing_mode(home: Path, mode: str) -> None:
         "--set",
         "loadtest.enabled=true",
     ]
-    if mode == "gateway-api":
+    if mode in ("gateway-api", "traefik"):
         values += ["--set", "loadtest.host=http://gateway.example"]
     result = run_helm(["lint", "--strict", str(CHART), *values], home)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -67,7 +69,7 @@ def test_every_value_combination_renders_what_it_promises(
         "rollout.enabled": True,
         "routing.candidateWeight": 20,
     }
-    if mode == "gateway-api":
+    if mode in ("gateway-api", "traefik"):
         values["loadtest.host"] = "http://inference-gateway.gateway-system"
     kinds = by_kind(template(home, values))
 
@@ -75,6 +77,7 @@ def test_every_value_combination_renders_what_it_promises(
     assert len(isvcs) == (1 if mode == "kserve" else 2)
     assert ("VirtualService" in kinds) == (mode == "istio")
     assert ("HTTPRoute" in kinds) == (mode == "gateway-api")
+    assert ("IngressRoute" in kinds) == ("TraefikService" in kinds) == (mode == "traefik")
     for kind in ("PodMonitor", "PrometheusRule"):
         assert (kind in kinds) == monitoring, kind
     dashboards = [c for c in kinds.get("ConfigMap", []) if c["metadata"]["name"].endswith("-dashboard")]
@@ -113,7 +116,8 @@ def test_kserve_mode_sets_canary_traffic_percent_on_the_candidate_revision(home:
 
 
 @pytest.mark.parametrize(
-    ("mode", "deployment"), [("kserve", "Knative"), ("istio", "Standard"), ("gateway-api", "Standard")]
+    ("mode", "deployment"),
+    [("kserve", "Knative"), ("istio", "Standard"), ("gateway-api", "Standard"), ("traefik", "Standard")],
 )
 def test_every_inference_service_names_its_mode_by_kserves_current_name(
     home: Path, mode: str, deployment: str
@@ -178,6 +182,46 @@ def test_gateway_api_route_weights_request_mirror_and_header_match(home: Path) -
         "requestMirror": {"backendRef": {"name": "iris-candidate-predictor", "port": 80}, "percent": 50},
     }
     assert route["spec"]["hostnames"] == ["iris.example.com"]
+
+
+def test_traefik_mode_routes_an_ingress_route_to_a_traefik_service_over_both_predictors(home: Path) -> None:
+    """routing.mode traefik (Traefik's CRD provider): the IngressRoute sends every request on its
+    entry points to the TraefikService the controller rewrites (routers/traefik.py reads it back)."""
+    from rollout.routers.base import Backend, Routes, RouteTarget
+    from rollout.routers.traefik import routes_from_traefik_service
+
+    target = RouteTarget("iris", Backend("iris-stable-predictor", "iris:v1"),
+                         Backend("iris-candidate-predictor", "iris:v2"))  # fmt: skip
+    values = {**CANDIDATE, "routing.mode": "traefik", "routing.candidateWeight": 10, "rollout.enabled": True,
+              "routing.hosts": ["iris.example.com", "iris.internal"]}  # fmt: skip
+    kinds = by_kind(template(home, values))
+    assert "HTTPRoute" not in kinds and "VirtualService" not in kinds
+    (ingress,) = kinds["IngressRoute"]
+    assert ingress["apiVersion"] == "traefik.io/v1alpha1" and ingress["spec"]["entryPoints"] == ["web"]
+    (rule,) = ingress["spec"]["routes"]
+    assert rule["match"] == "(Host(`iris.example.com`) || Host(`iris.internal`)) && PathPrefix(`/`)"
+    assert rule["services"] == [{"kind": "TraefikService", "name": "iris"}]
+    (split,) = kinds["TraefikService"]
+    assert split["metadata"]["name"] == "iris" and routes_from_traefik_service(split, target) == Routes(
+        candidate_weight=10
+    )
+    (rollout,) = kinds["ModelRollout"]
+    assert rollout["spec"]["router"] == {"provider": "traefik", "name": "iris"}
+    assert "ClusterRole" not in kinds  # nothing cluster-wide in traefik mode
+
+    mirrored = by_kind(template(home, {**CANDIDATE, "routing.mode": "traefik", "routing.mirror.enabled": True,
+                                       "routing.mirror.percent": 30}))["TraefikService"][0]  # fmt: skip
+    assert routes_from_traefik_service(mirrored, target) == Routes(mirror_percent=30)
+    stable_alone = by_kind(template(home, {"routing.mode": "traefik"}))
+    assert stable_alone["TraefikService"][0]["spec"] == {
+        "weighted": {"services": [{"name": "iris-stable-predictor", "port": 80, "weight": 100}]}
+    }
+    assert (
+        "entryPoints"
+        not in by_kind(template(home, {"routing.mode": "traefik", "routing.traefik.entryPoints": []}))[
+            "IngressRoute"
+        ][0]["spec"]
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -270,7 +314,7 @@ def test_the_kustomize_base_inference_service_is_one_knative_admits_under_curren
     assert (sc["runAsUser"], sc["runAsGroup"], sc["runAsNonRoot"]) == (1034, 1034, True)
 
 
-@pytest.mark.parametrize("mode", ["istio", "gateway-api"])
+@pytest.mark.parametrize("mode", STANDARD)
 def test_standard_mode_predictors_keep_the_pod_security_context_with_fs_group(home: Path, mode: str) -> None:
     for isvc in by_kind(template(home, {"routing.mode": mode, "securityContext.fsGroup": 2000}))[
         "InferenceService"
@@ -278,7 +322,7 @@ def test_standard_mode_predictors_keep_the_pod_security_context_with_fs_group(ho
         assert isvc["spec"]["predictor"]["securityContext"]["fsGroup"] == 2000
 
 
-@pytest.mark.parametrize("mode", ["istio", "gateway-api"])
+@pytest.mark.parametrize("mode", STANDARD)
 def test_a_standard_mode_pod_told_to_stop_keeps_serving_while_its_endpoints_drop_it(
     home: Path, mode: str
 ) -> None:
@@ -380,8 +424,13 @@ def test_the_controller_role_names_every_object_whose_name_the_chart_knows(home:
     assert isvc["resourceNames"] == (["iris"] if mode == "kserve" else ["iris-stable", "iris-candidate"])
     assert isvc["verbs"] == ["get", "patch", "update"]
     route = {"kserve": None, "istio": "virtualservices.networking.istio.io",
-             "gateway-api": "httproutes.gateway.networking.k8s.io"}[mode]  # fmt: skip
-    routes = {k for k in rules if k.startswith(("virtualservices", "httproutes"))}
+             "gateway-api": "httproutes.gateway.networking.k8s.io",
+             "traefik": "traefikservices.traefik.io"}[mode]  # fmt: skip
+    routes = {
+        k
+        for k in rules
+        if k.startswith(("virtualservices", "httproutes", "traefikservices", "ingressroutes"))
+    }
     assert routes == ({route} if route else set())
     if route:
         assert rules[route]["resourceNames"] == ["iris"] and rules[route]["verbs"] == ["get", "update"]
@@ -516,10 +565,27 @@ BAD_VALUES = [
     ({"rollout.strategy": {"canary": {"stepWeight": 500}}}, ["stepWeight"]),
     ({"rollout.analysis": {"interval": "soon"}}, ["interval"]),
     ({"controller.image.tag": ""}, ["controller", "tag"]),
-    ({"routing.mirror.enabled": True}, ["routing.mirror needs routing.mode istio or gateway-api"]),
+    ({"routing.mirror.enabled": True}, ["routing.mirror needs routing.mode istio, gateway-api or traefik"]),
     ({"models.candidate": "", "routing.candidateWeight": 10}, ["models.candidate is empty"]),
     ({"controller.leaderElection.enabled": False}, ["needs controller.leaderElection.enabled=true"]),
-    ({"monitoring.kind": "ServiceMonitor"}, ["ServiceMonitor needs routing.mode istio or gateway-api"]),
+    (
+        {"monitoring.kind": "ServiceMonitor"},
+        ["ServiceMonitor needs routing.mode istio, gateway-api or traefik"],
+    ),
+    (
+        {"routing.mode": "traefik", **CANDIDATE, "routing.headerMatch.enabled": True},
+        ["routing.headerMatch needs routing.mode istio or gateway-api", "cannot route by header"],
+    ),
+    (
+        {
+            "routing.mode": "traefik",
+            **CANDIDATE,
+            "routing.mirror.enabled": True,
+            "routing.candidateWeight": 10,
+        },
+        ["weighted or mirroring, not both"],
+    ),
+    ({"routing.mode": "traefik", "loadtest.enabled": True}, ["loadtest in traefik mode: set loadtest.host"]),
     ({"loadtest.enabled": True, "loadtest.locustfile": "missing.py"}, ['"missing.py" is not in loadtests/']),
     ({"models.stableDigest": "sha256:abc"}, ["models/stableDigest"]),
     ({"models.candidateDigest": "a" * 64}, ["models/candidateDigest"]),
@@ -566,6 +632,7 @@ POD_PORTS = {
     "kserve": {"queue-port": 8012, "https-port": 8112, "http-autometric": 9090, "user-port": 3000},
     "istio": {"http1": 3000},
     "gateway-api": {"http1": 3000},
+    "traefik": {"http1": 3000},
 }
 
 
@@ -585,7 +652,7 @@ def test_the_model_network_policy_admits_every_port_the_modes_pods_serve_and_no_
     assert namespaces == ["istio-system", "knative-serving", "monitoring"]
 
 
-@pytest.mark.parametrize("mode", ["istio", "gateway-api"])
+@pytest.mark.parametrize("mode", STANDARD)
 def test_the_model_network_policy_lets_the_controller_ask_the_pods_what_they_serve(
     home: Path, mode: str
 ) -> None:
@@ -656,7 +723,7 @@ DRILL = [{"name": "BENTO_FAULT_ERROR_RATE", "value": "0.3"}, {"name": "BENTO_WOR
 STABLE_ENV = [{"name": "BENTO_WORKERS", "value": "4"}]
 
 
-@pytest.mark.parametrize("mode", ["istio", "gateway-api"])
+@pytest.mark.parametrize("mode", STANDARD)
 def test_each_version_gets_its_own_extra_env_after_the_charts(home: Path, mode: str) -> None:
     """models.stableEnv / models.candidateEnv: a rollback drill (BENTO_FAULT_ERROR_RATE on the
     candidate only), workers per version; rendered after the chart's own variables."""
@@ -740,7 +807,7 @@ def test_the_defaults_serve_stable_alone(home: Path, mode: str) -> None:
     all traffic, as KServe has no previous revision - while the chart's ModelRollout said stable
     is iris:v1. Now the defaults name no candidate: every mode serves stable and nothing else."""
     values = {"routing.mode": mode}
-    if mode == "gateway-api":
+    if mode in ("gateway-api", "traefik"):
         values["loadtest.host"] = "http://gw.example"
     kinds = by_kind(template(home, values))
     isvcs = kinds["InferenceService"]
@@ -748,7 +815,7 @@ def test_the_defaults_serve_stable_alone(home: Path, mode: str) -> None:
     assert "canaryTrafficPercent" not in isvcs[0]["spec"]["predictor"]
     assert not [a for a in isvcs[0]["metadata"]["annotations"] if "candidate" in a]
     assert "ModelRollout" not in kinds
-    routes = kinds.get("VirtualService", []) + kinds.get("HTTPRoute", [])
+    routes = kinds.get("VirtualService", []) + kinds.get("HTTPRoute", []) + kinds.get("TraefikService", [])
     assert "iris-candidate" not in yaml.safe_dump(routes)
 
 
@@ -779,7 +846,7 @@ def locust_host(kinds: dict[str, list[dict[str, Any]]]) -> str:
     return arg.removeprefix("--host=")
 
 
-@pytest.mark.parametrize("mode", ["istio", "gateway-api"])
+@pytest.mark.parametrize("mode", STANDARD)
 def test_the_service_address_the_virtual_service_routes_is_a_service_the_chart_renders(
     home: Path, mode: str
 ) -> None:
@@ -824,8 +891,9 @@ def test_kserve_mode_renders_no_service_of_the_name_kserve_takes(home: Path) -> 
         ),
         ({"routing.mode": "gateway-api", "routing.hosts": ["iris.example.com"]}, "http://iris.example.com"),
         ({"routing.mode": "gateway-api", "loadtest.host": "http://gw.example:8080"}, "http://gw.example:8080"),
+        ({"routing.mode": "traefik", "routing.hosts": ["iris.example.com"]}, "http://iris.example.com"),
     ],
-    ids=["istio-service", "istio-host", "gateway-api-host", "explicit"],
+    ids=["istio-service", "istio-host", "gateway-api-host", "explicit", "traefik-host"],
 )  # fmt: skip
 def test_the_locust_job_targets_an_address_the_chart_routes(
     home: Path, values: dict[str, Any], host: str
@@ -837,6 +905,10 @@ def test_the_locust_job_targets_an_address_the_chart_routes(
     name = cluster_host(host)
     route_hosts = [h for r in kinds.get("VirtualService", []) for h in r["spec"]["hosts"]]
     route_hosts += [h for r in kinds.get("HTTPRoute", []) for h in r["spec"].get("hostnames", [])]
+    route_hosts += [
+        h for r in kinds.get("IngressRoute", []) for rule in r["spec"]["routes"]
+        for h in re.findall(r"Host\(`([^`]+)`\)", rule["match"])
+    ]  # fmt: skip
     assert name in route_hosts  # the route applies to what the Job sends
     if name.endswith(".svc.cluster.local"):
         service, namespace = name.split(".")[:2]

@@ -166,7 +166,12 @@ def test_values_schema_takes_the_rollout_parts_from_the_spec() -> None:
     assert tag == RolloutSpec.model_json_schema()["$defs"]["ModelRef"]["properties"]["model"]["pattern"]
     interval = schema["$defs"]["AnalysisSpec"]["properties"]["interval"]
     assert interval["type"] == ["string", "integer"], "durations are '30s' or a number of seconds"
-    assert schema["properties"]["routing"]["properties"]["mode"]["enum"] == ["kserve", "istio", "gateway-api"]
+    assert schema["properties"]["routing"]["properties"]["mode"]["enum"] == [
+        "kserve",
+        "istio",
+        "gateway-api",
+        "traefik",
+    ]
 
 
 def test_default_values_rollout_section_is_a_valid_spec() -> None:

@@ -69,6 +69,13 @@ app.kubernetes.io/component: controller
 {{- end -}}
 {{- end -}}
 
+{{/* traefik: routing.hosts as one IngressRoute matcher, Host(`a`) || Host(`b`). */}}
+{{- define "bento-rollout.traefikHosts" -}}
+{{- $hosts := list -}}
+{{- range .Values.routing.hosts }}{{ $hosts = append $hosts (printf "Host(`%s`)" .) }}{{ end -}}
+{{- join " || " $hosts -}}
+{{- end -}}
+
 {{/* Cluster-local host of a role's predictor Service (Standard mode: "<isvc>-predictor", port 80). */}}
 {{- define "bento-rollout.predictorHost" -}}
 {{- $root := index . 0 -}}

@@ -6,10 +6,16 @@
 {{- fail (printf "routing.candidateWeight is %d but models.candidate is empty: set models.candidate or put the weight back to 0" (int $v.routing.candidateWeight)) -}}
 {{- end -}}
 {{- if and (eq $mode "kserve") $v.routing.mirror.enabled -}}
-{{- fail "routing.mirror needs routing.mode istio or gateway-api: KServe's canaryTrafficPercent cannot mirror traffic" -}}
+{{- fail "routing.mirror needs routing.mode istio, gateway-api or traefik: KServe's canaryTrafficPercent cannot mirror traffic" -}}
 {{- end -}}
 {{- if and (eq $mode "kserve") $v.routing.headerMatch.enabled -}}
 {{- fail "routing.headerMatch needs routing.mode istio or gateway-api: KServe's canaryTrafficPercent cannot route by header" -}}
+{{- end -}}
+{{- if and (eq $mode "traefik") $v.routing.headerMatch.enabled -}}
+{{- fail "routing.headerMatch needs routing.mode istio or gateway-api: Traefik's TraefikService (traefik mode) splits by weight and mirrors, it cannot route by header" -}}
+{{- end -}}
+{{- if and (eq $mode "traefik") $v.routing.mirror.enabled (gt (int $v.routing.candidateWeight) 0) -}}
+{{- fail (printf "routing.mirror with routing.candidateWeight %d: in traefik mode the TraefikService is weighted or mirroring, not both; set routing.candidateWeight=0 or turn routing.mirror off" (int $v.routing.candidateWeight)) -}}
 {{- end -}}
 {{- if and (or $v.routing.mirror.enabled $v.routing.headerMatch.enabled) (not $v.models.candidate) -}}
 {{- fail "routing.mirror and routing.headerMatch send traffic to the candidate: set models.candidate" -}}
@@ -24,7 +30,7 @@
 {{- fail "rollout.enabled needs controller.enabled: nothing would run the ModelRollout" -}}
 {{- end -}}
 {{- if and (eq $mode "kserve") $v.monitoring.enabled (eq $v.monitoring.kind "ServiceMonitor") -}}
-{{- fail "monitoring.kind ServiceMonitor needs routing.mode istio or gateway-api (Standard mode: KServe makes a predictor Service); use PodMonitor with kserve (Knative mode)" -}}
+{{- fail "monitoring.kind ServiceMonitor needs routing.mode istio, gateway-api or traefik (Standard mode: KServe makes a predictor Service); use PodMonitor with kserve (Knative mode)" -}}
 {{- end -}}
 {{- if and (eq $mode "kserve") (has (int $v.service.port) (list 8008 8012 8013 8022 8112 9090 9091)) -}}
 {{- fail (printf "service.port %d is a port Knative's queue-proxy takes in every model pod in kserve routing mode (8008, 8012, 8013, 8022, 8112, 9090, 9091; Knative refuses all but 8112 for the model container): pick another port" (int $v.service.port)) -}}
@@ -97,7 +103,7 @@
 {{- end -}}
 
 
-{{/* istio / gateway-api mode, after a promotion's hand-off: the controller made the stable
+{{/* istio / gateway-api / traefik mode, after a promotion's hand-off: the controller made the stable
      InferenceService serve the promoted model X (the ModelRollout's status: Promoted, hand-off
      Complete, model X). Values that name neither X as models.stable nor X as models.candidate
      (the same release again, which the chart renders as the controller left it) would put stable
