@@ -4,8 +4,12 @@ object of Traefik's own Kubernetes CRD provider (``--providers.kubernetescrd``).
 Traefik's Gateway API provider has no ``RequestMirror`` (v3.6, v3.7: a rule with one answers 500),
 but its CRD provider mirrors: a TraefikService is either
 
-- ``weighted``: a weighted round robin over the stable and candidate predictor Services (both
-  listed, a weight may be 0: Traefik ignores a service of weight 0, and the read-back stays exact);
+- ``weighted``: a weighted round robin over the stable and candidate predictor Services. A version
+  at weight 0 is left out, not listed at 0: Traefik's CRD provider refuses the whole TraefikService
+  when one Service it names does not exist (``kubernetes service not found``: the candidate's
+  predictor before KServe made it) or, unless Traefik runs with ``allowEmptyServices``, has no
+  ready endpoint, and every request of the IngressRoute would fail; a version left out reads back
+  as weight 0;
 - ``mirroring``: a main service that answers every request (here: stable's predictor) and mirrors
   with a ``percent`` (here: the candidate's predictor), whose answers Traefik discards. The copy is
   sent after the main service answered, with the same headers, so an ``X-Request-ID`` the client
@@ -76,9 +80,8 @@ def traefik_service_spec(target: RouteTarget, routes: Routes, port: int = 80, wh
         assert cand is not None
         mirror = {**_ref(cand, port), "percent": routes.mirror_percent}
         return {"mirroring": {**_ref(target.stable, port), "mirrorBody": True, "mirrors": [mirror]}}
-    services = [{**_ref(target.stable, port), "weight": routes.stable_weight}]
-    if cand is not None:
-        services.append({**_ref(cand, port), "weight": routes.candidate_weight})
+    weights = [(target.stable, routes.stable_weight), (cand, routes.candidate_weight)]
+    services = [{**_ref(b, port), "weight": w} for b, w in weights if b is not None and w > 0]
     return {"weighted": {"services": services}}
 
 

@@ -212,10 +212,12 @@ def test_traefik_mode_routes_an_ingress_route_to_a_traefik_service_over_both_pre
     mirrored = by_kind(template(home, {**CANDIDATE, "routing.mode": "traefik", "routing.mirror.enabled": True,
                                        "routing.mirror.percent": 30}))["TraefikService"][0]  # fmt: skip
     assert routes_from_traefik_service(mirrored, target) == Routes(mirror_percent=30)
-    stable_alone = by_kind(template(home, {"routing.mode": "traefik"}))
-    assert stable_alone["TraefikService"][0]["spec"] == {
-        "weighted": {"services": [{"name": "iris-stable-predictor", "port": 80, "weight": 100}]}
-    }
+    stable_alone = {"weighted": {"services": [{"name": "iris-stable-predictor", "port": 80, "weight": 100}]}}
+    assert by_kind(template(home, {"routing.mode": "traefik"}))["TraefikService"][0]["spec"] == stable_alone
+    # a candidate at 0 % is not named yet: Traefik drops a TraefikService naming a Service KServe has
+    # not made yet (the candidate's predictor, just after the upgrade that set models.candidate)
+    at_zero = by_kind(template(home, {**CANDIDATE, "routing.mode": "traefik"}))["TraefikService"][0]
+    assert at_zero["spec"] == stable_alone
     assert (
         "entryPoints"
         not in by_kind(template(home, {"routing.mode": "traefik", "routing.traefik.entryPoints": []}))[

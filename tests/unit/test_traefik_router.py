@@ -72,6 +72,17 @@ def test_a_shadow_is_a_mirroring_service_from_stable_to_the_candidate() -> None:
     }
 
 
+def test_a_version_at_weight_0_is_left_out() -> None:
+    """Traefik drops a whole TraefikService one of whose Services does not exist (yet): the
+    candidate's predictor is named only once it gets traffic, and reads back as weight 0 before."""
+    names = [s["name"] for s in traefik_service_spec(TARGET, Routes())["weighted"]["services"]]
+    assert names == ["iris-stable-predictor"]
+    names = [
+        s["name"] for s in traefik_service_spec(TARGET, Routes(candidate_weight=100))["weighted"]["services"]
+    ]
+    assert names == ["iris-candidate-predictor"]
+
+
 def test_read_back_takes_traefiks_default_weight_of_one() -> None:
     obj = {"metadata": {"name": "iris"}, "spec": {"weighted": {"services": [
         {"name": "iris-stable-predictor", "port": 80}, {"name": "iris-candidate-predictor", "port": 80},
