@@ -118,6 +118,15 @@ def load_estimator(source: str) -> tuple[Any, str]:
     try:
         return bentoml.sklearn.load_model(source), f"store {source}"
     except NotFound:
+        try:  # in the store, but saved by another framework's save_model (bentoml says NotFound)
+            module = bentoml.models.get(source).info.module
+        except NotFound:
+            module = None
+        if module is not None:
+            raise ModelError(
+                f"{source} was saved by {module}, not bentoml.sklearn: rollout import takes scikit-learn "
+                "estimators and pipelines only"
+            ) from None
         raise ModelNotFoundError(
             f"{source} is neither a file nor a model in the BentoML model store; give the path of a "
             "joblib/pickle file or the tag bentoml.sklearn.save_model returned"

@@ -347,3 +347,19 @@ def test_a_rollout_spec_pins_digests_and_refuses_a_malformed_one() -> None:
     doc["spec"]["candidate"]["digest"] = "a" * 64  # no algorithm: refused, naming the field
     with pytest.raises(SpecError, match=r"spec\.candidate\.digest"):
         parse_rollout(doc)
+
+
+def test_importing_a_model_another_framework_saved_names_that_framework(store: Path) -> None:
+    """bentoml.sklearn.load_model says NotFound for a model saved by another framework: `rollout
+    import` said "neither a file nor a model in the store" of a model that is in the store."""
+    import bentoml
+
+    from rollout.errors import ModelError
+    from rollout.registration import load_estimator
+
+    tag = str(bentoml.picklable_model.save_model("notsk", {"weights": [1, 2]}).tag)
+    try:
+        with pytest.raises(ModelError, match=r"saved by bentoml\.picklable_model, not bentoml\.sklearn"):
+            load_estimator(tag)
+    finally:
+        bentoml.models.delete(tag)
