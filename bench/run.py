@@ -18,7 +18,18 @@ import traceback
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-MODULES = ["serving", "memory", "router", "load", "rollback", "judges", "rate_latency", "join", "cluster"]
+MODULES = [
+    "serving",
+    "memory",
+    "router",
+    "load",
+    "rollback",
+    "judges",
+    "rate_latency",
+    "join",
+    "cluster",
+    "fastpath",
+]
 
 
 def machine() -> dict[str, object]:
