@@ -17,6 +17,11 @@ Settings (environment):
   LOAD_TARGET           LOAD_DATA's column with the true label (sent as the feedback label)
   LOAD_WAIT             seconds each user waits between requests (default 0.1)
   LOAD_SHAPE            "steady" (default: -u/-r from the command line) or "wave" (ramps up and down)
+  LOAD_REQUEST_IDS      "1": every prediction carries an X-Request-ID of its own (a UUID), as a client
+                        or an edge proxy that tags requests does: where the router makes none (Traefik),
+                        a mirrored copy then reaches the shadow under the id stable answered, and the
+                        join store compares the two answers; the summary counts the answers that
+                        echoed it (default: none sent; the model server makes one)
   LOAD_SUMMARY          path of a JSON summary written at the end: per-version answers, failures by
                         kind (predictions and feedback labels), retried labels, labels by HTTP
                         status, and a per-second
@@ -30,6 +35,7 @@ import os
 import random
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from itertools import count
 from typing import Any
@@ -74,6 +80,7 @@ FEEDBACK_DELAY = float(os.environ.get("LOAD_FEEDBACK_DELAY", "1.0"))
 WAIT = float(os.environ.get("LOAD_WAIT", "0.1"))
 SUMMARY_PATH = os.environ.get("LOAD_SUMMARY")
 FEEDBACK_TOKEN = os.environ.get("LOAD_FEEDBACK_TOKEN", "")
+REQUEST_IDS = os.environ.get("LOAD_REQUEST_IDS", "") == "1"
 FEEDBACK_TRIES = 5  # a retryable 503 on /feedback is sent again this many times at most
 
 _user_ids = count(1)
@@ -82,6 +89,7 @@ _by_version: Counter[str] = Counter()
 _failures: Counter[str] = Counter()
 _retried: Counter[str] = Counter()
 _labels: Counter[str] = Counter()  # feedback answers by HTTP status ("200": accepted and counted)
+_request_ids: Counter[str] = Counter()  # LOAD_REQUEST_IDS: "sent", "echoed" (the answer carried it)
 _series: dict[int, Counter[str]] = defaultdict(Counter)
 _versions_per_user: dict[str, set[str]] = defaultdict(set)
 _started = time.time()
@@ -111,7 +119,10 @@ class ModelUser(HttpUser):
     @task
     def predict(self) -> None:
         i = random.randrange(len(ROWS))
-        with self.client.post("/predict", json={"instances": [ROWS[i]]}, catch_response=True) as resp:
+        sent = {"X-Request-ID": uuid.uuid4().hex} if REQUEST_IDS else {}
+        with self.client.post(
+            "/predict", json={"instances": [ROWS[i]]}, headers=sent, catch_response=True
+        ) as resp:
             if resp.status_code != 200:
                 kind = f"http_{resp.status_code}" if resp.status_code else "connection"
                 resp.failure(f"{kind}: {resp.text[:200]}")
@@ -120,6 +131,10 @@ class ModelUser(HttpUser):
             version = resp.headers.get("X-Model-Version")
             request_id = resp.headers.get("X-Request-ID")
             _record(version, None, self.user_id)
+            if sent:
+                with _lock:
+                    _request_ids["sent"] += 1
+                    _request_ids["echoed"] += request_id == sent["X-Request-ID"]
         if request_id and random.random() < FEEDBACK_SHARE:
             gevent.spawn_later(FEEDBACK_DELAY, self._feedback, request_id, LABELS[i], version)
 
@@ -181,6 +196,7 @@ def _write_summary(**_: Any) -> None:
             # "200": accepted (counted once, whichever pod got it); other codes; "sent": every try
             "labels_by_status": {k: v for k, v in _labels.items() if k != "sent"},
             "labels_sent": _labels["sent"],
+            "request_ids": dict(_request_ids),  # LOAD_REQUEST_IDS: sent with an answer, and echoed
             "users": len(_versions_per_user),
             "users_with_one_version": sticky_users,
             "series": {str(k): dict(v) for k, v in sorted(_series.items())},

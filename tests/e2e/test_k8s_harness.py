@@ -24,6 +24,8 @@ REQUIRED_KINDS = {
     "ServiceMonitor": "monitoring.coreos.com",
     "PodMonitor": "monitoring.coreos.com",
     "PrometheusRule": "monitoring.coreos.com",
+    "TraefikService": "traefik.io",
+    "IngressRoute": "traefik.io",
 }
 
 

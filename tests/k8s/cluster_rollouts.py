@@ -390,7 +390,8 @@ def ship(
     feedback_share: float = 0.0,
 ) -> Shipped:
     """One release of ``candidate`` under Locust through the Gateway, to its end (see module doc).
-    ``during(stack, status)``: called once, as soon as the candidate has user traffic (a drill)."""
+    ``during(stack, status)``: called once, as soon as the candidate has user traffic or mirrored
+    copies of it (a drill)."""
     before = stack.traefik.requests()
     began, wall = time.monotonic(), time.time()
     tester = preview_traffic(stack) if preview else contextlib.nullcontext(Counter[str]())
@@ -419,7 +420,13 @@ def ship(
             if not _this_release(status, candidate, wall):
                 return None  # the previous release's status, until the controller starts this one
             phase = status.get("phase")
-            if during and not fired and phase == "Progressing" and status.get("candidateWeight", 0) > 0:
+            mirrored = (status.get("weights") or {}).get("mirror", 0) > 0
+            if (
+                during
+                and not fired
+                and phase == "Progressing"
+                and (status.get("candidateWeight", 0) > 0 or mirrored)
+            ):
                 fired.append(time.monotonic())
                 during(stack, status)
             if phase == "RolledBack":

@@ -1,19 +1,25 @@
 """A real Gateway API data plane on the single-node cluster: Traefik, its Kubernetes Gateway provider
-watching the cluster's Gateways and HTTPRoutes and proxying requests to the pods they name.
+watching the cluster's Gateways and HTTPRoutes and proxying requests to the pods they name, and its
+Kubernetes CRD provider watching its own IngressRoutes and TraefikServices (the chart's traefik
+routing mode: weights and a mirror, which the Gateway provider lacks).
 
 ``start(node, workdir)`` runs Traefik (``TRAEFIK_VERSION``, built from its Go module by
 tests/k8s/build-tools.sh into .cache/traefik: no image can be pulled here) inside the node's network
 namespace, as the test's own child, stopped by its pid. As a Traefik install on a cluster would:
 
 - it authenticates as its own ServiceAccount (``traefik/traefik``, a TokenRequest token in a
-  kubeconfig, not the harness's admin) bound to the ClusterRole of Traefik's own documentation
-  (``docs/content/reference/dynamic-configuration/kubernetes-gateway-rbac.yml``, read from the
-  module in Go's module cache, nothing copied here);
+  kubeconfig, not the harness's admin) bound to the ClusterRoles of Traefik's own documentation
+  (``docs/content/reference/dynamic-configuration/kubernetes-gateway-rbac.yml`` and
+  ``kubernetes-crd-rbac.yml``, read from the module in Go's module cache, nothing copied here);
+  both providers use that one kubeconfig and watch every namespace;
 - the GatewayClass ``traefik`` names its controller (``traefik.io/gateway-controller``); a
   ``Gateway`` (``gateway()``) whose HTTP listener has the port of Traefik's ``web`` entry point
   (8000) gets Traefik's status (Accepted, Programmed) and its address (the node's, 10.200.0.2);
 - it routes by the HTTPRoutes attached to that Gateway: weights, header matches, to the
-  ``EndpointSlice`` addresses of the backend Services (pod IPs, so no kube-proxy hop).
+  ``EndpointSlice`` addresses of the backend Services (pod IPs, so no kube-proxy hop);
+- and by the IngressRoutes on its ``web`` entry point (Traefik's CRDs are installed from the same
+  module, tests/k8s/crd-sources.yaml): a TraefikService ``weighted`` or ``mirroring`` (the copy goes
+  after the main service answered, with the request's headers, X-Request-ID included).
 
 Its Prometheus metrics (``requests()``: requests by HTTP code per backend service, from
 ``traefik_service_requests_total``) are what users of the route saw, failed ones included.
@@ -26,7 +32,7 @@ route there but ``url``, a 127.0.0.1 port forwarded by ``Node.forward``.
 Gateway API features Traefik v3.6 does not implement (checked in its provider's code,
 pkg/provider/kubernetes/gateway): the ``RequestMirror`` filter (a route using it is refused,
 "unsupported filter") and ``sessionPersistence`` (experimental channel). Called by
-tests/e2e/test_cluster_gateway.py.
+tests/k8s/cluster_rollouts.py (tests/e2e/test_cluster_gateway.py, test_cluster_shadow.py, ...).
 """
 
 from __future__ import annotations
@@ -56,7 +62,10 @@ TRAEFIK_VERSION = "v3.6.12"
 TRAEFIK_MODULE = "github.com/traefik/traefik/v3"
 ROOT = Path(__file__).resolve().parents[2]
 TRAEFIK = ROOT / ".cache" / "traefik" / f"traefik-{TRAEFIK_VERSION}"
-RBAC_DOC = "docs/content/reference/dynamic-configuration/kubernetes-gateway-rbac.yml"
+RBAC_DOCS = (
+    "docs/content/reference/dynamic-configuration/kubernetes-gateway-rbac.yml",
+    "docs/content/reference/dynamic-configuration/kubernetes-crd-rbac.yml",
+)
 
 NAMESPACE = "traefik"
 ACCOUNT = "traefik"
@@ -84,15 +93,30 @@ def apply(http: httpx.Client, docs: list[dict[str, Any]]) -> None:
 
 
 def rbac_documents() -> list[dict[str, Any]]:
-    """Traefik's documented ClusterRole and binding for the Gateway provider, bound to our account."""
-    path = crds.module_dir(TRAEFIK_MODULE, TRAEFIK_VERSION) / RBAC_DOC
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-    for doc in docs:
-        doc["metadata"]["name"] = f"traefik-{doc['metadata']['name']}"
-        if doc["kind"] == "ClusterRoleBinding":
-            doc["roleRef"]["name"] = next(d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole")
-            doc["subjects"] = [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": NAMESPACE}]
-    return docs
+    """Traefik's documented ClusterRole and binding of each provider (Gateway API, CRD), bound to
+    our account. The two documents name their objects alike; each pair gets the provider's name."""
+    out: list[dict[str, Any]] = []
+    for rel in RBAC_DOCS:
+        path = crds.module_dir(TRAEFIK_MODULE, TRAEFIK_VERSION) / rel
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        provider = Path(rel).stem.removesuffix("-rbac")  # kubernetes-gateway, kubernetes-crd
+        for doc in docs:
+            doc["metadata"]["name"] = f"traefik-{provider}"
+            if doc["kind"] == "ClusterRoleBinding":
+                doc["roleRef"]["name"] = f"traefik-{provider}"
+                doc["subjects"] = [{"kind": "ServiceAccount", "name": ACCOUNT, "namespace": NAMESPACE}]
+        out += docs
+    return out
+
+
+def check_crds_pinned() -> None:
+    """tests/k8s/crd-sources.yaml installs Traefik's CRDs at the binary's version, or start() refuses."""
+    pinned = crds.pinned(TRAEFIK_MODULE)
+    if pinned != TRAEFIK_VERSION:
+        raise ProcessError(
+            f"tests/k8s/crd-sources.yaml pins Traefik's CRDs at {pinned} but the binary is {TRAEFIK_VERSION} "
+            "(gateway.TRAEFIK_VERSION): write the same version in both"
+        )
 
 
 def gateway(namespace: str, name: str = "inference-gateway") -> dict[str, Any]:
@@ -139,7 +163,7 @@ def _kubeconfig(path: Path, server: str, ca: Path, token: str) -> None:
 
 
 def static_config(log_file: Path) -> dict[str, Any]:
-    """Traefik's static configuration: two entry points, the Gateway provider, Prometheus metrics."""
+    """Traefik's static configuration: two entry points, the Gateway and CRD providers, Prometheus metrics."""
     return {
         "entryPoints": {
             "web": {"address": f"{NODE_IP}:{WEB_PORT}"},
@@ -147,6 +171,9 @@ def static_config(log_file: Path) -> dict[str, Any]:
         },
         "providers": {
             "kubernetesGateway": {"statusAddress": {"ip": NODE_IP}},
+            # a Service without a ready endpoint (a version's pods restarting) fails its own share,
+            # not the whole TraefikService (which Traefik's CRD provider drops otherwise)
+            "kubernetesCRD": {"allowEmptyServices": True},
         },
         "ping": {"entryPoint": "traefik"},
         "metrics": {"prometheus": {"entryPoint": "traefik", "addServicesLabels": True}},
@@ -230,6 +257,7 @@ def start(node: Node, workdir: Path, timeout: float = 60.0) -> Traefik:
     """Install Traefik's account, RBAC and GatewayClass, start it in ``node``'s netns and return
     once it answers /ping and has accepted the GatewayClass. Stop it with ``stop()``."""
     exe = binary()
+    check_crds_pinned()
     workdir.mkdir(parents=True, exist_ok=True)
     pki = node.control_plane.pki
     api_port = int(node.control_plane.server.rsplit(":", 1)[1])
