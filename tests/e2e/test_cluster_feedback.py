@@ -18,9 +18,9 @@ What a user of the accuracy gate sees:
 - a label without the token, or with a forged one, is a 401 through the Gateway and changes no
   counter.
 
-Not covered here: shadow agreement on a cluster (Traefik's Gateway API provider cannot mirror:
-tests/e2e/test_cluster_no_mirror.py; the join of mirrored answers is tested with real servers in
-tests/integration/test_redis_join.py).
+Not covered here: shadow agreement, which tests/e2e/test_cluster_shadow.py runs on the same kind of
+stack in the chart's traefik routing mode (Traefik's CRD provider mirrors; its Gateway API provider
+cannot: tests/e2e/test_cluster_no_mirror.py, test_cluster_gateway.py).
 """
 
 from __future__ import annotations
