@@ -1,4 +1,5 @@
-"""The cluster routers against a real kube-apiserver with the real CRDs (KServe, Istio, Gateway API).
+"""The cluster routers against a real kube-apiserver with the real CRDs (KServe, Istio, Gateway API,
+Traefik).
 
 Each router sets canary weights, mirroring and header/cookie matches; the routes are read back
 through the API server, so the CRD schemas (server-side validation, ``fieldValidation=Strict``)
@@ -148,6 +149,28 @@ def test_gateway_api_http_route_through_every_route_kind(kube: KubeClient, k8s_n
         "value": "^.*[01234abcABC]$",
     }
     assert "sessionPersistence" not in rules[-1]
+
+
+def test_traefik_service_through_every_route_kind_it_can_express(
+    kube: KubeClient, k8s_namespace: str
+) -> None:
+    """Weights and a mirror from stable, accepted by Traefik's own CRD (Strict field validation);
+    each write leaves one form (weighted or mirroring); matches are refused with nothing written."""
+    from rollout.routers.traefik import TRAEFIK_SERVICE
+
+    router = make_router("traefik", client=kube, namespace=k8s_namespace, name="iris", port=3000)
+    _walk(router, [s for s in STEPS if not s.match] + [Routes(mirror_percent=100)])
+    router.set_routes(Routes(mirror_percent=30))
+    spec = kube.get(TRAEFIK_SERVICE, k8s_namespace, "iris")["spec"]
+    assert spec == {"mirroring": {"name": "iris-v1", "port": 3000, "mirrorBody": True,
+                                  "mirrors": [{"name": "iris-v2", "port": 3000, "percent": 30}]}}  # fmt: skip
+    version = kube.get(TRAEFIK_SERVICE, k8s_namespace, "iris")["metadata"]["resourceVersion"]
+    with pytest.raises(UnsupportedRouteError, match="cannot match headers"):
+        router.set_routes(STEPS[3])
+    assert kube.get(TRAEFIK_SERVICE, k8s_namespace, "iris")["metadata"]["resourceVersion"] == version
+    router.finalize(TARGET)
+    spec = kube.get(TRAEFIK_SERVICE, k8s_namespace, "iris")["spec"]
+    assert spec == {"weighted": {"services": [{"name": "iris-v1", "port": 3000, "weight": 100}]}}
 
 
 def test_gateway_api_refuses_to_mirror_through_a_gateway_that_cannot(
