@@ -25,7 +25,9 @@ UnsupportedRouteError before anything is written, never approximated:
   match; matches are IngressRoute rules;
 - sticky splits on the user's own header or cookie: Traefik's WRR stickiness is a cookie Traefik
   itself sets on the first answer, not a key the caller chooses;
-- a mirror together with candidate weight (one TraefikService is weighted or mirroring, not both).
+- a mirror together with candidate weight (one TraefikService is weighted or mirroring, not both;
+  the controller's failover asks for it when stable has no Ready pod during a shadow, and the
+  rollout then holds with this message while stable is down).
 
 Who calls it: the controller through ``registry.make_router("traefik", ...)``.
 """
@@ -38,7 +40,6 @@ from rollout.routers.base import Backend, Routes, RouteTarget
 from rollout.routers.matching import MANAGED_BY, RouteObjectRouter, routed_candidate, target_annotations
 
 TRAEFIK_SERVICE = Kind("traefik.io", "v1alpha1", "traefikservices", "TraefikService")
-ALTERNATIVES = "use router.provider gateway-api or istio for them"
 
 
 def unsupported(routes: Routes, where: str) -> str | None:
@@ -48,13 +49,13 @@ def unsupported(routes: Routes, where: str) -> str | None:
             f"{where}: Traefik's CRD provider cannot match headers or cookies in a TraefikService "
             "(a weighted or mirroring service has no match; matches are IngressRoute rules, and the "
             "IngressRoute is the chart's), so a blue/green preview header or an A/B cohort match "
-            f"cannot be routed; {ALTERNATIVES}; nothing was written"
+            "cannot be routed; use router.provider gateway-api or istio for those; nothing was written"
         )
     if routes.sticky is not None:
         return (
             f"{where}: Traefik's CRD provider cannot keep users on a version by their own header or "
             "cookie (a weighted TraefikService's stickiness is a cookie Traefik sets itself on the "
-            f"first answer); {ALTERNATIVES}; nothing was written"
+            "first answer); use router.provider gateway-api for a sticky split; nothing was written"
         )
     if routes.mirror_percent and routes.candidate_weight:
         return (
