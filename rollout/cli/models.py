@@ -94,7 +94,11 @@ def models_command(name: str | None, verify: bool, as_json: bool) -> None:
         click.echo(json.dumps(rows))
     else:
         none = f"no model named {name} in the store" if name else "no models in the store"
-        click.echo("\n".join(lines) or f"{none}; train them with `rollout train --all`")
+        click.echo(
+            "\n".join(lines)
+            or f"{none}; "
+            "train the demo's with `rollout train --all`, or register your own with `rollout import FILE --name NAME:VERSION --data HOLDOUT.csv --target COLUMN`"
+        )
     if bad:
         raise ModelError("; ".join(bad))
 

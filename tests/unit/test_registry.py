@@ -271,7 +271,8 @@ def test_cli_models_shows_the_digest_to_pin_and_verify_finds_a_modified_artifact
     unknown = runner.invoke(cli, ["models", "nosuch"])
     assert (unknown.exit_code, unknown.output) == (
         0,
-        "no model named nosuch in the store; train them with `rollout train --all`\n",
+        "no model named nosuch in the store; "
+        "train the demo's with `rollout train --all`, or register your own with `rollout import FILE --name NAME:VERSION --data HOLDOUT.csv --target COLUMN`\n",
     )
     assert runner.invoke(cli, ["models", "Bad Name!"]).exit_code == 2
     record = get_record("iris:v1")
